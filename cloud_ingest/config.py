@@ -1,0 +1,101 @@
+"""Ingester settings: defaults < TOML file < environment (``KYOJO_INGEST_*``) < explicit arguments."""
+
+from __future__ import annotations
+
+import socket
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+def _default_client_id() -> str:
+    # Stable across restarts of the same host: a persistent MQTT session is found again by its client id.
+    return f"kyojo-ingest-{socket.gethostname()}"[:64]
+
+
+class IngestSettings(BaseSettings):
+    """Everything an ingester process needs. Env vars: ``KYOJO_INGEST_<FIELD>`` (e.g. KYOJO_INGEST_INFLUX_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="KYOJO_INGEST_", extra="forbid", frozen=True)
+
+    # -- MQTT -------------------------------------------------------------------------------------------------
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=1883, gt=0, lt=65536)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=64)
+    group: str = Field(default="kyojo-ingest", pattern=r"^[A-Za-z0-9_.\-]+$")
+    keepalive: int = Field(default=30, ge=5)
+    #: seconds the broker keeps this client's session (subscriptions + unacknowledged messages) after it left
+    session_expiry: int = Field(default=3600, ge=0)
+    #: MQTT v5 Receive Maximum: unacknowledged QoS 1 messages the broker may have outstanding to us
+    receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
+
+    # -- InfluxDB ---------------------------------------------------------------------------------------------
+    influx_api: Literal["v1", "v2"] = "v1"
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_db: str = "kyojo"
+    influx_rp: str | None = None
+    influx_username: str | None = None
+    influx_password: SecretStr | None = None
+    influx_org: str | None = None
+    influx_bucket: str | None = None
+    influx_token: SecretStr | None = None
+    influx_timeout: float = Field(default=10.0, gt=0)
+
+    # -- batching, backpressure, retries ------------------------------------------------------------------------
+    batch_points: int = Field(default=5000, ge=1)
+    batch_interval: timedelta = timedelta(seconds=0.2)
+    max_pending_points: int = Field(default=100_000, ge=1)
+    retry_initial: float = Field(default=0.05, gt=0)
+    retry_max: float = Field(default=5.0, gt=0)
+    stats_interval: timedelta = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _check(self) -> IngestSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.influx_api == "v2" and not (self.influx_org and self.influx_bucket and self.influx_token):
+            raise ValueError("influx_api v2 needs influx_org, influx_bucket and influx_token")
+        if self.max_pending_points < self.batch_points:
+            raise ValueError("max_pending_points must be >= batch_points")
+        return self
+
+    @property
+    def data_filter(self) -> str:
+        """The shared subscription for aggregates (MQTT v5 ``$share/<group>/<filter>``)."""
+        return f"$share/{self.group}/kyojo/v1/+/agg/+"
+
+    @property
+    def consent_filter(self) -> str:
+        """The unshared subscription for consent records (retained)."""
+        return "kyojo/v1/+/consent/+"
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> IngestSettings:
+    """Settings from ``overrides`` > environment > ``config_file`` (TOML) > defaults."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is None:
+        return IngestSettings(**values)  # type: ignore[arg-type]
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class _FromFile(IngestSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+
+    return _FromFile(**values)  # type: ignore[arg-type]

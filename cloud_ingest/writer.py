@@ -1,0 +1,217 @@
+"""InfluxDB writers: line protocol in, HTTP status out, with typed errors and a bounded retry policy.
+
+HTTP facts relied on:
+
+- v1 API ``POST /write?db=<db>&rp=<rp>&precision=ms``: ``204 No Content`` when every point was accepted;
+  ``400`` for unparsable lines and for a "partial write" (e.g. a field type conflict: the good points of
+  the request ARE stored, the bad ones dropped); ``401``/``403`` for credentials; ``404`` when the database
+  does not exist; ``413`` when the body is too large; ``5xx`` when the server is unwell (retry later).
+- v2 API ``POST /api/v2/write?org=&bucket=&precision=ms`` with ``Authorization: Token <token>``; same status
+  semantics. InfluxDB 1.6.7 has no such endpoint and answers 404.
+
+A write is all-or-nothing from our point of view: only a 2xx lets the ingester acknowledge the MQTT messages
+whose points were in the request.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit
+
+from drivers.base import KyojoError
+
+log = logging.getLogger(__name__)
+
+
+class WriteError(KyojoError):
+    """A write InfluxDB did not accept. ``retriable`` is True for 5xx, timeouts and connection errors."""
+
+    def __init__(self, message: str, *, retriable: bool, status: int | None = None, body: str = "") -> None:
+        self.retriable = retriable
+        self.status = status
+        self.body = body
+        super().__init__(message)
+
+
+class Writer(Protocol):
+    """What the ingester needs from a writer: write one body of line protocol, or raise WriteError."""
+
+    def write(self, body: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def classify(status: int, body: str) -> WriteError | None:
+    """Map an HTTP status to None (success) or the WriteError to raise."""
+    if 200 <= status < 300:
+        return None
+    retriable = status >= 500 or status == 429  # 429: too many requests, explicitly "come back later"
+    return WriteError(f"InfluxDB answered {status}: {body[:300]}", retriable=retriable, status=status, body=body)
+
+
+class InfluxV1Writer:
+    """Writes to the InfluxDB 1.x API (``/write``) over one keep-alive HTTP connection.
+
+    Not thread-safe: one writer per writing thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        db: str,
+        rp: str | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = url
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._timeout = timeout
+        query = {"db": db, "precision": "ms"}
+        if rp:
+            query["rp"] = rp
+        self._path = f"{parts.path.rstrip('/')}/write?{urlencode(query)}"
+        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if username is not None:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def write(self, body: bytes) -> None:
+        """POST one body; raise WriteError unless InfluxDB answered 2xx."""
+        conn = self._connection()
+        try:
+            conn.request("POST", self._path, body=body, headers=self._headers)
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8", "replace")
+            status = resp.status
+        except (TimeoutError, socket.timeout) as err:
+            self.close()
+            raise WriteError(f"timeout writing to {self.url}: {err}", retriable=True) from err
+        except (OSError, http.client.HTTPException) as err:
+            self.close()
+            raise WriteError(f"cannot write to {self.url}: {err!r}", retriable=True) from err
+        if resp.will_close:
+            self.close()
+        error = classify(status, text)
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Close the keep-alive connection (the next write reconnects)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class InfluxV2Writer:
+    """Writes to the InfluxDB 2.x API (``/api/v2/write``) through influxdb-client, synchronously.
+
+    influxdb-client's default batching mode reports failures only to a callback (they would be silent here),
+    so this uses the SYNCHRONOUS write API and passes line-protocol text, never ``Point`` objects.
+    """
+
+    def __init__(self, url: str, org: str, bucket: str, token: str, *, timeout: float = 10.0) -> None:
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self.url = url
+        self._org = org
+        self._bucket = bucket
+        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout * 1000))
+        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, body: bytes) -> None:
+        """Write one body; raise WriteError unless the server answered 2xx."""
+        from influxdb_client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            self._api.write(bucket=self._bucket, org=self._org, record=body, write_precision="ms")
+        except ApiException as err:
+            raise classify(int(err.status or 0), str(err.body or err.reason or "")) or WriteError(
+                str(err), retriable=True
+            ) from err
+        except (HTTPError, OSError) as err:
+            raise WriteError(f"cannot write to {self.url}: {err!r}", retriable=True) from err
+
+    def close(self) -> None:
+        """Release the HTTP pool."""
+        self._api.close()
+        self._client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Jittered exponential backoff: ``initial * multiplier**n`` capped at ``maximum``, times U(1-jitter, 1).
+
+    ``attempts=None`` retries for ever (until the stop event is set).
+    """
+
+    initial: float = 0.05
+    maximum: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    attempts: int | None = None
+
+    def delay(self, attempt: int) -> float:
+        """Delay before retry number ``attempt`` (0-based)."""
+        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
+        return base * (1.0 - self.jitter * random.random())
+
+
+def write_with_retry(
+    writer: Writer,
+    body: bytes,
+    policy: RetryPolicy,
+    stop: threading.Event | None = None,
+    on_retry: Callable[[WriteError, int], Any] | None = None,
+) -> int:
+    """Write, retrying retriable errors with backoff. Returns the number of retries made.
+
+    Raises the WriteError when it is not retriable, when ``policy.attempts`` is exhausted, or when ``stop`` is
+    set while waiting.
+    """
+    attempt = 0
+    while True:
+        try:
+            writer.write(body)
+            return attempt
+        except WriteError as err:
+            if not err.retriable or (policy.attempts is not None and attempt + 1 >= policy.attempts):
+                raise
+            if on_retry is not None:
+                on_retry(err, attempt)
+            wait = policy.delay(attempt)
+            attempt += 1
+            if stop is not None:
+                if stop.wait(wait):
+                    raise
+            else:
+                time.sleep(wait)
+
+
+def join_lines(lines: Sequence[str]) -> bytes:
+    """Lines to one request body."""
+    return "\n".join(lines).encode()

@@ -1,0 +1,146 @@
+"""The one vocabulary every driver speaks: ``Reading``, the fixed unit of each metric, and the error types.
+
+This module imports only the standard library so a parser can depend on it without pulling in I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class Category(StrEnum):
+    """Personal-data category of a metric; consent purposes are granted per category."""
+
+    HEALTH = "health"
+    ENERGY = "energy"
+    EV = "ev"
+    MOBILITY = "mobility"
+    DEVICE = "device"  # device housekeeping (battery level): never personal, never released in v1
+
+
+class Kind(StrEnum):
+    """How a metric aggregates over a window."""
+
+    GAUGE = "gauge"  # count/mean/min/max/last
+    COUNTER = "counter"  # monotonically increasing: delta over the window, plus last
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    unit: str
+    category: Category
+    kind: Kind = Kind.GAUGE
+
+
+#: Units are fixed per metric (DESIGN.md) so nothing downstream converts twice.
+METRICS: Mapping[str, MetricSpec] = {
+    "heart_rate": MetricSpec("bpm", Category.HEALTH),
+    "rr_interval": MetricSpec("ms", Category.HEALTH),
+    "systolic": MetricSpec("mmHg", Category.HEALTH),
+    "diastolic": MetricSpec("mmHg", Category.HEALTH),
+    "mean_arterial_pressure": MetricSpec("mmHg", Category.HEALTH),
+    "pulse_rate": MetricSpec("bpm", Category.HEALTH),
+    "body_temperature": MetricSpec("degC", Category.HEALTH),
+    "glucose": MetricSpec("mg/dL", Category.HEALTH),
+    "spo2": MetricSpec("%", Category.HEALTH),
+    "weight": MetricSpec("kg", Category.HEALTH),
+    "body_fat": MetricSpec("%", Category.HEALTH),
+    "battery_level": MetricSpec("%", Category.DEVICE),
+    "power": MetricSpec("W", Category.ENERGY),
+    "energy": MetricSpec("Wh", Category.ENERGY, Kind.COUNTER),
+    "voltage": MetricSpec("V", Category.ENERGY),
+    "current": MetricSpec("A", Category.ENERGY),
+    "ev_power": MetricSpec("W", Category.EV),
+    "ev_energy": MetricSpec("Wh", Category.EV, Kind.COUNTER),
+    "soc": MetricSpec("%", Category.EV),
+    "latitude": MetricSpec("deg", Category.MOBILITY),
+    "longitude": MetricSpec("deg", Category.MOBILITY),
+    "speed": MetricSpec("m/s", Category.MOBILITY),
+    "course": MetricSpec("deg", Category.MOBILITY),
+}
+
+#: mmol/L -> mg/dL for glucose (molar mass 180.16 g/mol).
+GLUCOSE_MMOL_TO_MGDL = 18.016
+
+
+class KyojoError(Exception):
+    """Base of every error Kyojo raises on purpose."""
+
+
+class ParseError(KyojoError, ValueError):
+    """Bytes, a sentence, a frame or a payload that a parser cannot turn into Readings.
+
+    ``reason`` is a short stable cause (used as a counter label); ``raw`` is the offending input.
+    """
+
+    def __init__(self, reason: str, *, raw: bytes | str | None = None, device: str | None = None,
+                 detail: str = "") -> None:
+        self.reason = reason
+        self.raw = raw
+        self.device = device
+        self.detail = detail
+        msg = reason if not detail else f"{reason}: {detail}"
+        if device:
+            msg = f"{device}: {msg}"
+        super().__init__(msg)
+
+
+class ReadingError(KyojoError, ValueError):
+    """A Reading that breaks the vocabulary (unknown metric, wrong unit, non-finite value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measurement. ``ts`` is POSIX seconds (UTC); ``unit`` must be the metric's fixed unit."""
+
+    device: str
+    subject: str
+    metric: str
+    value: float
+    unit: str
+    ts: float
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        spec = METRICS.get(self.metric)
+        if spec is None:
+            raise ReadingError(f"unknown metric {self.metric!r}")
+        if self.unit != spec.unit:
+            raise ReadingError(f"{self.metric} must be in {spec.unit}, got {self.unit!r}")
+        if not math.isfinite(self.value):
+            raise ReadingError(f"{self.metric} value is not finite: {self.value!r}")
+
+    @property
+    def category(self) -> Category:
+        return METRICS[self.metric].category
+
+
+def reading(device: str, subject: str, metric: str, value: float, ts: float) -> Reading:
+    """Build a Reading in the metric's fixed unit."""
+    return Reading(device, subject, metric, float(value), METRICS[metric].unit, ts)
+
+
+class Clock(Protocol):
+    """Time source injected into drivers and the agent, so tests can pass hours in seconds."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class Driver(Protocol):
+    """What the agent runs for each configured device: an async stream of Readings.
+
+    ``readings()`` does the I/O (or simulation); reconnecting is the driver's job, and an error it cannot
+    recover from propagates to the agent's supervisor, which restarts the driver with backoff.
+    """
+
+    device_id: str
+
+    def readings(self) -> AsyncIterator[Reading]: ...
+
+    def health(self) -> Mapping[str, object]: ...

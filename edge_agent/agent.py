@@ -1,0 +1,158 @@
+"""The gateway agent: drivers -> raw store -> windows -> consent gate -> outbox -> publisher.
+
+Everything runs in one asyncio loop except the publisher, which owns the MQTT client in its own thread. A
+driver that fails is restarted with backoff by the supervisor here; the other drivers keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from drivers.base import Clock, Driver, KyojoError, Reading
+from drivers.clock import ScaledClock, SystemClock
+from edge_agent.config import AgentConfig, SimDevice
+from edge_agent.db import connect, meta_get
+from edge_agent.pipeline import Pipeline
+from edge_agent.publisher import Backoff, Publisher
+
+log = logging.getLogger(__name__)
+
+#: real seconds between two polls of a simulated driver (the simulated tick is this times the clock speed)
+SIM_POLL_S = 0.1
+
+
+def make_clock(config: AgentConfig) -> Clock:
+    if config.clock.speed == 1.0 and config.clock.start is None:
+        return SystemClock()
+    return ScaledClock(config.clock.start if config.clock.start is not None else time.time(), config.clock.speed)
+
+
+def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], float]:
+    """Instantiate the configured devices. Returns the drivers and the longest polling tick (simulated s)."""
+    drivers: list[Driver] = []
+    tick = 1.0
+    for dev in config.devices:
+        if isinstance(dev, SimDevice):
+            from drivers import sim  # imported only when a simulated device is configured
+
+            tick = max(1.0, SIM_POLL_S * config.clock.speed)
+            sims = (
+                sim.household(dev.id, dev.seed, persons=tuple(dev.persons))
+                if dev.profile == "household"
+                else sim.truck(dev.id, dev.seed)
+            )
+            drivers.extend(sim.SimDriver(s, clock, tick_s=tick) for s in sims)
+    return drivers, tick
+
+
+class Agent:
+    """Runs one gateway until ``stop`` is set. ``drivers`` overrides the configured devices (tests)."""
+
+    def __init__(self, config: AgentConfig, *, clock: Clock | None = None,
+                 drivers: Sequence[Driver] | None = None) -> None:
+        self.config = config
+        self.clock = clock or make_clock(config)
+        if drivers is None:
+            self.drivers, tick = build_drivers(config, self.clock)
+        else:
+            self.drivers, tick = list(drivers), 1.0
+        self.tick = tick
+        self.conn = connect(config.db_path)
+        self.pipeline = Pipeline(self.conn, config)
+        self.pipeline.min_grace_s = 2 * tick
+        self.publisher = Publisher(config)
+        self.driver_errors: dict[str, int] = {}
+        self._buffer: list[Reading] = []
+        self._started = time.time()
+
+    def _on_reading(self, r: Reading) -> None:
+        self._buffer.append(r)
+
+    async def _run_driver(self, driver: Driver) -> None:
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            try:
+                async for r in driver.readings():
+                    self._on_reading(r)
+                    backoff.reset()
+                return  # a driver that ends on its own (a replay) is done
+            except asyncio.CancelledError:
+                raise
+            except (KyojoError, OSError, ValueError) as err:
+                self.driver_errors[driver.device_id] = self.driver_errors.get(driver.device_id, 0) + 1
+                delay = backoff.next()
+                log.warning("driver %s failed (%s); restarting in %.1fs", driver.device_id, err, delay)
+                await asyncio.sleep(delay)
+
+    def flush(self) -> None:
+        """Commit buffered readings, then close due windows (in that order: aggregates see committed rows)."""
+        buf, self._buffer = self._buffer, []
+        if buf:
+            self.pipeline.store(buf)
+        self.pipeline.close_windows(self.clock.now())
+        self.publisher.wake.set()
+
+    def status(self) -> dict[str, Any]:
+        st = self.pipeline.stats
+        pub = self.publisher.stats
+        depth = self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        return {
+            "gateway": self.config.gateway.id,
+            "at": time.time(),
+            "clock": self.clock.now(),
+            "uptime_s": round(time.time() - self._started, 1),
+            "readings": st.readings,
+            "late": st.late,
+            "aggregates": st.aggregates,
+            "denied": st.denied,
+            "aggregates_queued": st.aggregates_queued,
+            "messages_queued": st.messages_queued,
+            "messages_sent": pub.messages_sent,
+            "aggregates_sent": pub.aggregates_sent,
+            "aggregates_sent_total": meta_get(self.conn, "aggregates_sent"),
+            "outbox_depth": depth,
+            "outbox_dropped": meta_get(self.conn, "outbox_dropped"),
+            "refused": meta_get(self.conn, "refused"),
+            "connected": pub.connected,
+            "broker_error": pub.last_error,
+            "inflight": pub.inflight,
+            "drivers": len(self.drivers),
+            "driver_errors": dict(self.driver_errors),
+        }
+
+    def write_status(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status()), encoding="utf-8")
+        os.replace(tmp, path)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.publisher.start()
+        interval = self.config.store.commit_interval.total_seconds()
+        last_prune = 0.0
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._run_driver(d)) for d in self.drivers]
+                while not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=interval)
+                    self.flush()
+                    if time.monotonic() - last_prune > 3600:
+                        self.pipeline.prune(self.clock.now())
+                        last_prune = time.monotonic()
+                    self.write_status(self.config.status_path)
+                for t in tasks:
+                    t.cancel()
+            self.flush()
+            self.write_status(self.config.status_path)
+        finally:
+            self.publisher.stop()
+            self.write_status(self.config.status_path)
+            self.conn.close()

@@ -1,0 +1,155 @@
+"""Gateway configuration: one TOML file, validated once by pydantic when it is loaded.
+
+Every section forbids unknown keys, so a typo fails at start-up with the key's path instead of being ignored.
+Durations accept seconds (``60``) or ISO 8601 (``"PT1M"``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from drivers.base import Category, KyojoError
+from edge_agent.wire import Ident
+
+
+class ConfigError(KyojoError, ValueError):
+    """The configuration file is missing, not TOML, or does not validate."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Profile(StrEnum):
+    HOME = "home"
+    TRUCK = "truck"
+    CHARGING_SITE = "charging_site"
+
+
+class GatewaySection(_Section):
+    id: Ident
+    profile: Profile = Profile.HOME
+    data_dir: Path = Path("/var/lib/kyojo")
+
+
+class TlsSection(_Section):
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+    key_password: SecretStr | None = None
+
+
+class MqttSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = Field(default=None, description="defaults to the gateway id")
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSection | None = None
+    keepalive: timedelta = timedelta(seconds=30)
+    session_expiry: timedelta = timedelta(days=7)
+    max_inflight: int = Field(default=100, ge=1, le=10_000)
+    reconnect_min: timedelta = timedelta(seconds=0.5)
+    reconnect_max: timedelta = timedelta(seconds=30)
+
+
+def _default_windows() -> dict[Category, timedelta]:
+    return {
+        Category.HEALTH: timedelta(minutes=1),
+        Category.ENERGY: timedelta(minutes=1),
+        Category.EV: timedelta(minutes=1),
+        Category.MOBILITY: timedelta(seconds=30),
+    }
+
+
+class AggregationSection(_Section):
+    windows: dict[Category, timedelta] = Field(default_factory=_default_windows)
+    grace: timedelta = Field(default=timedelta(seconds=5), description="wait for late readings")
+    max_items_per_message: int = Field(default=200, ge=1, le=2000)
+
+    @field_validator("windows")
+    @classmethod
+    def _whole_seconds(cls, value: dict[Category, timedelta]) -> dict[Category, timedelta]:
+        merged = _default_windows() | value
+        for cat, win in merged.items():
+            secs = win.total_seconds()
+            if secs < 1 or secs != int(secs) or 86_400 % int(secs):
+                raise ValueError(f"window for {cat.value} must be whole seconds dividing a day, got {win}")
+        return merged
+
+    def window_s(self, category: Category) -> int:
+        return int(self.windows[category].total_seconds())
+
+
+class StoreSection(_Section):
+    retention: timedelta = timedelta(days=14)
+    commit_interval: timedelta = timedelta(seconds=1)
+
+
+class OutboxSection(_Section):
+    max_messages: int = Field(default=200_000, ge=10)
+
+
+class SimClockSection(_Section):
+    """Simulated time for demos and tests: starts at ``start`` (epoch s) and runs ``speed`` x real time."""
+
+    speed: float = Field(default=1.0, gt=0, le=100_000)
+    start: float | None = None
+
+
+class SimDevice(_Section):
+    """A simulated device family from ``drivers.sim`` (``household`` or ``truck``)."""
+
+    kind: Literal["sim"]
+    profile: Literal["household", "truck"]
+    id: Ident
+    seed: int = 0
+    persons: list[Ident] = Field(default_factory=lambda: ["p1", "p2"])
+
+
+DeviceConfig = Annotated[SimDevice, Field(discriminator="kind")]
+
+
+class AgentConfig(_Section):
+    gateway: GatewaySection
+    mqtt: MqttSection = MqttSection()
+    aggregation: AggregationSection = AggregationSection()
+    store: StoreSection = StoreSection()
+    outbox: OutboxSection = OutboxSection()
+    clock: SimClockSection = SimClockSection()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @property
+    def db_path(self) -> Path:
+        return self.gateway.data_dir / "gateway.sqlite3"
+
+    @property
+    def status_path(self) -> Path:
+        return self.gateway.data_dir / "status.json"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"gw-{self.gateway.id}"
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a gateway config file; relative data_dir is resolved against the file's folder."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    gw = raw.get("gateway")
+    if isinstance(gw, dict) and "data_dir" in gw and not Path(str(gw["data_dir"])).is_absolute():
+        gw["data_dir"] = str((path.parent / str(gw["data_dir"])).resolve())
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {err}") from err

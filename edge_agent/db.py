@@ -1,0 +1,77 @@
+"""The gateway's one SQLite database: raw readings, window watermarks, consents, outbox, release log.
+
+WAL mode so the agent, its publisher thread and the household CLI can each hold a connection; every change
+that must be atomic (closing a window = queueing its messages + logging their release + moving the watermark)
+is one transaction. ``synchronous=FULL``: a committed outbox row survives a power cut, not only kill -9.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series(
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, subject TEXT NOT NULL, metric TEXT NOT NULL,
+    category TEXT NOT NULL, UNIQUE(device, subject, metric));
+CREATE TABLE IF NOT EXISTS raw(ts INTEGER NOT NULL, series INTEGER NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS raw_ts ON raw(ts);
+CREATE TABLE IF NOT EXISTS watermark(category TEXT PRIMARY KEY, next_start INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counter_last(series INTEGER PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS consents(
+    id TEXT PRIMARY KEY, subject TEXT NOT NULL, purpose TEXT NOT NULL, categories TEXT NOT NULL,
+    status TEXT NOT NULL, given_at INTEGER NOT NULL, expires_at INTEGER, withdrawn_at INTEGER,
+    record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox(
+    seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL,
+    consent TEXT, items INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_consent ON outbox(consent);
+CREATE TABLE IF NOT EXISTS refused(
+    seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, reason TEXT NOT NULL,
+    at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS releases(
+    id INTEGER PRIMARY KEY, at INTEGER NOT NULL, seq INTEGER NOT NULL, consent TEXT NOT NULL,
+    purpose TEXT NOT NULL, category TEXT NOT NULL, items INTEGER NOT NULL, sha256 TEXT NOT NULL);
+"""
+
+
+def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open the gateway database (autocommit mode; use ``with tx(conn):`` for transactions)."""
+    if not create and not path.exists():
+        raise FileNotFoundError(f"no gateway database at {path} (has the agent run with this config?)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+class tx:  # noqa: N801 - used like a keyword: ``with tx(conn):``
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error): takes the write lock up front."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def meta_get(conn: sqlite3.Connection, key: str, default: int = 0) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else default
+
+
+def meta_add(conn: sqlite3.Connection, key: str, delta: int) -> int:
+    """Add ``delta`` to an integer meta counter and return the new value (call inside a transaction)."""
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = value + ?",
+        (key, delta, delta),
+    )
+    return meta_get(conn, key)

@@ -1,0 +1,262 @@
+"""Raw store -> tumbling windows -> consent gate -> outbox, all in the gateway database.
+
+Aggregates are computed from committed raw rows, not from memory, so a kill -9 loses at most the readings not
+yet committed (one commit interval) and never half a window: closing a window, queueing its messages, logging
+their release and moving the watermark happen in one transaction. A restart closes the windows that fell due
+while the agent was down from the rows that survived.
+
+Window semantics: [start, start + window), start aligned to the epoch. A window closes once the clock is past
+its end plus a grace period for late readings; a reading older than its category's watermark is still stored
+raw but counted as ``late`` and never released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from drivers.base import METRICS, Category, Kind, Reading
+from edge_agent.config import AgentConfig
+from edge_agent.consent import Consent, consent_version, expire_due, list_consents
+from edge_agent.db import meta_add, tx
+from edge_agent.wire import AggregateBatch, AggregateItem, agg_topic
+
+log = logging.getLogger(__name__)
+
+RELEASED = (Category.HEALTH, Category.ENERGY, Category.EV, Category.MOBILITY)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    device: str
+    subject: str
+    metric: str
+
+
+def aggregate_series(
+    key: SeriesKey, start_ms: int, window_s: int, values: Sequence[float], prev_counter: float | None
+) -> AggregateItem:
+    """Summarise one series over one window. ``values`` are in time order; ``prev_counter`` is the counter's
+    last value before this window (None for a series' first window).
+
+    Counters: ``delta`` sums the increases between consecutive values, starting from ``prev_counter``; a value
+    below its predecessor is a counter reset (device reboot), counted as an increase from zero.
+    """
+    last = values[-1]
+    if METRICS[key.metric].kind is Kind.COUNTER:
+        delta = 0.0
+        prev = prev_counter
+        for v in values:
+            if prev is not None:
+                delta += v - prev if v >= prev else v
+            prev = v
+        return AggregateItem(
+            metric=key.metric, subject=key.subject, device=key.device, start=start_ms, window_s=window_s,
+            count=len(values), last=last, delta=delta,
+        )
+    return AggregateItem(
+        metric=key.metric, subject=key.subject, device=key.device, start=start_ms, window_s=window_s,
+        count=len(values), mean=sum(values) / len(values), min=min(values), max=max(values), last=last,
+    )
+
+
+@dataclass
+class PipelineStats:
+    readings: int = 0
+    late: int = 0
+    windows_closed: int = 0
+    aggregates: int = 0
+    aggregates_queued: int = 0
+    denied: int = 0
+    messages_queued: int = 0
+    outbox_dropped: int = 0
+    by_category: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Pipeline:
+    """Owns the agent's write connection; every method is a short synchronous transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, config: AgentConfig) -> None:
+        self.conn = conn
+        self.config = config
+        self.gateway = config.gateway.id
+        self.stats = PipelineStats()
+        self._series: dict[SeriesKey, int] = {
+            SeriesKey(d, s, m): i for i, d, s, m in conn.execute("SELECT id, device, subject, metric FROM series")
+        }
+        self._watermark: dict[Category, int] = {
+            Category(c): int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")
+        }
+        self.min_grace_s = 0.0  # the agent raises this to cover its drivers' polling tick
+        self._consent_version = -1
+        self._consents: list[Consent] = []
+
+    # -- raw store ---------------------------------------------------------------------------------------
+    def _series_id(self, key: SeriesKey) -> int:
+        sid = self._series.get(key)
+        if sid is None:
+            cur = self.conn.execute(
+                "INSERT INTO series(device, subject, metric, category) VALUES(?, ?, ?, ?)",
+                (key.device, key.subject, key.metric, METRICS[key.metric].category.value),
+            )
+            sid = self._series[key] = int(cur.lastrowid or 0)
+        return sid
+
+    def store(self, readings: Iterable[Reading]) -> int:
+        """Commit readings to the raw store in one transaction. Returns how many were stored."""
+        rows = []
+        late = 0
+        with tx(self.conn):
+            for r in readings:
+                ts = round(r.ts * 1000)
+                mark = self._watermark.get(r.category)
+                if mark is not None and ts < mark:
+                    late += 1
+                rows.append((ts, self._series_id(SeriesKey(r.device, r.subject, r.metric)), r.value))
+            self.conn.executemany("INSERT INTO raw(ts, series, value) VALUES(?, ?, ?)", rows)
+        self.stats.readings += len(rows)
+        self.stats.late += late
+        return len(rows)
+
+    def prune(self, now: float) -> int:
+        """Delete raw rows older than the retention period."""
+        cutoff = round((now - self.config.store.retention.total_seconds()) * 1000)
+        with tx(self.conn):
+            return self.conn.execute("DELETE FROM raw WHERE ts < ?", (cutoff,)).rowcount
+
+    # -- consent gate ------------------------------------------------------------------------------------
+    def _refresh_consents(self, now_ms: int) -> None:
+        """Reload the gate when the household CLI changed a consent (call inside the release transaction)."""
+        version = consent_version(self.conn)
+        if version != self._consent_version:
+            self._consents = list_consents(self.conn, include_inactive=True)
+            self._consent_version = version
+
+    def active_consents(self) -> list[Consent]:
+        return [c for c in self._consents if c.status.value == "active"]
+
+    # -- windows -----------------------------------------------------------------------------------------
+    def close_windows(self, now: float) -> int:
+        """Close every window that is due, gate its aggregates and queue the messages. Returns messages queued."""
+        now_ms = round(now * 1000)
+        expired = expire_due(self.conn, self.gateway, now_ms)
+        if expired:
+            log.info("consents expired: %s", ", ".join(expired))
+        grace_ms = round(max(self.config.aggregation.grace.total_seconds(), self.min_grace_s) * 1000)
+        queued = 0
+        for category in RELEASED:
+            queued += self._close_category(category, now_ms - grace_ms, now_ms)
+        return queued
+
+    def _close_category(self, category: Category, limit_ms: int, now_ms: int) -> int:
+        win_s = self.config.aggregation.window_s(category)
+        win_ms = win_s * 1000
+        mark = self._watermark.get(category)
+        if mark is None:
+            first = self.conn.execute(
+                "SELECT min(r.ts) FROM raw r JOIN series s ON s.id = r.series WHERE s.category = ?",
+                (category.value,),
+            ).fetchone()[0]
+            if first is None:
+                return 0
+            mark = int(first) // win_ms * win_ms
+        end = limit_ms // win_ms * win_ms  # close windows that end at or before the limit
+        if end <= mark:
+            return 0
+        with tx(self.conn):
+            self._refresh_consents(now_ms)
+            rows = self.conn.execute(
+                "SELECT r.ts, r.series, r.value FROM raw r JOIN series s ON s.id = r.series "
+                "WHERE r.ts >= ? AND r.ts < ? AND s.category = ? ORDER BY r.series, r.ts, r.rowid",
+                (mark, end, category.value),
+            ).fetchall()
+            queued = self._release(category, win_s, rows, now_ms)
+            self.conn.execute(
+                "INSERT INTO watermark(category, next_start) VALUES(?, ?) "
+                "ON CONFLICT(category) DO UPDATE SET next_start = excluded.next_start",
+                (category.value, end),
+            )
+        self._watermark[category] = end
+        self.stats.windows_closed += (end - mark) // win_ms
+        return queued
+
+    def _release(self, category: Category, win_s: int, rows: list[tuple[int, int, float]], now_ms: int) -> int:
+        win_ms = win_s * 1000
+        by_id = {sid: key for key, sid in self._series.items()}
+        grouped: dict[tuple[int, int], list[float]] = defaultdict(list)  # (series, window start) -> values
+        for ts, sid, value in rows:
+            grouped[(sid, ts // win_ms * win_ms)].append(value)
+        counters = {
+            int(s): float(v) for s, v in self.conn.execute("SELECT series, value FROM counter_last")
+        }
+        consents = [c for c in self.active_consents() if category in c.categories]
+        per_consent: dict[str, list[AggregateItem]] = defaultdict(list)
+        by_consent = {c.id: c for c in consents}
+        counter_updates: dict[int, float] = {}
+        for (sid, start), values in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            key = by_id[sid]
+            item = aggregate_series(key, start, win_s, values, counters.get(sid))
+            if METRICS[key.metric].kind is Kind.COUNTER:
+                counters[sid] = counter_updates[sid] = values[-1]
+            self.stats.aggregates += 1
+            allowed = [c for c in consents if c.subject == key.subject and c.covers(start, start + win_ms)]
+            if not allowed:
+                self.stats.denied += 1
+                continue
+            for c in allowed:
+                per_consent[c.id].append(item)
+        self.conn.executemany(
+            "INSERT INTO counter_last(series, value) VALUES(?, ?) "
+            "ON CONFLICT(series) DO UPDATE SET value = excluded.value",
+            counter_updates.items(),
+        )
+        queued = 0
+        max_items = self.config.aggregation.max_items_per_message
+        for cid, items in per_consent.items():
+            c = by_consent[cid]
+            for i in range(0, len(items), max_items):
+                queued += self._enqueue(c, category, items[i : i + max_items], now_ms)
+        if queued:
+            self._bound_outbox()
+        return queued
+
+    def _enqueue(self, c: Consent, category: Category, items: list[AggregateItem], now_ms: int) -> int:
+        seq = meta_add(self.conn, "seq", 1)
+        wall_ms = int(time.time() * 1000)  # ``sent`` is wall time even when a demo runs a fast clock
+        batch = AggregateBatch(
+            gateway=self.gateway, seq=seq, sent=wall_ms, consent=c.id, purpose=c.purpose,
+            category=category, items=items,
+        )
+        payload = orjson.dumps(batch.model_dump(mode="json", exclude_none=True))
+        self.conn.execute(
+            "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 0, ?, ?, ?)",
+            (seq, agg_topic(self.gateway, category), payload, c.id, len(items), now_ms),
+        )
+        self.conn.execute(
+            "INSERT INTO releases(at, seq, consent, purpose, category, items, sha256) VALUES(?, ?, ?, ?, ?, ?, ?)",
+            (now_ms, seq, c.id, c.purpose, category.value, len(items), hashlib.sha256(payload).hexdigest()),
+        )
+        self.stats.aggregates_queued += len(items)
+        self.stats.messages_queued += 1
+        self.stats.by_category[category.value] += len(items)
+        return 1
+
+    def _bound_outbox(self) -> None:
+        limit = self.config.outbox.max_messages
+        depth = self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        if depth > limit:
+            over = depth - limit
+            self.conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE retain = 0 ORDER BY seq LIMIT ?)",
+                (over,),
+            )
+            meta_add(self.conn, "outbox_dropped", over)
+            self.stats.outbox_dropped += over
+            log.warning("outbox full (%d messages): dropped the %d oldest aggregate messages", limit, over)

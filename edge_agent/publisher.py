@@ -1,0 +1,262 @@
+"""The publisher: outbox rows -> MQTT v5 QoS 1, deleted only when the broker's PUBACK says success.
+
+One thread owns the paho client and its own database connection. It runs paho's loop itself so that
+reconnects use full-jitter exponential backoff (paho's own reconnect loop has no jitter, and a city's gateways
+reconnecting in lock-step after a broker restart is a thundering herd).
+
+Facts this relies on (DESIGN.md "Pitfalls"):
+- MQTT v5, QoS 1: a refused publish comes back as a PUBACK reason code >= 0x80 (e.g. 0x87 not authorised);
+  those rows move to the ``refused`` table and are counted, never retried in a loop.
+- paho's message ids are 16-bit and ``publish()`` reports a full queue only in ``rc``: in-flight messages are
+  bounded by ``mqtt.max_inflight`` and every ``rc`` is checked.
+- Persistent session (clean_start=False + session expiry): paho re-sends its unacknowledged messages after a
+  reconnect itself. After a process restart the outbox is replayed from the start; the cloud's points are
+  idempotent, so a message delivered twice is stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.config import AgentConfig
+from edge_agent.db import connect, meta_add, tx
+from edge_agent.wire import GatewayStatus, status_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PublisherStats:
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    messages_sent: int = 0
+    aggregates_sent: int = 0
+    refused: int = 0
+    inflight: int = 0
+    last_error: str = ""
+
+
+class Backoff:
+    """Full-jitter exponential backoff: sleep uniform(0, min(cap, base * 2**attempt))."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        delay = self._rng.uniform(self.base / 2, min(self.cap, self.base * 2**self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Publisher(threading.Thread):
+    """Drains the outbox to the broker until :meth:`stop` is called."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        super().__init__(name=f"publisher-{config.gateway.id}", daemon=True)
+        self.config = config
+        self.gateway = config.gateway.id
+        self.stats = PublisherStats()
+        self.wake = threading.Event()
+        self._stop_evt = threading.Event()
+        self._inflight: dict[int, tuple[int, int]] = {}  # mid -> (seq, items)
+        self._acked: list[tuple[int, ReasonCode | int]] = []
+        self._socket_open = False
+        self._next_seq = 0  # rows with seq >= this have not been handed to paho in this process
+        self._client = self._make_client()
+
+    # -- paho setup --------------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config.mqtt
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.config.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+        if cfg.tls is not None:
+            client.tls_set(
+                ca_certs=str(cfg.tls.ca),
+                certfile=str(cfg.tls.cert) if cfg.tls.cert else None,
+                keyfile=str(cfg.tls.key) if cfg.tls.key else None,
+                keyfile_password=cfg.tls.key_password.get_secret_value() if cfg.tls.key_password else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        will = GatewayStatus(gateway=self.gateway, online=False, at=0).model_dump_json()
+        client.will_set(status_topic(self.gateway), will, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        if reason.is_failure:
+            self.stats.last_error = f"CONNACK {reason}"
+            log.warning("broker refused connection: %s", reason)
+            return
+        self.stats.connected = True
+        self.stats.connects += 1
+        status = GatewayStatus(gateway=self.gateway, online=True, at=int(time.time() * 1000))
+        client.publish(status_topic(self.gateway), status.model_dump_json(), qos=1, retain=True)
+        log.info("connected to %s:%d", self.config.mqtt.host, self.config.mqtt.port)
+        self.wake.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        if self.stats.connected:
+            self.stats.disconnects += 1
+            log.warning("disconnected from broker: %s", reason)
+        self.stats.connected = False
+        self._socket_open = False
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        self._acked.append((mid, reason))
+
+    # -- thread ------------------------------------------------------------------------------------------
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop_evt.set()
+        self.wake.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        conn = connect(self.config.db_path)
+        cfg = self.config.mqtt
+        backoff = Backoff(cfg.reconnect_min.total_seconds(), cfg.reconnect_max.total_seconds())
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(cfg.session_expiry.total_seconds())
+        ever_connected = False
+        try:
+            while not self._stop_evt.is_set():
+                if not self._socket_open:
+                    try:
+                        if ever_connected:
+                            self._client.reconnect()
+                        else:
+                            self._client.connect(
+                                cfg.host, cfg.port, keepalive=int(cfg.keepalive.total_seconds()),
+                                clean_start=False, properties=props,
+                            )
+                            ever_connected = True
+                        self._socket_open = True
+                    except (OSError, ssl.SSLError) as err:
+                        self.stats.last_error = str(err)
+                        self._stop_evt.wait(backoff.next())
+                        continue
+                rc = self._client.loop(timeout=0.05)
+                if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                    self.stats.connected = False
+                    self._socket_open = False
+                    self._stop_evt.wait(backoff.next())
+                    continue
+                if self.stats.connected:
+                    backoff.reset()
+                self._settle(conn)
+                if self.stats.connected:
+                    self._fill(conn)
+            self._drain_before_stop(conn)
+        finally:
+            conn.close()
+
+    def _drain_before_stop(self, conn: Any) -> None:
+        """On a clean stop, give in-flight messages a moment to be acknowledged, then disconnect."""
+        deadline = time.monotonic() + 2.0
+        while self._inflight and self.stats.connected and time.monotonic() < deadline:
+            self._client.loop(timeout=0.05)
+            self._settle(conn)
+        if self._client.is_connected():
+            status = GatewayStatus(gateway=self.gateway, online=False, at=int(time.time() * 1000))
+            info = self._client.publish(status_topic(self.gateway), status.model_dump_json(), qos=1, retain=True)
+            end = time.monotonic() + 1.0
+            while not info.is_published() and time.monotonic() < end:
+                self._client.loop(timeout=0.05)
+            self._client.disconnect()
+            self._client.loop(timeout=0.1)
+
+    def _settle(self, conn: Any) -> None:
+        """Delete acknowledged rows; move refused ones aside."""
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        done: list[tuple[int]] = []
+        refused: list[tuple[int, str]] = []
+        items = 0
+        for mid, reason in acked:
+            entry = self._inflight.pop(mid, None)
+            if entry is None:
+                continue  # status message, not an outbox row
+            seq, n = entry
+            code = reason.value if isinstance(reason, ReasonCode) else int(reason)
+            if code >= 0x80:
+                refused.append((seq, str(reason)))
+            else:
+                done.append((seq,))
+                items += n
+        now_ms = int(time.time() * 1000)
+        with tx(conn):
+            for seq, why in refused:
+                conn.execute(
+                    "INSERT OR REPLACE INTO refused(seq, topic, payload, reason, at) "
+                    "SELECT seq, topic, payload, ?, ? FROM outbox WHERE seq = ?",
+                    (why, now_ms, seq),
+                )
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", done + [(s,) for s, _ in refused])
+            if refused:
+                meta_add(conn, "refused", len(refused))
+            meta_add(conn, "messages_sent", len(done))
+            meta_add(conn, "aggregates_sent", items)
+        if refused:
+            log.error("broker refused %d message(s), e.g. seq %d: %s", len(refused), *refused[0])
+        self.stats.refused += len(refused)
+        self.stats.messages_sent += len(done)
+        self.stats.aggregates_sent += items
+        self.stats.inflight = len(self._inflight)
+
+    def _fill(self, conn: Any) -> None:
+        room = self.config.mqtt.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        rows = conn.execute(
+            "SELECT seq, topic, payload, retain, items FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?",
+            (self._next_seq, room),
+        ).fetchall()
+        for seq, topic, payload, retain, items in rows:
+            info = self._client.publish(topic, bytes(payload), qos=1, retain=bool(retain))
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                # paho keeps the message and sends it after reconnecting; track it like any other.
+                self._inflight[info.mid] = (seq, items)
+                self._next_seq = seq + 1
+                break
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.stats.last_error = f"publish rc={info.rc}"
+                log.warning("paho did not queue seq %d: %s", seq, mqtt.error_string(info.rc))
+                break
+            self._inflight[info.mid] = (seq, items)
+            self._next_seq = seq + 1
+        self.stats.inflight = len(self._inflight)
+
+
+def decode_status(payload: bytes) -> dict[str, Any]:
+    """Parse a retained status message (for the CLI)."""
+    doc = orjson.loads(payload)
+    assert isinstance(doc, dict)
+    return doc

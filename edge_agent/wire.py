@@ -1,0 +1,200 @@
+"""The wire contract between gateway and cloud: the ONE module both sides import.
+
+Topics (``<gw>`` is the gateway id, which must equal the payload's ``gateway`` and, with mTLS, the
+certificate's identity)::
+
+    kyojo/v1/<gw>/agg/<category>          AggregateBatch, QoS 1, not retained
+    kyojo/v1/<gw>/consent/<consent_id>    ConsentRecord, QoS 1, retained (empty payload clears it)
+    kyojo/v1/<gw>/status                  GatewayStatus, retained; also the MQTT last will
+
+Payloads are JSON (UTF-8), at most :data:`MAX_PAYLOAD_BYTES`. A receiver checks ``v`` first and refuses a
+schema version it does not know.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.base import METRICS, Category, KyojoError
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "kyojo/v1"
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_ITEMS = 2000
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_ID_RE = re.compile(_ID)
+Ident = Annotated[str, Field(pattern=_ID)]
+
+
+class WireError(KyojoError, ValueError):
+    """A message that breaks the contract; ``cause`` is a stable counter label."""
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        self.cause = cause
+        self.detail = detail
+        super().__init__(f"{cause}: {detail}" if detail else cause)
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AggregateItem(_Msg):
+    """One window of one series. ``start`` is the window start in epoch milliseconds (UTC).
+
+    Gauges carry count/mean/min/max/last; counters (energy) carry ``delta`` over the window and ``last``.
+    The cloud stores the item as one point keyed by (metric, gateway, subject, device, purpose, start), so a
+    redelivered item overwrites itself instead of doubling.
+    """
+
+    metric: str
+    subject: Ident
+    device: Ident
+    start: int = Field(ge=0)
+    window_s: int = Field(gt=0, le=86_400)
+    count: int = Field(ge=1)
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    last: float
+    delta: float | None = None
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> AggregateItem:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}")
+        return self
+
+
+class AggregateBatch(_Msg):
+    """What a gateway releases: aggregates of one category, for one purpose, under one consent."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    gateway: Ident
+    seq: int = Field(ge=0)
+    sent: int = Field(ge=0, description="epoch ms when the batch was queued")
+    consent: Ident
+    purpose: Ident
+    category: Category
+    audit_head: str | None = Field(default=None, max_length=128)
+    items: list[AggregateItem] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+class ConsentStatus(StrEnum):
+    ACTIVE = "active"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+
+
+class ConsentRecord(_Msg):
+    """The part of a consent the cloud needs to enforce it. Travels retained on its own topic."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    gateway: Ident
+    id: Ident
+    subject: Ident
+    purpose: Ident
+    categories: list[Category] = Field(min_length=1)
+    status: ConsentStatus
+    given_at: datetime
+    expires_at: datetime | None = None
+    withdrawn_at: datetime | None = None
+
+    def active_at(self, when: datetime) -> bool:
+        if self.status is not ConsentStatus.ACTIVE:
+            return False
+        return self.expires_at is None or when < self.expires_at
+
+
+class GatewayStatus(_Msg):
+    v: Literal[1] = SCHEMA_VERSION
+    gateway: Ident
+    online: bool
+    at: int = Field(ge=0)
+    detail: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+def agg_topic(gateway: str, category: Category | str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/agg/{Category(category).value}"
+
+
+def consent_topic(gateway: str, consent_id: str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/consent/{consent_id}"
+
+
+def status_topic(gateway: str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/status"
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID_RE.match(value))
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """Split ``kyojo/v1/<gw>/<kind>/<rest>`` into (gateway, kind, rest); raise WireError otherwise."""
+    parts = topic.split("/", 4)
+    if len(parts) < 4 or parts[0] != "kyojo" or parts[1] != "v1":
+        raise WireError("bad_topic", topic[:200])
+    rest = parts[4] if len(parts) == 5 else ""
+    return parts[2], parts[3], rest
+
+
+def decode_batch(topic: str, payload: bytes) -> AggregateBatch:
+    """Validate one aggregate message against its topic. Raises WireError with a stable cause."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    gateway, kind, rest = parse_topic(topic)
+    if kind != "agg":
+        raise WireError("bad_topic", topic[:200])
+    doc = _load_versioned(payload)
+    try:
+        batch = AggregateBatch.model_validate(doc)
+    except ValueError as err:
+        raise WireError("invalid", _short(err)) from err
+    if batch.gateway != gateway:
+        raise WireError("gateway_mismatch", f"topic {gateway!r} != payload {batch.gateway!r}")
+    if rest != batch.category.value:
+        raise WireError("category_mismatch", f"topic {rest!r} != payload {batch.category.value!r}")
+    return batch
+
+
+def decode_consent(topic: str, payload: bytes) -> ConsentRecord:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError("oversize", f"{len(payload)} bytes")
+    gateway, kind, rest = parse_topic(topic)
+    if kind != "consent":
+        raise WireError("bad_topic", topic[:200])
+    doc = _load_versioned(payload)
+    try:
+        record = ConsentRecord.model_validate(doc)
+    except ValueError as err:
+        raise WireError("invalid", _short(err)) from err
+    if record.gateway != gateway or record.id != rest:
+        raise WireError("gateway_mismatch", f"topic {topic!r} does not match record {record.id!r}")
+    return record
+
+
+def _load_versioned(payload: bytes) -> dict[str, object]:
+    """Parse JSON once and check the schema version before anything else."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as err:
+        raise WireError("bad_json", str(err)[:200]) from err
+    if not isinstance(doc, dict):
+        raise WireError("invalid", "payload is not a JSON object")
+    version = doc.get("v")
+    if version != SCHEMA_VERSION:
+        raise WireError("schema_version", f"v={version!r}, this side speaks v{SCHEMA_VERSION}")
+    return doc
+
+
+def _short(err: ValueError) -> str:
+    text = str(err).replace("\n", " ")
+    return text[:300]

@@ -1,0 +1,1 @@
+"""Provisioning: CA, gateway identity, enrollment, broker config, and local service harnesses."""
