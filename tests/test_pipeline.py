@@ -126,8 +126,10 @@ def test_expiry_stops_release(tmp_path: Path) -> None:
     consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(0), expires_at=at(120))
     p.store(reading("hr", "p1", "heart_rate", 70, T0 + i) for i in range(300))
     p.close_windows(T0 + 100)
+    assert [i.start for b in batches(p) for i in b.items] == [int(T0 * 1000)]
     p.close_windows(T0 + 400)  # [60, 120) falls due after the expiry: the cloud would refuse it too
-    assert sorted({i.start for b in batches(p) for i in b.items}) == [int(T0 * 1000)]
+    assert batches(p) == []  # what was still queued at expiry is dropped, like on withdrawal
+    assert p.conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 1
     assert consent.list_consents(p.conn)[0].status == "expired"
 
 
