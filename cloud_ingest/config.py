@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 
 def _default_client_id() -> str:
@@ -17,11 +22,14 @@ def _default_client_id() -> str:
 
 
 class IngestSettings(BaseSettings):
-    """Everything an ingester process needs. Env vars: ``KYOJO_INGEST_<FIELD>`` (e.g. KYOJO_INGEST_INFLUX_URL)."""
+    """Everything an ingester process needs.
+
+    Env vars: ``KYOJO_INGEST_<FIELD>`` (e.g. KYOJO_INGEST_INFLUX_URL).
+    """
 
     model_config = SettingsConfigDict(env_prefix="KYOJO_INGEST_", extra="forbid", frozen=True)
 
-    # -- MQTT -------------------------------------------------------------------------------------------------
+    # -- MQTT ---------------------------------------------------------------------------------------------
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=1883, gt=0, lt=65536)
     tls_ca: Path | None = None
@@ -37,7 +45,7 @@ class IngestSettings(BaseSettings):
     #: MQTT v5 Receive Maximum: unacknowledged QoS 1 messages the broker may have outstanding to us
     receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
 
-    # -- InfluxDB ---------------------------------------------------------------------------------------------
+    # -- InfluxDB -----------------------------------------------------------------------------------------
     influx_api: Literal["v1", "v2"] = "v1"
     influx_url: str = "http://127.0.0.1:8086"
     influx_db: str = "kyojo"
@@ -49,7 +57,7 @@ class IngestSettings(BaseSettings):
     influx_token: SecretStr | None = None
     influx_timeout: float = Field(default=10.0, gt=0)
 
-    # -- batching, backpressure, retries ------------------------------------------------------------------------
+    # -- batching, backpressure, retries ------------------------------------------------------------------
     batch_points: int = Field(default=5000, ge=1)
     batch_interval: timedelta = timedelta(seconds=0.2)
     max_pending_points: int = Field(default=100_000, ge=1)
@@ -96,6 +104,10 @@ def load_settings(config_file: Path | None = None, **overrides: object) -> Inges
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return (
+                init_settings,
+                env_settings,
+                TomlConfigSettingsSource(settings_cls, toml_file=config_file),
+            )
 
     return _FromFile(**values)  # type: ignore[arg-type]

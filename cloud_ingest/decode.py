@@ -28,7 +28,9 @@ from edge_agent.wire import MAX_ITEMS, MAX_PAYLOAD_BYTES, AggregateBatch, decode
 _ident = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}").fullmatch
 _CATEGORY_OF = {name: spec.category.value for name, spec in METRICS.items()}
 _CATEGORIES = frozenset(c.value for c in Category)
-_BATCH_KEYS = frozenset({"v", "gateway", "seq", "sent", "consent", "purpose", "category", "audit_head", "items"})
+_BATCH_KEYS = frozenset(
+    {"v", "gateway", "seq", "sent", "consent", "purpose", "category", "audit_head", "items"}
+)
 _ITEM_KEYS = frozenset(
     {"metric", "subject", "device", "start", "window_s", "count", "mean", "min", "max", "last", "delta"}
 )
@@ -69,11 +71,11 @@ class IdentCache:
         ok = self._ok
         if value in ok:
             return True
-        if _ident(value) is None:  # type: ignore[arg-type]
+        if _ident(value) is None:
             return False
         if len(ok) >= self._max:
             ok.clear()
-        ok.add(value)  # type: ignore[arg-type]
+        ok.add(value)
         return True
 
 
@@ -128,7 +130,7 @@ class BatchDecoder:
             points=len(lines),
         )
 
-    def fast(self, topic: str, payload: bytes) -> Decoded | None:  # noqa: C901 - one flat pass on purpose
+    def fast(self, topic: str, payload: bytes) -> Decoded | None:
         """The fast path: a Decoded when the message is certainly valid, None when not sure."""
         if len(payload) > MAX_PAYLOAD_BYTES:
             return None

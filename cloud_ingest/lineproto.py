@@ -100,7 +100,9 @@ class LineBuilder:
         self._cache: dict[tuple[str, str, str, str, str, str], str] = {}
         self._max_cache = max_cache
 
-    def series(self, metric: str, category: str, device: str, gateway: str, purpose: str, subject: str) -> str:
+    def series(
+        self, metric: str, category: str, device: str, gateway: str, purpose: str, subject: str
+    ) -> str:
         """The escaped ``measurement,tags`` prefix of one series (cached)."""
         key = (metric, category, device, gateway, purpose, subject)
         head = self._cache.get(key)
@@ -119,9 +121,12 @@ class LineBuilder:
         head = self.series(
             item.metric, batch.category.value, item.device, batch.gateway, batch.purpose, item.subject
         )
-        return head + " " + _fields(
-            item.count, item.window_s, item.mean, item.min, item.max, item.last, item.delta
-        ) + f" {item.start}"
+        return (
+            head
+            + " "
+            + _fields(item.count, item.window_s, item.mean, item.min, item.max, item.last, item.delta)
+            + f" {item.start}"
+        )
 
     def batch_lines(self, batch: AggregateBatch) -> list[str]:
         """Every item of a batch, one line each."""

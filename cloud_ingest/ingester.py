@@ -1,0 +1,565 @@
+"""The cloud ingester: MQTT v5 shared subscription -> validate -> consent check -> InfluxDB -> PUBACK.
+
+Protocol facts this relies on:
+
+- MQTT v5 shared subscriptions (``$share/<group>/<filter>``): the broker hands each message to ONE member
+  of the group, so ingesters scale out by starting more processes with the same group.
+- QoS 1 with manual acknowledgement: paho sends the PUBACK only when we call ``client.ack(mid, 1)``, which
+  we do after InfluxDB answered 2xx for the message's points. A message never acknowledged stays in the
+  client's session on the broker and is sent again (DUP) when the same client id reconnects with
+  ``clean_start=False`` before the Session Expiry Interval runs out: an ingester killed with -9 between
+  receive and write loses nothing. Redelivery writes the same points again, which overwrites them
+  (measurement + tags + timestamp identify a point), so nothing doubles.
+- Receive Maximum (CONNECT property): the broker never has more than that many unacknowledged QoS 1
+  messages outstanding to us. That is the protocol's own backpressure: while InfluxDB is slow or down,
+  the broker simply stops sending (and queues for us) instead of us buffering without bound.
+- After SUBACK, the broker sends the retained messages of that subscription before anything it queues later
+  on the same connection. We subscribe to consents first and to the data only after the consents' SUBACK;
+  once the data SUBACK arrives every retained consent has been delivered, so the consent table is complete
+  before we judge data. Data that arrives earlier (a resumed session resends in-flight messages right after
+  CONNACK) is parked until then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from cloud_ingest.config import IngestSettings
+from cloud_ingest.decode import BatchDecoder, Decoded
+from cloud_ingest.writer import InfluxV1Writer, InfluxV2Writer, RetryPolicy, WriteError, Writer
+from edge_agent.wire import ConsentStatus, WireError, decode_consent, parse_topic
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
+
+#: HTTP statuses that blame the request's content: split the batch to find the message(s) at fault.
+_CONTENT_STATUSES = frozenset({400, 413, 422})
+
+
+@dataclass(frozen=True, slots=True)
+class _Consent:
+    subject: str
+    purpose: str
+    categories: frozenset[str]
+    status: str
+    expires: float | None  # POSIX seconds
+    epoch: int  # connection generation in which we last heard of it
+
+
+class _RateLimitedLog:
+    """Logs the first event of each cause at once, then at most one summary per ``interval`` seconds."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self._interval = interval
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, level: int, cause: str, message: str) -> None:
+        now = time.monotonic()
+        if now < self._next.get(cause, 0.0):
+            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
+            return
+        self._next[cause] = now + self._interval
+        extra = self._suppressed.pop(cause, 0)
+        suffix = f" (+{extra} more since last report)" if extra else ""
+        log.log(level, "%s: %s%s", cause, message, suffix)
+
+
+class _Window:
+    """Last/avg/p99 over the last ``size`` samples."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self.last = 0.0
+
+    def add(self, value: float) -> None:
+        self.last = value
+        self._values.append(value)
+
+    def summary(self) -> dict[str, float]:
+        values = sorted(self._values)
+        if not values:
+            return {"last": 0.0, "avg": 0.0, "p99": 0.0}
+        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+        return {"last": round(self.last, 3), "avg": round(sum(values) / len(values), 3), "p99": round(p99, 3)}
+
+
+def make_writer(settings: IngestSettings) -> Writer:
+    """The writer the settings ask for."""
+    if settings.influx_api == "v2":
+        assert settings.influx_org is not None
+        assert settings.influx_bucket is not None
+        assert settings.influx_token is not None
+        return InfluxV2Writer(
+            settings.influx_url,
+            settings.influx_org,
+            settings.influx_bucket,
+            settings.influx_token.get_secret_value(),
+            timeout=settings.influx_timeout,
+        )
+    return InfluxV1Writer(
+        settings.influx_url,
+        settings.influx_db,
+        settings.influx_rp,
+        username=settings.influx_username,
+        password=settings.influx_password.get_secret_value() if settings.influx_password else None,
+        timeout=settings.influx_timeout,
+    )
+
+
+class Ingester:
+    """One ingester: an MQTT client (paho, network thread) feeding a writer thread.
+
+    In-process use (tests)::
+
+        ing = Ingester(settings); ing.start(); ...; ing.wait_idle(); ing.stats(); ing.stop()
+
+    Threads: paho's network thread runs ``_on_message`` (decode, consent check, append to the open batch);
+    the writer thread flushes a batch when it holds ``batch_points`` points or ``batch_interval`` passed since
+    its first point, then acknowledges every message of the batch. One batch is written while the next fills.
+    """
+
+    def __init__(self, settings: IngestSettings, *, writer: Writer | None = None) -> None:
+        self.settings = settings
+        self._writer = writer if writer is not None else make_writer(settings)
+        self._policy = RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max)
+        self._decoder = BatchDecoder()
+        self._interval = settings.batch_interval.total_seconds()
+        self._batch_points = settings.batch_points
+        self._max_pending = settings.max_pending_points
+        self._cond = threading.Condition()
+        self._stop_evt = threading.Event()
+        self._stopping = False
+        # open batch: per message, its lines and its (mid, qos, generation) for the PUBACK
+        self._chunks: list[str] = []
+        self._acks: list[tuple[int, int, int]] = []
+        self._points = 0
+        self._first_at = 0.0
+        self._pending = 0  # points accepted but not yet written (open batch + batch being written)
+        self._inflight_batch = False
+        # connection state (generation changes at each connect; acks of an older one are dropped, since
+        # the broker resends those messages anyway)
+        self._gen = 0
+        self._ready = False
+        self._connected = False
+        self._consent_sub_mid: int | None = None
+        self._data_sub_mid: int | None = None
+        self._parked: list[tuple[str, bytes, int, int]] = []
+        self._ready_evt = threading.Event()
+        self._fatal: str | None = None
+        self._consents: dict[tuple[str, str], _Consent] = {}
+        # counters
+        self._received = 0
+        self._accepted = 0
+        self._written = 0
+        self._batches = 0
+        self._retries = 0
+        self._write_errors = 0
+        self._consent_updates = 0
+        self._rejected: dict[str, int] = {}
+        self._latency = _Window()
+        self._lag_last = 0.0
+        self._lag_max = 0.0
+        self._last_activity = time.monotonic()
+        self._rlog = _RateLimitedLog()
+        self._client: mqtt.Client | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self, timeout: float = 15.0) -> None:
+        """Connect, subscribe (consents, then data) and start the writer; return once data can flow."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        s = self.settings
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if s.tls_ca is not None or s.tls_cert is not None:
+            client.tls_set(
+                ca_certs=str(s.tls_ca) if s.tls_ca else None,
+                certfile=str(s.tls_cert) if s.tls_cert else None,
+                keyfile=str(s.tls_key) if s.tls_key else None,
+            )
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.reconnect_delay_set(1, 30)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = s.session_expiry
+        props.ReceiveMaximum = s.receive_maximum
+        self._client = client
+        self._thread = threading.Thread(target=self._writer_loop, name="kyojo-ingest-writer", daemon=True)
+        self._thread.start()
+        client.connect(
+            s.broker_host, s.broker_port, keepalive=s.keepalive, clean_start=False, properties=props
+        )
+        client.loop_start()
+        if not self._ready_evt.wait(timeout) or self._fatal:
+            reason = self._fatal or f"not subscribed within {timeout}s"
+            self.stop()
+            raise ConnectionError(f"ingester {s.client_id}: {reason}")
+        log.info("ingester %s ready (%s + %s)", s.client_id, s.consent_filter, s.data_filter)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop taking messages, flush and acknowledge what is open, disconnect (the session persists).
+
+        Messages that arrive while stopping are neither written nor acknowledged: the broker keeps them in
+        this client's session and sends them again when the same client id comes back.
+        """
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():  # writer stuck retrying: give up without acking
+                self._stop_evt.set()
+                with self._cond:
+                    self._cond.notify_all()
+                thread.join(timeout)
+        self._stop_evt.set()
+        client = self._client
+        if client is not None:
+            client.disconnect()  # queued after the PUBACKs: the network thread sends them in order
+            client.loop_stop()
+            client.on_message = None
+        self._writer.close()
+        self._thread = None
+        self._client = None
+
+    def __enter__(self) -> Ingester:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_idle(self, timeout: float = 15.0, quiet: float = 0.3) -> bool:
+        """Wait until nothing is pending and no message arrived for ``quiet`` seconds; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._cond:
+                idle = (
+                    self._pending == 0
+                    and not self._parked
+                    and time.monotonic() - self._last_activity >= quiet
+                )
+            if idle:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters (JSON-serialisable)."""
+        with self._cond:
+            return {
+                "client_id": self.settings.client_id,
+                "connected": self._connected,
+                "ready": self._ready,
+                "received": self._received,
+                "accepted": self._accepted,
+                "written": self._written,
+                "rejected": dict(sorted(self._rejected.items())),
+                "rejected_total": sum(self._rejected.values()),
+                "batches": self._batches,
+                "retries": self._retries,
+                "write_errors": self._write_errors,
+                "write_latency_ms": self._latency.summary(),
+                "lag_ms": {"last": round(self._lag_last, 1), "max": round(self._lag_max, 1)},
+                "consents_known": len(self._consents),
+                "consent_updates": self._consent_updates,
+                "pending_points": self._pending,
+                "parked": len(self._parked),
+                "fast_path": self._decoder.fast_hits,
+                "slow_path": self._decoder.slow_hits,
+            }
+
+    # -- MQTT callbacks (paho network thread) -------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: Any, _p: object = None) -> None:
+        if rc.is_failure:
+            self._fatal = f"CONNACK refused: {rc}"
+            log.error("ingester %s: broker refused the connection: %s", self.settings.client_id, rc)
+            if rc.value in (0x86, 0x87, 0x85, 0x8C):  # bad credentials / not authorised / bad client id
+                self._ready_evt.set()
+            return
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        with self._cond:
+            self._gen += 1
+            self._connected = True
+            self._ready = False
+        _rc, mid = client.subscribe(self.settings.consent_filter, options=SubscribeOptions(qos=1))
+        self._consent_sub_mid = mid
+        log.info(
+            "ingester %s connected (session present: %s)",
+            self.settings.client_id,
+            getattr(_f, "session_present", "?"),
+        )
+
+    def _on_disconnect(self, _c: object, _u: object, _f: object, rc: Any, _p: object = None) -> None:
+        with self._cond:
+            self._connected = False
+            self._ready = False
+        if not self._stopping:
+            log.warning("ingester %s disconnected: %s (paho reconnects)", self.settings.client_id, rc)
+
+    def _on_subscribe(self, client: mqtt.Client, _u: object, mid: int, codes: list[Any], _p: object) -> None:
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        if any(code.is_failure for code in codes):
+            self._fatal = f"subscription refused: {[str(c) for c in codes]}"
+            log.error("ingester %s: %s", self.settings.client_id, self._fatal)
+            self._ready_evt.set()
+            return
+        if mid == self._consent_sub_mid:
+            # Retained consents follow this SUBACK; the data SUBACK will come after all of them.
+            options = SubscribeOptions(qos=1)
+            _rc, self._data_sub_mid = client.subscribe(self.settings.data_filter, options=options)
+        elif mid == self._data_sub_mid:
+            with self._cond:
+                gen = self._gen
+                # Consents not (re)announced since this connection began were cleared while we were away.
+                for key in [k for k, c in self._consents.items() if c.epoch < gen]:
+                    del self._consents[key]
+                parked, self._parked = self._parked, []
+                self._ready = True
+            for topic, payload, m, qos in parked:
+                self._handle_data(topic, payload, m, qos)
+            self._ready_evt.set()
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        payload = bytes(msg.payload)
+        if "/agg/" in topic:
+            if self._stopping:
+                return  # neither written nor acked: stays in our session for the next run
+            if not self._ready:
+                with self._cond:
+                    self._parked.append((topic, payload, msg.mid, msg.qos))
+                return
+            self._handle_data(topic, payload, msg.mid, msg.qos)
+        else:
+            self._handle_consent(topic, payload)
+            if msg.qos:
+                self._ack(msg.mid, msg.qos)
+
+    def _ack(self, mid: int, qos: int) -> None:
+        client = self._client
+        if client is not None:
+            client.ack(mid, qos)
+
+    # -- data path ----------------------------------------------------------------------------------------
+    def _handle_data(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        self._received += 1
+        try:
+            d = self._decoder.decode(topic, payload)
+        except WireError as err:
+            self._reject(err.cause, err.detail or str(err), mid, qos)
+            return
+        cause = self._check_consent(d)
+        if cause is not None:
+            self._reject(cause[0], cause[1], mid, qos)
+            return
+        lag = time.time() * 1000.0 - d.sent
+        with self._cond:
+            while self._pending >= self._max_pending and not self._stop_evt.is_set():
+                # Last-resort bound (Receive Maximum normally keeps us far below it): holding the network
+                # thread here stops reading the socket until the writer has made room.
+                self._cond.wait(0.5)
+            self._accepted += 1
+            self._lag_last = lag
+            if lag > self._lag_max:
+                self._lag_max = lag
+            if not self._chunks:
+                self._first_at = time.monotonic()
+            self._chunks.append(d.body)
+            self._acks.append((mid, qos, self._gen))  # one per chunk, also for QoS 0 (split pairs them)
+            self._points += d.points
+            self._pending += d.points
+            self._last_activity = time.monotonic()
+            if self._points >= self._batch_points:
+                self._cond.notify_all()
+
+    def _check_consent(self, d: Decoded) -> tuple[str, str] | None:
+        rec = self._consents.get((d.gateway, d.consent))
+        if rec is None:
+            return "unknown_consent", f"{d.gateway}/{d.consent}"
+        if rec.status != ConsentStatus.ACTIVE.value:
+            return f"consent_{rec.status}", f"{d.gateway}/{d.consent} is {rec.status}"
+        if rec.expires is not None and time.time() >= rec.expires:
+            return "consent_expired", f"{d.gateway}/{d.consent} expired"
+        if rec.purpose != d.purpose:
+            return "consent_mismatch", f"{d.gateway}/{d.consent}: purpose {d.purpose!r} != {rec.purpose!r}"
+        if d.category not in rec.categories:
+            return "consent_mismatch", f"{d.gateway}/{d.consent}: category {d.category!r} not consented"
+        if len(d.subjects) != 1 or rec.subject not in d.subjects:
+            subjects = sorted(d.subjects)
+            return "consent_mismatch", f"{d.gateway}/{d.consent}: subjects {subjects} != {rec.subject!r}"
+        if not d.metrics_in_category:
+            return "metric_category", f"{d.gateway}: a metric outside category {d.category!r}"
+        return None
+
+    def _reject(self, cause: str, detail: str, mid: int, qos: int) -> None:
+        with self._cond:
+            self._rejected[cause] = self._rejected.get(cause, 0) + 1
+            self._last_activity = time.monotonic()
+        self._rlog(logging.WARNING, cause, detail)
+        if qos:
+            self._ack(mid, qos)  # a bad message will not get better: acknowledge it so it is not redelivered
+
+    def _handle_consent(self, topic: str, payload: bytes) -> None:
+        with self._cond:
+            self._consent_updates += 1
+            gen = self._gen
+        try:
+            gateway, _kind, consent_id = parse_topic(topic)
+            if not payload:  # an empty retained message clears the record
+                with self._cond:
+                    self._consents.pop((gateway, consent_id), None)
+                return
+            rec = decode_consent(topic, payload)
+        except WireError as err:
+            with self._cond:
+                cause = f"consent_record_{err.cause}"
+                self._rejected[cause] = self._rejected.get(cause, 0) + 1
+            self._rlog(logging.WARNING, cause, str(err))
+            return
+        expires = rec.expires_at.timestamp() if isinstance(rec.expires_at, datetime) else None
+        entry = _Consent(
+            subject=rec.subject,
+            purpose=rec.purpose,
+            categories=frozenset(c.value for c in rec.categories),
+            status=rec.status.value,
+            expires=expires,
+            epoch=gen,
+        )
+        with self._cond:
+            self._consents[(rec.gateway, rec.id)] = entry
+
+    # -- writer thread ------------------------------------------------------------------------------------
+    def _take_batch(self) -> tuple[list[str], list[tuple[int, int, int]], int] | None:
+        """Block until a batch is due; None when stopping and nothing is left."""
+        with self._cond:
+            while True:
+                if self._stop_evt.is_set():
+                    return None
+                if self._chunks:
+                    due = self._first_at + self._interval
+                    now = time.monotonic()
+                    if self._points >= self._batch_points or now >= due or self._stopping:
+                        chunks, acks, points = self._chunks, self._acks, self._points
+                        self._chunks, self._acks, self._points = [], [], 0
+                        return chunks, acks, points
+                    self._cond.wait(due - now)
+                elif self._stopping:
+                    return None
+                else:
+                    self._cond.wait(0.5)
+
+    def _writer_loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            chunks, acks, points = batch
+            try:
+                self._write_batch(chunks, acks)
+            except WriteError:
+                return  # only when stop was forced mid-retry: nothing acked, the broker keeps the messages
+            except Exception:  # pragma: no cover - a bug; keep the process alive and loud
+                log.exception("writer thread failed on a batch of %d points", points)
+            finally:
+                with self._cond:
+                    self._pending -= points
+                    self._last_activity = time.monotonic()
+                    self._cond.notify_all()
+
+    def _write_batch(self, chunks: list[str], acks: list[tuple[int, int, int]]) -> None:
+        body = "\n".join(chunks).encode()
+        blocked = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                self._write(body)
+            except WriteError as err:
+                if err.status in _CONTENT_STATUSES:
+                    self._split(chunks, acks, err)
+                    return
+                # 401/403/404...: configuration, not content. Never drop data for it: hold and retry slowly.
+                with self._cond:
+                    self._write_errors += 1
+                self._rlog(logging.ERROR, "influx_blocked", str(err))
+                if self._stop_evt.wait(self._policy.delay(blocked + 8)):
+                    raise
+                blocked += 1
+                continue
+            self._done(len(chunks), body.count(b"\n") + 1, acks, time.perf_counter() - t0)
+            return
+
+    def _write(self, body: bytes) -> None:
+        """One write with retries on retriable errors (for ever, until a forced stop)."""
+        attempt = 0
+        while True:
+            try:
+                self._writer.write(body)
+                return
+            except WriteError as err:
+                if not err.retriable:
+                    raise
+                with self._cond:
+                    self._retries += 1
+                    self._write_errors += 1
+                self._rlog(logging.WARNING, "influx_retry", str(err))
+                if self._stop_evt.wait(self._policy.delay(attempt)):
+                    raise
+                attempt += 1
+
+    def _split(self, chunks: list[str], acks: list[tuple[int, int, int]], err: WriteError) -> None:
+        """InfluxDB refused the batch's content: bisect by message to find the culprit(s).
+
+        A message refused on its own is rejected (cause ``influx_rejected``) and acknowledged, so it does not
+        loop for ever. InfluxDB 1.x stores the valid points of a "partial write" anyway; rewriting them while
+        bisecting is harmless because points are idempotent.
+        """
+        if len(chunks) == 1:
+            with self._cond:
+                self._rejected["influx_rejected"] = self._rejected.get("influx_rejected", 0) + 1
+            self._rlog(logging.WARNING, "influx_rejected", str(err))
+            self._send_acks(acks)
+            return
+        half = len(chunks) // 2
+        for part_chunks, part_acks in ((chunks[:half], acks[:half]), (chunks[half:], acks[half:])):
+            self._write_batch(part_chunks, part_acks)
+
+    def _done(self, n_msgs: int, points: int, acks: list[tuple[int, int, int]], seconds: float) -> None:
+        self._send_acks(acks)
+        with self._cond:
+            self._written += points
+            self._batches += 1
+            self._latency.add(seconds * 1000.0)
+
+    def _send_acks(self, acks: list[tuple[int, int, int]]) -> None:
+        client = self._client
+        if client is None:
+            return
+        gen = self._gen
+        for mid, qos, g in acks:
+            if qos and g == gen:
+                client.ack(mid, qos)

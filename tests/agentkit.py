@@ -1,0 +1,115 @@
+"""Helpers for tests that run a real gateway agent: configs, a synthetic driver, an MQTT collector."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from drivers.base import Clock, Reading, reading
+from edge_agent.config import AgentConfig
+
+T0 = 1_717_200_000.0  # 2024-06-01T00:00:00Z
+
+
+def agent_config(data_dir: Path, port: int, *, gateway: str = "gw-1", **extra: Any) -> AgentConfig:
+    doc: dict[str, Any] = {
+        "gateway": {"id": gateway, "data_dir": str(data_dir)},
+        "mqtt": {"port": port, "reconnect_min": 0.1, "reconnect_max": 0.5},
+        "store": {"commit_interval": 0.1},
+        "aggregation": {"grace": 30},
+    }
+    for key, value in extra.items():
+        doc.setdefault(key, {}).update(value)
+    return AgentConfig.model_validate(doc)
+
+
+class RampDriver:
+    """Heart rate every simulated second: 60 + (i mod 40), so every window's truth is easy to compute."""
+
+    def __init__(self, clock: Clock, device: str = "hr-1", subject: str = "p1", tick: float = 10.0) -> None:
+        self.device_id, self.subject, self.clock, self.tick = device, subject, clock, tick
+        self.emitted: list[Reading] = []
+
+    @staticmethod
+    def value(ts: float) -> float:
+        return 60.0 + int(ts) % 40
+
+    async def readings(self) -> AsyncIterator[Reading]:
+        last = int(self.clock.now())
+        while True:
+            await self.clock.sleep(self.tick)
+            now = int(self.clock.now())
+            for t in range(last + 1, now + 1):
+                r = reading(self.device_id, self.subject, "heart_rate", self.value(t), float(t))
+                self.emitted.append(r)
+                yield r
+            last = now
+
+    def health(self) -> Mapping[str, object]:
+        return {"emitted": len(self.emitted)}
+
+
+class Collector:
+    """A persistent-session MQTT v5 subscriber that records every message it gets."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "collector") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.client.loop_start()
+        assert self.subscribed.wait(10)
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_agent_in_thread(make: Callable[[], Any]) -> tuple[threading.Thread, Callable[[], None], list[Any]]:
+    """Run ``make()``'s Agent in a thread with its own loop; returns (thread, stop, [agent])."""
+    holder: list[Any] = []
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop_evt: list[asyncio.Event] = []
+
+    def target() -> None:
+        asyncio.set_event_loop(loop)
+        agent = make()
+        holder.append(agent)
+        stop_evt.append(asyncio.Event())
+        ready.set()
+        loop.run_until_complete(agent.run(stop_evt[0]))
+        loop.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(stop_evt[0].set)
+        thread.join(30)
+        assert not thread.is_alive()
+
+    return thread, stop, holder
