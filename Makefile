@@ -1,0 +1,40 @@
+# Kyojo: the two commands are `make demo` and `make test` (both create .venv/ first).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv services demo test lint typecheck unit bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Mosquitto and InfluxDB: installed with apt-get when missing and running as root on Debian, else a clear message.
+services: venv
+	$(BIN)/python -c "from provisioning.local import ensure_installed; ensure_installed(install=True)"
+
+demo: services
+	$(BIN)/kyojo demo
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy edge_agent cloud_ingest drivers provisioning
+
+unit: services
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: services
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf .kyojo .mypy_cache .ruff_cache .pytest_cache
