@@ -77,8 +77,9 @@ class ParseError(KyojoError, ValueError):
     ``reason`` is a short stable cause (used as a counter label); ``raw`` is the offending input.
     """
 
-    def __init__(self, reason: str, *, raw: bytes | str | None = None, device: str | None = None,
-                 detail: str = "") -> None:
+    def __init__(
+        self, reason: str, *, raw: bytes | str | None = None, device: str | None = None, detail: str = ""
+    ) -> None:
         self.reason = reason
         self.raw = raw
         self.device = device

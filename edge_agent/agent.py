@@ -56,8 +56,9 @@ def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], floa
 class Agent:
     """Runs one gateway until ``stop`` is set. ``drivers`` overrides the configured devices (tests)."""
 
-    def __init__(self, config: AgentConfig, *, clock: Clock | None = None,
-                 drivers: Sequence[Driver] | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, clock: Clock | None = None, drivers: Sequence[Driver] | None = None
+    ) -> None:
         self.config = config
         self.clock = clock or make_clock(config)
         if drivers is None:

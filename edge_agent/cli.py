@@ -158,9 +158,16 @@ def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Optio
         return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
 
     docs = [
-        {"id": c.id, "subject": c.subject, "purpose": c.purpose, "categories": sorted(c.categories),
-         "status": c.status.value, "given_at": when(c.given_at), "expires_at": when(c.expires_at),
-         "withdrawn_at": when(c.withdrawn_at)}
+        {
+            "id": c.id,
+            "subject": c.subject,
+            "purpose": c.purpose,
+            "categories": sorted(c.categories),
+            "status": c.status.value,
+            "given_at": when(c.given_at),
+            "expires_at": when(c.expires_at),
+            "withdrawn_at": when(c.withdrawn_at),
+        }
         for c in rows
     ]
     if as_json:

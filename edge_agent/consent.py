@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from drivers.base import Category, KyojoError
 from edge_agent.db import meta_add, meta_get, tx
@@ -85,7 +86,7 @@ def _dt(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def _row_to_consent(row: sqlite3.Row | tuple[object, ...]) -> Consent:
+def _row_to_consent(row: tuple[Any, ...]) -> Consent:
     cid, subject, purpose, cats, status, given, expires, withdrawn = row[:8]
     return Consent(
         id=str(cid),
@@ -93,9 +94,9 @@ def _row_to_consent(row: sqlite3.Row | tuple[object, ...]) -> Consent:
         purpose=str(purpose),
         categories=frozenset(Category(c) for c in json.loads(str(cats))),
         status=ConsentStatus(str(status)),
-        given_at=int(given),  # type: ignore[call-overload]
-        expires_at=None if expires is None else int(expires),  # type: ignore[call-overload]
-        withdrawn_at=None if withdrawn is None else int(withdrawn),  # type: ignore[call-overload]
+        given_at=int(given),
+        expires_at=None if expires is None else int(expires),
+        withdrawn_at=None if withdrawn is None else int(withdrawn),
     )
 
 
@@ -129,7 +130,7 @@ def _record(gateway: str, c: Consent) -> ConsentRecord:
         purpose=c.purpose,
         categories=sorted(c.categories),
         status=c.status,
-        given_at=_dt(c.given_at),  # type: ignore[arg-type]
+        given_at=datetime.fromtimestamp(c.given_at / 1000, tz=UTC),
         expires_at=_dt(c.expires_at),
         withdrawn_at=_dt(c.withdrawn_at),
     )
@@ -141,9 +142,7 @@ def _queue_record(conn: sqlite3.Connection, gateway: str, c: Consent, now_ms: in
         "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 1, NULL, 0, ?)",
         (meta_add(conn, "seq", 1), consent_topic(gateway, c.id), payload, now_ms),
     )
-    conn.execute(
-        "UPDATE consents SET record = ? WHERE id = ?", (payload.decode(), c.id)
-    )
+    conn.execute("UPDATE consents SET record = ? WHERE id = ?", (payload.decode(), c.id))
     meta_add(conn, "consent_version", 1)
 
 
@@ -180,9 +179,17 @@ def grant(
             withdrawn_at=None,
         )
         conn.execute(
-            f"INSERT INTO consents({_COLS}, record) VALUES(?, ?, ?, ?, ?, ?, ?, ?, '')",  # noqa: S608
-            (c.id, c.subject, c.purpose, json.dumps(sorted(c.categories)), c.status.value, c.given_at,
-             c.expires_at, None),
+            f"INSERT INTO consents({_COLS}, record) VALUES(?, ?, ?, ?, ?, ?, ?, ?, '')",
+            (
+                c.id,
+                c.subject,
+                c.purpose,
+                json.dumps(sorted(c.categories)),
+                c.status.value,
+                c.given_at,
+                c.expires_at,
+                None,
+            ),
         )
         _queue_record(conn, gateway, c, c.given_at)
     return c
@@ -196,9 +203,7 @@ def withdraw(conn: sqlite3.Connection, gateway: str, consent_id: str, *, now: da
         c = get_consent(conn, consent_id)
         if c.status is not ConsentStatus.ACTIVE:
             raise ConsentError(f"consent {consent_id} is already {c.status.value}")
-        conn.execute(
-            "UPDATE consents SET status = 'withdrawn', withdrawn_at = ? WHERE id = ?", (now_ms, consent_id)
-        )
+        conn.execute("UPDATE consents SET status = 'withdrawn', withdrawn_at = ? WHERE id = ?", (now_ms, consent_id))
         dropped = conn.execute("DELETE FROM outbox WHERE consent = ?", (consent_id,)).rowcount
         meta_add(conn, "outbox_withdrawn_dropped", dropped)
         _queue_record(conn, gateway, get_consent(conn, consent_id), now_ms)
@@ -209,7 +214,8 @@ def expire_due(conn: sqlite3.Connection, gateway: str, now_ms: int) -> list[str]
     """Mark consents past their expiry as expired and tell the cloud. Returns the ids expired."""
     with tx(conn):
         due = [
-            c for c in list_consents(conn, include_inactive=False)
+            c
+            for c in list_consents(conn, include_inactive=False)
             if c.expires_at is not None and c.expires_at <= now_ms
         ]
         for c in due:

@@ -49,7 +49,7 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     return conn
 
 
-class tx:  # noqa: N801 - used like a keyword: ``with tx(conn):``
+class tx:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error): takes the write lock up front."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:

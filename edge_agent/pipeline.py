@@ -58,12 +58,26 @@ def aggregate_series(
                 delta += v - prev if v >= prev else v
             prev = v
         return AggregateItem(
-            metric=key.metric, subject=key.subject, device=key.device, start=start_ms, window_s=window_s,
-            count=len(values), last=last, delta=delta,
+            metric=key.metric,
+            subject=key.subject,
+            device=key.device,
+            start=start_ms,
+            window_s=window_s,
+            count=len(values),
+            last=last,
+            delta=delta,
         )
     return AggregateItem(
-        metric=key.metric, subject=key.subject, device=key.device, start=start_ms, window_s=window_s,
-        count=len(values), mean=sum(values) / len(values), min=min(values), max=max(values), last=last,
+        metric=key.metric,
+        subject=key.subject,
+        device=key.device,
+        start=start_ms,
+        window_s=window_s,
+        count=len(values),
+        mean=sum(values) / len(values),
+        min=min(values),
+        max=max(values),
+        last=last,
     )
 
 
@@ -193,9 +207,7 @@ class Pipeline:
         grouped: dict[tuple[int, int], list[float]] = defaultdict(list)  # (series, window start) -> values
         for ts, sid, value in rows:
             grouped[(sid, ts // win_ms * win_ms)].append(value)
-        counters = {
-            int(s): float(v) for s, v in self.conn.execute("SELECT series, value FROM counter_last")
-        }
+        counters = {int(s): float(v) for s, v in self.conn.execute("SELECT series, value FROM counter_last")}
         consents = [c for c in self.active_consents() if category in c.categories]
         per_consent: dict[str, list[AggregateItem]] = defaultdict(list)
         by_consent = {c.id: c for c in consents}
@@ -231,8 +243,13 @@ class Pipeline:
         seq = meta_add(self.conn, "seq", 1)
         wall_ms = int(time.time() * 1000)  # ``sent`` is wall time even when a demo runs a fast clock
         batch = AggregateBatch(
-            gateway=self.gateway, seq=seq, sent=wall_ms, consent=c.id, purpose=c.purpose,
-            category=category, items=items,
+            gateway=self.gateway,
+            seq=seq,
+            sent=wall_ms,
+            consent=c.id,
+            purpose=c.purpose,
+            category=category,
+            items=items,
         )
         payload = orjson.dumps(batch.model_dump(mode="json", exclude_none=True))
         self.conn.execute(

@@ -142,7 +142,7 @@ class Publisher(threading.Thread):
         conn = connect(self.config.db_path)
         cfg = self.config.mqtt
         backoff = Backoff(cfg.reconnect_min.total_seconds(), cfg.reconnect_max.total_seconds())
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = int(cfg.session_expiry.total_seconds())
         ever_connected = False
         try:
@@ -153,8 +153,11 @@ class Publisher(threading.Thread):
                             self._client.reconnect()
                         else:
                             self._client.connect(
-                                cfg.host, cfg.port, keepalive=int(cfg.keepalive.total_seconds()),
-                                clean_start=False, properties=props,
+                                cfg.host,
+                                cfg.port,
+                                keepalive=int(cfg.keepalive.total_seconds()),
+                                clean_start=False,
+                                properties=props,
                             )
                             ever_connected = True
                         self._socket_open = True

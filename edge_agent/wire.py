@@ -76,7 +76,7 @@ class AggregateItem(_Msg):
 class AggregateBatch(_Msg):
     """What a gateway releases: aggregates of one category, for one purpose, under one consent."""
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1
     gateway: Ident
     seq: int = Field(ge=0)
     sent: int = Field(ge=0, description="epoch ms when the batch was queued")
@@ -96,7 +96,7 @@ class ConsentStatus(StrEnum):
 class ConsentRecord(_Msg):
     """The part of a consent the cloud needs to enforce it. Travels retained on its own topic."""
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1
     gateway: Ident
     id: Ident
     subject: Ident
@@ -114,7 +114,7 @@ class ConsentRecord(_Msg):
 
 
 class GatewayStatus(_Msg):
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1
     gateway: Ident
     online: bool
     at: int = Field(ge=0)

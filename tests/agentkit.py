@@ -64,7 +64,8 @@ class Collector:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         self.client.reconnect_delay_set(0.1, 0.5)

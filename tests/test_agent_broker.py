@@ -117,4 +117,5 @@ def test_restart_replays_unacknowledged_outbox(tmp_path: Path, fresh_mosquitto: 
     released = [int(r[0]) for r in conn.execute("SELECT seq FROM releases ORDER BY seq")]
     conn.close()
     assert seqs == released  # every release, in order, exactly once
-    assert "/consent/" in [m[0] for m in sub.messages if "/status" not in m[0]][0]  # the consent record travels before the data relying on it
+    first = next(m[0] for m in sub.messages if "/status" not in m[0])
+    assert "/consent/" in first  # the consent record travels before the data relying on it

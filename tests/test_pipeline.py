@@ -39,7 +39,14 @@ def batches(p: Pipeline) -> list[AggregateBatch]:
 
 def test_gauge_summary() -> None:
     item = aggregate_series(SeriesKey("d", "s", "heart_rate"), 0, 60, [60.0, 70.0, 65.0], None)
-    assert (item.count, item.mean, item.min, item.max, item.last, item.delta) == (3, 65.0, 60.0, 70.0, 65.0, None)
+    assert (item.count, item.mean, item.min, item.max, item.last, item.delta) == (
+        3,
+        65.0,
+        60.0,
+        70.0,
+        65.0,
+        None,
+    )
 
 
 def test_counter_delta_uses_previous_window_and_survives_reset() -> None:
@@ -59,7 +66,7 @@ def test_default_deny_nothing_leaves_without_consent(tmp_path: Path) -> None:
 
 
 def test_consent_releases_exact_windows_and_queues_record_first(tmp_path: Path) -> None:
-    cfg, p = make(tmp_path)
+    _, p = make(tmp_path)
     c = consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(0))
     values = [60 + (i * 7) % 13 for i in range(180)]
     p.store(reading("hr", "p1", "heart_rate", v, T0 + i) for i, v in enumerate(values))
