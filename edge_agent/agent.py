@@ -49,7 +49,8 @@ def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], floa
                 if dev.profile == "household"
                 else sim.truck(dev.id, dev.seed)
             )
-            drivers.extend(sim.SimDriver(s, clock, tick_s=tick) for s in sims)
+            start = clock.now()
+            drivers.extend(sim.SimDriver(s, clock, tick_s=tick, start=start) for s in sims)
     return drivers, tick
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,56 @@ def run_agent_in_thread(make: Callable[[], Any]) -> tuple[threading.Thread, Call
         assert not thread.is_alive()
 
     return thread, stop, holder
+
+
+class IngesterProc:
+    """``python -m cloud_ingest run`` as a real subprocess (so a test can kill -9 it); follows its JSON stats."""
+
+    def __init__(self, broker_port: int, influx_url: str, db: str, *, client_id: str = "ingest-1",
+                 extra: list[str] | None = None, log: Path | None = None) -> None:
+        import subprocess
+        import sys
+
+        self.last: dict[str, Any] = {}
+        self._log = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "cloud_ingest", "run", "--broker-port", str(broker_port), "--influx-url",
+             influx_url, "--influx-db", db, "--client-id", client_id, "--stats-interval", "0.2", *(extra or [])],
+            stdout=subprocess.PIPE, stderr=self._log,
+        )
+        self._reader = threading.Thread(target=self._follow, daemon=True)
+        self._reader.start()
+        end = time.monotonic() + 20
+        while not self.last.get("connected"):
+            assert self.popen.poll() is None, "ingester exited at start"
+            assert time.monotonic() < end, "ingester did not connect"
+            time.sleep(0.05)
+
+    def _follow(self) -> None:
+        import json
+
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            try:
+                self.last = json.loads(line)
+            except ValueError:
+                continue
+
+    def stop(self) -> dict[str, Any]:
+        self.popen.terminate()
+        self.popen.wait(30)
+        self._reader.join(5)
+        if self.popen.stdout:
+            self.popen.stdout.close()
+        if hasattr(self._log, "close"):
+            self._log.close()
+        return self.last
+
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait(10)
+        self._reader.join(5)
+        if self.popen.stdout:
+            self.popen.stdout.close()
+        if hasattr(self._log, "close"):
+            self._log.close()
