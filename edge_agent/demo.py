@@ -94,7 +94,7 @@ def _follow_json(proc: _Proc, stream: IO[bytes]) -> None:
 
 def _spawn(name: str, args: list[str], log: Path, *, capture: bool = False) -> _Proc:
     logf = log.open("ab")
-    popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+    popen = subprocess.Popen(
         [sys.executable, *args],
         stdout=subprocess.PIPE if capture else logf,
         stderr=logf,
@@ -152,18 +152,36 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
                 conn.close()
         ingester = _spawn(
             "ingester",
-            ["-m", "cloud_ingest", "run", "--broker-port", str(port), "--influx-url", stack.influxdb.url,
-             "--influx-db", DB, "--client-id", "demo-ingest-1", "--stats-interval", "1"],
+            [
+                "-m",
+                "cloud_ingest",
+                "run",
+                "--broker-port",
+                str(port),
+                "--influx-url",
+                stack.influxdb.url,
+                "--influx-db",
+                DB,
+                "--client-id",
+                "demo-ingest-1",
+                "--stats-interval",
+                "1",
+            ],
             workdir / "ingester.log",
             capture=True,
         )
         procs.append(ingester)
         for gw in GATEWAYS:
             cfg_path = workdir / gw / "agent.toml"
-            procs.append(_spawn(gw, ["-m", "edge_agent", "agent", "run", "--config", str(cfg_path)],
-                                workdir / gw / "agent.log"))
-        print(f"kyojo demo: broker 127.0.0.1:{port}, InfluxDB {stack.influxdb.url} (db {DB}), "
-              f"simulated clock x{speed:g}; Ctrl-C stops everything.", file=out, flush=True)
+            procs.append(
+                _spawn(gw, ["-m", "edge_agent", "agent", "run", "--config", str(cfg_path)], workdir / gw / "agent.log")
+            )
+        print(
+            f"kyojo demo: broker 127.0.0.1:{port}, InfluxDB {stack.influxdb.url} (db {DB}), "
+            f"simulated clock x{speed:g}; Ctrl-C stops everything.",
+            file=out,
+            flush=True,
+        )
         deadline = None if duration is None else time.monotonic() + duration
         try:
             while deadline is None or time.monotonic() < deadline:
@@ -182,8 +200,11 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         points = stack.influxdb.query_rows('SELECT count("last") FROM /.*/', DB)
         summary["points_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in points))
         print("analyst query (InfluxQL):", file=out)
-        print(f"  influx -host 127.0.0.1 -port {stack.influxdb.http_port} -database {DB} "
-              f"-execute '{ANALYST_QUERY}'", file=out, flush=True)
+        print(
+            f"  influx -host 127.0.0.1 -port {stack.influxdb.http_port} -database {DB} -execute '{ANALYST_QUERY}'",
+            file=out,
+            flush=True,
+        )
         return summary
     finally:
         for p in procs:

@@ -120,17 +120,41 @@ def run_agent_in_thread(make: Callable[[], Any]) -> tuple[threading.Thread, Call
 class IngesterProc:
     """``python -m cloud_ingest run`` as a real subprocess (so a test can kill -9 it); follows its JSON stats."""
 
-    def __init__(self, broker_port: int, influx_url: str, db: str, *, client_id: str = "ingest-1",
-                 extra: list[str] | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        broker_port: int,
+        influx_url: str,
+        db: str,
+        *,
+        client_id: str = "ingest-1",
+        extra: list[str] | None = None,
+        log: Path | None = None,
+    ) -> None:
         import subprocess
         import sys
 
         self.last: dict[str, Any] = {}
         self._log = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "cloud_ingest", "run", "--broker-port", str(broker_port), "--influx-url",
-             influx_url, "--influx-db", db, "--client-id", client_id, "--stats-interval", "0.2", *(extra or [])],
-            stdout=subprocess.PIPE, stderr=self._log,
+            [
+                sys.executable,
+                "-m",
+                "cloud_ingest",
+                "run",
+                "--broker-port",
+                str(broker_port),
+                "--influx-url",
+                influx_url,
+                "--influx-db",
+                db,
+                "--client-id",
+                client_id,
+                "--stats-interval",
+                "0.2",
+                *(extra or []),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
         )
         self._reader = threading.Thread(target=self._follow, daemon=True)
         self._reader.start()

@@ -48,7 +48,7 @@ def truth(readings: list[Reading], window_s: int, until_ms: int) -> dict[Key, di
         prev: float | None = None
         windows: dict[int, list[float]] = defaultdict(list)
         for r in rs:
-            windows[int(round(r.ts * 1000)) // (window_s * 1000) * window_s * 1000].append(r.value)
+            windows[round(r.ts * 1000) // (window_s * 1000) * window_s * 1000].append(r.value)
         for start in sorted(windows):
             vals = windows[start]
             if start + window_s * 1000 > until_ms:
@@ -62,15 +62,20 @@ def truth(readings: list[Reading], window_s: int, until_ms: int) -> dict[Key, di
                     prev = v
                 out[key] = {"count": len(vals), "last": vals[-1], "delta": delta}
             else:
-                out[key] = {"count": len(vals), "mean": sum(vals) / len(vals), "min": min(vals),
-                            "max": max(vals), "last": vals[-1]}
+                out[key] = {
+                    "count": len(vals),
+                    "mean": sum(vals) / len(vals),
+                    "min": min(vals),
+                    "max": max(vals),
+                    "last": vals[-1],
+                }
     return out
 
 
 def influx_points(influxdb: InfluxDB, db: str) -> dict[Key, dict[str, Any]]:
     got: dict[Key, dict[str, Any]] = {}
     for metric in METRICS:
-        for row in influxdb.query_rows(f'SELECT * FROM "{metric}" GROUP BY *', db):
+        for row in influxdb.query_rows(f'SELECT * FROM "{metric}" GROUP BY *', db):  # noqa: S608
             key = (metric, row["device"], row["subject"], int(row["time"]))
             assert key not in got, f"duplicate point {key}"
             got[key] = row
@@ -84,8 +89,9 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
     health = consent.grant(conn, HOME, "preventive-care", "p1", now=given)  # p2 gives no consent
     energy = consent.grant(conn, HOME, "community-energy", HOME, now=given)  # EV sharing: not granted
     conn.close()
-    ingester = IngesterProc(mosquitto.port, influxdb.url, influx_db, client_id="e2e-ingest",
-                            log=tmp_path / "ingest.log")
+    ingester = IngesterProc(
+        mosquitto.port, influxdb.url, influx_db, client_id="e2e-ingest", log=tmp_path / "ingest.log"
+    )
     clock = ScaledClock(T0, speed=SPEED)
     sims = sim.household(HOME, 11, persons=("p1", "p2"))
     drivers = [sim.SimDriver(s, clock, tick_s=SPEED * 0.05, start=T0) for s in sims]
@@ -128,8 +134,11 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
 
     w_ms = withdrawn_at * 1000
     slack_ms = 15 * 60_000  # windows still queued at the withdrawal are dropped with the queue, by design
-    allowed = {k for k in expected if (k[2] == "p1" and cat(k) == "health")
-               or (k[2] == HOME and cat(k) == "energy" and k[3] + 60_000 <= w_ms)}
+    allowed = {
+        k
+        for k in expected
+        if (k[2] == "p1" and cat(k) == "health") or (k[2] == HOME and cat(k) == "energy" and k[3] + 60_000 <= w_ms)
+    }
     required = {k for k in allowed if cat(k) == "health" or k[3] + 60_000 <= w_ms - slack_ms}
     # nothing for p2, nothing for EV (never consented), nothing for device housekeeping (battery)
     assert {k[2] for k in got} <= {"p1", HOME}
