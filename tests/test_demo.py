@@ -1,0 +1,46 @@
+"""``kyojo demo --duration``: the smoke run CI relies on, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
+
+
+def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "demo",
+            "--duration",
+            "12",
+            "--speed",
+            "120",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert {"readings", "aggregates_sent", "points_written", "rejected"} <= set(summary)
+    assert summary["readings"] > 1000
+    assert summary["aggregates_sent"] > 50
+    assert summary["points_written"] == summary["aggregates_sent"] == summary["points_in_influxdb"]
+    assert summary["rejected"] == 0
+    assert summary["aggregates_withheld_no_consent"] > 0  # person p2 gave no consent
+    assert any(line.startswith("readings ") for line in lines)  # live progress
+    assert any("SELECT" in line for line in lines)  # the analyst's query
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert left.stdout == ""  # broker, database, agents and ingester all stopped
