@@ -212,6 +212,15 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         stack.stop()
 
 
+def _analyst_hint(url: str) -> str:
+    from urllib.parse import quote
+
+    return (
+        f"analyst query (InfluxQL, while the demo runs):\n  {ANALYST_QUERY}\n"
+        f"  curl -s '{url}/query?db={DB}&q={quote(ANALYST_QUERY)}'"
+    )
+
+
 def _settle(configs: dict[str, Any], ingester: _Proc, timeout: float = 15.0) -> None:
     """After the agents stopped, wait until the ingester has written all they sent (or timeout)."""
     end = time.monotonic() + timeout
