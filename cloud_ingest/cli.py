@@ -25,6 +25,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Cloud ingester commands (a callback keeps ``run`` a named subcommand)."""
+
+
 def _emit(stats: dict[str, Any], **extra: Any) -> None:
     line = json.dumps({"ts": round(time.time(), 3), **stats, **extra}, separators=(",", ":"))
     sys.stdout.write(line + "\n")
@@ -33,17 +38,13 @@ def _emit(stats: dict[str, Any], **extra: Any) -> None:
 
 @app.command()
 def run(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML file with IngestSettings keys")
-    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with IngestSettings keys")] = None,
     broker_host: Annotated[str | None, typer.Option(help="MQTT broker host")] = None,
     broker_port: Annotated[int | None, typer.Option(help="MQTT broker port")] = None,
     tls_ca: Annotated[Path | None, typer.Option(help="CA bundle (enables TLS)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="client certificate (mTLS)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="client key (mTLS)")] = None,
-    client_id: Annotated[
-        str | None, typer.Option(help="MQTT client id; keep it stable across restarts")
-    ] = None,
+    client_id: Annotated[str | None, typer.Option(help="MQTT client id; keep it stable across restarts")] = None,
     group: Annotated[str | None, typer.Option(help="shared subscription group")] = None,
     session_expiry: Annotated[int | None, typer.Option(help="MQTT session expiry, seconds")] = None,
     receive_maximum: Annotated[int | None, typer.Option(help="MQTT v5 receive maximum")] = None,
@@ -117,6 +118,17 @@ def run(
         _emit(ingester.stats())
     ingester.stop()
     _emit(ingester.stats(), final=True)
+
+
+@app.command("show-config")
+def show_config(
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with IngestSettings keys")] = None,
+) -> None:
+    """Print the effective settings (file < environment) as JSON, secrets masked."""
+    from cloud_ingest.config import load_settings
+
+    settings = load_settings(config)
+    typer.echo(settings.model_dump_json(indent=2))
 
 
 def main() -> None:

@@ -28,9 +28,7 @@ from edge_agent.wire import MAX_ITEMS, MAX_PAYLOAD_BYTES, AggregateBatch, decode
 _ident = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}").fullmatch
 _CATEGORY_OF = {name: spec.category.value for name, spec in METRICS.items()}
 _CATEGORIES = frozenset(c.value for c in Category)
-_BATCH_KEYS = frozenset(
-    {"v", "gateway", "seq", "sent", "consent", "purpose", "category", "audit_head", "items"}
-)
+_BATCH_KEYS = frozenset({"v", "gateway", "seq", "sent", "consent", "purpose", "category", "audit_head", "items"})
 _ITEM_KEYS = frozenset(
     {"metric", "subject", "device", "start", "window_s", "count", "mean", "min", "max", "last", "delta"}
 )

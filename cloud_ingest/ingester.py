@@ -13,11 +13,11 @@ Protocol facts this relies on:
 - Receive Maximum (CONNECT property): the broker never has more than that many unacknowledged QoS 1
   messages outstanding to us. That is the protocol's own backpressure: while InfluxDB is slow or down,
   the broker simply stops sending (and queues for us) instead of us buffering without bound.
-- After SUBACK, the broker sends the retained messages of that subscription before anything it queues later
-  on the same connection. We subscribe to consents first and to the data only after the consents' SUBACK;
-  once the data SUBACK arrives every retained consent has been delivered, so the consent table is complete
-  before we judge data. Data that arrives earlier (a resumed session resends in-flight messages right after
-  CONNACK) is parked until then.
+- Consents travel on a second connection (clean session, unshared subscription, automatic PUBACK), so
+  they never wait behind unacknowledged data that Receive Maximum holds back. The snapshot of retained
+  consents is complete when a marker we publish to our own sync topic after the SUBACK comes back: one
+  session's queue is delivered in order. Only then is the data connection opened, so no data is judged
+  against a half-loaded consent table (a resumed session resends in-flight data right after CONNACK).
 """
 
 from __future__ import annotations
@@ -150,10 +150,12 @@ class Ingester:
         self._gen = 0
         self._ready = False
         self._connected = False
-        self._consent_sub_mid: int | None = None
-        self._data_sub_mid: int | None = None
-        self._parked: list[tuple[str, bytes, int, int]] = []
         self._ready_evt = threading.Event()
+        self._consents_evt = threading.Event()
+        self._cgen = 0  # consent connection generation (snapshot epoch)
+        self._sync_topic = f"kyojo/v1/_ingest/sync/{settings.client_id}"
+        self._sync_nonce = b""
+        self._cclient: mqtt.Client | None = None
         self._fatal: str | None = None
         self._consents: dict[tuple[str, str], _Consent] = {}
         # counters
@@ -174,19 +176,16 @@ class Ingester:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
-    def start(self, timeout: float = 15.0) -> None:
-        """Connect, subscribe (consents, then data) and start the writer; return once data can flow."""
+    def _new_client(self, client_id: str, *, manual_ack: bool) -> mqtt.Client:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
 
         s = self.settings
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
+            client_id=client_id,
             protocol=mqtt.MQTTv5,
-            manual_ack=True,
+            manual_ack=manual_ack,
         )
         if s.tls_ca is not None or s.tls_cert is not None:
             client.tls_set(
@@ -196,22 +195,49 @@ class Ingester:
             )
         if s.username is not None:
             client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+        client.reconnect_delay_set(1, 30)
+        return client
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Connect, load the consent snapshot, subscribe to the data; return once data can flow.
+
+        Two MQTT connections: consents travel on their own (clean session, automatic PUBACK), so their
+        delivery never waits behind a backlog of unacknowledged data messages, which Receive Maximum would
+        hold back on a shared connection. The data connection is opened only once the consent snapshot is
+        complete (see ``_on_consent_message``).
+        """
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        s = self.settings
+        self._thread = threading.Thread(target=self._writer_loop, name="kyojo-ingest-writer", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+
+        cclient = self._new_client(f"{s.client_id[:55]}-consents", manual_ack=False)
+        cclient.on_connect = self._on_consent_connect
+        cclient.on_subscribe = self._on_consent_subscribe
+        cclient.on_message = self._on_consent_message
+        self._cclient = cclient
+        cclient.connect(s.broker_host, s.broker_port, keepalive=s.keepalive, clean_start=True)
+        cclient.loop_start()
+        if not self._consents_evt.wait(max(0.0, deadline - time.monotonic())) or self._fatal:
+            reason = self._fatal or f"no consent snapshot within {timeout}s"
+            self.stop()
+            raise ConnectionError(f"ingester {s.client_id}: {reason}")
+
+        client = self._new_client(s.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.reconnect_delay_set(1, 30)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry
         props.ReceiveMaximum = s.receive_maximum
         self._client = client
-        self._thread = threading.Thread(target=self._writer_loop, name="kyojo-ingest-writer", daemon=True)
-        self._thread.start()
-        client.connect(
-            s.broker_host, s.broker_port, keepalive=s.keepalive, clean_start=False, properties=props
-        )
+        client.connect(s.broker_host, s.broker_port, keepalive=s.keepalive, clean_start=False, properties=props)
         client.loop_start()
-        if not self._ready_evt.wait(timeout) or self._fatal:
+        if not self._ready_evt.wait(max(0.0, deadline - time.monotonic())) or self._fatal:
             reason = self._fatal or f"not subscribed within {timeout}s"
             self.stop()
             raise ConnectionError(f"ingester {s.client_id}: {reason}")
@@ -240,6 +266,11 @@ class Ingester:
             client.disconnect()  # queued after the PUBACKs: the network thread sends them in order
             client.loop_stop()
             client.on_message = None
+        cclient = self._cclient
+        if cclient is not None:
+            cclient.disconnect()
+            cclient.loop_stop()
+            self._cclient = None
         self._writer.close()
         self._thread = None
         self._client = None
@@ -256,11 +287,7 @@ class Ingester:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._cond:
-                idle = (
-                    self._pending == 0
-                    and not self._parked
-                    and time.monotonic() - self._last_activity >= quiet
-                )
+                idle = self._pending == 0 and time.monotonic() - self._last_activity >= quiet
             if idle:
                 return True
             time.sleep(0.02)
@@ -286,27 +313,63 @@ class Ingester:
                 "consents_known": len(self._consents),
                 "consent_updates": self._consent_updates,
                 "pending_points": self._pending,
-                "parked": len(self._parked),
                 "fast_path": self._decoder.fast_hits,
                 "slow_path": self._decoder.slow_hits,
             }
 
-    # -- MQTT callbacks (paho network thread) -------------------------------------------------------------
+    # -- MQTT callbacks: consent connection (its own network thread) --------------------------------------
+    def _refused(self, what: str, rc: Any) -> None:
+        self._fatal = f"{what}: {rc}"
+        log.error("ingester %s: %s", self.settings.client_id, self._fatal)
+        self._consents_evt.set()
+        self._ready_evt.set()
+
+    def _on_consent_connect(self, client: mqtt.Client, _u: object, _f: object, rc: Any, _p: object) -> None:
+        if rc.is_failure:
+            self._refused("broker refused the consent connection", rc)
+            return
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        with self._cond:
+            self._cgen += 1
+        options = SubscribeOptions(qos=1)
+        client.subscribe([(self.settings.consent_filter, options), (self._sync_topic, options)])
+
+    def _on_consent_subscribe(self, client: mqtt.Client, _u: object, _m: int, codes: list[Any], _p: object) -> None:
+        if any(code.is_failure for code in codes):
+            self._refused("consent subscription refused", [str(c) for c in codes])
+            return
+        # Barrier: the retained consents were queued for us when the broker handled SUBSCRIBE; a message we
+        # publish now is queued after them, and one session's queue is delivered in order. When our marker
+        # comes back, the snapshot is complete.
+        self._sync_nonce = f"{self._cgen}-{time.time_ns()}".encode()
+        client.publish(self._sync_topic, self._sync_nonce, qos=1)
+
+    def _on_consent_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        if topic == self._sync_topic:
+            if bytes(msg.payload) == self._sync_nonce:
+                with self._cond:
+                    # Consents not (re)announced in this snapshot were cleared while we were away.
+                    for key in [k for k, c in self._consents.items() if c.epoch < self._cgen]:
+                        del self._consents[key]
+                self._consents_evt.set()
+            return
+        self._handle_consent(topic, bytes(msg.payload))
+
+    # -- MQTT callbacks: data connection (paho network thread) --------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, rc: Any, _p: object = None) -> None:
         if rc.is_failure:
-            self._fatal = f"CONNACK refused: {rc}"
-            log.error("ingester %s: broker refused the connection: %s", self.settings.client_id, rc)
-            if rc.value in (0x86, 0x87, 0x85, 0x8C):  # bad credentials / not authorised / bad client id
-                self._ready_evt.set()
+            self._refused("broker refused the data connection", rc)
             return
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
         with self._cond:
             self._gen += 1
             self._connected = True
-            self._ready = False
-        _rc, mid = client.subscribe(self.settings.consent_filter, options=SubscribeOptions(qos=1))
-        self._consent_sub_mid = mid
+        # A resumed session may resend unacknowledged messages before this SUBACK: the consent table is
+        # already loaded, so they are handled like any other.
+        client.subscribe(self.settings.data_filter, options=SubscribeOptions(qos=1))
         log.info(
             "ingester %s connected (session present: %s)",
             self.settings.client_id,
@@ -320,45 +383,18 @@ class Ingester:
         if not self._stopping:
             log.warning("ingester %s disconnected: %s (paho reconnects)", self.settings.client_id, rc)
 
-    def _on_subscribe(self, client: mqtt.Client, _u: object, mid: int, codes: list[Any], _p: object) -> None:
-        from paho.mqtt.subscribeoptions import SubscribeOptions
-
+    def _on_subscribe(self, _c: object, _u: object, _mid: int, codes: list[Any], _p: object) -> None:
         if any(code.is_failure for code in codes):
-            self._fatal = f"subscription refused: {[str(c) for c in codes]}"
-            log.error("ingester %s: %s", self.settings.client_id, self._fatal)
-            self._ready_evt.set()
+            self._refused("data subscription refused", [str(c) for c in codes])
             return
-        if mid == self._consent_sub_mid:
-            # Retained consents follow this SUBACK; the data SUBACK will come after all of them.
-            options = SubscribeOptions(qos=1)
-            _rc, self._data_sub_mid = client.subscribe(self.settings.data_filter, options=options)
-        elif mid == self._data_sub_mid:
-            with self._cond:
-                gen = self._gen
-                # Consents not (re)announced since this connection began were cleared while we were away.
-                for key in [k for k, c in self._consents.items() if c.epoch < gen]:
-                    del self._consents[key]
-                parked, self._parked = self._parked, []
-                self._ready = True
-            for topic, payload, m, qos in parked:
-                self._handle_data(topic, payload, m, qos)
-            self._ready_evt.set()
+        with self._cond:
+            self._ready = True
+        self._ready_evt.set()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        topic = msg.topic
-        payload = bytes(msg.payload)
-        if "/agg/" in topic:
-            if self._stopping:
-                return  # neither written nor acked: stays in our session for the next run
-            if not self._ready:
-                with self._cond:
-                    self._parked.append((topic, payload, msg.mid, msg.qos))
-                return
-            self._handle_data(topic, payload, msg.mid, msg.qos)
-        else:
-            self._handle_consent(topic, payload)
-            if msg.qos:
-                self._ack(msg.mid, msg.qos)
+        if self._stopping:
+            return  # neither written nor acked: stays in our session for the next run
+        self._handle_data(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
 
     def _ack(self, mid: int, qos: int) -> None:
         client = self._client
@@ -427,7 +463,7 @@ class Ingester:
     def _handle_consent(self, topic: str, payload: bytes) -> None:
         with self._cond:
             self._consent_updates += 1
-            gen = self._gen
+            cgen = self._cgen
         try:
             gateway, _kind, consent_id = parse_topic(topic)
             if not payload:  # an empty retained message clears the record
@@ -448,7 +484,7 @@ class Ingester:
             categories=frozenset(c.value for c in rec.categories),
             status=rec.status.value,
             expires=expires,
-            epoch=gen,
+            epoch=cgen,
         )
         with self._cond:
             self._consents[(rec.gateway, rec.id)] = entry

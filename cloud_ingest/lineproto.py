@@ -100,9 +100,7 @@ class LineBuilder:
         self._cache: dict[tuple[str, str, str, str, str, str], str] = {}
         self._max_cache = max_cache
 
-    def series(
-        self, metric: str, category: str, device: str, gateway: str, purpose: str, subject: str
-    ) -> str:
+    def series(self, metric: str, category: str, device: str, gateway: str, purpose: str, subject: str) -> str:
         """The escaped ``measurement,tags`` prefix of one series (cached)."""
         key = (metric, category, device, gateway, purpose, subject)
         head = self._cache.get(key)
@@ -118,9 +116,7 @@ class LineBuilder:
 
     def item_line(self, batch: AggregateBatch, item: AggregateItem) -> str:
         """One aggregate item as one line."""
-        head = self.series(
-            item.metric, batch.category.value, item.device, batch.gateway, batch.purpose, item.subject
-        )
+        head = self.series(item.metric, batch.category.value, item.device, batch.gateway, batch.purpose, item.subject)
         return (
             head
             + " "

@@ -151,6 +151,10 @@ class IngesterProc:
                 client_id,
                 "--stats-interval",
                 "0.2",
+                # a group per test: Mosquitto keeps queueing a share of the group's messages for a member that
+                # went offline with a persistent session (an earlier test's ingester), until it comes back
+                "--group",
+                f"g-{client_id}",
                 *(extra or []),
             ],
             stdout=subprocess.PIPE,
@@ -159,7 +163,7 @@ class IngesterProc:
         self._reader = threading.Thread(target=self._follow, daemon=True)
         self._reader.start()
         end = time.monotonic() + 20
-        while not self.last.get("connected"):
+        while not self.last.get("ready"):  # subscribed: consents loaded, data subscription acknowledged
             assert self.popen.poll() is None, "ingester exited at start"
             assert time.monotonic() < end, "ingester did not connect"
             time.sleep(0.05)

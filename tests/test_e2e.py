@@ -117,7 +117,11 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
     marks = {c: int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")}
     conn.close()
     sent = agent.publisher.stats.aggregates_sent
-    wait_for(lambda: ingester.last.get("written", 0) >= sent)
+    try:
+        wait_for(lambda: ingester.last.get("written", 0) >= sent)
+    except AssertionError:
+        print("DEBUG", sent, agent.publisher.stats, ingester.last)  # noqa: T201
+        raise
     final = ingester.stop()
     assert final.get("rejected", {}) == {}
 
