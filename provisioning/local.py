@@ -659,9 +659,7 @@ bind-address = {_toml_str(f"{self._host}:{self.rpc_port}")}
         )
         text = raw.decode("utf-8", errors="replace")
         if status != 200:
-            raise InfluxDBError(
-                f"query {q!r} failed: HTTP {status}: {text.strip()}", status=status, body=text
-            )
+            raise InfluxDBError(f"query {q!r} failed: HTTP {status}: {text.strip()}", status=status, body=text)
         payload = json.loads(text)
         if "error" in payload:
             raise InfluxDBError(f"query {q!r} failed: {payload['error']}", status=status, body=text)
@@ -718,9 +716,7 @@ bind-address = {_toml_str(f"{self._host}:{self.rpc_port}")}
         status, raw = self._request("POST", path, body=body, headers={"Content-Type": "text/plain"})
         if status != 204:
             text = raw.decode("utf-8", errors="replace")
-            raise InfluxDBError(
-                f"write to {db!r} failed: HTTP {status}: {text.strip()}", status=status, body=text
-            )
+            raise InfluxDBError(f"write to {db!r} failed: HTTP {status}: {text.strip()}", status=status, body=text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -745,9 +741,7 @@ class LocalStack:
         mosquitto_options: dict[str, Any] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
-        self.mosquitto = Mosquitto(
-            self.base_dir / "mosquitto", mqtt_port, host=host, **(mosquitto_options or {})
-        )
+        self.mosquitto = Mosquitto(self.base_dir / "mosquitto", mqtt_port, host=host, **(mosquitto_options or {}))
         self.influxdb = InfluxDB(self.base_dir / "influxdb", influx_port, host=host)
 
     @property

@@ -120,7 +120,7 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
     try:
         wait_for(lambda: ingester.last.get("written", 0) >= sent)
     except AssertionError:
-        print("DEBUG", sent, agent.publisher.stats, ingester.last)  # noqa: T201
+        print("DEBUG", sent, agent.publisher.stats, ingester.last)
         raise
     final = ingester.stop()
     assert final.get("rejected", {}) == {}

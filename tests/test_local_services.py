@@ -51,9 +51,7 @@ class _Client:
 @contextmanager
 def mqtt_client(broker: Mosquitto, client_id: str, *, session_expiry: int | None = None) -> Iterator[_Client]:
     """Connect (clean start unless ``session_expiry`` asks for a persistent session), yield, disconnect."""
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-    )
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     wrapper = _Client(client)
     connected = threading.Event()
 
