@@ -16,17 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from drivers import registry
 from drivers.base import Clock, Driver, KyojoError, Reading
 from drivers.clock import ScaledClock, SystemClock
-from edge_agent.config import AgentConfig, SimDevice
+from edge_agent.config import AgentConfig
 from edge_agent.db import connect, meta_get
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Backoff, Publisher
 
 log = logging.getLogger(__name__)
-
-#: real seconds between two polls of a simulated driver (the simulated tick is this times the clock speed)
-SIM_POLL_S = 0.1
 
 
 def make_clock(config: AgentConfig) -> Clock:
@@ -37,20 +35,11 @@ def make_clock(config: AgentConfig) -> Clock:
 
 def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], float]:
     """Instantiate the configured devices. Returns the drivers and the longest polling tick (simulated s)."""
+    ctx = registry.BuildContext(config.gateway.id, clock, config.clock.speed, config.gateway.data_dir)
     drivers: list[Driver] = []
-    tick = 1.0
-    for dev in config.devices:
-        if isinstance(dev, SimDevice):
-            from drivers import sim  # imported only when a simulated device is configured
-
-            tick = max(1.0, SIM_POLL_S * config.clock.speed)
-            sims = (
-                sim.household(dev.id, dev.seed, persons=tuple(dev.persons))
-                if dev.profile == "household"
-                else sim.truck(dev.id, dev.seed)
-            )
-            start = clock.now()
-            drivers.extend(sim.SimDriver(s, clock, tick_s=tick, start=start) for s in sims)
+    for entry in config.devices:
+        drivers.extend(registry.build(entry, ctx))
+    tick = max([1.0, *(float(getattr(d, "tick_s", 1.0)) for d in drivers)])
     return drivers, tick
 
 

@@ -10,10 +10,11 @@ import tomllib
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from drivers import registry
 from drivers.base import Category, KyojoError
 from edge_agent.wire import Ident
 
@@ -103,17 +104,8 @@ class SimClockSection(_Section):
     start: float | None = None
 
 
-class SimDevice(_Section):
-    """A simulated device family from ``drivers.sim`` (``household`` or ``truck``)."""
-
-    kind: Literal["sim"]
-    profile: Literal["household", "truck"]
-    id: Ident
-    seed: int = 0
-    persons: list[Ident] = Field(default_factory=lambda: ["p1", "p2"])
-
-
-DeviceConfig = Annotated[SimDevice, Field(discriminator="kind")]
+#: a ``[[devices]]`` entry, validated by the model its kind registers in ``drivers.registry``
+DeviceConfig = Annotated[Any, BeforeValidator(registry.validate)]
 
 
 class AgentConfig(_Section):

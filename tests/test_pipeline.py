@@ -209,3 +209,15 @@ def test_config_rejects_typos_and_bad_windows(tmp_path: Path) -> None:
     assert load_config(f).gateway.data_dir == (tmp_path / "data").resolve()
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_device_entries_are_validated_by_their_kind(tmp_path: Path) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_text('[gateway]\nid = "gw-1"\n[[devices]]\nkind = "teleporter"\n')
+    with pytest.raises(ConfigError, match="unknown device kind 'teleporter'"):
+        load_config(f)
+    f.write_text('[gateway]\nid = "gw-1"\n[[devices]]\nkind = "sim"\nprofile = "household"\nid = "h"\nsede = 1\n')
+    with pytest.raises(ConfigError, match="sede"):
+        load_config(f)
+    f.write_text('[gateway]\nid = "gw-1"\n[[devices]]\nkind = "sim"\nprofile = "truck"\nid = "t-1"\n')
+    assert load_config(f).devices[0].profile == "truck"

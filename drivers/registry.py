@@ -1,0 +1,59 @@
+"""The one registry of device kinds. A kind's module is imported only when a gateway configures that kind,
+so a truck gateway never imports bleak and a home gateway never imports pyserial.
+
+Each registered module defines:
+
+- ``Config``: a pydantic model with ``kind: Literal["<kind>"]`` and ``extra="forbid"`` (validated when the
+  gateway's config file is loaded, like everything else in it);
+- ``build(config, ctx: BuildContext) -> list[Driver]``: the drivers for that entry (one entry may stand for
+  several devices, e.g. a simulated household).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from drivers.base import Clock, Driver, KyojoError
+
+KINDS: dict[str, str] = {
+    "sim": "drivers.sim.device",
+}
+
+
+class UnknownKind(KyojoError, ValueError):
+    """A device entry names a kind no module is registered for."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What a driver may need from the agent besides its own config."""
+
+    gateway_id: str
+    clock: Clock
+    clock_speed: float
+    data_dir: Path
+
+
+def module_for(kind: str) -> ModuleType:
+    path = KINDS.get(kind)
+    if path is None:
+        raise UnknownKind(f"unknown device kind {kind!r}; known kinds: {', '.join(sorted(KINDS))}")
+    return importlib.import_module(path)
+
+
+def validate(entry: Any) -> Any:
+    """Validate one ``[[devices]]`` entry with its kind's model (imports that kind's module only)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+        if hasattr(entry, "kind"):  # already a validated model
+            return entry
+        raise UnknownKind("every [[devices]] entry needs a string 'kind'")
+    return module_for(entry["kind"]).Config.model_validate(entry)
+
+
+def build(entry: Any, ctx: BuildContext) -> list[Driver]:
+    drivers: list[Driver] = module_for(entry.kind).build(entry, ctx)
+    return drivers

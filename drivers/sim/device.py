@@ -1,0 +1,44 @@
+"""``kind = "sim"``: a simulated household or garbage truck (demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from drivers.base import Driver
+    from drivers.registry import BuildContext
+
+#: real seconds between two polls of a simulated driver (the simulated tick is this times the clock speed)
+SIM_POLL_S = 0.1
+
+
+class Config(BaseModel):
+    """A simulated device family from ``drivers.sim`` (``household`` or ``truck``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["sim"]
+    profile: Literal["household", "truck"]
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    seed: int = 0
+    persons: list[str] = Field(default_factory=lambda: ["p1", "p2"])
+
+
+def tick_s(clock_speed: float) -> float:
+    """Simulated seconds between polls: fast clocks poll in bigger simulated steps."""
+    return max(1.0, SIM_POLL_S * clock_speed)
+
+
+def build(config: Config, ctx: BuildContext) -> list[Driver]:
+    from drivers import sim
+
+    sims = (
+        sim.household(config.id, config.seed, persons=tuple(config.persons))
+        if config.profile == "household"
+        else sim.truck(config.id, config.seed)
+    )
+    start = ctx.clock.now()
+    tick = tick_s(ctx.clock_speed)
+    return [sim.SimDriver(s, ctx.clock, tick_s=tick, start=start) for s in sims]
