@@ -79,9 +79,9 @@ def child(port: int, data_dir: Path, baseline: bool) -> None:
     from datetime import UTC, datetime
 
     for i in range(4):
-        consent.grant(conn, home, "preventive-care", f"p{i}", now=datetime.fromtimestamp(now - 120, tz=UTC))
+        consent.open_store(cfg, conn).grant("preventive-care", f"p{i}", now=datetime.fromtimestamp(now - 120, tz=UTC))
     for purpose in ("community-energy", "ev-energy-sharing"):
-        consent.grant(conn, home, purpose, home, now=datetime.fromtimestamp(now - 120, tz=UTC))
+        consent.open_store(cfg, conn).grant(purpose, home, now=datetime.fromtimestamp(now - 120, tz=UTC))
     conn.close()
     clock = SystemClock()
     agent = Agent(cfg, clock=clock, drivers=[sim.SimDriver(s, clock, tick_s=1.0) for s in sims])

@@ -115,7 +115,7 @@ def consent_grant(
     cfg = _load(config)
     conn = connect(cfg.db_path)
     try:
-        c = consent.grant(conn, cfg.gateway.id, purpose, subject)
+        c = consent.open_store(cfg, conn).grant(purpose, subject, lang=_lang(lang))
     except KyojoError as err:
         raise _fail(err) from err
     finally:
@@ -133,7 +133,7 @@ def consent_withdraw(consent_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> Non
     cfg = _load(config)
     conn = connect(cfg.db_path)
     try:
-        dropped = consent.withdraw(conn, cfg.gateway.id, consent_id)
+        dropped = consent.open_store(cfg, conn).withdraw(consent_id)
     except KyojoError as err:
         raise _fail(err) from err
     finally:

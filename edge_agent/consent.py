@@ -1,12 +1,22 @@
-"""Consent on the gateway: the purpose catalog, and consent records per subject and purpose.
+"""Consent on the gateway: the purpose catalog, signed consent records, and the gate's view of them.
 
-Default deny: an aggregate leaves only under an active consent whose purpose covers its category, for a
-window that starts at or after the consent was given and ends before it was withdrawn or expired. One consent
-per subject and purpose covers every present and future device of those categories ("once-only").
+Default deny: an aggregate leaves only under an active consent whose purpose covers its category, for a window
+that starts at or after the consent was given and ends before it was withdrawn or expired, at a granularity no
+finer than the purpose allows. One consent per subject and purpose covers every present and future device of
+those categories ("once-only").
 
-Granting or withdrawing is one transaction that also queues the record for the cloud (retained, on its own
-topic) in the outbox, so the cloud learns of a consent before any data that relies on it, and a withdrawal
-drops every queued message of that consent in the same breath.
+Catalog versions: a consent remembers the categories and granularity it was given for. A new catalog version
+that narrows a purpose applies at once (the gate uses the intersection); one that widens it does not, until the
+household grants again, which renews the same consent with the wider scope ("asks again").
+
+Records are shaped after ISO/IEC TS 27560 / the Kantara Consent Receipt: record id, subject, controller,
+purpose, categories, granularity, recipients, storage location, retention, jurisdiction, notice text with its
+version and language, withdrawal method and an event history. They are stored on the gateway and signed with
+the gateway's Ed25519 key. What travels to the cloud (retained, on its own topic) is only what the cloud needs
+to enforce it, with the subject as its per-purpose pseudonym.
+
+Granting, renewing, withdrawing and expiring are each one transaction that also queues the cloud's copy in the
+outbox and appends to the audit log; a withdrawal drops every queued message of that consent in the same breath.
 """
 
 from __future__ import annotations
@@ -18,11 +28,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from drivers.base import Category, KyojoError
-from edge_agent.db import meta_add, meta_get, tx
+from edge_agent import audit
+from edge_agent.config import AgentConfig
+from edge_agent.db import meta_add, tx
+from edge_agent.identity import GatewayKeys, load_keys
 from edge_agent.wire import ConsentRecord, ConsentStatus, consent_topic, valid_id
+
+RECORD_SHAPE = "ISO/IEC TS 27560:2023 (consent record information structure), Kantara Consent Receipt v1.1"
 
 
 class ConsentError(KyojoError, ValueError):
@@ -37,28 +53,62 @@ class Purpose:
     controller: str
     title: dict[str, str]
     notice: dict[str, str]
+    notice_version: str
+    recipients: tuple[str, ...]
+    storage_location: str
+    retention_days: int
+    jurisdiction: str
+    withdrawal_method: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    version: int
+    purposes: dict[str, Purpose]
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """Read a purpose catalog (default: the one shipped with the agent, edge_agent/purposes.json)."""
+    if path is None:
+        text = resources.files("edge_agent").joinpath("purposes.json").read_text(encoding="utf-8")
+    else:
+        text = path.read_text(encoding="utf-8")
+    doc = json.loads(text)
+    return Catalog(
+        version=int(doc["catalog_version"]),
+        purposes={
+            name: Purpose(
+                name=name,
+                categories=frozenset(Category(c) for c in spec["categories"]),
+                min_window_s=int(spec["min_window_s"]),
+                controller=spec["controller"],
+                title=spec["title"],
+                notice=spec["notice"],
+                notice_version=str(spec["notice_version"]),
+                recipients=tuple(spec["recipients"]),
+                storage_location=spec["storage_location"],
+                retention_days=int(spec["retention_days"]),
+                jurisdiction=spec["jurisdiction"],
+                withdrawal_method=spec["withdrawal_method"],
+            )
+            for name, spec in doc["purposes"].items()
+        },
+    )
 
 
 @cache
+def default_catalog() -> Catalog:
+    return load_catalog()
+
+
 def catalog() -> dict[str, Purpose]:
-    """The purpose catalog shipped with the agent (edge_agent/purposes.json)."""
-    doc = json.loads(resources.files("edge_agent").joinpath("purposes.json").read_text(encoding="utf-8"))
-    return {
-        name: Purpose(
-            name=name,
-            categories=frozenset(Category(c) for c in spec["categories"]),
-            min_window_s=int(spec["min_window_s"]),
-            controller=spec["controller"],
-            title=spec["title"],
-            notice=spec["notice"],
-        )
-        for name, spec in doc["purposes"].items()
-    }
+    """The purposes of the shipped catalog."""
+    return default_catalog().purposes
 
 
 @dataclass(frozen=True, slots=True)
 class Consent:
-    """A consent as the gateway's gate sees it (times in epoch ms)."""
+    """A consent as the gate sees it (times in epoch ms). ``subject`` is the local id (never sent)."""
 
     id: str
     subject: str
@@ -68,6 +118,8 @@ class Consent:
     given_at: int
     expires_at: int | None
     withdrawn_at: int | None
+    min_window_s: int = 0
+    catalog_version: int = 1
 
     def covers(self, start_ms: int, end_ms: int) -> bool:
         """True if a window [start, end) may be released under this consent."""
@@ -75,19 +127,36 @@ class Consent:
             return False
         if self.withdrawn_at is not None and end_ms > self.withdrawn_at:
             return False
+        if (end_ms - start_ms) < self.min_window_s * 1000:
+            return False
         return self.expires_at is None or end_ms <= self.expires_at
 
+    def effective_categories(self, cat: Catalog) -> frozenset[Category]:
+        """What the gate releases: as granted, narrowed by the current catalog, never widened by it."""
+        purpose = cat.purposes.get(self.purpose)
+        return self.categories & purpose.categories if purpose else frozenset()
 
-def _ms(dt: datetime | None) -> int | None:
-    return None if dt is None else int(dt.timestamp() * 1000)
+    def needs_renewal(self, cat: Catalog) -> bool:
+        """The current catalog asks for more than was granted: the household must grant again."""
+        purpose = cat.purposes.get(self.purpose)
+        if purpose is None or self.status is not ConsentStatus.ACTIVE:
+            return False
+        return not purpose.categories <= self.categories or purpose.min_window_s < self.min_window_s
 
 
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
 
 
-def _row_to_consent(row: tuple[Any, ...]) -> Consent:
-    cid, subject, purpose, cats, status, given, expires, withdrawn = row[:8]
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
+
+
+_COLS = "id, subject, purpose, categories, status, given_at, expires_at, withdrawn_at, min_window_s, catalog_version"
+
+
+def _row(row: tuple[Any, ...]) -> Consent:
+    cid, subject, purpose, cats, status, given, expires, withdrawn, min_win, cat_ver = row
     return Consent(
         id=str(cid),
         subject=str(subject),
@@ -97,129 +166,256 @@ def _row_to_consent(row: tuple[Any, ...]) -> Consent:
         given_at=int(given),
         expires_at=None if expires is None else int(expires),
         withdrawn_at=None if withdrawn is None else int(withdrawn),
+        min_window_s=int(min_win),
+        catalog_version=int(cat_ver),
     )
-
-
-_COLS = "id, subject, purpose, categories, status, given_at, expires_at, withdrawn_at"
 
 
 def list_consents(conn: sqlite3.Connection, *, include_inactive: bool = True) -> list[Consent]:
     sql = f"SELECT {_COLS} FROM consents"  # noqa: S608 - constant column list
     if not include_inactive:
         sql += " WHERE status = 'active'"
-    return [_row_to_consent(r) for r in conn.execute(sql + " ORDER BY given_at, id")]
+    return [_row(r) for r in conn.execute(sql + " ORDER BY given_at, id")]
 
 
 def get_consent(conn: sqlite3.Connection, consent_id: str) -> Consent:
     row = conn.execute(f"SELECT {_COLS} FROM consents WHERE id = ?", (consent_id,)).fetchone()  # noqa: S608
     if row is None:
         raise ConsentError(f"no consent {consent_id!r} on this gateway")
-    return _row_to_consent(row)
+    return _row(row)
 
 
 def consent_version(conn: sqlite3.Connection) -> int:
-    """Changes whenever a consent is granted, withdrawn or expires (the agent reloads its gate then)."""
-    return meta_get(conn, "consent_version")
+    """Changes whenever a consent is granted, renewed, withdrawn or expires (the gate reloads then)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'consent_version'").fetchone()
+    return int(row[0]) if row else 0
 
 
-def _record(gateway: str, c: Consent) -> ConsentRecord:
-    return ConsentRecord(
-        gateway=gateway,
-        id=c.id,
-        subject=c.subject,
-        purpose=c.purpose,
-        categories=sorted(c.categories),
-        status=c.status,
-        given_at=datetime.fromtimestamp(c.given_at / 1000, tz=UTC),
-        expires_at=_dt(c.expires_at),
-        withdrawn_at=_dt(c.withdrawn_at),
-    )
-
-
-def _queue_record(conn: sqlite3.Connection, gateway: str, c: Consent, now_ms: int) -> None:
-    payload = _record(gateway, c).model_dump_json().encode()
-    conn.execute(
-        "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 1, NULL, 0, ?)",
-        (meta_add(conn, "seq", 1), consent_topic(gateway, c.id), payload, now_ms),
-    )
-    conn.execute("UPDATE consents SET record = ? WHERE id = ?", (payload.decode(), c.id))
-    meta_add(conn, "consent_version", 1)
-
-
-def grant(
-    conn: sqlite3.Connection,
-    gateway: str,
-    purpose: str,
-    subject: str,
-    *,
-    now: datetime | None = None,
-    expires_at: datetime | None = None,
-) -> Consent:
-    """Give consent for ``subject`` to ``purpose``; granting again while active returns the existing one."""
-    spec = catalog().get(purpose)
-    if spec is None:
-        raise ConsentError(f"unknown purpose {purpose!r}; the catalog has: {', '.join(sorted(catalog()))}")
-    if not valid_id(subject):
-        raise ConsentError(f"subject {subject!r} is not a valid id")
-    now = now or datetime.now(UTC)
-    if expires_at is not None and expires_at <= now:
-        raise ConsentError("expiry must be in the future")
-    with tx(conn):
-        for existing in list_consents(conn, include_inactive=False):
-            if existing.subject == subject and existing.purpose == purpose:
-                return existing  # once-only: one consent per subject and purpose
-        c = Consent(
-            id=f"c-{secrets.token_hex(6)}",
-            subject=subject,
-            purpose=purpose,
-            categories=spec.categories,
-            status=ConsentStatus.ACTIVE,
-            given_at=_ms(now),  # type: ignore[arg-type]
-            expires_at=_ms(expires_at),
-            withdrawn_at=None,
+def events(conn: sqlite3.Connection, consent_id: str) -> list[dict[str, Any]]:
+    return [
+        {"event": e, "at": _iso(int(at)), "by": by, **json.loads(detail)}
+        for at, e, by, detail in conn.execute(
+            "SELECT at, event, by, detail FROM consent_events WHERE consent = ? ORDER BY rowid", (consent_id,)
         )
-        conn.execute(
-            f"INSERT INTO consents({_COLS}, record) VALUES(?, ?, ?, ?, ?, ?, ?, ?, '')",
+    ]
+
+
+def signed_record(conn: sqlite3.Connection, consent_id: str) -> dict[str, Any]:
+    """The full local record, with its signature and the signing key's id."""
+    row = conn.execute("SELECT record, signature, key_id FROM consents WHERE id = ?", (consent_id,)).fetchone()
+    if row is None:
+        raise ConsentError(f"no consent {consent_id!r} on this gateway")
+    return {"record": json.loads(row[0]), "signature": row[1], "key_id": row[2]}
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class ConsentStore:
+    """Grant, renew, withdraw and expire consents on one gateway database."""
+
+    def __init__(self, conn: sqlite3.Connection, gateway: str, keys: GatewayKeys, cat: Catalog | None = None) -> None:
+        self.conn = conn
+        self.gateway = gateway
+        self.keys = keys
+        self.catalog = cat or default_catalog()
+
+    # -- the record ----------------------------------------------------------------------------------------
+    def _full_record(self, c: Consent, purpose: Purpose, lang: str) -> dict[str, Any]:
+        return {
+            "record_shape": RECORD_SHAPE,
+            "record_id": c.id,
+            "gateway": self.gateway,
+            "subject": c.subject,
+            "subject_pseudonym": self.keys.pseudonym(c.purpose, c.subject),
+            "controller": purpose.controller,
+            "purpose": c.purpose,
+            "purpose_title": purpose.title,
+            "categories": sorted(c.categories),
+            "granularity_s": c.min_window_s,
+            "recipients": list(purpose.recipients),
+            "storage_location": purpose.storage_location,
+            "retention_days": purpose.retention_days,
+            "jurisdiction": purpose.jurisdiction,
+            "notice": {"text": purpose.notice, "version": purpose.notice_version, "language": lang},
+            "withdrawal_method": purpose.withdrawal_method,
+            "catalog_version": c.catalog_version,
+            "status": c.status.value,
+            "given_at": _iso(c.given_at),
+            "expires_at": _iso(c.expires_at),
+            "withdrawn_at": _iso(c.withdrawn_at),
+        }
+
+    def _save(self, c: Consent, lang: str, now_ms: int, event: str, by: str) -> None:
+        """Record an event, re-sign the record, queue the cloud's copy, log it. Inside a transaction."""
+        purpose = self.catalog.purposes.get(c.purpose) or default_catalog().purposes[c.purpose]
+        self.conn.execute(
+            "INSERT INTO consent_events(consent, at, event, by, detail) VALUES(?, ?, ?, ?, ?)",
+            (c.id, now_ms, event, by, json.dumps({"catalog_version": c.catalog_version})),
+        )
+        record = self._full_record(c, purpose, lang)
+        record["events"] = events(self.conn, c.id)
+        self.conn.execute(
+            "UPDATE consents SET record = ?, signature = ?, key_id = ? WHERE id = ?",
+            (json.dumps(record, ensure_ascii=False), self.keys.sign(canonical(record)), self.keys.key_id, c.id),
+        )
+        cloud = ConsentRecord(
+            gateway=self.gateway,
+            id=c.id,
+            subject=self.keys.pseudonym(c.purpose, c.subject),
+            purpose=c.purpose,
+            categories=sorted(c.categories),
+            status=c.status,
+            given_at=datetime.fromtimestamp(c.given_at / 1000, tz=UTC),
+            expires_at=None if c.expires_at is None else datetime.fromtimestamp(c.expires_at / 1000, tz=UTC),
+            withdrawn_at=None if c.withdrawn_at is None else datetime.fromtimestamp(c.withdrawn_at / 1000, tz=UTC),
+        )
+        self.conn.execute(
+            "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 1, NULL, 0, ?)",
             (
-                c.id,
-                c.subject,
-                c.purpose,
-                json.dumps(sorted(c.categories)),
-                c.status.value,
-                c.given_at,
-                c.expires_at,
-                None,
+                meta_add(self.conn, "seq", 1),
+                consent_topic(self.gateway, c.id),
+                cloud.model_dump_json().encode(),
+                now_ms,
             ),
         )
-        _queue_record(conn, gateway, c, c.given_at)
-    return c
+        audit.append(
+            self.conn,
+            f"consent_{event}",
+            {"consent": c.id, "subject": c.subject, "purpose": c.purpose, "categories": sorted(c.categories), "by": by},
+            now_ms,
+        )
+        meta_add(self.conn, "consent_version", 1)
 
+    # -- operations ----------------------------------------------------------------------------------------
+    def grant(
+        self,
+        purpose_name: str,
+        subject: str,
+        *,
+        now: datetime | None = None,
+        expires_at: datetime | None = None,
+        by: str = "household",
+        lang: str = "en",
+    ) -> Consent:
+        """Give consent (or renew it when the catalog widened the purpose); otherwise return the active one."""
+        purpose = self.catalog.purposes.get(purpose_name)
+        if purpose is None:
+            raise ConsentError(
+                f"unknown purpose {purpose_name!r}; the catalog has: {', '.join(sorted(self.catalog.purposes))}"
+            )
+        if not valid_id(subject):
+            raise ConsentError(f"subject {subject!r} is not a valid id (letters, digits, . _ -)")
+        now_ms = _ms(now or datetime.now(UTC))
+        if expires_at is not None and _ms(expires_at) <= now_ms:
+            raise ConsentError("expiry must be in the future")
+        with tx(self.conn):
+            for existing in list_consents(self.conn, include_inactive=False):
+                if existing.subject == subject and existing.purpose == purpose_name:
+                    if not existing.needs_renewal(self.catalog):
+                        return existing  # once-only: one consent per subject and purpose
+                    renewed = Consent(
+                        id=existing.id,
+                        subject=subject,
+                        purpose=purpose_name,
+                        categories=purpose.categories,
+                        status=ConsentStatus.ACTIVE,
+                        given_at=existing.given_at,
+                        expires_at=existing.expires_at,
+                        withdrawn_at=None,
+                        min_window_s=purpose.min_window_s,
+                        catalog_version=self.catalog.version,
+                    )
+                    self.conn.execute(
+                        "UPDATE consents SET categories = ?, min_window_s = ?, catalog_version = ? WHERE id = ?",
+                        (
+                            json.dumps(sorted(renewed.categories)),
+                            renewed.min_window_s,
+                            renewed.catalog_version,
+                            renewed.id,
+                        ),
+                    )
+                    self._save(renewed, lang, now_ms, "renewed", by)
+                    return renewed
+            c = Consent(
+                id=f"c-{secrets.token_hex(6)}",
+                subject=subject,
+                purpose=purpose_name,
+                categories=purpose.categories,
+                status=ConsentStatus.ACTIVE,
+                given_at=now_ms,
+                expires_at=None if expires_at is None else _ms(expires_at),
+                withdrawn_at=None,
+                min_window_s=purpose.min_window_s,
+                catalog_version=self.catalog.version,
+            )
+            self.conn.execute(
+                f"INSERT INTO consents({_COLS}, record, signature, key_id) "
+                "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', '', '')",
+                (
+                    c.id,
+                    c.subject,
+                    c.purpose,
+                    json.dumps(sorted(c.categories)),
+                    c.status.value,
+                    c.given_at,
+                    c.expires_at,
+                    None,
+                    c.min_window_s,
+                    c.catalog_version,
+                ),
+            )
+            self._save(c, lang, now_ms, "given", by)
+        return c
 
-def withdraw(conn: sqlite3.Connection, gateway: str, consent_id: str, *, now: datetime | None = None) -> int:
-    """Withdraw a consent: stop releasing, drop its queued messages, tell the cloud. Returns rows dropped."""
-    now_ms = _ms(now or datetime.now(UTC))
-    assert now_ms is not None
-    with tx(conn):
-        c = get_consent(conn, consent_id)
-        if c.status is not ConsentStatus.ACTIVE:
-            raise ConsentError(f"consent {consent_id} is already {c.status.value}")
-        conn.execute("UPDATE consents SET status = 'withdrawn', withdrawn_at = ? WHERE id = ?", (now_ms, consent_id))
-        dropped = conn.execute("DELETE FROM outbox WHERE consent = ?", (consent_id,)).rowcount
-        meta_add(conn, "outbox_withdrawn_dropped", dropped)
-        _queue_record(conn, gateway, get_consent(conn, consent_id), now_ms)
-    return dropped
+    def withdraw(self, consent_id: str, *, now: datetime | None = None, by: str = "household") -> int:
+        """Withdraw: stop releasing, drop its queued messages, tell the cloud. Returns the rows dropped."""
+        now_ms = _ms(now or datetime.now(UTC))
+        with tx(self.conn):
+            c = get_consent(self.conn, consent_id)
+            if c.status is not ConsentStatus.ACTIVE:
+                raise ConsentError(f"consent {consent_id} is already {c.status.value}")
+            self.conn.execute(
+                "UPDATE consents SET status = 'withdrawn', withdrawn_at = ? WHERE id = ?", (now_ms, consent_id)
+            )
+            dropped = self.conn.execute("DELETE FROM outbox WHERE consent = ?", (consent_id,)).rowcount
+            meta_add(self.conn, "outbox_withdrawn_dropped", dropped)
+            self._save(get_consent(self.conn, consent_id), "en", now_ms, "withdrawn", by)
+        return dropped
 
-
-def expire_due(conn: sqlite3.Connection, gateway: str, now_ms: int) -> list[str]:
-    """Mark consents past their expiry as expired and tell the cloud. Returns the ids expired."""
-    with tx(conn):
+    def expire_due(self, now_ms: int) -> list[str]:
+        """Mark consents past their expiry as expired, drop what they still had queued, tell the cloud."""
         due = [
             c
-            for c in list_consents(conn, include_inactive=False)
+            for c in list_consents(self.conn, include_inactive=False)
             if c.expires_at is not None and c.expires_at <= now_ms
         ]
-        for c in due:
-            conn.execute("UPDATE consents SET status = 'expired' WHERE id = ?", (c.id,))
-            conn.execute("DELETE FROM outbox WHERE consent = ?", (c.id,))
-            _queue_record(conn, gateway, get_consent(conn, c.id), now_ms)
-    return [c.id for c in due]
+        if not due:
+            return []
+        with tx(self.conn):
+            for c in due:
+                self.conn.execute("UPDATE consents SET status = 'expired' WHERE id = ?", (c.id,))
+                self.conn.execute("DELETE FROM outbox WHERE consent = ?", (c.id,))
+                self._save(get_consent(self.conn, c.id), "en", now_ms, "expired", "gateway")
+        return [c.id for c in due]
+
+    def record_erasure(self, consent_id: str, receipt: dict[str, Any], now_ms: int) -> None:
+        """The cloud confirmed it erased what it held under this consent: keep the receipt, log it."""
+        with tx(self.conn):
+            c = get_consent(self.conn, consent_id)
+            self.conn.execute(
+                "INSERT INTO consent_events(consent, at, event, by, detail) VALUES(?, ?, 'erased', 'cloud', ?)",
+                (consent_id, now_ms, json.dumps(receipt, sort_keys=True)),
+            )
+            audit.append(
+                self.conn,
+                "erasure_receipt",
+                {"consent": consent_id, "subject": c.subject, "purpose": c.purpose, "receipt": receipt},
+                now_ms,
+            )
+
+
+def open_store(config: AgentConfig, conn: sqlite3.Connection) -> ConsentStore:
+    """The consent store of the gateway this config describes."""
+    return ConsentStore(conn, config.gateway.id, load_keys(config.gateway.data_dir))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from edge_agent import audit
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series(
@@ -22,7 +24,10 @@ CREATE TABLE IF NOT EXISTS counter_last(series INTEGER PRIMARY KEY, value REAL N
 CREATE TABLE IF NOT EXISTS consents(
     id TEXT PRIMARY KEY, subject TEXT NOT NULL, purpose TEXT NOT NULL, categories TEXT NOT NULL,
     status TEXT NOT NULL, given_at INTEGER NOT NULL, expires_at INTEGER, withdrawn_at INTEGER,
-    record TEXT NOT NULL);
+    min_window_s INTEGER NOT NULL, catalog_version INTEGER NOT NULL,
+    record TEXT NOT NULL, signature TEXT NOT NULL, key_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS consent_events(
+    consent TEXT NOT NULL, at INTEGER NOT NULL, event TEXT NOT NULL, by TEXT NOT NULL, detail TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox(
     seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL,
     consent TEXT, items INTEGER NOT NULL, created INTEGER NOT NULL);
@@ -30,9 +35,6 @@ CREATE INDEX IF NOT EXISTS outbox_consent ON outbox(consent);
 CREATE TABLE IF NOT EXISTS refused(
     seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, reason TEXT NOT NULL,
     at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS releases(
-    id INTEGER PRIMARY KEY, at INTEGER NOT NULL, seq INTEGER NOT NULL, consent TEXT NOT NULL,
-    purpose TEXT NOT NULL, category TEXT NOT NULL, items INTEGER NOT NULL, sha256 TEXT NOT NULL);
 """
 
 
@@ -45,7 +47,7 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
-    conn.executescript(SCHEMA)
+    conn.executescript(SCHEMA + audit.SCHEMA)
     return conn
 
 

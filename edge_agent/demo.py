@@ -147,7 +147,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         for gw, purpose, subject in CONSENTS:
             conn = connect(configs[gw].db_path)
             try:
-                consent.grant(conn, gw, purpose, subject, now=datetime.fromtimestamp(start, tz=UTC))
+                consent.open_store(configs[gw], conn).grant(purpose, subject, now=datetime.fromtimestamp(start, tz=UTC))
             finally:
                 conn.close()
         ingester = _spawn(

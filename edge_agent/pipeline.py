@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 import orjson
 
 from drivers.base import METRICS, Category, Kind, Reading
+from edge_agent import audit
 from edge_agent.config import AgentConfig
-from edge_agent.consent import Consent, consent_version, expire_due, list_consents
+from edge_agent.consent import Catalog, Consent, ConsentStore, consent_version, default_catalog, list_consents
 from edge_agent.db import meta_add, tx
+from edge_agent.identity import GatewayKeys, load_keys
 from edge_agent.wire import AggregateBatch, AggregateItem, agg_topic
 
 log = logging.getLogger(__name__)
@@ -97,10 +99,20 @@ class PipelineStats:
 class Pipeline:
     """Owns the agent's write connection; every method is a short synchronous transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, config: AgentConfig) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        config: AgentConfig,
+        *,
+        keys: GatewayKeys | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.conn = conn
         self.config = config
         self.gateway = config.gateway.id
+        self.keys = keys or load_keys(config.gateway.data_dir)
+        self.catalog = catalog or default_catalog()
+        self.consents = ConsentStore(conn, self.gateway, self.keys, self.catalog)
         self.stats = PipelineStats()
         self._series: dict[SeriesKey, int] = {
             SeriesKey(d, s, m): i for i, d, s, m in conn.execute("SELECT id, device, subject, metric FROM series")
@@ -160,7 +172,7 @@ class Pipeline:
     def close_windows(self, now: float) -> int:
         """Close every window that is due, gate its aggregates and queue the messages. Returns messages queued."""
         now_ms = round(now * 1000)
-        expired = expire_due(self.conn, self.gateway, now_ms)
+        expired = self.consents.expire_due(now_ms)
         if expired:
             log.info("consents expired: %s", ", ".join(expired))
         grace_ms = round(max(self.config.aggregation.grace.total_seconds(), self.min_grace_s) * 1000)
@@ -208,7 +220,7 @@ class Pipeline:
         for ts, sid, value in rows:
             grouped[(sid, ts // win_ms * win_ms)].append(value)
         counters = {int(s): float(v) for s, v in self.conn.execute("SELECT series, value FROM counter_last")}
-        consents = [c for c in self.active_consents() if category in c.categories]
+        consents = [c for c in self.active_consents() if category in c.effective_categories(self.catalog)]
         per_consent: dict[str, list[AggregateItem]] = defaultdict(list)
         by_consent = {c.id: c for c in consents}
         counter_updates: dict[int, float] = {}
@@ -223,7 +235,15 @@ class Pipeline:
                 self.stats.denied += 1
                 continue
             for c in allowed:
-                per_consent[c.id].append(item)
+                # the cloud sees per-purpose pseudonyms, never the person, household or device id
+                per_consent[c.id].append(
+                    item.model_copy(
+                        update={
+                            "subject": self.keys.pseudonym(c.purpose, key.subject),
+                            "device": self.keys.device_pseudonym(c.purpose, key.device),
+                        }
+                    )
+                )
         self.conn.executemany(
             "INSERT INTO counter_last(series, value) VALUES(?, ?) "
             "ON CONFLICT(series) DO UPDATE SET value = excluded.value",
@@ -242,6 +262,7 @@ class Pipeline:
     def _enqueue(self, c: Consent, category: Category, items: list[AggregateItem], now_ms: int) -> int:
         seq = meta_add(self.conn, "seq", 1)
         wall_ms = int(time.time() * 1000)  # ``sent`` is wall time even when a demo runs a fast clock
+        _, head = audit.head(self.conn)
         batch = AggregateBatch(
             gateway=self.gateway,
             seq=seq,
@@ -249,16 +270,33 @@ class Pipeline:
             consent=c.id,
             purpose=c.purpose,
             category=category,
+            audit_head=head,
             items=items,
         )
         payload = orjson.dumps(batch.model_dump(mode="json", exclude_none=True))
+        topic = agg_topic(self.gateway, category)
         self.conn.execute(
             "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 0, ?, ?, ?)",
-            (seq, agg_topic(self.gateway, category), payload, c.id, len(items), now_ms),
+            (seq, topic, payload, c.id, len(items), now_ms),
         )
-        self.conn.execute(
-            "INSERT INTO releases(at, seq, consent, purpose, category, items, sha256) VALUES(?, ?, ?, ?, ?, ?, ?)",
-            (now_ms, seq, c.id, c.purpose, category.value, len(items), hashlib.sha256(payload).hexdigest()),
+        purpose = self.catalog.purposes.get(c.purpose)
+        audit.append(
+            self.conn,
+            "release",
+            {
+                "seq": seq,
+                "topic": topic,
+                "consent": c.id,
+                "subject": c.subject,
+                "purpose": c.purpose,
+                "category": category.value,
+                "items": len(items),
+                "first_window": min(i.start for i in items),
+                "last_window": max(i.start for i in items),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                "recipient": purpose.controller if purpose else c.purpose,
+            },
+            now_ms,
         )
         self.stats.aggregates_queued += len(items)
         self.stats.messages_queued += 1

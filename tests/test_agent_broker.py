@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
 from drivers.clock import ScaledClock
-from edge_agent import consent
+from edge_agent import audit, consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
 from edge_agent.wire import decode_batch
@@ -46,7 +47,7 @@ def outbox_depth(path: Path) -> int:
 def test_broker_outage_queues_then_delivers_everything(tmp_path: Path, fresh_mosquitto: Mosquitto) -> None:
     cfg = agent_config(tmp_path / "gw", fresh_mosquitto.port)
     conn = connect(cfg.db_path)
-    consent.grant(conn, "gw-1", "preventive-care", "p1", now=consent._dt(int(T0 * 1000)))  # type: ignore[arg-type]
+    consent.open_store(cfg, conn).grant("preventive-care", "p1", now=datetime.fromtimestamp(T0, tz=UTC))
     conn.close()
     sub = Collector(fresh_mosquitto.port, "kyojo/v1/gw-1/#")
     clock = ScaledClock(T0, speed=600)  # ten simulated minutes per second
@@ -94,7 +95,7 @@ def test_restart_replays_unacknowledged_outbox(tmp_path: Path, fresh_mosquitto: 
     """Rows queued while no broker was reachable are sent by the next agent process, in order."""
     cfg = agent_config(tmp_path / "gw", fresh_mosquitto.port)
     conn = connect(cfg.db_path)
-    consent.grant(conn, "gw-1", "preventive-care", "p1", now=consent._dt(int(T0 * 1000)))  # type: ignore[arg-type]
+    consent.open_store(cfg, conn).grant("preventive-care", "p1", now=datetime.fromtimestamp(T0, tz=UTC))
     conn.close()
     fresh_mosquitto.stop()
     clock = ScaledClock(T0, speed=1200)
@@ -114,7 +115,7 @@ def test_restart_replays_unacknowledged_outbox(tmp_path: Path, fresh_mosquitto: 
     agg = [m for m in sub.messages if "/agg/" in m[0]]
     seqs = [decode_batch(t, p).seq for t, p, _ in agg]
     conn = connect(cfg.db_path)
-    released = [int(r[0]) for r in conn.execute("SELECT seq FROM releases ORDER BY seq")]
+    released = [e.body["seq"] for e in audit.entries(conn) if e.kind == "release"]
     conn.close()
     assert seqs == released  # every release, in order, exactly once
     first = next(m[0] for m in sub.messages if "/status" not in m[0])

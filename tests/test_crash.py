@@ -16,6 +16,7 @@ from drivers.base import METRICS, Reading
 from edge_agent import consent
 from edge_agent.config import load_config
 from edge_agent.db import connect
+from edge_agent.identity import load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc
 from tests.test_e2e import influx_points, truth, wait_for
@@ -72,8 +73,8 @@ def test_kill_9_agent_loses_and_doubles_nothing(
     cfg = load_config(cfg_path)
     conn = connect(cfg.db_path)
     given = datetime.fromtimestamp(T0, tz=UTC)
-    consent.grant(conn, GW, "preventive-care", "p1", now=given)
-    consent.grant(conn, GW, "community-energy", GW, now=given)
+    consent.open_store(cfg, conn).grant("preventive-care", "p1", now=given)
+    consent.open_store(cfg, conn).grant("community-energy", GW, now=given)
     conn.close()
     ingester = IngesterProc(
         mosquitto.port, influxdb.url, influx_db, client_id="crash-ingest", log=tmp_path / "ingest.log"
@@ -119,7 +120,8 @@ def test_kill_9_agent_loses_and_doubles_nothing(
                 if (category == "health" and k[2] == "p1") or (category == "energy" and k[2] == GW)
             }
         )
-    got = influx_points(influxdb, influx_db)
+    ids = {r.device for r in raw} | {r.subject for r in raw}
+    got = influx_points(influxdb, influx_db, load_keys(cfg.gateway.data_dir), ids)
     assert left >= 0
     assert set(got) == set(expected), (sorted(set(expected) - set(got))[:3], sorted(set(got) - set(expected))[:3])
     for key, want in expected.items():

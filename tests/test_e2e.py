@@ -20,6 +20,7 @@ from drivers.clock import ScaledClock
 from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
+from edge_agent.identity import GatewayKeys, load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 
@@ -72,11 +73,17 @@ def truth(readings: list[Reading], window_s: int, until_ms: int) -> dict[Key, di
     return out
 
 
-def influx_points(influxdb: InfluxDB, db: str) -> dict[Key, dict[str, Any]]:
+def influx_points(influxdb: InfluxDB, db: str, keys: GatewayKeys, ids: set[str]) -> dict[Key, dict[str, Any]]:
+    """Every point, keyed by real ids: the test maps the cloud's per-purpose pseudonyms back with the
+    gateway's key (the cloud cannot), and any tag that is not a pseudonym of a known id fails the test."""
+    names = {
+        f(purpose, i): i for purpose in consent.catalog() for i in ids for f in (keys.pseudonym, keys.device_pseudonym)
+    }
     got: dict[Key, dict[str, Any]] = {}
     for metric in METRICS:
         for row in influxdb.query_rows(f'SELECT * FROM "{metric}" GROUP BY *', db):  # noqa: S608
-            key = (metric, row["device"], row["subject"], int(row["time"]))
+            assert row["subject"].startswith("s-") and row["device"].startswith("d-"), row
+            key = (metric, names[row["device"]], names[row["subject"]], int(row["time"]))
             assert key not in got, f"duplicate point {key}"
             got[key] = row
     return got
@@ -86,8 +93,8 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
     cfg = agent_config(tmp_path / "gw", mosquitto.port, gateway=HOME)
     given = datetime.fromtimestamp(T0, tz=UTC)
     conn = connect(cfg.db_path)
-    health = consent.grant(conn, HOME, "preventive-care", "p1", now=given)  # p2 gives no consent
-    energy = consent.grant(conn, HOME, "community-energy", HOME, now=given)  # EV sharing: not granted
+    health = consent.open_store(cfg, conn).grant("preventive-care", "p1", now=given)  # p2 gives no consent
+    energy = consent.open_store(cfg, conn).grant("community-energy", HOME, now=given)  # EV sharing: not granted
     conn.close()
     ingester = IngesterProc(
         mosquitto.port, influxdb.url, influx_db, client_id="e2e-ingest", log=tmp_path / "ingest.log"
@@ -107,7 +114,7 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
 
     # withdraw the energy consent mid-run: nothing of it may arrive after this point
     conn = connect(cfg.db_path)
-    consent.withdraw(conn, HOME, energy.id, now=datetime.fromtimestamp(clock.now(), tz=UTC))
+    consent.open_store(cfg, conn).withdraw(energy.id, now=datetime.fromtimestamp(clock.now(), tz=UTC))
     conn.close()
     withdrawn_at = clock.now()
     wait_for(lambda: clock.now() > T0 + 4 * 3600)
@@ -125,7 +132,8 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
     final = ingester.stop()
     assert final.get("rejected", {}) == {}
 
-    got = influx_points(influxdb, influx_db)
+    ids = {s.device_id for s in sims} | {s.subject for s in sims}
+    got = influx_points(influxdb, influx_db, load_keys(cfg.gateway.data_dir), ids)
     covered = min(d.covered_until or 0 for d in drivers)
     expected: dict[Key, dict[str, float]] = {}
     for s in sims:

@@ -67,7 +67,7 @@ def test_default_deny_nothing_leaves_without_consent(tmp_path: Path) -> None:
 
 def test_consent_releases_exact_windows_and_queues_record_first(tmp_path: Path) -> None:
     _, p = make(tmp_path)
-    c = consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(0))
+    c = p.consents.grant("preventive-care", "p1", now=at(0))
     values = [60 + (i * 7) % 13 for i in range(180)]
     p.store(reading("hr", "p1", "heart_rate", v, T0 + i) for i, v in enumerate(values))
     p.store(reading("hr2", "p2", "heart_rate", 80, T0 + i) for i in range(180))  # p2 gave no consent
@@ -79,7 +79,7 @@ def test_consent_releases_exact_windows_and_queues_record_first(tmp_path: Path) 
     assert [i.start for i in items] == [int(T0 * 1000), int(T0 * 1000) + 60_000, int(T0 * 1000) + 120_000]
     for w, item in enumerate(items):
         win = values[w * 60 : (w + 1) * 60]
-        assert item.subject == "p1" and item.count == 60
+        assert item.subject == p.keys.pseudonym("preventive-care", "p1") and item.count == 60
         assert item.mean == pytest.approx(sum(win) / 60) and item.max == max(win) and item.last == win[-1]
     assert {b.consent for b in batches(p)} == {c.id}
     assert [b.seq for b in batches(p)] == sorted({b.seq for b in batches(p)})
@@ -87,7 +87,7 @@ def test_consent_releases_exact_windows_and_queues_record_first(tmp_path: Path) 
 
 def test_window_not_closed_before_grace_and_late_readings_counted(tmp_path: Path) -> None:
     _, p = make(tmp_path)
-    consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(0))
+    p.consents.grant("preventive-care", "p1", now=at(0))
     p.store([reading("hr", "p1", "heart_rate", 60, T0 + 10)])
     p.close_windows(T0 + 62)  # end 60 + grace 5 not reached
     assert batches(p) == []
@@ -102,14 +102,14 @@ def test_window_not_closed_before_grace_and_late_readings_counted(tmp_path: Path
 def test_consent_is_not_retroactive_and_withdrawal_purges_queue(tmp_path: Path) -> None:
     _, p = make(tmp_path)
     p.store(reading("plug", "home", "power", 100, T0 + i) for i in range(600))
-    c = consent.grant(p.conn, "gw-1", "community-energy", "home", now=at(120))
+    c = p.consents.grant("community-energy", "home", now=at(120))
     p.close_windows(T0 + 300)
     starts = sorted({i.start for b in batches(p) for i in b.items})
     assert starts[0] == int((T0 + 120) * 1000)  # windows before the grant stay on the gateway
     queued = len(batches(p))
     assert starts == [int((T0 + 120) * 1000), int((T0 + 180) * 1000)]
     assert queued == 1  # both windows travel in one message
-    dropped = consent.withdraw(p.conn, "gw-1", c.id, now=at(301))
+    dropped = p.consents.withdraw(c.id, now=at(301))
     assert dropped == queued and batches(p) == []
     record = ConsentRecord.model_validate_json(outbox(p)[-1][1])
     assert record.status == "withdrawn"
@@ -119,33 +119,33 @@ def test_consent_is_not_retroactive_and_withdrawal_purges_queue(tmp_path: Path) 
 
 def test_once_only_one_consent_covers_every_device_of_the_category(tmp_path: Path) -> None:
     _, p = make(tmp_path)
-    c1 = consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(0))
-    c2 = consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(10))
+    c1 = p.consents.grant("preventive-care", "p1", now=at(0))
+    c2 = p.consents.grant("preventive-care", "p1", now=at(10))
     assert c1 == c2
     p.store([reading("cuff-a", "p1", "systolic", 120, T0 + 5), reading("cuff-b", "p1", "systolic", 130, T0 + 6)])
     p.close_windows(T0 + 100)
     devices = sorted(i.device for b in batches(p) for i in b.items)
-    assert devices == ["cuff-a", "cuff-b"]
+    assert devices == sorted(p.keys.device_pseudonym("preventive-care", d) for d in ("cuff-a", "cuff-b"))
 
 
 def test_expiry_stops_release(tmp_path: Path) -> None:
     _, p = make(tmp_path)
-    consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(0), expires_at=at(120))
+    p.consents.grant("preventive-care", "p1", now=at(0), expires_at=at(120))
     p.store(reading("hr", "p1", "heart_rate", 70, T0 + i) for i in range(300))
     p.close_windows(T0 + 100)
     assert [i.start for b in batches(p) for i in b.items] == [int(T0 * 1000)]
     p.close_windows(T0 + 400)  # [60, 120) falls due after the expiry: the cloud would refuse it too
     assert batches(p) == []  # what was still queued at expiry is dropped, like on withdrawal
-    assert p.conn.execute("SELECT count(*) FROM releases").fetchone()[0] == 1
+    assert p.conn.execute("SELECT count(*) FROM audit WHERE kind = 'release'").fetchone()[0] == 1
     assert consent.list_consents(p.conn)[0].status == "expired"
 
 
 def test_unknown_purpose_and_bad_subject_are_typed_errors(tmp_path: Path) -> None:
     _, p = make(tmp_path)
     with pytest.raises(consent.ConsentError, match="unknown purpose"):
-        consent.grant(p.conn, "gw-1", "marketing", "p1")
+        p.consents.grant("marketing", "p1")
     with pytest.raises(consent.ConsentError, match="not a valid id"):
-        consent.grant(p.conn, "gw-1", "preventive-care", "p 1")
+        p.consents.grant("preventive-care", "p 1")
 
 
 def test_outbox_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_outbox_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
         }
     )
     p = Pipeline(connect(cfg.db_path), cfg)
-    consent.grant(p.conn, "gw-1", "community-energy", "home", now=at(0))
+    p.consents.grant("community-energy", "home", now=at(0))
     p.store(reading("plug", "home", "power", 100, T0 + i) for i in range(1200))
     p.close_windows(T0 + 1300)
     assert p.conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 10
@@ -167,7 +167,7 @@ def test_outbox_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
 
 def test_counter_delta_across_windows_matches_total(tmp_path: Path) -> None:
     _, p = make(tmp_path)
-    consent.grant(p.conn, "gw-1", "community-energy", "home", now=at(0))
+    p.consents.grant("community-energy", "home", now=at(0))
     p.store(reading("plug", "home", "energy", 1000 + i * 0.5, T0 + i * 10) for i in range(60))
     p.close_windows(T0 + 700)
     deltas = [i.delta for b in batches(p) for i in b.items]
@@ -176,7 +176,7 @@ def test_counter_delta_across_windows_matches_total(tmp_path: Path) -> None:
 
 def test_restart_continues_from_watermark(tmp_path: Path) -> None:
     cfg, p = make(tmp_path)
-    consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(0))
+    p.consents.grant("preventive-care", "p1", now=at(0))
     p.store(reading("hr", "p1", "heart_rate", 70, T0 + i) for i in range(130))
     p.close_windows(T0 + 70)
     p.conn.close()
@@ -188,7 +188,7 @@ def test_restart_continues_from_watermark(tmp_path: Path) -> None:
 
 def test_payload_is_compact_json_of_the_contract(tmp_path: Path) -> None:
     _, p = make(tmp_path)
-    consent.grant(p.conn, "gw-1", "preventive-care", "p1", now=at(0))
+    p.consents.grant("preventive-care", "p1", now=at(0))
     p.store([reading("hr", "p1", "heart_rate", 70, T0 + 1)])
     p.close_windows(T0 + 100)
     topic, payload, _ = outbox(p)[-1]
