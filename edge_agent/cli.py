@@ -23,8 +23,10 @@ from drivers.base import KyojoError
 app = typer.Typer(help="Kyojo: opt-in edge data platform.", no_args_is_help=True, add_completion=False)
 agent_app = typer.Typer(help="Run and inspect the gateway agent.", no_args_is_help=True)
 consent_app = typer.Typer(help="Give, withdraw and list consents (household).", no_args_is_help=True)
+audit_app = typer.Typer(help="See and check everything that left the home (household).", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(consent_app, name="consent")
+app.add_typer(audit_app, name="audit")
 app.add_typer(ingest_app, name="ingest")
 
 DEFAULT_CONFIG = Path(os.environ.get("KYOJO_CONFIG", "/etc/kyojo/agent.toml"))
@@ -174,7 +176,142 @@ def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Optio
         typer.echo(json.dumps(docs, ensure_ascii=False))
         return
     for d in docs:
-        typer.echo(f"{d['id']}  {d['status']:<9} {d['subject']:<12} {d['purpose']:<20} since {d['given_at']}")
+        renew = "  (the purpose changed: grant again to renew)" if d["needs_renewal"] else ""
+        typer.echo(f"{d['id']}  {d['status']:<9} {d['subject']:<12} {d['purpose']:<20} since {d['given_at']}{renew}")
+
+
+@consent_app.command("show")
+def consent_show(
+    consent_id: str,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    lang: LangOpt = None,
+    as_json: bool = typer.Option(False, "--json", help="the full signed record"),
+) -> None:
+    """Show one consent: its notice, scope, recipients, history, and whether its signature holds."""
+    from edge_agent import consent
+    from edge_agent.db import connect
+    from edge_agent.identity import load_keys, verify_signature
+
+    cfg = _load(config)
+    conn = connect(cfg.db_path)
+    try:
+        signed = consent.signed_record(conn, consent_id)
+    except KyojoError as err:
+        raise _fail(err) from err
+    finally:
+        conn.close()
+    keys = load_keys(cfg.gateway.data_dir)
+    ok = verify_signature(keys.public_key_b64(), consent.canonical(signed["record"]), signed["signature"])
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {**signed, "public_key": keys.public_key_b64(), "signature_valid": ok}, ensure_ascii=False, indent=2
+            )
+        )
+        return
+    r, lg = signed["record"], _lang(lang)
+    ja = lg == "ja"
+    lines = [
+        f"{r['record_id']}: {r['purpose_title'][lg]} ({r['purpose']}) — {r['status']}",
+        f"  {'本人' if ja else 'subject'}: {r['subject']}   {'管理者' if ja else 'controller'}: {r['controller']}",
+        f"  {'提供先' if ja else 'recipients'}: {', '.join(r['recipients'])}",
+        f"  {'データ' if ja else 'data'}: {', '.join(r['categories'])}, "
+        f"{'最小' if ja else 'at most one summary per'} {r['granularity_s']} s",
+        f"  {'保管' if ja else 'stored'}: {r['storage_location']}, {r['retention_days']} "
+        f"{'日' if ja else 'days'}; {r['jurisdiction']}",
+        f"  {'通知' if ja else 'notice'} v{r['notice']['version']}: {r['notice']['text'][lg]}",
+        f"  {'撤回方法' if ja else 'withdraw'}: {r['withdrawal_method'][lg]}",
+    ]
+    lines += [f"  {e['at']}  {e['event']} ({e['by']})" for e in r.get("events", [])]
+    lines.append(f"  {'署名' if ja else 'signature'}: {'OK' if ok else 'INVALID'} (key {signed['key_id']})")
+    typer.echo("\n".join(lines))
+
+
+@audit_app.command("show")
+def audit_show(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    since: Annotated[str | None, typer.Option(help="ISO date or time, e.g. 2024-06-01")] = None,
+    purpose: Annotated[str | None, typer.Option(help="only this purpose")] = None,
+    lang: LangOpt = None,
+) -> None:
+    """Everything that left the home and every consent event, in plain language, oldest first."""
+    from edge_agent import audit
+    from edge_agent.db import connect
+
+    cfg = _load(config)
+    since_ms = None
+    if since:
+        try:
+            dt = datetime.fromisoformat(since)
+        except ValueError as err:
+            raise _fail(KyojoError(f"--since: not an ISO date/time: {since!r}")) from err
+        since_ms = int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
+    conn = connect(cfg.db_path)
+    try:
+        for e in audit.entries(conn, since_ms=since_ms, purpose=purpose):
+            typer.echo(audit.describe(e, _lang(lang)))
+    finally:
+        conn.close()
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Check the log's hash chain; exits 1 if any entry was edited, deleted or reordered."""
+    from edge_agent import audit
+    from edge_agent.db import connect
+
+    cfg = _load(config)
+    conn = connect(cfg.db_path)
+    try:
+        verdict = audit.verify(conn)
+    finally:
+        conn.close()
+    if verdict.ok:
+        typer.echo(f"ok: {verdict.entries} entries, head {verdict.head}")
+        return
+    typer.echo(f"TAMPERED: entry {verdict.first_bad}: {verdict.reason}", err=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    out: Annotated[Path | None, typer.Option(help="file to write (default: stdout)")] = None,
+) -> None:
+    """The whole log as JSON (entries, verdict, the gateway's public key), for the household to keep."""
+    from edge_agent import audit, consent
+    from edge_agent.db import connect
+    from edge_agent.identity import load_keys
+
+    cfg = _load(config)
+    conn = connect(cfg.db_path)
+    try:
+        verdict = audit.verify(conn)
+        doc = {
+            "gateway": cfg.gateway.id,
+            "exported_at": datetime.now(UTC).isoformat(),
+            "public_key": load_keys(cfg.gateway.data_dir).public_key_b64(),
+            "verify": {
+                "ok": verdict.ok,
+                "entries": verdict.entries,
+                "head": verdict.head,
+                "first_bad": verdict.first_bad,
+                "reason": verdict.reason,
+            },
+            "consents": [consent.signed_record(conn, c.id) for c in consent.list_consents(conn)],
+            "entries": [
+                {"n": e.n, "at": e.when.isoformat(), "kind": e.kind, "body": e.body, "prev": e.prev, "hash": e.hash}
+                for e in audit.entries(conn)
+            ],
+        }
+    finally:
+        conn.close()
+    text = json.dumps(doc, ensure_ascii=False, indent=2)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n", encoding="utf-8")
+        typer.echo(f"wrote {out}")
 
 
 @app.command("demo")
