@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -312,6 +313,31 @@ def audit_export(
     else:
         out.write_text(text + "\n", encoding="utf-8")
         typer.echo(f"wrote {out}")
+
+
+@ingest_app.command("erasure")
+def ingest_erasure(
+    broker_host: Annotated[str, typer.Option(help="MQTT broker host")] = "127.0.0.1",
+    broker_port: Annotated[int, typer.Option(help="MQTT broker port")] = 1883,
+    influx_url: Annotated[str, typer.Option(help="InfluxDB 1.x base URL")] = "http://127.0.0.1:8086",
+    influx_db: Annotated[str, typer.Option(help="database")] = "kyojo",
+    client_id: Annotated[str, typer.Option(help="MQTT client id (stable)")] = "kyojo-eraser",
+    grace: Annotated[float, typer.Option(help="seconds to wait after a withdrawal before erasing")] = 5.0,
+    verbose: bool = False,
+) -> None:
+    """Erase a subject's data for a purpose when its consent is withdrawn, and send the gateway a receipt."""
+    from cloud_ingest.erasure import Eraser
+
+    _setup_logging(verbose)
+    eraser = Eraser(broker_host, broker_port, influx_url, influx_db, client_id=client_id, grace_s=grace)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    eraser.start()
+    while not stop.wait(1.0):
+        typer.echo(json.dumps(eraser.stats()))
+    eraser.stop()
+    typer.echo(json.dumps({**eraser.stats(), "final": True}))
 
 
 @app.command("demo")

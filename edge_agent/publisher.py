@@ -32,8 +32,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.config import AgentConfig
+from edge_agent.consent import ConsentError, ConsentStore, events
 from edge_agent.db import connect, meta_add, tx
-from edge_agent.wire import GatewayStatus, status_topic
+from edge_agent.identity import load_keys
+from edge_agent.wire import ErasureReceipt, GatewayStatus, receipt_topic, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class PublisherStats:
     messages_sent: int = 0
     aggregates_sent: int = 0
     refused: int = 0
+    receipts: int = 0
     inflight: int = 0
     last_error: str = ""
 
@@ -78,6 +81,7 @@ class Publisher(threading.Thread):
         self._stop_evt = threading.Event()
         self._inflight: dict[int, tuple[int, int]] = {}  # mid -> (seq, items)
         self._acked: list[tuple[int, ReasonCode | int]] = []
+        self._receipts: list[tuple[str, bytes]] = []
         self._socket_open = False
         self._next_seq = 0  # rows with seq >= this have not been handed to paho in this process
         self._client = self._make_client()
@@ -108,6 +112,7 @@ class Publisher(threading.Thread):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
@@ -119,6 +124,7 @@ class Publisher(threading.Thread):
         self.stats.connects += 1
         status = GatewayStatus(gateway=self.gateway, online=True, at=int(time.time() * 1000))
         client.publish(status_topic(self.gateway), status.model_dump_json(), qos=1, retain=True)
+        client.subscribe(receipt_topic(self.gateway, "+"), qos=1)  # erasure receipts from the cloud
         log.info("connected to %s:%d", self.config.mqtt.host, self.config.mqtt.port)
         self.wake.set()
 
@@ -131,6 +137,31 @@ class Publisher(threading.Thread):
 
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
         self._acked.append((mid, reason))
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.payload:
+            self._receipts.append((msg.topic, bytes(msg.payload)))
+
+    def _take_receipts(self, conn: Any) -> None:
+        """Keep each erasure receipt with its consent and in the audit log (once per erasure)."""
+        receipts, self._receipts = self._receipts, []
+        for topic, payload in receipts:
+            try:
+                receipt = ErasureReceipt.model_validate_json(payload)
+                if receipt.gateway != self.gateway or not topic.endswith("/" + receipt.consent):
+                    raise ValueError("receipt is not for this gateway and consent")
+                doc = receipt.model_dump(mode="json")
+                if any(
+                    e["event"] == "erased" and e.get("erased_at") == doc["erased_at"]
+                    for e in events(conn, receipt.consent)
+                ):
+                    continue
+                store = ConsentStore(conn, self.gateway, load_keys(self.config.gateway.data_dir))
+                store.record_erasure(receipt.consent, doc, int(time.time() * 1000))
+                self.stats.receipts += 1
+                log.info("cloud confirmed erasure for consent %s: %d points", receipt.consent, receipt.points_erased)
+            except (ValueError, ConsentError) as err:
+                log.warning("ignored a receipt on %s: %s", topic, err)
 
     # -- thread ------------------------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
@@ -174,6 +205,8 @@ class Publisher(threading.Thread):
                 if self.stats.connected:
                     backoff.reset()
                 self._settle(conn)
+                if self._receipts:
+                    self._take_receipts(conn)
                 if self.stats.connected:
                     self._fill(conn)
             self._drain_before_stop(conn)

@@ -6,6 +6,7 @@ certificate's identity)::
     kyojo/v1/<gw>/agg/<category>          AggregateBatch, QoS 1, not retained
     kyojo/v1/<gw>/consent/<consent_id>    ConsentRecord, QoS 1, retained (empty payload clears it)
     kyojo/v1/<gw>/status                  GatewayStatus, retained; also the MQTT last will
+    kyojo/v1/<gw>/receipt/<consent_id>    ErasureReceipt, cloud -> gateway, QoS 1, retained
 
 Payloads are JSON (UTF-8), at most :data:`MAX_PAYLOAD_BYTES`. A receiver checks ``v`` first and refuses a
 schema version it does not know.
@@ -113,6 +114,20 @@ class ConsentRecord(_Msg):
         return self.expires_at is None or when < self.expires_at
 
 
+class ErasureReceipt(_Msg):
+    """The cloud's confirmation that it erased what it held under a withdrawn consent."""
+
+    v: Literal[1] = 1
+    gateway: Ident
+    consent: Ident
+    subject: Ident  # the per-purpose pseudonym the cloud knows
+    purpose: Ident
+    points_erased: int = Field(ge=0)
+    remaining: int = Field(ge=0, description="points still matching after the delete: 0 when verified")
+    erased_at: datetime
+    store: str = Field(max_length=200, description="where it was erased, e.g. influxdb:kyojo")
+
+
 class GatewayStatus(_Msg):
     v: Literal[1] = 1
     gateway: Ident
@@ -127,6 +142,10 @@ def agg_topic(gateway: str, category: Category | str) -> str:
 
 def consent_topic(gateway: str, consent_id: str) -> str:
     return f"{TOPIC_ROOT}/{gateway}/consent/{consent_id}"
+
+
+def receipt_topic(gateway: str, consent_id: str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/receipt/{consent_id}"
 
 
 def status_topic(gateway: str) -> str:
