@@ -62,7 +62,14 @@ class InfluxV1Admin:
         return data
 
     def query(self, q: str) -> list[dict[str, Any]]:
-        doc = json.loads(self._post("/query", {"db": self.db, "q": q}))
+        return self._query({"db": self.db, "q": q})
+
+    def query_epoch_ms(self, q: str) -> list[dict[str, Any]]:
+        """Like :meth:`query`, with times as epoch milliseconds."""
+        return self._query({"db": self.db, "q": q, "epoch": "ms"})
+
+    def _query(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        doc = json.loads(self._post("/query", params))
         results: list[dict[str, Any]] = doc.get("results", [])
         for r in results:
             if "error" in r:
