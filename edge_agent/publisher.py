@@ -83,6 +83,7 @@ class Publisher(threading.Thread):
         self._acked: list[tuple[int, ReasonCode | int]] = []
         self._receipts: list[tuple[str, bytes]] = []
         self._socket_open = False
+        self._maybe_more = True
         self._next_seq = 0  # rows with seq >= this have not been handed to paho in this process
         self._client = self._make_client()
 
@@ -207,7 +208,8 @@ class Publisher(threading.Thread):
                 self._settle(conn)
                 if self._receipts:
                     self._take_receipts(conn)
-                if self.stats.connected:
+                if self.stats.connected and (self.wake.is_set() or self._maybe_more):
+                    self.wake.clear()
                     self._fill(conn)
             self._drain_before_stop(conn)
         finally:
@@ -268,13 +270,17 @@ class Publisher(threading.Thread):
         self.stats.inflight = len(self._inflight)
 
     def _fill(self, conn: Any) -> None:
+        """Hand the next outbox rows to paho, up to the in-flight bound. Runs only when the agent queued
+        something (``wake``) or the last fill was cut short by the bound, not on every loop turn."""
         room = self.config.mqtt.max_inflight - len(self._inflight)
         if room <= 0:
+            self._maybe_more = True
             return
         rows = conn.execute(
             "SELECT seq, topic, payload, retain, items FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?",
             (self._next_seq, room),
         ).fetchall()
+        self._maybe_more = len(rows) == room
         for seq, topic, payload, retain, items in rows:
             info = self._client.publish(topic, bytes(payload), qos=1, retain=bool(retain))
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
