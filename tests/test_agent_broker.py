@@ -120,3 +120,27 @@ def test_restart_replays_unacknowledged_outbox(tmp_path: Path, fresh_mosquitto: 
     assert seqs == released  # every release, in order, exactly once
     first = next(m[0] for m in sub.messages if "/status" not in m[0])
     assert "/consent/" in first  # the consent record travels before the data relying on it
+
+
+def test_refused_publish_is_set_aside_not_retried_forever(tmp_path: Path) -> None:
+    """MQTT v5 tells a refused publish apart (PUBACK 0x87); the row moves to ``refused`` and is counted."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite kyojo/v1/gw-1/status\ntopic readwrite kyojo/v1/gw-1/consent/#\n")
+    with Mosquitto(tmp_path / "mqtt", extra_conf=f"acl_file {acl}\n") as broker:
+        cfg = agent_config(tmp_path / "gw", broker.port)
+        conn = connect(cfg.db_path)
+        consent.open_store(cfg, conn).grant("preventive-care", "p1", now=datetime.fromtimestamp(T0, tz=UTC))
+        conn.close()
+        clock = ScaledClock(T0, speed=600)
+        _, stop, holder = run_agent_in_thread(lambda: Agent(cfg, clock=clock, drivers=[RampDriver(clock)]))
+        wait_for(lambda: holder[0].publisher.stats.refused >= 2)
+        stop()
+    conn = connect(cfg.db_path)
+    refused = conn.execute("SELECT topic, reason FROM refused").fetchall()
+    stuck = conn.execute("SELECT count(*) FROM outbox WHERE seq IN (SELECT seq FROM refused)").fetchone()[0]
+    conn.close()
+    assert stuck == 0  # a refused row left the outbox: no retry loop
+    assert {t for t, _ in refused} == {"kyojo/v1/gw-1/agg/health"}  # the consent record was allowed
+    assert all("authori" in r.lower() for _, r in refused)
+    status = orjson.loads(cfg.status_path.read_bytes())
+    assert status["refused"] == len(refused)
