@@ -120,6 +120,19 @@ class Reading:
         return METRICS[self.metric].category
 
 
+def reading_json(r: Reading) -> dict[str, object]:
+    """A Reading as a JSON-ready object (the ``kyojo decode`` commands print these)."""
+    return {
+        "device": r.device,
+        "subject": r.subject,
+        "metric": r.metric,
+        "value": r.value,
+        "unit": r.unit,
+        "ts": r.ts,
+        "extra": dict(r.extra),
+    }
+
+
 def reading(device: str, subject: str, metric: str, value: float, ts: float) -> Reading:
     """Build a Reading in the metric's fixed unit."""
     return Reading(device, subject, metric, float(value), METRICS[metric].unit, ts)

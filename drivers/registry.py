@@ -21,6 +21,10 @@ from drivers.base import Clock, Driver, KyojoError
 
 KINDS: dict[str, str] = {
     "sim": "drivers.sim.device",
+    "ble": "drivers.ble.device",
+    "gnss": "drivers.gnss.device",
+    "plugs": "drivers.plugs.device",
+    "bmeter": "drivers.meter.device",
 }
 
 

@@ -20,15 +20,26 @@ import typer
 
 from cloud_ingest.cli import app as ingest_app
 from drivers.base import KyojoError
+from drivers.ble.cli import register as register_ble
+from drivers.gnss.cli import app as gnss_app
+from drivers.meter.cli import register as register_echonet
+from drivers.plugs.cli import register as register_plug
 
 app = typer.Typer(help="Kyojo: opt-in edge data platform.", no_args_is_help=True, add_completion=False)
 agent_app = typer.Typer(help="Run and inspect the gateway agent.", no_args_is_help=True)
 consent_app = typer.Typer(help="Give, withdraw and list consents (household).", no_args_is_help=True)
 audit_app = typer.Typer(help="See and check everything that left the home (household).", no_args_is_help=True)
+decode_app = typer.Typer(help="Decode captured payloads, as a device sends them (installers).", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
+app.add_typer(decode_app, name="decode")
+app.add_typer(gnss_app, name="gnss", help="GNSS receivers on garbage trucks (replay captures).")
 app.add_typer(ingest_app, name="ingest")
+
+register_ble(decode_app)
+register_plug(decode_app)
+register_echonet(decode_app)
 
 DEFAULT_CONFIG = Path(os.environ.get("KYOJO_CONFIG", "/etc/kyojo/agent.toml"))
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway config (TOML); env KYOJO_CONFIG")]

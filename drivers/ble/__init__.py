@@ -1,0 +1,9 @@
+"""Bluetooth Low Energy health devices (Bluetooth SIG GATT profiles).
+
+- :mod:`drivers.ble.ieee11073`, :mod:`drivers.ble.gatt`, :mod:`drivers.ble.convert`: the sans-IO part
+  (bytes in, frozen dataclasses and Readings out). They import neither bleak nor asyncio.
+- :mod:`drivers.ble.transport` / :mod:`drivers.ble.driver`: the I/O on bleak (scan, connect, subscribe,
+  reconnect), imported only when a gateway configures ``kind = "ble"``.
+- :mod:`drivers.ble.virtual`: virtual BLE peripherals on Bumble and a bleak backend that reaches them, for
+  tests and demos without a radio.
+"""

@@ -1,0 +1,98 @@
+"""``kind = "ble"``: one Bluetooth LE health device (heart rate strap, BP monitor, thermometer, ...).
+
+Example (gateway TOML)::
+
+    [[devices]]
+    kind = "ble"
+    id = "bp-living-room"
+    address = "C4:7C:8D:6A:12:34"
+    profile = "blood_pressure"
+    subject = "p1"
+    user_subjects = { 1 = "p1", 2 = "p2" }   # optional: BPM/scale User ID -> subject
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drivers.ble.profiles import ProfileName
+
+if TYPE_CHECKING:
+    from drivers.base import Driver
+    from drivers.ble.transport import BleBackend, SharedScanner
+    from drivers.registry import BuildContext
+
+#: a BD_ADDR (Linux, Windows) or a CoreBluetooth peripheral UUID (macOS)
+ADDRESS_PATTERN = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class Config(BaseModel):
+    """One BLE device; validated when the gateway's config file is loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["ble"]
+    id: str = Field(pattern=ID_PATTERN, description="device id used in Readings")
+    address: str = Field(pattern=ADDRESS_PATTERN)
+    profile: ProfileName
+    subject: str = Field(pattern=ID_PATTERN, description="person (or household) the Readings belong to")
+    user_subjects: dict[int, str] = Field(default_factory=dict, description="device User ID -> subject")
+    lenient_length: bool = Field(False, description="accept trailing padding after the last field")
+    scan_timeout: timedelta = timedelta(seconds=30)
+    connect_timeout: timedelta = timedelta(seconds=20)
+    backoff_initial: timedelta = timedelta(seconds=1)
+    backoff_max: timedelta = timedelta(minutes=5)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        for user, subject in self.user_subjects.items():
+            if not 0 <= user <= 254:  # 255 = "unknown user"
+                raise ValueError(f"user_subjects: User ID {user} is not 0..254")
+            if not subject:
+                raise ValueError("user_subjects: empty subject")
+        if self.backoff_initial <= timedelta(0) or self.backoff_max < self.backoff_initial:
+            raise ValueError("need 0 < backoff_initial <= backoff_max")
+        return self
+
+
+_SCANNERS: dict[BleBackend | None, SharedScanner] = {}
+
+
+def shared_scanner(backend: BleBackend | None = None) -> SharedScanner:
+    """The process-wide scanner for ``backend`` (one per adapter; BlueZ allows one discovery session)."""
+    from drivers.ble.transport import SharedScanner
+
+    if backend not in _SCANNERS:
+        _SCANNERS[backend] = SharedScanner(backend)
+    return _SCANNERS[backend]
+
+
+def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = None) -> list[Driver]:
+    """One :class:`~drivers.ble.driver.BleDriver`; ``backend`` swaps bleak's backend (tests, virtual devices)."""
+    from drivers.ble.driver import BleDriver
+    from drivers.ble.profiles import PROFILES
+    from drivers.ble.transport import Backoff, Link
+
+    link = Link(
+        config.address,
+        PROFILES[config.profile].subscriptions,
+        scanner=shared_scanner(backend),
+        clock=ctx.clock,
+        backend=backend,
+        backoff=Backoff(config.backoff_initial.total_seconds(), config.backoff_max.total_seconds()),
+        scan_timeout=config.scan_timeout.total_seconds(),
+        connect_timeout=config.connect_timeout.total_seconds(),
+    )
+    driver = BleDriver(
+        config.id,
+        config.subject,
+        link,
+        ctx.clock,
+        user_subjects=config.user_subjects,
+        lenient=config.lenient_length,
+    )
+    return [driver]

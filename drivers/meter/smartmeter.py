@@ -1,0 +1,167 @@
+"""ECHONET Lite smart-meter frames -> Readings (stateful but sans-IO).
+
+The meter's cumulative registers need three properties to mean anything: 0xD3 coefficient, 0xE1 unit and 0xD7
+effective digits (the register wraps at ``10**digits``). :class:`MeterDecoder` remembers them from any frame
+that carries them (the driver asks for them once after joining), converts 0xE0 to Wh and keeps it monotonic
+across the roll-over with :class:`drivers.counter.MonotonicCounter` (raw count kept in ``extra``).
+
+Device ids: ``<id>`` for power (0xE7) and energy bought (0xE0); ``<id>-r`` / ``<id>-t`` for the R / T phase
+currents (0xE8: the raw store keys series by device + metric, so two phases need two devices); ``<id>-export``
+for energy sold (0xE3), only when ``export`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.base import Reading
+from drivers.counter import MonotonicCounter
+from drivers.meter.echonet import (
+    ESV,
+    FixedTimeEnergy,
+    Frame,
+    parse_coefficient,
+    parse_cumulative,
+    parse_currents,
+    parse_digits,
+    parse_fixed_time,
+    parse_instant_power,
+    parse_unit,
+)
+
+#: ESVs whose property list carries values from the meter.
+VALUE_SERVICES = frozenset({ESV.GET_RES, ESV.GET_SNA, ESV.INF, ESV.INFC})
+
+#: Names of the 0x0288 properties we decode (for describe()).
+PROPERTY_NAMES = {
+    0x80: "operation_status",
+    0xD3: "coefficient",
+    0xD7: "effective_digits",
+    0xE0: "cumulative_energy_normal",
+    0xE1: "cumulative_energy_unit_kwh",
+    0xE3: "cumulative_energy_reverse",
+    0xE7: "instantaneous_power_w",
+    0xE8: "instantaneous_current_a",
+    0xEA: "fixed_time_energy_normal",
+    0xEB: "fixed_time_energy_reverse",
+}
+
+
+def property_value(epc: int, edt: bytes) -> Any:
+    """JSON-ready decoded value of one smart-meter property (hex string for those we do not decode)."""
+    if epc == 0xD3:
+        return parse_coefficient(edt)
+    if epc == 0xD7:
+        return parse_digits(edt)
+    if epc in (0xE0, 0xE3):
+        return parse_cumulative(edt, epc)
+    if epc == 0xE1:
+        return parse_unit(edt)
+    if epc == 0xE7:
+        return parse_instant_power(edt)
+    if epc == 0xE8:
+        c = parse_currents(edt)
+        return {"r": c.r, "t": c.t}
+    if epc in (0xEA, 0xEB):
+        f = parse_fixed_time(edt, epc)
+        return {"at": f.at.isoformat(), "count": f.count}
+    if epc == 0x80 and len(edt) == 1:  # operation status: 0x30 ON, 0x31 OFF
+        return {0x30: "on", 0x31: "off"}.get(edt[0], edt.hex())
+    return edt.hex()
+
+
+def describe(frame: Frame) -> dict[str, Any]:
+    """A JSON-ready view of a frame, with smart-meter property values decoded when the source is a meter."""
+    meter = frame.seoj.class_code == 0x0288
+    props = []
+    for p in (*frame.props, *frame.get_props):
+        item: dict[str, Any] = {"epc": f"0x{p.epc:02X}", "pdc": len(p.edt), "edt": p.edt.hex()}
+        if meter and p.edt:
+            item["name"] = PROPERTY_NAMES.get(p.epc, "")
+            item["value"] = property_value(p.epc, p.edt)
+        props.append(item)
+    esv = ESV(frame.esv)
+    return {"tid": frame.tid, "seoj": str(frame.seoj), "deoj": str(frame.deoj), "esv": esv.name, "properties": props}
+
+
+@dataclass(slots=True)
+class MeterDecoder:
+    """Turns frames from one smart meter into Readings. ``tz_offset_h``: the meter's local time (JST = 9)."""
+
+    device: str
+    subject: str
+    tz_offset_h: float = 9.0
+    export: bool = False
+    coefficient: int = 1
+    unit_kwh: float | None = None
+    digits: int | None = None
+    normal: MonotonicCounter = field(default_factory=MonotonicCounter)
+    reverse: MonotonicCounter = field(default_factory=MonotonicCounter)
+    last_energy_ts: float | None = None
+    last_fixed: FixedTimeEnergy | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the unit (0xE1) is known, so cumulative registers can be converted to Wh."""
+        return self.unit_kwh is not None
+
+    def readings(self, frame: Frame, received_at: float) -> list[Reading]:
+        """Readings in a meter frame (Get_Res, Get_SNA, INF). Raises ParseError on a malformed EDT."""
+        if frame.seoj.class_code != 0x0288 or frame.esv not in VALUE_SERVICES:
+            return []
+        # Configuration first: coefficient, unit and digits apply to the registers in the same frame.
+        if (edt := frame.prop(0xD3)) is not None:
+            self.coefficient = parse_coefficient(edt)
+        if (edt := frame.prop(0xE1)) is not None:
+            self.unit_kwh = parse_unit(edt)
+        if (edt := frame.prop(0xD7)) is not None:
+            self.digits = parse_digits(edt)
+            self.normal.modulus = self.reverse.modulus = float(10**self.digits)
+        out: list[Reading] = []
+        if (edt := frame.prop(0xE7)) is not None and (watts := parse_instant_power(edt)) is not None:
+            out.append(self._r(self.device, "power", float(watts), received_at))
+        if (edt := frame.prop(0xE8)) is not None:
+            cur = parse_currents(edt)
+            for phase, amps in (("r", cur.r), ("t", cur.t)):
+                if amps is not None:
+                    out.append(self._r(f"{self.device}-{phase}", "current", amps, received_at))
+        if (edt := frame.prop(0xE0)) is not None and (count := parse_cumulative(edt, 0xE0)) is not None:
+            out += self._energy(self.device, self.normal, count, received_at)
+        if self.export and (edt := frame.prop(0xE3)) is not None:
+            count_rev = parse_cumulative(edt, 0xE3)
+            if count_rev is not None:
+                out += self._energy(f"{self.device}-export", self.reverse, count_rev, received_at)
+        if (edt := frame.prop(0xEA)) is not None:
+            out += self._fixed(parse_fixed_time(edt, 0xEA))
+        return out
+
+    def _r(self, device: str, metric: str, value: float, ts: float, extra: dict[str, str] | None = None) -> Reading:
+        unit = {"power": "W", "current": "A", "energy": "Wh"}[metric]
+        return Reading(device, self.subject, metric, value, unit, ts, extra or {})
+
+    def _wh(self, count: float) -> float:
+        assert self.unit_kwh is not None
+        return round(count * self.coefficient * self.unit_kwh * 1000.0, 6)
+
+    def _energy(self, device: str, counter: MonotonicCounter, count: int, ts: float) -> list[Reading]:
+        if self.unit_kwh is None:
+            return []  # not convertible yet: the driver asks for 0xD3/0xD7/0xE1 before polling
+        cumulative = counter.update(float(count))
+        if device == self.device:
+            self.last_energy_ts = ts
+        extra = {"raw_count": str(count), "rollovers": str(counter.resets)}
+        return [self._r(device, "energy", self._wh(cumulative), ts, extra)]
+
+    def _fixed(self, fixed: FixedTimeEnergy) -> list[Reading]:
+        """0xEA (pushed by the meter every 30 min): a reading at the fixed time, but only when it is newer than
+        the last polled 0xE0 and does not go backwards (it must not look like a roll-over)."""
+        self.last_fixed = fixed
+        if fixed.count is None or self.unit_kwh is None:
+            return []
+        ts = fixed.at.replace(tzinfo=dt.timezone(dt.timedelta(hours=self.tz_offset_h))).timestamp()
+        last = self.normal.last_raw
+        if (self.last_energy_ts is not None and ts <= self.last_energy_ts) or (last is not None and fixed.count < last):
+            return []
+        return self._energy(self.device, self.normal, fixed.count, ts)

@@ -1,0 +1,83 @@
+"""``kind = "plugs"``: the household's smart plugs on the gateway's LAN-side Mosquitto.
+
+Example::
+
+    [[devices]]
+    kind = "plugs"
+    id = "home1-plugs"
+    household = "home1"
+    broker_port = 1883
+    [devices.appliances]            # native key -> appliance; readings come as <household>-<appliance>
+    "tasmota:pow1" = "kettle"
+    "shelly:shellyplug-s-C45BBE/0" = "fridge"
+    "shelly:shellypstripg4-aabbccddeeff/3" = "tv"
+    "z2m:washer_plug" = "washer"
+
+Native keys are what ``kyojo decode plug`` prints and what the driver records for unpaired plugs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+if TYPE_CHECKING:
+    from drivers.base import Driver
+    from drivers.registry import BuildContext
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_APPLIANCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$")
+_KEY = re.compile(r"^(tasmota|shelly|z2m):\S.*$")
+
+
+class Config(BaseModel):
+    """Plugs of one household on one local MQTT broker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["plugs"]
+    id: str = Field(pattern=_ID, description="id of this driver (health, errors)")
+    household: str = Field(pattern=_ID, description="subject of the readings, and the device id prefix")
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=1883, gt=0, lt=65536)
+    username: str | None = None
+    password: SecretStr | None = None
+    appliances: dict[str, str] = Field(default_factory=dict)
+    z2m_base: str = Field(default="zigbee2mqtt", pattern=r"^[^#+/\s][^#+\s]*$")
+    extra_topics: list[str] = Field(default_factory=list, description="more subscriptions (custom FullTopics)")
+
+    @field_validator("appliances")
+    @classmethod
+    def _appliances(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, name in v.items():
+            if not _KEY.match(key):
+                raise ValueError(f"{key!r}: native keys start with tasmota:, shelly: or z2m:")
+            if not _APPLIANCE.match(name):
+                raise ValueError(f"{name!r}: appliance names are letters, digits, '_', '.', '-' (max 32)")
+        dupes = sorted({n for n in v.values() if list(v.values()).count(n) > 1})
+        if dupes:
+            raise ValueError(f"two plugs for one appliance: {', '.join(dupes)}")
+        return v
+
+
+def build(config: Config, ctx: BuildContext) -> list[Driver]:
+    """One :class:`~drivers.plugs.mqtt.PlugsDriver`; counters and discovery saved in the data dir."""
+    from drivers.plugs.mqtt import PlugsDriver, default_topics
+    from drivers.plugs.session import PlugSession
+
+    session = PlugSession(config.household, dict(config.appliances), z2m_base=config.z2m_base)
+    return [
+        PlugsDriver(
+            config.id,
+            session,
+            host=config.broker_host,
+            port=config.broker_port,
+            username=config.username,
+            password=config.password.get_secret_value() if config.password else None,
+            topics=[*default_topics(config.z2m_base), *config.extra_topics],
+            clock=ctx.clock,
+            state_path=ctx.data_dir / f"plugs-{config.id}.json",
+        )
+    ]

@@ -1,0 +1,152 @@
+"""PlugsDriver against a real Mosquitto: publish the shared payloads, get the mapped readings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from drivers.base import Reading
+from drivers.clock import SystemClock
+from drivers.plugs import device as plugs_device
+from drivers.plugs.mqtt import PlugsDriver
+from drivers.plugs.session import PlugSession
+from drivers.registry import BuildContext
+from provisioning.local import Mosquitto
+
+pytestmark = pytest.mark.broker
+
+DATA = Path(__file__).parent / "data" / "plugs"
+
+APPLIANCES = {
+    "tasmota:pow1": "kettle",
+    "shelly:shellyplug-s-C45BBE/0": "fridge",
+    "shelly:shellypstripg4-aabbccddeeff/3": "tv",
+    "z2m:kitchen_kettle_plug": "toaster",
+}
+
+
+def fixture_messages() -> list[tuple[str, bytes]]:
+    disco = {"t": "tasmota_5A3C7F", "ft": "%prefix%/%topic%/", "mac": "A4CF125A3C7F", "md": "Sonoff Pow R2"}
+    msgs: list[tuple[str, bytes]] = [
+        ("tasmota/discovery/A4CF125A3C7F/config", json.dumps(disco).encode()),
+        ("shellies/announce", b'{"id":"shellyplug-s-00AA11","model":"SHPLG-S","mac":"00AA11","ip":"192.0.2.9"}'),
+    ]
+    for name in ("tasmota.json", "shelly_gen1.json"):
+        msgs += [(m["topic"], m["payload"].encode()) for m in json.loads((DATA / name).read_text())["messages"]]
+    gen2 = json.loads((DATA / "shelly_gen2plus.json").read_text())
+    for comp, status in gen2["records"][0]["status"].items():
+        if comp != "sys":
+            msgs.append((f"shellypstripg4-aabbccddeeff/status/{comp}", json.dumps(status).encode()))
+    note = gen2["notify_status_example"]
+    msgs.append((note["topic"], json.dumps(note["payload"]).encode()))
+    z2m = json.loads((DATA / "zigbee2mqtt.json").read_text())["example_payload"]
+    msgs.append((z2m["topic"], json.dumps(z2m["payload"]).encode()))
+    return msgs
+
+
+def publish(broker: Mosquitto, msgs: list[tuple[str, bytes]]) -> None:
+    pub = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"plug-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv311
+    )
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        for topic, payload in msgs:
+            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+
+
+async def collect(
+    drv: PlugsDriver, n: int, after_subscribed: Callable[[], None], limit_s: float = 10.0
+) -> list[Reading]:
+    out: list[Reading] = []
+
+    async def consume() -> None:
+        async for r in drv.readings():
+            out.append(r)
+            if len(out) >= n:
+                return
+
+    task = asyncio.create_task(consume())
+    for _ in range(200):
+        if drv.subscribed.is_set():
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.to_thread(after_subscribed)
+    await asyncio.wait_for(task, limit_s)
+    return out
+
+
+def test_driver_decodes_published_payloads(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    cfg = plugs_device.Config.model_validate(
+        {
+            "kind": "plugs",
+            "id": "home1-plugs",
+            "household": "home1",
+            "broker_port": mosquitto.port,
+            "appliances": APPLIANCES,
+        }
+    )
+    ctx = BuildContext("gw1", SystemClock(), 1.0, tmp_path)
+    (drv,) = plugs_device.build(cfg, ctx)
+    assert isinstance(drv, PlugsDriver)
+    out = asyncio.run(collect(drv, 22, lambda: publish(mosquitto, fixture_messages())))
+    got = sorted((r.device, r.metric, r.value) for r in out)
+    metrics = ("power", "voltage", "current", "energy")
+    expected = [("home1-kettle", m, v) for m, v in zip(metrics, (2635, 227, 11.661, 6294), strict=True)]
+    expected += [("home1-kettle", m, v) for m, v in zip(metrics, (2629, 226, 11.677, 6404), strict=True)]
+    expected += [("home1-fridge", "power", 12.34), ("home1-fridge", "energy", 2057.6)]
+    expected += [("home1-tv", m, v) for m, v in zip(metrics, (15.4, 231.2, 0.169, 18440.297), strict=True)] * 2
+    expected += [("home1-toaster", m, v) for m, v in zip(metrics, (1834, 231, 7.92, 12370), strict=True)]
+    assert got == sorted(expected)
+    assert {r.subject for r in out} == {"home1"}
+    h = drv.health()
+    assert h["parse_errors"] == {} and not h["ok"]  # disconnected after stop
+    unpaired, states = h["unpaired"], h["states"]
+    assert isinstance(unpaired, list) and isinstance(states, dict)
+    assert "tasmota:tasmota_5A3C7F" in unpaired and "shelly:shellyplug-s-00AA11" in unpaired
+    assert states["shelly:shellyplug-s-C45BBE/0"] == {"output": True}
+    # state saved on stop: counters and discovery records for `pair plugs`
+    state = json.loads((tmp_path / "plugs-home1-plugs.json").read_text())
+    seen = {s["device"]: s for s in state["seen"]}
+    assert seen["tasmota:tasmota_5A3C7F"]["model"] == "Sonoff Pow R2" and seen["tasmota:pow1"]["paired_as"] == "kettle"
+    assert state["counters"]["shelly:shellyplug-s-C45BBE/0"]["last_raw"] == 2057.6
+
+
+def test_counters_survive_restart_and_reconnect(fresh_mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """A Gen1 plug reboots (counter back to 0) while the driver restarts: energy keeps rising."""
+    state = tmp_path / "plugs.json"
+
+    def driver() -> PlugsDriver:
+        session = PlugSession("home1", {"shelly:p1/0": "fridge"})
+        return PlugsDriver("plugs", session, port=fresh_mosquitto.port, state_path=state)
+
+    topic = "shellies/p1/relay/0/energy"
+    first = asyncio.run(collect(driver(), 1, lambda: publish(fresh_mosquitto, [(topic, b"6000")])))
+    fresh_mosquitto.restart()
+    second = asyncio.run(collect(driver(), 2, lambda: publish(fresh_mosquitto, [(topic, b"60"), (topic, b"120")])))
+    assert [r.value for r in first + second] == [100.0, 101.0, 102.0]
+
+
+def test_config_validation() -> None:
+    from pydantic import ValidationError
+
+    base = {"kind": "plugs", "id": "home1-plugs", "household": "home1"}
+    assert plugs_device.Config.model_validate({**base, "appliances": APPLIANCES}).broker_port == 1883
+    for bad in (
+        {"appliances": {"pow1": "kettle"}},  # no family prefix
+        {"appliances": {"tasmota:a": "kettle", "tasmota:b": "kettle"}},  # one appliance, two plugs
+        {"appliances": {"tasmota:a": "bad name"}},
+        {"broker": "x"},
+    ):
+        with pytest.raises(ValidationError):
+            plugs_device.Config.model_validate({**base, **bad})
