@@ -138,6 +138,24 @@ def reading(device: str, subject: str, metric: str, value: float, ts: float) -> 
     return Reading(device, subject, metric, float(value), METRICS[metric].unit, ts)
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened, as opposed to a measurement: a pickup at a collection point, a health alert.
+
+    ``ts`` is POSIX seconds (UTC) when it happened (for an episode, when it ended); ``id`` is stable for the same
+    event, so a re-delivery or a re-detection after a restart is stored once.
+    """
+
+    id: str
+    kind: str
+    category: Category
+    subject: str
+    device: str
+    ts: float
+    severity: str = "info"  # info | warning | urgent
+    attrs: Mapping[str, str | float | int | bool] = field(default_factory=dict)
+
+
 class Clock(Protocol):
     """Time source injected into drivers and the agent, so tests can pass hours in seconds."""
 

@@ -12,12 +12,13 @@ Each registered module defines:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
-from drivers.base import Clock, Driver, KyojoError
+from drivers.base import Clock, Driver, Event, KyojoError, Reading
 
 KINDS: dict[str, str] = {
     "sim": "drivers.sim.device",
@@ -28,8 +29,25 @@ KINDS: dict[str, str] = {
 }
 
 
+#: processors: consume the Readings of a gateway and produce Events (pickups, alerts). Same module contract:
+#: ``Config`` and ``build(config, ctx) -> Processor``.
+PROCESSORS: dict[str, str] = {
+    "truck": "drivers.gnss.processor",
+}
+
+
 class UnknownKind(KyojoError, ValueError):
     """A device entry names a kind no module is registered for."""
+
+
+class Processor(Protocol):
+    """Turns the gateway's Readings into Events. ``feed`` gets each committed batch in time order."""
+
+    name: str
+
+    def feed(self, readings: Sequence[Reading]) -> list[Event]: ...
+
+    def health(self) -> Mapping[str, object]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +74,23 @@ def validate(entry: Any) -> Any:
             return entry
         raise UnknownKind("every [[devices]] entry needs a string 'kind'")
     return module_for(entry["kind"]).Config.model_validate(entry)
+
+
+def validate_processor(entry: Any) -> Any:
+    """Validate one ``[[processors]]`` entry with its kind's model."""
+    if hasattr(entry, "kind") and not isinstance(entry, dict):
+        return entry
+    if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
+        raise UnknownKind("every [[processors]] entry needs a string 'kind'")
+    path = PROCESSORS.get(entry["kind"])
+    if path is None:
+        raise UnknownKind(f"unknown processor kind {entry['kind']!r}; known kinds: {', '.join(sorted(PROCESSORS))}")
+    return importlib.import_module(path).Config.model_validate(entry)
+
+
+def build_processor(entry: Any, ctx: BuildContext) -> Processor:
+    processor: Processor = importlib.import_module(PROCESSORS[entry.kind]).build(entry, ctx)
+    return processor
 
 
 def build(entry: Any, ctx: BuildContext) -> list[Driver]:

@@ -60,6 +60,8 @@ class Agent:
         self.pipeline = Pipeline(self.conn, config)
         self.pipeline.min_grace_s = 2 * tick
         self.publisher = Publisher(config)
+        ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
+        self.processors = [registry.build_processor(p, ctx) for p in config.processors]
         self.driver_errors: dict[str, int] = {}
         self._buffer: list[Reading] = []
         self._started = time.time()
@@ -88,7 +90,11 @@ class Agent:
         buf, self._buffer = self._buffer, []
         if buf:
             self.pipeline.store(buf)
-        self.pipeline.close_windows(self.clock.now())
+            for proc in self.processors:
+                self.pipeline.store_events(proc.feed(buf))
+        now = self.clock.now()
+        self.pipeline.close_windows(now)
+        self.pipeline.release_events(now)
         self.publisher.wake.set()
 
     def status(self) -> dict[str, Any]:
@@ -104,6 +110,10 @@ class Agent:
             "late": st.late,
             "aggregates": st.aggregates,
             "denied": st.denied,
+            "events": st.events,
+            "events_released": st.events_released,
+            "events_withheld": st.events_withheld,
+            "processors": {p.name: dict(p.health()) for p in self.processors},
             "aggregates_queued": st.aggregates_queued,
             "messages_queued": st.messages_queued,
             "messages_sent": pub.messages_sent,

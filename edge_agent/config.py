@@ -106,6 +106,8 @@ class SimClockSection(_Section):
 
 #: a ``[[devices]]`` entry, validated by the model its kind registers in ``drivers.registry``
 DeviceConfig = Annotated[Any, BeforeValidator(registry.validate)]
+#: a ``[[processors]]`` entry (Readings in, Events out), validated the same way
+ProcessorConfig = Annotated[Any, BeforeValidator(registry.validate_processor)]
 
 
 class AgentConfig(_Section):
@@ -116,6 +118,7 @@ class AgentConfig(_Section):
     outbox: OutboxSection = OutboxSection()
     clock: SimClockSection = SimClockSection()
     devices: list[DeviceConfig] = Field(default_factory=list)
+    processors: list[ProcessorConfig] = Field(default_factory=list)
 
     @property
     def db_path(self) -> Path:

@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS outbox(
     seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL,
     consent TEXT, items INTEGER NOT NULL, created INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_consent ON outbox(consent);
+CREATE TABLE IF NOT EXISTS events(
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, category TEXT NOT NULL, subject TEXT NOT NULL, device TEXT NOT NULL,
+    ts INTEGER NOT NULL, severity TEXT NOT NULL, attrs TEXT NOT NULL, state TEXT NOT NULL, consent TEXT);
+CREATE INDEX IF NOT EXISTS events_state ON events(state);
 CREATE TABLE IF NOT EXISTS refused(
     seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, reason TEXT NOT NULL,
     at INTEGER NOT NULL);

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from drivers.base import METRICS, Category, Kind, Reading
+from drivers.base import METRICS, Category, Event, Kind, Reading
 from edge_agent import audit
 from edge_agent.config import AgentConfig
 from edge_agent.consent import Catalog, Consent, ConsentStore, consent_version, default_catalog, list_consents
 from edge_agent.db import meta_add, tx
 from edge_agent.identity import GatewayKeys, load_keys
-from edge_agent.wire import AggregateBatch, AggregateItem, agg_topic
+from edge_agent.wire import AggregateBatch, AggregateItem, EventBatch, EventItem, agg_topic, event_topic
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ class PipelineStats:
     denied: int = 0
     messages_queued: int = 0
     outbox_dropped: int = 0
+    events: int = 0
+    events_released: int = 0
+    events_withheld: int = 0
     by_category: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -150,6 +153,125 @@ class Pipeline:
         self.stats.readings += len(rows)
         self.stats.late += late
         return len(rows)
+
+    def store_events(self, events: Iterable[Event]) -> int:
+        """Keep events on the gateway (idempotent by id); they leave only through :meth:`release_events`."""
+        rows = [
+            (
+                e.id,
+                e.kind,
+                e.category.value,
+                e.subject,
+                e.device,
+                round(e.ts * 1000),
+                e.severity,
+                orjson.dumps(dict(e.attrs)).decode(),
+            )
+            for e in events
+        ]
+        if not rows:
+            return 0
+        with tx(self.conn):
+            before = self.conn.total_changes
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO events(id, kind, category, subject, device, ts, severity, attrs, state) "
+                "VALUES(?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                rows,
+            )
+            added = self.conn.total_changes - before
+        self.stats.events += added
+        return added
+
+    def release_events(self, now: float) -> int:
+        """Gate pending events by consent (default deny) and queue the released ones. Returns messages queued."""
+        now_ms = round(now * 1000)
+        with tx(self.conn):
+            self._refresh_consents(now_ms)
+            pending = self.conn.execute(
+                "SELECT id, kind, category, subject, device, ts, severity, attrs FROM events "
+                "WHERE state = 'pending' ORDER BY ts"
+            ).fetchall()
+            if not pending:
+                return 0
+            per: dict[tuple[str, Category], list[EventItem]] = defaultdict(list)
+            consents = {c.id: c for c in self.active_consents()}
+            for eid, kind, cat, subject, device, ts, severity, attrs in pending:
+                category = Category(cat)
+                allowed = [
+                    c
+                    for c in consents.values()
+                    if c.subject == subject
+                    and category in c.effective_categories(self.catalog)
+                    and c.given_at <= ts
+                    and (c.expires_at is None or ts < c.expires_at)
+                ]
+                state = "released" if allowed else "withheld"
+                for c in allowed:
+                    per[(c.id, category)].append(
+                        EventItem(
+                            id=eid,
+                            kind=kind,
+                            subject=self.keys.pseudonym(c.purpose, subject),
+                            device=self.keys.device_pseudonym(c.purpose, device),
+                            at=int(ts),
+                            severity=severity,
+                            attrs=orjson.loads(attrs),
+                        )
+                    )
+                self.conn.execute(
+                    "UPDATE events SET state = ?, consent = ? WHERE id = ?",
+                    (state, ",".join(c.id for c in allowed) or None, eid),
+                )
+                if allowed:
+                    self.stats.events_released += 1
+                else:
+                    self.stats.events_withheld += 1
+            queued = 0
+            max_items = self.config.aggregation.max_items_per_message
+            for (cid, category), items in per.items():
+                for i in range(0, len(items), max_items):
+                    queued += self._enqueue_events(consents[cid], category, items[i : i + max_items], now_ms)
+        return queued
+
+    def _enqueue_events(self, c: Consent, category: Category, items: list[EventItem], now_ms: int) -> int:
+        seq = meta_add(self.conn, "seq", 1)
+        _, head = audit.head(self.conn)
+        batch = EventBatch(
+            gateway=self.gateway,
+            seq=seq,
+            sent=int(time.time() * 1000),
+            consent=c.id,
+            purpose=c.purpose,
+            category=category,
+            audit_head=head,
+            events=items,
+        )
+        payload = orjson.dumps(batch.model_dump(mode="json"))
+        topic = event_topic(self.gateway, category)
+        self.conn.execute(
+            "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 0, ?, ?, ?)",
+            (seq, topic, payload, c.id, len(items), now_ms),
+        )
+        purpose = self.catalog.purposes.get(c.purpose)
+        audit.append(
+            self.conn,
+            "release",
+            {
+                "seq": seq,
+                "topic": topic,
+                "consent": c.id,
+                "subject": c.subject,
+                "purpose": c.purpose,
+                "category": category.value,
+                "items": len(items),
+                "events": sorted({i.kind for i in items}),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                "recipient": purpose.controller if purpose else c.purpose,
+            },
+            now_ms,
+        )
+        self.stats.messages_queued += 1
+        return 1
 
     def prune(self, now: float) -> int:
         """Delete raw rows older than the retention period."""

@@ -4,6 +4,7 @@ Topics (``<gw>`` is the gateway id, which must equal the payload's ``gateway`` a
 certificate's identity)::
 
     kyojo/v1/<gw>/agg/<category>          AggregateBatch, QoS 1, not retained
+    kyojo/v1/<gw>/event/<category>        EventBatch (pickups, alerts), QoS 1, not retained
     kyojo/v1/<gw>/consent/<consent_id>    ConsentRecord, QoS 1, retained (empty payload clears it)
     kyojo/v1/<gw>/status                  GatewayStatus, retained; also the MQTT last will
     kyojo/v1/<gw>/receipt/<consent_id>    ErasureReceipt, cloud -> gateway, QoS 1, retained
@@ -88,6 +89,37 @@ class AggregateBatch(_Msg):
     items: list[AggregateItem] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
+AttrValue = Annotated[str, Field(max_length=200)] | float | int | bool
+
+
+class EventItem(_Msg):
+    """One event: a pickup, an alert. Stored by the cloud keyed by (kind, subject, device, at, id)."""
+
+    id: Ident
+    kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
+    subject: Ident
+    device: Ident
+    at: int = Field(ge=0, description="epoch ms")
+    severity: Literal["info", "warning", "urgent"] = "info"
+    attrs: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")], AttrValue] = Field(
+        default_factory=dict, max_length=32
+    )
+
+
+class EventBatch(_Msg):
+    """Events of one category, for one purpose, under one consent."""
+
+    v: Literal[1] = 1
+    gateway: Ident
+    seq: int = Field(ge=0)
+    sent: int = Field(ge=0)
+    consent: Ident
+    purpose: Ident
+    category: Category
+    audit_head: str | None = Field(default=None, max_length=128)
+    events: list[EventItem] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
 class ConsentStatus(StrEnum):
     ACTIVE = "active"
     WITHDRAWN = "withdrawn"
@@ -140,6 +172,10 @@ def agg_topic(gateway: str, category: Category | str) -> str:
     return f"{TOPIC_ROOT}/{gateway}/agg/{Category(category).value}"
 
 
+def event_topic(gateway: str, category: Category | str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/event/{Category(category).value}"
+
+
 def consent_topic(gateway: str, consent_id: str) -> str:
     return f"{TOPIC_ROOT}/{gateway}/consent/{consent_id}"
 
@@ -175,6 +211,25 @@ def decode_batch(topic: str, payload: bytes) -> AggregateBatch:
     doc = _load_versioned(payload)
     try:
         batch = AggregateBatch.model_validate(doc)
+    except ValueError as err:
+        raise WireError("invalid", _short(err)) from err
+    if batch.gateway != gateway:
+        raise WireError("gateway_mismatch", f"topic {gateway!r} != payload {batch.gateway!r}")
+    if rest != batch.category.value:
+        raise WireError("category_mismatch", f"topic {rest!r} != payload {batch.category.value!r}")
+    return batch
+
+
+def decode_events(topic: str, payload: bytes) -> EventBatch:
+    """Validate one event message against its topic. Raises WireError with a stable cause."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    gateway, kind, rest = parse_topic(topic)
+    if kind != "event":
+        raise WireError("bad_topic", topic[:200])
+    doc = _load_versioned(payload)
+    try:
+        batch = EventBatch.model_validate(doc)
     except ValueError as err:
         raise WireError("invalid", _short(err)) from err
     if batch.gateway != gateway:
