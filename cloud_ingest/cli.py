@@ -48,6 +48,9 @@ def run(
     group: Annotated[str | None, typer.Option(help="shared subscription group")] = None,
     session_expiry: Annotated[int | None, typer.Option(help="MQTT session expiry, seconds")] = None,
     receive_maximum: Annotated[int | None, typer.Option(help="MQTT v5 receive maximum")] = None,
+    mqtt_client: Annotated[
+        str | None, typer.Option(help="data connection client: lean (default, faster) or paho (fallback)")
+    ] = None,
     influx_api: Annotated[str | None, typer.Option(help="v1 or v2")] = None,
     influx_url: Annotated[str | None, typer.Option(help="InfluxDB base URL")] = None,
     influx_db: Annotated[str | None, typer.Option(help="v1 database")] = None,
@@ -55,6 +58,7 @@ def run(
     influx_org: Annotated[str | None, typer.Option(help="v2 organisation")] = None,
     influx_bucket: Annotated[str | None, typer.Option(help="v2 bucket")] = None,
     batch_points: Annotated[int | None, typer.Option(help="flush at this many points")] = None,
+    max_batch_points: Annotated[int | None, typer.Option(help="at most this many points per POST")] = None,
     batch_interval: Annotated[float | None, typer.Option(help="flush after this many seconds")] = None,
     max_pending_points: Annotated[int | None, typer.Option(help="bound on points held in memory")] = None,
     stats_interval: Annotated[float | None, typer.Option(help="seconds between stats lines")] = None,
@@ -84,6 +88,7 @@ def run(
             group=group,
             session_expiry=session_expiry,
             receive_maximum=receive_maximum,
+            mqtt_client=mqtt_client,
             influx_api=influx_api,
             influx_url=influx_url,
             influx_db=influx_db,
@@ -91,6 +96,7 @@ def run(
             influx_org=influx_org,
             influx_bucket=influx_bucket,
             batch_points=batch_points,
+            max_batch_points=max_batch_points,
             batch_interval=timedelta(seconds=batch_interval) if batch_interval is not None else None,
             max_pending_points=max_pending_points,
             stats_interval=timedelta(seconds=stats_interval) if stats_interval is not None else None,

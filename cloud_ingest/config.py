@@ -44,6 +44,9 @@ class IngestSettings(BaseSettings):
     session_expiry: int = Field(default=3600, ge=0)
     #: MQTT v5 Receive Maximum: unacknowledged QoS 1 messages the broker may have outstanding to us
     receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
+    #: MQTT client of the data connection: "lean" (cloud_ingest.leanclient, ~2x paho's message rate) or
+    #: "paho" (the fallback). The consent connection always uses paho.
+    mqtt_client: Literal["lean", "paho"] = "lean"
 
     # -- InfluxDB -----------------------------------------------------------------------------------------
     influx_api: Literal["v1", "v2"] = "v1"
@@ -59,6 +62,8 @@ class IngestSettings(BaseSettings):
 
     # -- batching, backpressure, retries ------------------------------------------------------------------
     batch_points: int = Field(default=5000, ge=1)
+    #: upper bound of one POST (never below batch_points): a backlog is written as a stream of such requests
+    max_batch_points: int = Field(default=20_000, ge=1)
     batch_interval: timedelta = timedelta(seconds=0.2)
     max_pending_points: int = Field(default=100_000, ge=1)
     retry_initial: float = Field(default=0.05, gt=0)

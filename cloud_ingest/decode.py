@@ -98,7 +98,7 @@ class BatchDecoder:
         self.fast_hits = 0
         self.slow_hits = 0
 
-    def decode(self, topic: str, payload: bytes) -> Decoded:
+    def decode(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded:
         """Decode one message or raise ``WireError`` with the contract's cause."""
         fast = self.fast(topic, payload)
         if fast is not None:
@@ -107,9 +107,9 @@ class BatchDecoder:
         self.slow_hits += 1
         return self.slow(topic, payload)
 
-    def slow(self, topic: str, payload: bytes) -> Decoded:
+    def slow(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded:
         """The contract (``decode_batch``) and lines built from its models."""
-        batch = decode_batch(topic, payload)
+        batch = decode_batch(topic, bytes(payload))
         return self.from_model(batch)
 
     def from_model(self, batch: AggregateBatch) -> Decoded:
@@ -128,7 +128,7 @@ class BatchDecoder:
             points=len(lines),
         )
 
-    def fast(self, topic: str, payload: bytes) -> Decoded | None:
+    def fast(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded | None:
         """The fast path: a Decoded when the message is certainly valid, None when not sure."""
         if len(payload) > MAX_PAYLOAD_BYTES:
             return None
@@ -173,12 +173,17 @@ class BatchDecoder:
         audit = doc.get("audit_head")
         if audit is not None and (audit.__class__ is not str or len(audit) > 128):
             return None
-        series = self.builder.series
+        # Per item: (metric, device, subject) -> (escaped series prefix, metric's category). A key is stored
+        # only after all three passed validation, so a hit proves them valid. A key holding a non-str never
+        # equals a stored (all-str) key; an unhashable one raises TypeError ("not sure").
+        heads = self.builder.heads(category, gateway, purpose)
         item_keys = _ITEM_KEYS
         category_of = _CATEGORY_OF
-        subjects: set[str] = set()
+        subject0: str | None = None
+        subjects: set[str] | None = None
         in_category = True
-        lines = []
+        lines: list[str] = []
+        append = lines.append
         for item in items:
             if item.__class__ is not dict or not item_keys.issuperset(item):
                 return None
@@ -189,27 +194,58 @@ class BatchDecoder:
                 start = item["start"]
                 window_s = item["window_s"]
                 count = item["count"]
-                last = _num(item["last"])
-            except KeyError:
+                last = item["last"]
+                key = (metric, device, subject)
+                hit = heads.get(key)
+            except (KeyError, TypeError):
                 return None
-            mcat = category_of.get(metric) if metric.__class__ is str else None
+            if hit is None:
+                mcat = category_of.get(metric) if metric.__class__ is str else None
+                if mcat is None or not valid(subject) or not valid(device):
+                    return None
+                hit = heads[key] = (self.builder.series(metric, category, device, gateway, purpose, subject), mcat)
+            head, mcat = hit
             if (
-                mcat is None
-                or last is None
-                or start.__class__ is not int
+                start.__class__ is not int
                 or start < 0
                 or window_s.__class__ is not int
                 or not 0 < window_s <= 86_400
                 or count.__class__ is not int
                 or count < 1
-                or not valid(subject)
-                or not valid(device)
             ):
+                return None
+            if last.__class__ is not float and (last := _num(last)) is None:
                 return None
             mean = item.get("mean")
             vmin = item.get("min")
             vmax = item.get("max")
             delta = item.get("delta")
+            if mcat != category:
+                in_category = False
+            if subject != subject0:
+                if subject0 is None:
+                    subject0 = subject
+                else:
+                    if subjects is None:
+                        subjects = {subject0}
+                    subjects.add(subject)
+            # The common gauge shape: four finite floats and no delta. ``x - x == 0.0`` is False exactly for
+            # NaN and +/-Inf (both give NaN), an inlined isfinite.
+            if (
+                delta is None
+                and mean.__class__ is float
+                and vmin.__class__ is float
+                and vmax.__class__ is float
+                and mean - mean == 0.0
+                and vmin - vmin == 0.0
+                and vmax - vmax == 0.0
+                and last - last == 0.0
+            ):
+                append(
+                    f"{head} count={count}i,window_s={window_s}i,mean={mean!r},min={vmin!r},max={vmax!r},"
+                    f"last={last!r} {start}"
+                )
+                continue
             if mean is not None and (mean := _num(mean)) is None:
                 return None
             if vmin is not None and (vmin := _num(vmin)) is None:
@@ -218,20 +254,14 @@ class BatchDecoder:
                 return None
             if delta is not None and (delta := _num(delta)) is None:
                 return None
-            if mcat != category:
-                in_category = False
-            subjects.add(subject)
-            lines.append(
-                f"{series(metric, category, device, gateway, purpose, subject)} "
-                f"{fields_text(count, window_s, mean, vmin, vmax, last, delta)} {start}"
-            )
+            append(f"{head} {fields_text(count, window_s, mean, vmin, vmax, last, delta)} {start}")
         return Decoded(
             gateway=gateway,
             consent=consent,
             purpose=purpose,
             category=category,
             sent=sent,
-            subjects=frozenset(subjects),
+            subjects=frozenset(subjects) if subjects is not None else frozenset((subject0,) if subject0 else ()),
             metrics_in_category=in_category,
             body="\n".join(lines),
             points=len(lines),

@@ -13,6 +13,9 @@ Protocol facts this relies on:
 - Receive Maximum (CONNECT property): the broker never has more than that many unacknowledged QoS 1
   messages outstanding to us. That is the protocol's own backpressure: while InfluxDB is slow or down,
   the broker simply stops sending (and queues for us) instead of us buffering without bound.
+- The data connection uses :class:`cloud_ingest.leanclient.LeanSubscriber` by default (``mqtt_client =
+  "lean"``): it delivers every message of one socket read as one list, and sends the PUBACKs of a written
+  batch with one ``sendall``. ``mqtt_client = "paho"`` keeps paho on the data path as a fallback.
 - Consents travel on a second connection (clean session, unshared subscription, automatic PUBACK), so
   they never wait behind unacknowledged data that Receive Maximum holds back. The snapshot of retained
   consents is complete when a marker we publish to our own sync topic after the SUBACK comes back: one
@@ -26,12 +29,15 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cloud_ingest.config import IngestSettings
 from cloud_ingest.decode import BatchDecoder, Decoded
+from cloud_ingest.leanclient import LeanSubscriber, make_ssl_context
+from cloud_ingest.mqtt5 import Connack, Message
 from cloud_ingest.writer import InfluxV1Writer, InfluxV2Writer, RetryPolicy, WriteError, Writer
 from edge_agent.wire import ConsentStatus, WireError, decode_consent, parse_topic
 
@@ -140,6 +146,8 @@ class Ingester:
         self._stopping = False
         # open batch: per message, its lines and its (mid, qos, generation) for the PUBACK
         self._chunks: list[str] = []
+        self._sizes: list[int] = []  # points per chunk
+        self._max_batch = max(settings.max_batch_points, settings.batch_points)
         self._acks: list[tuple[int, int, int]] = []
         self._points = 0
         self._first_at = 0.0
@@ -173,6 +181,7 @@ class Ingester:
         self._last_activity = time.monotonic()
         self._rlog = _RateLimitedLog()
         self._client: mqtt.Client | None = None
+        self._lean: LeanSubscriber | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -226,6 +235,9 @@ class Ingester:
             self.stop()
             raise ConnectionError(f"ingester {s.client_id}: {reason}")
 
+        if s.mqtt_client == "lean":
+            self._start_lean(deadline, timeout)
+            return
         client = self._new_client(s.client_id, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -242,6 +254,33 @@ class Ingester:
             self.stop()
             raise ConnectionError(f"ingester {s.client_id}: {reason}")
         log.info("ingester %s ready (%s + %s)", s.client_id, s.consent_filter, s.data_filter)
+
+    def _start_lean(self, deadline: float, timeout: float) -> None:
+        s = self.settings
+        tls = s.tls_ca is not None or s.tls_cert is not None
+        lean = LeanSubscriber(
+            s.broker_host,
+            s.broker_port,
+            s.client_id,
+            s.data_filter,
+            keepalive=s.keepalive,
+            session_expiry=s.session_expiry,
+            receive_maximum=s.receive_maximum,
+            on_messages=self._on_lean_messages,
+            on_connect=self._on_lean_connect,
+            on_subscribe=self._on_lean_subscribe,
+            on_disconnect=self._on_lean_disconnect,
+            ssl_context=make_ssl_context(s.tls_ca, s.tls_cert, s.tls_key) if tls else None,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+        )
+        self._lean = lean
+        lean.start()
+        if not self._ready_evt.wait(max(0.0, deadline - time.monotonic())) or self._fatal:
+            reason = self._fatal or f"not subscribed within {timeout}s"
+            self.stop()
+            raise ConnectionError(f"ingester {s.client_id}: {reason}")
+        log.info("ingester %s ready, lean client (%s + %s)", s.client_id, s.consent_filter, s.data_filter)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop taking messages, flush and acknowledge what is open, disconnect (the session persists).
@@ -261,6 +300,10 @@ class Ingester:
                     self._cond.notify_all()
                 thread.join(timeout)
         self._stop_evt.set()
+        lean = self._lean
+        if lean is not None:
+            lean.stop()  # sends the queued PUBACKs, then DISCONNECT
+            self._lean = None
         client = self._client
         if client is not None:
             client.disconnect()  # queued after the PUBACKs: the network thread sends them in order
@@ -394,52 +437,109 @@ class Ingester:
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         if self._stopping:
             return  # neither written nor acked: stays in our session for the next run
-        self._handle_data(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        self._handle_many(self._gen, [(msg.topic, msg.payload, msg.mid, msg.qos, msg.dup)])
 
-    def _ack(self, mid: int, qos: int) -> None:
+    # -- lean client callbacks (its network thread) -------------------------------------------------------
+    def _on_lean_connect(self, gen: int, connack: Connack) -> None:
+        if connack.reason_code >= 0x80:
+            self._refused("broker refused the data connection", f"reason 0x{connack.reason_code:02x}")
+            return
+        with self._cond:
+            self._gen = gen
+            self._connected = True
+        log.info("ingester %s connected (session present: %s)", self.settings.client_id, connack.session_present)
+
+    def _on_lean_subscribe(self, _gen: int, codes: tuple[int, ...]) -> None:
+        if any(code >= 0x80 for code in codes):
+            self._refused("data subscription refused", [f"0x{c:02x}" for c in codes])
+            return
+        with self._cond:
+            self._ready = True
+        self._ready_evt.set()
+
+    def _on_lean_disconnect(self, reason: str) -> None:
+        with self._cond:
+            self._connected = False
+            self._ready = False
+        if not self._stopping:
+            log.warning("ingester %s disconnected: %s (reconnecting)", self.settings.client_id, reason)
+
+    def _on_lean_messages(self, gen: int, msgs: list[Message]) -> None:
+        if self._stopping:
+            return  # neither written nor acked: stays in our session for the next run
+        self._handle_many(gen, msgs)
+
+    def _ack_now(self, gen: int, mids: list[int]) -> None:
+        """Acknowledge (QoS 1) messages of connection generation ``gen`` right away."""
+        lean = self._lean
+        if lean is not None:
+            lean.ack(gen, mids)
+            return
         client = self._client
-        if client is not None:
-            client.ack(mid, qos)
+        if client is not None and gen == self._gen:
+            for mid in mids:
+                client.ack(mid, 1)
 
     # -- data path ----------------------------------------------------------------------------------------
-    def _handle_data(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
-        self._received += 1
-        try:
-            d = self._decoder.decode(topic, payload)
-        except WireError as err:
-            self._reject(err.cause, err.detail or str(err), mid, qos)
-            return
-        cause = self._check_consent(d)
-        if cause is not None:
-            self._reject(cause[0], cause[1], mid, qos)
-            return
-        lag = time.time() * 1000.0 - d.sent
+    def _handle_many(
+        self, gen: int, msgs: Sequence[tuple[str, bytes | bytearray | memoryview, int, int, bool]]
+    ) -> None:
+        """Decode and check a list of messages (one socket read), then queue the good ones under one lock."""
+        decode = self._decoder.decode
+        check = self._check_consent
+        now = time.time()
+        good: list[tuple[Decoded, int, int]] = []
+        bad_acks: list[int] = []
+        for topic, payload, mid, qos, _dup in msgs:
+            try:
+                d = decode(topic, payload)
+            except WireError as err:
+                self._reject(err.cause, err.detail or str(err), mid, qos, bad_acks)
+                continue
+            cause = check(d, now)
+            if cause is not None:
+                self._reject(cause[0], cause[1], mid, qos, bad_acks)
+                continue
+            good.append((d, mid, qos))
         with self._cond:
-            while self._pending >= self._max_pending and not self._stop_evt.is_set():
-                # Last-resort bound (Receive Maximum normally keeps us far below it): holding the network
-                # thread here stops reading the socket until the writer has made room.
-                self._cond.wait(0.5)
-            self._accepted += 1
-            self._lag_last = lag
-            if lag > self._lag_max:
-                self._lag_max = lag
-            if not self._chunks:
-                self._first_at = time.monotonic()
-            self._chunks.append(d.body)
-            self._acks.append((mid, qos, self._gen))  # one per chunk, also for QoS 0 (split pairs them)
-            self._points += d.points
-            self._pending += d.points
+            self._received += len(msgs)
+            if good:
+                while self._pending >= self._max_pending and not self._stop_evt.is_set():
+                    # Last-resort bound (Receive Maximum normally keeps us far below it): holding the network
+                    # thread here stops reading the socket until the writer has made room. One socket read's
+                    # messages may overshoot the bound by that read's points.
+                    self._cond.wait(0.5)
+                chunks = self._chunks
+                sizes = self._sizes
+                acks = self._acks
+                if not chunks:
+                    self._first_at = time.monotonic()
+                points = 0
+                for d, mid, qos in good:
+                    chunks.append(d.body)
+                    sizes.append(d.points)
+                    acks.append((mid, qos, gen))  # one per chunk, also for QoS 0 (split pairs them)
+                    points += d.points
+                self._accepted += len(good)
+                lag = now * 1000.0 - good[-1][0].sent
+                self._lag_last = lag
+                if lag > self._lag_max:
+                    self._lag_max = lag
+                self._points += points
+                self._pending += points
+                if self._points >= self._batch_points:
+                    self._cond.notify_all()
             self._last_activity = time.monotonic()
-            if self._points >= self._batch_points:
-                self._cond.notify_all()
+        if bad_acks:
+            self._ack_now(gen, bad_acks)
 
-    def _check_consent(self, d: Decoded) -> tuple[str, str] | None:
+    def _check_consent(self, d: Decoded, now: float) -> tuple[str, str] | None:
         rec = self._consents.get((d.gateway, d.consent))
         if rec is None:
             return "unknown_consent", f"{d.gateway}/{d.consent}"
         if rec.status != ConsentStatus.ACTIVE.value:
             return f"consent_{rec.status}", f"{d.gateway}/{d.consent} is {rec.status}"
-        if rec.expires is not None and time.time() >= rec.expires:
+        if rec.expires is not None and now >= rec.expires:
             return "consent_expired", f"{d.gateway}/{d.consent} expired"
         if rec.purpose != d.purpose:
             return "consent_mismatch", f"{d.gateway}/{d.consent}: purpose {d.purpose!r} != {rec.purpose!r}"
@@ -452,13 +552,13 @@ class Ingester:
             return "metric_category", f"{d.gateway}: a metric outside category {d.category!r}"
         return None
 
-    def _reject(self, cause: str, detail: str, mid: int, qos: int) -> None:
+    def _reject(self, cause: str, detail: str, mid: int, qos: int, acks: list[int]) -> None:
         with self._cond:
             self._rejected[cause] = self._rejected.get(cause, 0) + 1
             self._last_activity = time.monotonic()
         self._rlog(logging.WARNING, cause, detail)
         if qos:
-            self._ack(mid, qos)  # a bad message will not get better: acknowledge it so it is not redelivered
+            acks.append(mid)  # a bad message will not get better: acknowledge it so it is not redelivered
 
     def _handle_consent(self, topic: str, payload: bytes) -> None:
         with self._cond:
@@ -500,14 +600,32 @@ class Ingester:
                     due = self._first_at + self._interval
                     now = time.monotonic()
                     if self._points >= self._batch_points or now >= due or self._stopping:
-                        chunks, acks, points = self._chunks, self._acks, self._points
-                        self._chunks, self._acks, self._points = [], [], 0
-                        return chunks, acks, points
+                        return self._cut()
                     self._cond.wait(due - now)
                 elif self._stopping:
                     return None
                 else:
                     self._cond.wait(0.5)
+
+    def _cut(self) -> tuple[list[str], list[tuple[int, int, int]], int]:
+        """Take the open batch, or its oldest ``max_batch_points`` worth of messages (caller holds the lock).
+
+        The rest stays open and is due at once: a backlog goes out as a stream of bounded POSTs.
+        """
+        if self._points <= self._max_batch:
+            chunks, acks, points = self._chunks, self._acks, self._points
+            self._chunks, self._sizes, self._acks, self._points = [], [], [], 0
+            return chunks, acks, points
+        sizes = self._sizes
+        limit = self._max_batch
+        points = k = 0
+        while points < limit:
+            points += sizes[k]
+            k += 1
+        chunks, acks = self._chunks[:k], self._acks[:k]
+        del self._chunks[:k], self._sizes[:k], self._acks[:k]
+        self._points -= points
+        return chunks, acks, points
 
     def _writer_loop(self) -> None:
         while True:
@@ -592,6 +710,16 @@ class Ingester:
             self._latency.add(seconds * 1000.0)
 
     def _send_acks(self, acks: list[tuple[int, int, int]]) -> None:
+        lean = self._lean
+        if lean is not None:
+            # usually one generation per batch; the client drops those of an older connection itself
+            by_gen: dict[int, list[int]] = {}
+            for mid, qos, g in acks:
+                if qos:
+                    by_gen.setdefault(g, []).append(mid)
+            for g, mids in by_gen.items():
+                lean.ack(g, mids)
+            return
         client = self._client
         if client is None:
             return

@@ -94,11 +94,25 @@ class LineBuilder:
     mean/min/max/last/delta (floats, left out when None or non-finite). Timestamp: the window start, epoch ms.
     """
 
-    __slots__ = ("_cache", "_max_cache")
+    __slots__ = ("_cache", "_heads", "_max_cache")
 
     def __init__(self, max_cache: int = 200_000) -> None:
         self._cache: dict[tuple[str, str, str, str, str, str], str] = {}
+        self._heads: dict[tuple[str, str, str], dict[tuple[str, str, str], tuple[str, str]]] = {}
         self._max_cache = max_cache
+
+    def heads(self, category: str, gateway: str, purpose: str) -> dict[tuple[str, str, str], tuple[str, str]]:
+        """A per-(category, gateway, purpose) map for the decoder's own use: (metric, device, subject) ->
+        (series prefix, metric's category). The decoder fills it, only with validated identifiers."""
+        key = (category, gateway, purpose)
+        heads = self._heads.get(key)
+        if heads is None:
+            if len(self._heads) >= self._max_cache:
+                self._heads.clear()
+            heads = self._heads[key] = {}
+        elif len(heads) >= 10_000:
+            heads.clear()
+        return heads
 
     def series(self, metric: str, category: str, device: str, gateway: str, purpose: str, subject: str) -> str:
         """The escaped ``measurement,tags`` prefix of one series (cached)."""
