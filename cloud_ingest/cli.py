@@ -119,9 +119,21 @@ def run(
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from err
     _emit(ingester.stats(), event="started")
+    from provisioning import sdnotify
+
+    sdnotify.ready(f"ingester {settings.client_id} subscribed")
+    # the watchdog pings only while the process keeps reporting (the loop below runs)
+    last_report = [time.monotonic()]
+    dog = sdnotify.Watchdog(
+        lambda: time.monotonic() - last_report[0] < 60 + 3 * settings.stats_interval.total_seconds()
+    )
+    dog.start()
     interval = settings.stats_interval.total_seconds()
     while not stop.wait(interval):
         _emit(ingester.stats())
+        last_report[0] = time.monotonic()
+    sdnotify.stopping()
+    dog.stop()
     ingester.stop()
     _emit(ingester.stats(), final=True)
 

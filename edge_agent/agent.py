@@ -19,7 +19,7 @@ from typing import Any
 from drivers import registry
 from drivers.base import Clock, Driver, KyojoError, Reading
 from drivers.clock import ScaledClock, SystemClock
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.db import connect, meta_get
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Backoff, Publisher
@@ -59,12 +59,14 @@ class Agent:
         self.conn = connect(config.db_path)
         self.pipeline = Pipeline(self.conn, config)
         self.pipeline.min_grace_s = 2 * tick
+        self.check_identity()
         self.publisher = Publisher(config)
         ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
         self.processors = [registry.build_processor(p, ctx) for p in config.processors]
         self.driver_errors: dict[str, int] = {}
         self._buffer: list[Reading] = []
         self._started = time.time()
+        self._last_flush = time.monotonic()
 
     def _on_reading(self, r: Reading) -> None:
         self._buffer.append(r)
@@ -87,6 +89,7 @@ class Agent:
 
     def flush(self) -> None:
         """Commit buffered readings, then close due windows (in that order: aggregates see committed rows)."""
+        self._last_flush = time.monotonic()
         buf, self._buffer = self._buffer, []
         if buf:
             self.pipeline.store(buf)
@@ -134,8 +137,30 @@ class Agent:
         tmp.write_text(json.dumps(self.status()), encoding="utf-8")
         os.replace(tmp, path)
 
+    def check_identity(self) -> None:
+        """With mTLS the broker takes the certificate's CN as the identity: it must be this gateway's id."""
+        tls = self.config.mqtt.tls
+        if tls is None or tls.cert is None:
+            return
+        from provisioning.pki import identity_of
+
+        cn = identity_of(tls.cert)
+        if cn != self.config.gateway.id:
+            raise ConfigError(
+                f"certificate {tls.cert} is for {cn!r}, not this gateway {self.config.gateway.id!r}: "
+                "every publish would be refused (0x87)"
+            )
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the loop flushed recently."""
+        return time.monotonic() - self._last_flush < max(60.0, 10 * self.config.store.commit_interval.total_seconds())
+
     async def run(self, stop: asyncio.Event) -> None:
+        from provisioning import sdnotify
+
         self.publisher.start()
+        watchdog = asyncio.get_running_loop().create_task(sdnotify.watchdog_task(self.healthy))
+        sdnotify.ready(f"gateway {self.config.gateway.id}: {len(self.drivers)} drivers")
         interval = self.config.store.commit_interval.total_seconds()
         last_prune = 0.0
         try:
@@ -151,9 +176,11 @@ class Agent:
                     self.write_status(self.config.status_path)
                 for t in tasks:
                     t.cancel()
+            sdnotify.stopping()
             self.flush()
             self.write_status(self.config.status_path)
         finally:
+            watchdog.cancel()
             self.publisher.stop()
             self.write_status(self.config.status_path)
             self.conn.close()

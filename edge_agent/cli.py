@@ -24,6 +24,7 @@ from drivers.ble.cli import register as register_ble
 from drivers.gnss.cli import app as gnss_app
 from drivers.meter.cli import register as register_echonet
 from drivers.plugs.cli import register as register_plug
+from provisioning.cli import app as provision_app
 
 app = typer.Typer(help="Kyojo: opt-in edge data platform.", no_args_is_help=True, add_completion=False)
 agent_app = typer.Typer(help="Run and inspect the gateway agent.", no_args_is_help=True)
@@ -35,6 +36,7 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(decode_app, name="decode")
 app.add_typer(gnss_app, name="gnss", help="GNSS receivers on garbage trucks (replay captures).")
+app.add_typer(provision_app, name="provision", help="City CA, gateway identities, broker config (installers).")
 app.add_typer(ingest_app, name="ingest")
 
 register_ble(decode_app)
@@ -82,7 +84,10 @@ def agent_run(config: ConfigOpt = DEFAULT_CONFIG, verbose: bool = False) -> None
             loop.add_signal_handler(sig, stop.set)
         await Agent(cfg).run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KyojoError as err:
+        raise _fail(err) from err
 
 
 @agent_app.command("status")
@@ -402,6 +407,28 @@ def ingest_rollup(
         typer.echo(json.dumps(b.as_dict()))
     released = sum(1 for b in buckets if b.suppressed is None)
     typer.echo(json.dumps({"buckets": len(buckets), "released": released, "suppressed": len(buckets) - released}))
+
+
+@app.command("doctor")
+def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """One-screen acceptance summary for the installer: clock, disk, broker, certificate, serial, Bluetooth."""
+    from firmware_tests.doctor import render, run_all
+
+    cfg = _load(config)
+    ports = [
+        Path(str(d.port)) for d in cfg.devices if getattr(d, "kind", "") in ("gnss", "bmeter") and hasattr(d, "port")
+    ]
+    city = (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.tls is not None else None
+    checks = run_all(
+        state_dir=cfg.gateway.data_dir,
+        local_broker=None if cfg.mqtt.tls is not None else (cfg.mqtt.host, cfg.mqtt.port),
+        city_broker=city,
+        serial_ports=ports,
+        bluetooth=any(getattr(d, "kind", "") == "ble" for d in cfg.devices),
+    )
+    typer.echo(render(checks))
+    if any(c.ok is False for c in checks):
+        raise typer.Exit(1)
 
 
 @app.command("demo")

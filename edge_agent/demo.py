@@ -4,10 +4,36 @@ Starts Mosquitto and InfluxDB on free loopback ports with data under ``workdir``
 (wearables, plugs, meter, EV charger) and one garbage-truck gateway as agent processes, and one ingester
 process; grants a sample set of consents (person p2 gives none, so their data never leaves); prints progress
 every second; stops everything it started on Ctrl-C or after ``duration``; returns a summary.
+
+The devices are the deterministic simulators of :mod:`drivers.sim`, and most of them reach the gateways over
+the real protocols, read by the production drivers (:mod:`drivers.sim.wire`):
+
+=====================================  ==================================  =====================================
+device                                 on the wire (emitted by the demo)   gateway driver
+=====================================  ==================================  =====================================
+4 plugs (kettle, tv, fridge, washer)   Tasmota SENSOR, Shelly Gen2          ``kind = "plugs"`` on the home's
+                                       NotifyStatus, Zigbee2MQTT, on a      LAN broker
+                                       second (LAN-side) Mosquitto
+smart meter                            emulated BP35A1 Wi-SUN module on a   ``kind = "bmeter"``, port =
+                                       pty (ECHONET Lite 0xE7/0xE0/...)     ``<workdir>/dev/home-001-bmeter``
+garbage truck                          NMEA GGA+RMC+VTG, 1 Hz simulated,    ``kind = "gnss"``, port =
+                                       on a pty                             ``<workdir>/dev/truck-07-gnss``
+heart-rate straps (p1, p2)             Bumble virtual peripherals in the    ``kind = "ble"``, ``backend =
+                                       agent process (demo/test backend)    "virtual"``
+BP cuff (p1), oximeter (p2), EV        injected readings                    ``kind = "sim"`` (``only = [...]``)
+=====================================  ==================================  =====================================
+
+Time: each agent runs a scaled clock (``--speed``, a simulated minute per second by default) and its drivers
+stamp what they receive with it (GNSS fixes carry their own time). The demo's emitters follow the agent's
+clock, read from its status file (:func:`drivers.sim.wire.clock_of_agent`), so a device's state for simulated
+time ``t`` is on the wire when the gateway's clock reads ``t``; the BLE straps run inside the agent on its
+clock. Until an agent's first status, the meter answers on an estimate of that clock (started with the agent).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -21,20 +47,40 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from drivers import sim
+from drivers.base import Clock
+from drivers.meter.emulator import PWD, RBID, PtyEmulator
+from drivers.sim.energy import Meter, Plug
+from drivers.sim.gnss import GarbageTruck
+from drivers.sim.wire.clock import AnchoredClock, clock_of_agent
+from drivers.sim.wire.meter import serve_meter
+from drivers.sim.wire.nmea import NmeaEmitter, PtyLine
+from drivers.sim.wire.plugs import PlugEmitter, appliances, household_plugs
 from edge_agent import consent
-from edge_agent.config import load_config
+from edge_agent.config import AgentConfig, load_config
 from edge_agent.db import connect
-from provisioning.local import LocalStack, ensure_installed
+from provisioning.local import LocalStack, Mosquitto, ensure_installed
 
 DB = "kyojo"
 ANALYST_QUERY = (
     'SELECT mean("mean") AS heart_rate FROM "heart_rate" WHERE time > now() - 1d GROUP BY time(10m), "subject"'
 )
 
+SEED = 7
+HOME = "home-001"
+TRUCK = "truck-07"
 GATEWAYS = {
-    "home-001": {"profile": "home", "sim": "household", "persons": ["p1", "p2"]},
-    "truck-07": {"profile": "truck", "sim": "truck", "persons": []},
+    HOME: {"profile": "home", "sim": "household", "persons": ["p1", "p2"]},
+    TRUCK: {"profile": "truck", "sim": "truck", "persons": []},
 }
+#: household devices that stay on ``kind = "sim"`` (no real path for them in the demo yet)
+SIM_ONLY = [f"{HOME}-p1-bp", f"{HOME}-p2-spo2", f"{HOME}-ev"]
+#: heart-rate straps on the virtual BLE backend: device id -> (BD_ADDR, subject)
+STRAPS = {f"{HOME}-p1-hr": ("C0:4B:00:00:01:01", "p1"), f"{HOME}-p2-hr": ("C0:4B:00:00:02:01", "p2")}
+#: the household's plugs (read through ``kind = "plugs"``)
+PLUG_DEVICES = frozenset(f"{HOME}-{name}" for name in ("fridge", "kettle", "washer", "tv"))
+#: simulated seconds between two meter polls (the driver sleeps on the agent's scaled clock)
+METER_POLL_S = 10
 # (gateway, purpose, subject): p2 consents to nothing, so p2's health data stays on the gateway.
 CONSENTS = [
     ("home-001", "preventive-care", "p1"),
@@ -51,8 +97,66 @@ def _morning_jst(now: float) -> float:
     return t if t <= now else t - day
 
 
-def _gateway_toml(gw: str, spec: dict[str, Any], port: int, speed: float, start: float) -> str:
+def _toml_table(d: dict[str, str]) -> str:
+    return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in d.items()) + " }"
+
+
+def _device_entries(gw: str, spec: dict[str, Any], wire: _Wire) -> str:
+    """The ``[[devices]]`` of a gateway: real drivers on the demo's emitters, the rest simulated."""
+    if gw == TRUCK:
+        return f"""
+[[devices]]
+kind = "gnss"
+id = "{TRUCK}-gnss"
+subject = "{TRUCK}"
+port = {json.dumps(wire.gnss_port)}
+baud = 9600
+accept_simulated = true     # the emitter's NMEA says "simulator" (GGA quality 8, mode S)
+"""
     persons = ", ".join(f'"{p}"' for p in spec["persons"])
+    only = ", ".join(f'"{d}"' for d in SIM_ONLY)
+    text = f"""
+[[devices]]
+kind = "sim"
+profile = "{spec["sim"]}"
+id = "{gw}"
+seed = {SEED}
+persons = [{persons}]
+only = [{only}]
+"""
+    for dev, (address, subject) in STRAPS.items():
+        text += f"""
+[[devices]]
+kind = "ble"
+id = "{dev}"
+address = "{address}"
+profile = "heart_rate"
+subject = "{subject}"
+backend = "virtual"         # demo/test backend: a Bumble virtual strap played by the simulator
+sim_seed = {SEED}
+"""
+    text += f"""
+[[devices]]
+kind = "plugs"
+id = "{HOME}-plugs"
+household = "{HOME}"
+broker_port = {wire.lan.port}
+appliances = {_toml_table(wire.appliances)}
+
+[[devices]]
+kind = "bmeter"
+id = "{HOME}-meter"
+household = "{HOME}"
+serial_port = {json.dumps(wire.meter_port)}
+rbid = "{RBID}"
+password = "{PWD}"
+poll_interval = {METER_POLL_S}
+scan_durations = [4]
+"""
+    return text
+
+
+def _gateway_toml(gw: str, spec: dict[str, Any], port: int, speed: float, start: float, wire: _Wire) -> str:
     return f"""[gateway]
 id = "{gw}"
 profile = "{spec["profile"]}"
@@ -65,14 +169,150 @@ port = {port}
 [clock]
 speed = {speed}
 start = {start}
+{_device_entries(gw, spec, wire)}"""
 
-[[devices]]
-kind = "sim"
-profile = "{spec["sim"]}"
-id = "{gw}"
-seed = 7
-persons = [{persons}]
-"""
+
+class _ClockProxy:
+    """A clock whose source can be swapped (the meter must answer before the agent's clock is known)."""
+
+    def __init__(self, target: Clock) -> None:
+        self.target = target
+
+    def now(self) -> float:
+        return self.target.now()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.target.sleep(seconds)
+
+
+class _Wire:
+    """The devices' side: the home's LAN broker, the meter's and the truck's ptys, and the emitters.
+
+    ``prepare()`` before the agents start (their ports must exist), ``start()`` once they run (the emitters wait
+    for each agent's clock), ``stop()`` after the agents stopped.
+    """
+
+    def __init__(self, workdir: Path, speed: float, start: float) -> None:
+        self.speed = speed
+        self.start_sim = start
+        self.dev = workdir / "dev"
+        self.lan = Mosquitto(workdir / "lan-mosquitto", persistence=False)
+        household = {s.device_id: s for s in sim.household(HOME, SEED)}
+        self.plugs = household_plugs([s for s in household.values() if isinstance(s, Plug)], HOME)
+        self.appliances = appliances(self.plugs, HOME)
+        meter = household[f"{HOME}-meter"]
+        assert isinstance(meter, Meter)
+        self.meter = meter
+        truck = sim.truck(TRUCK, SEED)[0]
+        assert isinstance(truck, GarbageTruck)
+        self.truck = truck
+        self.home_clock = _ClockProxy(AnchoredClock(start, time.time(), speed))
+        self.meter_pty: PtyEmulator | None = None
+        self.gnss_line: PtyLine | None = None
+        self.plug_emitter: PlugEmitter | None = None
+        self.nmea_emitter: NmeaEmitter | None = None
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def meter_port(self) -> str:
+        return str(self.dev / f"{HOME}-bmeter")
+
+    @property
+    def gnss_port(self) -> str:
+        return str(self.dev / f"{TRUCK}-gnss")
+
+    def prepare(self) -> None:
+        """Start the LAN broker; open the ptys behind their stable names."""
+        self.dev.mkdir(parents=True, exist_ok=True)
+        self.lan.start()
+        self.home_clock.target = AnchoredClock(self.start_sim, time.time(), self.speed)
+        self.meter_pty = serve_meter(self.meter, self.home_clock, link=self.meter_port)
+        self.gnss_line = PtyLine(self.gnss_port)
+
+    def start(self, status: dict[str, Path]) -> None:
+        """Run the emitters in a thread of their own, each on its agent's clock."""
+        self._thread = threading.Thread(target=self._run, args=(status,), name="demo-wire", daemon=True)
+        self._thread.start()
+
+    def _run(self, status: dict[str, Path]) -> None:
+        try:
+            asyncio.run(self._main(status))
+        except Exception as err:  # reported in the summary; the agents show the missing data
+            self.error = err
+
+    async def _main(self, status: dict[str, Path]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        home = await asyncio.to_thread(clock_of_agent, status[HOME], self.speed)
+        self.home_clock.target = home
+        self.plug_emitter = PlugEmitter(self.plugs, home, port=self.lan.port)
+        truck = await asyncio.to_thread(clock_of_agent, status[TRUCK], self.speed)
+        assert self.gnss_line is not None
+        self.nmea_emitter = NmeaEmitter(self.truck, self.gnss_line, truck)  # 1 Hz simulated, like a receiver
+        tasks = [asyncio.create_task(self.plug_emitter.run()), asyncio.create_task(self.nmea_emitter.run())]
+        try:
+            await self._stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Stop the emitters, close the ptys, stop the LAN broker (idempotent)."""
+        loop, ev = self._loop, self._stop
+        if loop is not None and ev is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(ev.set)
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        for closeable in (self.meter_pty, self.gnss_line):
+            if closeable is not None:
+                closeable.close()
+        self.lan.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """What went over the wire."""
+        emu = self.meter_pty.emulator if self.meter_pty is not None else None
+        return {
+            "plug_messages": self.plug_emitter.published if self.plug_emitter else 0,
+            "meter_gets": emu.gets if emu is not None else 0,
+            "nmea_epochs": self.nmea_emitter.epochs if self.nmea_emitter else 0,
+            "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
+        }
+
+
+def _path_of(device: str) -> str:
+    """The gateway driver kind a device's readings come through in the demo."""
+    if device in STRAPS:
+        return "ble"
+    if device.startswith(f"{HOME}-meter"):
+        return "bmeter"
+    if device == f"{TRUCK}-gnss":
+        return "gnss"
+    if device in PLUG_DEVICES:
+        return "plugs"
+    return "sim"
+
+
+def _readings_by_path(configs: dict[str, AgentConfig]) -> dict[str, int]:
+    """Raw readings in the gateways' stores, by the driver kind their device is read with."""
+    out: dict[str, int] = {}
+    for cfg in configs.values():
+        conn = connect(cfg.db_path)
+        try:
+            rows = conn.execute(
+                "SELECT s.device, count(*) FROM raw r JOIN series s ON s.id = r.series GROUP BY s.device"
+            ).fetchall()
+        finally:
+            conn.close()
+        for device, n in rows:
+            path = _path_of(str(device))
+            out[path] = out.get(path, 0) + int(n)
+    return dict(sorted(out.items()))
 
 
 @dataclass
@@ -133,16 +373,18 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
     workdir.mkdir(parents=True)
     procs: list[_Proc] = []
     stack = LocalStack(workdir / "services")
+    start = _morning_jst(time.time())
+    wire = _Wire(workdir, speed, start)
     stack.start()
     try:
+        wire.prepare()
         stack.influxdb.create_database(DB)
         port = stack.mosquitto.port
-        start = _morning_jst(time.time())
         configs = {}
         for gw, spec in GATEWAYS.items():
             path = workdir / gw / "agent.toml"
             path.parent.mkdir(parents=True)
-            path.write_text(_gateway_toml(gw, spec, port, speed, start), encoding="utf-8")
+            path.write_text(_gateway_toml(gw, spec, port, speed, start, wire), encoding="utf-8")
             configs[gw] = load_config(path)
         for gw, purpose, subject in CONSENTS:
             conn = connect(configs[gw].db_path)
@@ -176,9 +418,11 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             procs.append(
                 _spawn(gw, ["-m", "edge_agent", "agent", "run", "--config", str(cfg_path)], workdir / gw / "agent.log")
             )
+        wire.start({gw: cfg.status_path for gw, cfg in configs.items()})
         print(
             f"kyojo demo: broker 127.0.0.1:{port}, InfluxDB {stack.influxdb.url} (db {DB}), "
-            f"simulated clock x{speed:g}; Ctrl-C stops everything.",
+            f"simulated clock x{speed:g}; home LAN broker 127.0.0.1:{wire.lan.port} (plugs), "
+            f"meter on {wire.meter_port}, truck GNSS on {wire.gnss_port}; Ctrl-C stops everything.",
             file=out,
             flush=True,
         )
@@ -194,9 +438,12 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             print("stopping ...", file=out, flush=True)
         for p in procs[1:]:
             _stop(p)
+        wire.stop()
         _settle(configs, ingester)
         _stop(ingester)
         summary = _summary(configs, ingester)
+        summary["readings_by_path"] = _readings_by_path(configs)
+        summary["wire"] = wire.stats()
         points = stack.influxdb.query_rows('SELECT count("last") FROM /.*/', DB)
         summary["points_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in points))
         print("analyst query (InfluxQL):", file=out)
@@ -209,6 +456,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
     finally:
         for p in procs:
             _stop(p, timeout=5)
+        wire.stop()
         stack.stop()
 
 

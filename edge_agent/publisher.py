@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.consent import ConsentError, ConsentStore, events
 from edge_agent.db import connect, meta_add, tx
 from edge_agent.identity import load_keys
@@ -100,14 +100,7 @@ class Publisher(threading.Thread):
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
         if cfg.tls is not None:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca),
-                certfile=str(cfg.tls.cert) if cfg.tls.cert else None,
-                keyfile=str(cfg.tls.key) if cfg.tls.key else None,
-                keyfile_password=cfg.tls.key_password.get_secret_value() if cfg.tls.key_password else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            self._tls_set(client)
         will = GatewayStatus(gateway=self.gateway, online=False, at=0).model_dump_json()
         client.will_set(status_topic(self.gateway), will, qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -115,6 +108,21 @@ class Publisher(threading.Thread):
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
+
+    def _tls_set(self, client: mqtt.Client) -> None:
+        tls = self.config.mqtt.tls
+        assert tls is not None
+        try:
+            client.tls_set(
+                ca_certs=str(tls.ca),
+                certfile=str(tls.cert) if tls.cert else None,
+                keyfile=str(tls.key) if tls.key else None,
+                keyfile_password=tls.key_password.get_secret_value() if tls.key_password else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (ssl.SSLError, OSError) as err:
+            raise ConfigError(f"mqtt.tls: cannot load {tls.ca}, {tls.cert}, {tls.key}: {err}") from err
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         if reason.is_failure:

@@ -1,0 +1,182 @@
+"""``kyojo doctor``: one screen that tells an installer whether this gateway can work.
+
+Each check is a plain function returning a :class:`Check` (``ok`` True/False, or None when it cannot be decided
+on this machine, e.g. no systemd-timesyncd). Nothing here changes the system. :func:`run_all` builds the list
+from the gateway's paths; :func:`render` prints it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import ssl
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "Check",
+    "bluetooth_adapter",
+    "broker_reachable",
+    "broker_tls",
+    "certificate_valid",
+    "clock_synchronised",
+    "disk_space",
+    "render",
+    "run_all",
+    "serial_device",
+]
+
+#: systemd-timesyncd touches this file once the clock is synchronised (it is removed at boot).
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+def broker_reachable(host: str, port: int, timeout: float = 2.0) -> Check:
+    """TCP connect to the (local or city) broker."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return Check("broker reachable", True, f"{host}:{port} accepts connections")
+    except OSError as err:
+        return Check("broker reachable", False, f"{host}:{port}: {err.strerror or err}")
+
+
+def clock_synchronised(flag: Path = TIMESYNC_FLAG, now: dt.datetime | None = None) -> Check:
+    """TLS needs a correct clock (certificate validity). systemd-timesyncd's flag file, else unknown."""
+    now = now or dt.datetime.now(dt.UTC)
+    if now.year < 2024:
+        return Check("clock synchronised", False, f"clock says {now:%Y-%m-%d}: no RTC and no NTP yet?")
+    if flag.exists():
+        return Check("clock synchronised", True, "systemd-timesyncd reports synchronised")
+    if flag.parent.exists():
+        return Check("clock synchronised", False, "systemd-timesyncd has not synchronised yet")
+    return Check("clock synchronised", None, "no systemd-timesyncd state; check chrony/ntpd by hand")
+
+
+def disk_space(path: Path, min_free_bytes: int = 512 * 1024 * 1024) -> Check:
+    """Free space where the raw store and outbox live."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as err:
+        return Check("disk space", False, f"{path}: {err}")
+    free_mb = usage.free // (1024 * 1024)
+    return Check("disk space", usage.free >= min_free_bytes, f"{free_mb} MiB free on {path}")
+
+
+def certificate_valid(cert_path: Path, now: dt.datetime | None = None) -> Check:
+    """The gateway certificate exists and is inside its validity period; says when to renew."""
+    from cryptography import x509
+
+    from provisioning.pki import renew_at
+
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError) as err:
+        return Check("certificate", False, f"{cert_path}: {err}")
+    if now < cert.not_valid_before_utc:
+        return Check("certificate", False, f"not valid before {cert.not_valid_before_utc:%Y-%m-%d} (clock?)")
+    if now > cert.not_valid_after_utc:
+        return Check("certificate", False, f"expired {cert.not_valid_after_utc:%Y-%m-%d}: enroll again")
+    due = renew_at(cert)
+    when = "renewal due now" if now >= due else f"renew after {due:%Y-%m-%d}"
+    return Check("certificate", True, f"valid until {cert.not_valid_after_utc:%Y-%m-%d}; {when}")
+
+
+# MQTT v5 CONNECT, clean start, keepalive 30, client id "doctor" (the broker replaces it by the CN).
+_CONNECT = bytes([0x10, 19, 0, 4]) + b"MQTT" + bytes([5, 0x02, 0, 30, 0, 0, 6]) + b"doctor"
+
+
+def broker_tls(host: str, port: int, ca: Path, cert: Path, key: Path, timeout: float = 5.0) -> Check:
+    """mTLS handshake with this gateway's certificate and an MQTT v5 CONNECT: CONNACK reason 0 = accepted.
+
+    Note: this takes over the agent's session for a moment (client id = CN on the broker); run it with the agent
+    stopped, or accept one reconnect.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_verify_locations(str(ca))
+        ctx.load_cert_chain(str(cert), str(key))
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.sendall(_CONNECT)
+            data = tls.recv(64)
+            tls.sendall(b"\xe0\x00")  # DISCONNECT
+    except ssl.SSLError as err:
+        return Check("broker with certificate", False, f"TLS refused: {err.reason or err}")
+    except OSError as err:
+        return Check("broker with certificate", False, f"{host}:{port}: {err}")
+    if len(data) < 4 or data[0] != 0x20:
+        return Check("broker with certificate", False, "no CONNACK (closed: revoked certificate or expired CRL?)")
+    if data[3] != 0:
+        return Check("broker with certificate", False, f"CONNACK reason 0x{data[3]:02x}")
+    return Check("broker with certificate", True, f"{host}:{port} accepted this gateway's certificate")
+
+
+def serial_device(paths: Sequence[Path]) -> Check:
+    """Every configured serial port exists, is a character device, and is readable+writable by us."""
+    if not paths:
+        return Check("serial devices", None, "none configured")
+    bad: list[str] = []
+    for path in paths:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            bad.append(f"{path} missing")
+            continue
+        if not stat.S_ISCHR(mode):
+            bad.append(f"{path} is not a character device")
+        elif not os.access(path, os.R_OK | os.W_OK):
+            bad.append(f"{path} not accessible (group dialout?)")
+    if bad:
+        return Check("serial devices", False, "; ".join(bad))
+    return Check("serial devices", True, ", ".join(str(p) for p in paths))
+
+
+def bluetooth_adapter(sys_class: Path = Path("/sys/class/bluetooth")) -> Check:
+    """At least one HCI adapter known to the kernel (BlueZ then exposes it over D-Bus)."""
+    adapters = sorted(p.name for p in sys_class.glob("hci*")) if sys_class.exists() else []
+    if adapters:
+        return Check("bluetooth adapter", True, ", ".join(adapters))
+    return Check("bluetooth adapter", False, "no hci adapter (rfkill? firmware? dtoverlay=disable-bt?)")
+
+
+def run_all(
+    *,
+    state_dir: Path,
+    local_broker: tuple[str, int] | None = ("127.0.0.1", 1883),
+    city_broker: tuple[str, int] | None = None,
+    serial_ports: Sequence[Path] = (),
+    bluetooth: bool = True,
+) -> list[Check]:
+    """The standard set for a gateway whose identity lives in ``<state_dir>/tls``."""
+    tls = state_dir / "tls"
+    checks = [clock_synchronised(), disk_space(state_dir)]
+    if local_broker is not None:
+        checks.append(broker_reachable(*local_broker))
+    checks.append(certificate_valid(tls / "identity.crt"))
+    if city_broker is not None:
+        checks.append(broker_tls(*city_broker, tls / "ca.crt", tls / "identity.crt", tls / "identity.key"))
+    checks.append(serial_device(serial_ports))
+    if bluetooth:
+        checks.append(bluetooth_adapter())
+    return checks
+
+
+def render(checks: Iterable[Check]) -> str:
+    """One line per check: ``OK``/``FAIL``/``??`` + name + detail."""
+    mark = {True: "OK  ", False: "FAIL", None: "??  "}
+    return "\n".join(f"{mark[c.ok]} {c.name:<24} {c.detail}" for c in checks)

@@ -1,0 +1,148 @@
+"""Mosquitto 2.0 configuration and ACL for the city broker: mTLS identities, per-gateway topic trees.
+
+Identity binding (checked against mosquitto.conf(5) of 2.0.11 and proven by ``tests/test_provision_broker.py``):
+
+* ``require_certificate true``: the TLS handshake fails without a client certificate issued by ``cafile``.
+* ``use_identity_as_username true``: the certificate's CN becomes the MQTT username; a username/password sent
+  in CONNECT is ignored. So the username cannot be chosen by the client.
+* ``use_username_as_clientid true`` (a listener option in 2.0; "not reloaded on reload signal"): the broker
+  replaces whatever client id the client sent by the username, i.e. the CN. A client therefore cannot take over
+  (kick, or inherit the persistent session of) another identity by sending its client id. Consequence: one
+  certificate = one MQTT connection; a process with two connections needs two identities.
+* ACL patterns use ``%u`` only; ``%c`` would add nothing now (client id == username) and is the classic spoofing
+  hole when that option is absent. Mosquitto denies a pattern match for a username containing ``+`` or ``#``
+  (CVE-2017-7650); the CA refuses such CNs anyway.
+* ``crlfile``: OpenSSL checks the *leaf* certificate against the CRL at each handshake. A CRL past its
+  ``nextUpdate`` makes every handshake fail, so it must be regenerated on a schedule. Mosquitto 2.0.11 loads the
+  CRL again on SIGHUP; see :data:`CRL_RELOAD_NOTE`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_agent.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT
+
+__all__ = ["CRL_RELOAD_NOTE", "BrokerSettings", "new_share_group", "render_acl", "render_mosquitto_conf"]
+
+#: What Mosquitto 2.0.11 does with a changed ``crlfile`` (measured by the tests on this machine).
+CRL_RELOAD_NOTE = (
+    "Mosquitto 2.0.11 re-reads crlfile on SIGHUP (systemctl reload mosquitto): from then on a revoked "
+    "certificate fails the TLS handshake (alert 44 certificate_revoked). Connections established before the "
+    "reload are NOT re-checked and stay up; to cut them too, restart the broker (the revoked client then fails "
+    "its reconnect handshake). Merely rewriting crl.pem without a signal changes nothing."
+)
+
+#: An MQTT packet carries the payload plus a fixed header (<= 5 bytes), the topic (2 + <= 100 bytes for
+#: ``kyojo/v1/<64-char id>/consent/<64-char id>``) and v5 properties; 8 KiB of headroom covers all of it.
+DEFAULT_MAX_PACKET_SIZE = MAX_PAYLOAD_BYTES + 8 * 1024
+
+
+def new_share_group() -> str:
+    """A secret ``$share`` group name for the ingesters (128 random bits).
+
+    Mosquitto 2.0.11's ``acl_file`` does not check SUBSCRIBE (every filter gets SUBACK 0x01) and checks *read*
+    per delivered message. A gateway that subscribes with the ingesters' group name is dealt its round-robin
+    share of the aggregates, which the read check then drops: those messages reach no ingester although the
+    publisher got PUBACK 0x00. A group name nobody can guess closes that hole (tests prove both halves).
+    """
+    return f"kyojo-ingest-{secrets.token_hex(16)}"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where the broker's files live and how its limits are sized."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    crlfile: Path
+    acl_file: Path
+    port: int = 8883
+    bind: str = "0.0.0.0"  # noqa: S104 a city broker listens on its public interface; loopback in tests
+    #: Mosquitto disconnects a client that sends a bigger packet (and v5 clients are told the limit in CONNACK).
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
+    #: Per-client queue of QoS 1 messages beyond those in flight. Mosquitto's default (1000) silently drops
+    #: messages for a slow ingester after the gateway already got its PUBACK (DESIGN.md). The queue must hold
+    #: what arrives while an ingester session is away (its session expiry, 1 h by default): at 100 batches/s
+    #: that is 360k; above it messages are dropped *and logged* ("Outgoing messages are being dropped").
+    max_queued_messages: int = 500_000
+    #: ... and a memory bound on the same queue (per client): 1 GiB.
+    max_queued_bytes: int = 1024 * 1024 * 1024
+    #: 0 = let each MQTT v5 client's Receive Maximum decide how many QoS 1 messages are in flight to it.
+    max_inflight_messages: int = 0
+    #: Sessions of clients that never set a v5 session expiry (v3.1.1) are dropped after this.
+    persistent_client_expiration: str = "14d"
+    tls_version: str = "tlsv1.2"
+    extra: Sequence[str] = field(default_factory=tuple)
+
+
+def render_mosquitto_conf(settings: BrokerSettings) -> str:
+    """The ``mosquitto.conf`` fragment (drop it in ``/etc/mosquitto/conf.d/kyojo.conf``).
+
+    It defines the only listener; Debian's main file keeps pid_file, persistence_location and log_dest.
+    """
+    s = settings
+    lines = [
+        "# Kyojo city broker (generated by `kyojo provision broker-config`; edit the generator, not this file).",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {s.acl_file}",
+        f"max_packet_size {s.max_packet_size}",
+        f"max_queued_messages {s.max_queued_messages}",
+        f"max_queued_bytes {s.max_queued_bytes}",
+        f"max_inflight_messages {s.max_inflight_messages}",
+        f"persistent_client_expiration {s.persistent_client_expiration}",
+        # Gateway ids are <= 64 chars; service CNs too. Refuse generated ids, every client has a certificate.
+        "allow_zero_length_clientid false",
+        "connection_messages true",
+        "",
+        f"listener {s.port} {s.bind}",
+        "protocol mqtt",
+        f"cafile {s.cafile}",
+        f"certfile {s.certfile}",
+        f"keyfile {s.keyfile}",
+        f"crlfile {s.crlfile}",
+        f"tls_version {s.tls_version}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        *s.extra,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_acl(ingesters: Sequence[str] = ()) -> str:
+    """The ACL file: gateways by ``%u`` pattern, each service identity by an explicit ``user`` block.
+
+    Gateways (any certified CN; patterns apply to every user) may publish only under their own tree and read only
+    their own downlink. Services get the fan-in rights explicitly. Service and gateway CNs are disjoint (the CA
+    refuses a CN in a second role), so a service never matches a gateway's tree in practice.
+    """
+    root = TOPIC_ROOT
+    lines = [
+        "# Kyojo ACL (generated). Nothing is granted to anonymous clients (there are none: mTLS only).",
+        "# Identity = certificate CN = MQTT username = client id. Patterns use %u only, never %c.",
+        "",
+        "# Every gateway: its own aggregates, consent records and status (also its will), nothing else.",
+        f"pattern write {root}/%u/agg/+",
+        f"pattern write {root}/%u/consent/+",
+        f"pattern write {root}/%u/status",
+        "# ... and its own downlink: erasure receipts from the cloud.",
+        f"pattern read {root}/%u/receipt/+",
+    ]
+    for name in sorted(set(ingesters)):
+        lines += [
+            "",
+            f"user {name}",
+            "# Aggregates of all gateways; subscribed as $share/<group>/kyojo/v1/+/agg/+ (Mosquitto checks the",
+            "# filter without its $share/<group>/ prefix).",
+            f"topic read {root}/+/agg/+",
+            f"topic read {root}/+/consent/+",
+            f"topic write {root}/+/receipt/+",
+            f"topic readwrite {root}/_ingest/sync/{name}",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,254 @@
+"""``kyojo provision``: the city CA, gateway/service identities, revocation and the broker configuration.
+
+Mounted by the main CLI as ``kyojo provision``. Typical flow::
+
+    # CA host (offline)
+    kyojo provision ca init --dir /srv/kyojo-ca
+    kyojo provision enroll gw-0042 --ca-dir /srv/kyojo-ca            # prints a one-time code
+    # Pi (installer)
+    kyojo provision gateway gw-0042 --code K7QX2M9PRT                # key stays in /var/lib/kyojo/tls
+    # CA host, with the CSR file carried over
+    kyojo provision sign identity.csr --ca-dir /srv/kyojo-ca --expect gw-0042 --out gw-0042.crt
+    # Pi
+    kyojo provision install gw-0042.crt --ca ca.crt
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from provisioning import pki
+from provisioning.broker import BrokerSettings, new_share_group, render_acl, render_mosquitto_conf
+
+app = typer.Typer(help="City CA, gateway identities, revocation, broker configuration.", no_args_is_help=True)
+ca_app = typer.Typer(help="The city CA (run on the offline CA host).", no_args_is_help=True)
+app.add_typer(ca_app, name="ca")
+
+_DEFAULT_STATE = Path(os.environ.get("KYOJO_STATE_DIR", "/var/lib/kyojo"))
+CaDir = Annotated[
+    Path, typer.Option("--ca-dir", "--dir", help="CA directory (env KYOJO_CA_DIR)", envvar="KYOJO_CA_DIR")
+]
+StateDir = Annotated[Path, typer.Option("--state-dir", help="device state directory (env KYOJO_STATE_DIR)")]
+
+
+def _fail(err: Exception) -> typer.Exit:
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(2)
+
+
+def _ca(ca_dir: Path) -> pki.CertificateAuthority:
+    try:
+        return pki.CertificateAuthority(ca_dir)
+    except pki.PkiError as err:
+        raise _fail(err) from err
+
+
+@ca_app.command("init")
+def ca_init(
+    ca_dir: CaDir,
+    name: Annotated[str, typer.Option(help="CA common name")] = "Kyojo City CA",
+    ca_days: Annotated[int, typer.Option(min=30)] = pki.Lifetimes.ca_days,
+    gateway_days: Annotated[int, typer.Option(min=1, help="gateway certificate lifetime")] = pki.Lifetimes.gateway_days,
+    service_days: Annotated[
+        int, typer.Option(min=1, help="ingester certificate lifetime")
+    ] = pki.Lifetimes.service_days,
+    server_days: Annotated[int, typer.Option(min=1, help="broker certificate lifetime")] = pki.Lifetimes.server_days,
+    crl_days: Annotated[
+        int, typer.Option(min=1, help="CRL nextUpdate; re-run `crl` before it")
+    ] = pki.Lifetimes.crl_days,
+    enroll_ttl_minutes: Annotated[int, typer.Option(min=1)] = pki.Lifetimes.enroll_ttl_minutes,
+) -> None:
+    """Create the root CA (EC P-256; ca.key mode 0600) and an empty CRL."""
+    life = pki.Lifetimes(ca_days, gateway_days, service_days, server_days, crl_days, enroll_ttl_minutes)
+    try:
+        ca = pki.init_ca(ca_dir, name, life)
+    except pki.PkiError as err:
+        raise _fail(err) from err
+    typer.echo(f"CA ready in {ca.ca_dir}: {ca.cert_path} (distribute), ca.key (keep offline), {ca.crl_path}")
+
+
+@app.command("enroll")
+def enroll(
+    ident: Annotated[str, typer.Argument(help="planned gateway (or service) id = certificate CN")],
+    ca_dir: CaDir,
+    role: Annotated[pki.Role, typer.Option(help="gateway or ingest")] = pki.Role.GATEWAY,
+    ttl_minutes: Annotated[int | None, typer.Option(min=1, help="code lifetime (default from the CA)")] = None,
+) -> None:
+    """Open a one-time enrollment for IDENT and print the code for the installer."""
+    ca = _ca(ca_dir)
+    ttl = dt.timedelta(minutes=ttl_minutes) if ttl_minutes else None
+    try:
+        code = ca.enroll(ident, role, ttl)
+    except pki.PkiError as err:
+        raise _fail(err) from err
+    typer.echo(code)
+
+
+def _request(ident: str, code: str | None, state_dir: Path, role: pki.Role, renew: bool, force: bool) -> None:
+    try:
+        if renew:
+            cert = pki.load_certificate(state_dir / "tls" / pki.CERT_NAME)
+            if not (force or pki.renewal_due(cert)):
+                typer.echo(f"not due: renew after {pki.renew_at(cert).isoformat()} (or pass --force)")
+                return
+            csr = pki.create_renewal_request(state_dir)
+        else:
+            if not code:
+                raise pki.PkiError("--code is required for a first enrollment (ask the operator: `enroll`)")
+            csr = pki.create_request(state_dir, ident, code, role)
+    except (pki.PkiError, FileNotFoundError) as err:
+        raise _fail(err) from err
+    typer.echo(f"CSR written to {csr}; take it to the CA host: kyojo provision sign {csr.name} --expect {ident}")
+
+
+@app.command("gateway")
+def gateway(
+    ident: Annotated[str, typer.Argument(help="this gateway's id (the CN)")],
+    code: Annotated[str | None, typer.Option(help="one-time enrollment code from the operator")] = None,
+    state_dir: StateDir = _DEFAULT_STATE,
+    renew: Annotated[bool, typer.Option(help="make a renewal request signed by the current key")] = False,
+    force: Annotated[bool, typer.Option(help="with --renew: even before 2/3 of the lifetime")] = False,
+) -> None:
+    """On the Pi: generate the key here (0600, never leaves) and a CSR bound to the enrollment code."""
+    _request(ident, code, state_dir, pki.Role.GATEWAY, renew, force)
+
+
+@app.command("service")
+def service(
+    ident: Annotated[str, typer.Argument(help="service identity, e.g. ingest-1 (one per MQTT connection)")],
+    code: Annotated[str | None, typer.Option(help="one-time enrollment code from the operator")] = None,
+    state_dir: StateDir = _DEFAULT_STATE,
+    renew: Annotated[bool, typer.Option()] = False,
+    force: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """On an ingester host: like `gateway`, for an ingest identity."""
+    _request(ident, code, state_dir, pki.Role.INGEST, renew, force)
+
+
+@app.command("install")
+def install(
+    cert: Annotated[Path, typer.Argument(help="signed certificate from the CA host")],
+    ca: Annotated[Path | None, typer.Option(help="the CA certificate (checked against the cert, installed)")] = None,
+    state_dir: StateDir = _DEFAULT_STATE,
+) -> None:
+    """Install a signed certificate next to its key (after enrollment or renewal)."""
+    try:
+        path = pki.install_certificate(state_dir, cert.read_bytes(), ca.read_bytes() if ca else None)
+    except (pki.PkiError, FileNotFoundError) as err:
+        raise _fail(err) from err
+    typer.echo(f"installed {path}; renew after {pki.renew_at(pki.load_certificate(path)).isoformat()}")
+
+
+@app.command("sign")
+def sign(
+    csr: Annotated[Path, typer.Argument(help="CSR made by `gateway` or `service`")],
+    ca_dir: CaDir,
+    expect: Annotated[str | None, typer.Option(help="the identity you mean to sign; must equal the CSR's CN")] = None,
+    out: Annotated[Path | None, typer.Option(help="certificate output (default: <CN>.crt here)")] = None,
+) -> None:
+    """On the CA host: check the CSR's enrollment/renewal proof and issue the certificate."""
+    ca = _ca(ca_dir)
+    try:
+        pem = ca.sign_csr(csr.read_bytes(), expected_id=expect)
+    except (pki.PkiError, FileNotFoundError) as err:
+        raise _fail(err) from err
+    cert = x509.load_pem_x509_certificate(pem)
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    target = out or Path(f"{cn!s}.crt")
+    target.write_bytes(pem)
+    typer.echo(f"issued {target} serial {cert.serial_number:x} valid until {cert.not_valid_after_utc.isoformat()}")
+
+
+@app.command("server")
+def server(
+    name: Annotated[str, typer.Argument(help="broker name (CN), e.g. broker")],
+    ca_dir: CaDir,
+    out_dir: Annotated[Path, typer.Option(help="where <name>.key (0600) and <name>.crt go")],
+    dns: Annotated[list[str] | None, typer.Option(help="DNS name clients connect to (repeat)")] = None,
+    ip: Annotated[list[str] | None, typer.Option(help="IP address clients connect to (repeat)")] = None,
+) -> None:
+    """Issue the broker's TLS server certificate (SAN = the names clients connect to)."""
+    ca = _ca(ca_dir)
+    try:
+        path = ca.issue_server(name, out_dir, dns=dns or (), ips=ip or ())
+    except pki.PkiError as err:
+        raise _fail(err) from err
+    typer.echo(f"issued {path}")
+
+
+@app.command("revoke")
+def revoke(
+    what: Annotated[str, typer.Argument(help="serial (hex) or CN: all of that CN's certificates")],
+    ca_dir: CaDir,
+    reason: Annotated[str, typer.Option(help="recorded in the index")] = "unspecified",
+) -> None:
+    """Revoke and rewrite the CRL; then copy crl.pem to the broker and send it SIGHUP."""
+    ca = _ca(ca_dir)
+    try:
+        done = ca.revoke(what, reason)
+    except pki.PkiError as err:
+        raise _fail(err) from err
+    for rec in done:
+        typer.echo(f"revoked {rec.cn} serial {rec.serial}")
+    typer.echo(f"CRL: {ca.crl_path} -> copy to the broker's crlfile, then: systemctl reload mosquitto (SIGHUP)")
+
+
+@app.command("crl")
+def crl(ca_dir: CaDir) -> None:
+    """Regenerate the CRL (run from a timer: a CRL past nextUpdate locks every client out)."""
+    ca = _ca(ca_dir)
+    path = ca.write_crl()
+    typer.echo(f"{path} (valid {ca.lifetimes.crl_days} days)")
+
+
+@app.command("list")
+def list_issued(ca_dir: CaDir) -> None:
+    """Everything issued, one JSON object per line."""
+    for row in _ca(ca_dir).iter_status():
+        typer.echo(json.dumps(row))
+
+
+@app.command("broker-config")
+def broker_config(
+    ca_dir: CaDir,
+    out_dir: Annotated[Path, typer.Option(help="write kyojo.conf and kyojo.acl here")],
+    etc_dir: Annotated[Path, typer.Option(help="where the files will live on the broker")] = Path(
+        "/etc/mosquitto/kyojo"
+    ),
+    server_name: Annotated[str, typer.Option(help="broker certificate basename in etc-dir")] = "broker",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8883,
+    bind: Annotated[str, typer.Option(help="listen address")] = "0.0.0.0",  # noqa: S104 public listener
+    ingest: Annotated[list[str] | None, typer.Option(help="ingest identities (default: valid ones in the CA)")] = None,
+) -> None:
+    """Render the Mosquitto config fragment (mTLS listener, CRL, limits) and the ACL."""
+    ca = _ca(ca_dir)
+    names = ingest if ingest else ca.identities(pki.Role.INGEST)
+    settings = BrokerSettings(
+        cafile=etc_dir / "ca.crt",
+        certfile=etc_dir / f"{server_name}.crt",
+        keyfile=etc_dir / f"{server_name}.key",
+        crlfile=etc_dir / "crl.pem",
+        acl_file=etc_dir / "kyojo.acl",
+        port=port,
+        bind=bind,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "kyojo.conf").write_text(render_mosquitto_conf(settings))
+    (out_dir / "kyojo.acl").write_text(render_acl(names))
+    group_file = ca_dir / "share_group"
+    if not group_file.exists():
+        pki.write_private(group_file, new_share_group().encode())
+    group = group_file.read_text().strip()
+    typer.echo(
+        f"wrote {out_dir}/kyojo.conf (-> /etc/mosquitto/conf.d/) and {out_dir}/kyojo.acl (-> {etc_dir}/); "
+        f"copy ca.crt, crl.pem, {server_name}.crt/.key to {etc_dir}. Ingest identities: {', '.join(names) or 'none'}"
+    )
+    typer.echo(f"ingesters: set group = {group!r} (KYOJO_INGEST_GROUP); keep it secret, see broker.new_share_group")
