@@ -86,6 +86,11 @@ class IngestSettings(BaseSettings):
         return f"$share/{self.group}/kyojo/v1/+/agg/+"
 
     @property
+    def data_filters(self) -> list[str]:
+        """Every shared data subscription: aggregates and events (pickups, alerts)."""
+        return [self.data_filter, f"$share/{self.group}/kyojo/v1/+/event/+"]
+
+    @property
     def consent_filter(self) -> str:
         """The unshared subscription for consent records (retained)."""
         return "kyojo/v1/+/consent/+"

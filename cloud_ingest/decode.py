@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from cloud_ingest.lineproto import LineBuilder, fields_text
+from cloud_ingest.lineproto import LineBuilder, event_lines, fields_text
 from drivers.base import METRICS, Category
-from edge_agent.wire import MAX_ITEMS, MAX_PAYLOAD_BYTES, AggregateBatch, decode_batch
+from edge_agent.wire import MAX_ITEMS, MAX_PAYLOAD_BYTES, AggregateBatch, decode_batch, decode_events
 
 # fullmatch, not the contract's ``^...$``: Python's ``$`` also matches before a trailing newline, pydantic's
 # (Rust) regex does not; fullmatch is the stricter of the two, which is what a fast path may be.
@@ -100,12 +100,30 @@ class BatchDecoder:
 
     def decode(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded:
         """Decode one message or raise ``WireError`` with the contract's cause."""
+        if "/event/" in topic:
+            return self.events(topic, payload)
         fast = self.fast(topic, payload)
         if fast is not None:
             self.fast_hits += 1
             return fast
         self.slow_hits += 1
         return self.slow(topic, payload)
+
+    def events(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded:
+        """Event messages (rare next to aggregates): always through the contract."""
+        batch = decode_events(topic, bytes(payload))
+        lines = event_lines(batch)
+        return Decoded(
+            gateway=batch.gateway,
+            consent=batch.consent,
+            purpose=batch.purpose,
+            category=batch.category.value,
+            sent=batch.sent,
+            subjects=frozenset(ev.subject for ev in batch.events),
+            metrics_in_category=True,
+            body="\n".join(lines),
+            points=len(lines),
+        )
 
     def slow(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded:
         """The contract (``decode_batch``) and lines built from its models."""

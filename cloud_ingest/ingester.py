@@ -262,7 +262,7 @@ class Ingester:
             s.broker_host,
             s.broker_port,
             s.client_id,
-            s.data_filter,
+            s.data_filters,
             keepalive=s.keepalive,
             session_expiry=s.session_expiry,
             receive_maximum=s.receive_maximum,
@@ -412,7 +412,7 @@ class Ingester:
             self._connected = True
         # A resumed session may resend unacknowledged messages before this SUBACK: the consent table is
         # already loaded, so they are handled like any other.
-        client.subscribe(self.settings.data_filter, options=SubscribeOptions(qos=1))
+        client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.settings.data_filters])
         log.info(
             "ingester %s connected (session present: %s)",
             self.settings.client_id,

@@ -23,7 +23,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cloud_ingest.mqtt5 import (
@@ -69,7 +69,7 @@ class LeanSubscriber:
         host: str,
         port: int,
         client_id: str,
-        topic_filter: str,
+        topic_filter: str | Sequence[str],
         *,
         keepalive: int,
         session_expiry: int,

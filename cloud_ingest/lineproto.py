@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from edge_agent.wire import AggregateBatch, AggregateItem
+from edge_agent.wire import AggregateBatch, AggregateItem, EventBatch
 
 _MEAS_TABLE = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
 _TAG_TABLE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
@@ -90,7 +90,9 @@ def line(
 class LineBuilder:
     """Turns aggregate items into line-protocol points, caching the escaped tag set per series.
 
-    Tags (sorted by key): category, device, gateway, purpose, subject. Fields: count and window_s (integers),
+    Tags (sorted by key): category, device, purpose, subject — per-purpose pseudonyms, and no gateway tag: the
+    gateway id would let an analyst join one household's purposes (the topic still names it, for identity and
+    ACLs, but it is not stored). Fields: count and window_s (integers),
     mean/min/max/last/delta (floats, left out when None or non-finite). Timestamp: the window start, epoch ms.
     """
 
@@ -123,7 +125,7 @@ class LineBuilder:
                 self._cache.clear()
             head = (
                 f"{escape_measurement(metric)},category={escape_tag(category)},device={escape_tag(device)}"
-                f",gateway={escape_tag(gateway)},purpose={escape_tag(purpose)},subject={escape_tag(subject)}"
+                f",purpose={escape_tag(purpose)},subject={escape_tag(subject)}"
             )
             self._cache[key] = head
         return head
@@ -167,3 +169,34 @@ def _fields(
 
 
 fields_text = _fields
+
+
+#: measurement of every event (pickups, alerts); the event's kind is a tag
+EVENTS_MEASUREMENT = "events"
+
+
+def event_lines(batch: EventBatch) -> list[str]:
+    """Events as points: measurement ``events``; tags category, device, kind, purpose, severity, subject;
+    fields ``event_id`` (string) and the event's attributes; timestamp: when it happened (ms)."""
+    out = []
+    for ev in batch.events:
+        head = (
+            f"{EVENTS_MEASUREMENT},category={escape_tag(batch.category.value)},device={escape_tag(ev.device)}"
+            f",kind={escape_tag(ev.kind)},purpose={escape_tag(batch.purpose)},severity={escape_tag(ev.severity)}"
+            f",subject={escape_tag(ev.subject)}"
+        )
+        fields = [f"event_id={quote_string(ev.id)}"]
+        for key, value in sorted(ev.attrs.items()):
+            if key == "event_id":
+                continue
+            if isinstance(value, bool):
+                fields.append(f"{key}={'true' if value else 'false'}")
+            elif isinstance(value, int):
+                fields.append(f"{key}={value}i")
+            elif isinstance(value, float):
+                if _isfinite(value):
+                    fields.append(f"{key}={value!r}")
+            else:
+                fields.append(f"{key}={quote_string(value)}")
+        out.append(f"{head} {','.join(fields)} {ev.at}")
+    return out

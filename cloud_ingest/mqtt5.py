@@ -29,6 +29,7 @@ The transport is :mod:`cloud_ingest.leanclient`. Facts from the MQTT v5.0 standa
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from drivers.base import KyojoError
@@ -127,11 +128,15 @@ def encode_connect(
     return _packet(CONNECT << 4, header + payload)
 
 
-def encode_subscribe(packet_id: int, topic_filter: str, qos: int = 1) -> bytes:
-    """SUBSCRIBE (§3.8) to one filter; options: maximum QoS only (No Local stays 0, as shares require)."""
+def encode_subscribe(packet_id: int, topic_filter: str | Sequence[str], qos: int = 1) -> bytes:
+    """SUBSCRIBE (§3.8) to one or more filters (the SUBACK carries one reason code per filter, in order);
+    options: maximum QoS only (No Local stays 0, as shares require)."""
     if not 1 <= packet_id <= 0xFFFF or qos not in (0, 1, 2):
         raise ValueError("bad packet id or QoS")
-    body = _u16.pack(packet_id) + b"\x00" + _string(topic_filter) + bytes((qos,))
+    filters = [topic_filter] if isinstance(topic_filter, str) else list(topic_filter)
+    if not filters:
+        raise ValueError("SUBSCRIBE needs at least one filter")
+    body = _u16.pack(packet_id) + b"\x00" + b"".join(_string(f) + bytes((qos,)) for f in filters)
     return _packet(SUBSCRIBE << 4 | 0x2, body)
 
 

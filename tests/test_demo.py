@@ -40,6 +40,17 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
     assert summary["points_written"] == summary["aggregates_sent"] == summary["points_in_influxdb"]
     assert summary["rejected"] == 0
     assert summary["aggregates_withheld_no_consent"] > 0  # person p2 gave no consent
+    # the devices came over the real protocols, read by the production drivers (drivers.sim.wire)
+    by_path = summary["readings_by_path"]
+    for kind in ("plugs", "bmeter", "gnss", "ble"):
+        assert by_path.get(kind, 0) > 0, (kind, by_path)
+    assert by_path["plugs"] + by_path["bmeter"] + by_path["gnss"] + by_path["ble"] > 10 * by_path.get("sim", 0)
+    wire = summary["wire"]
+    assert wire["error"] is None and min(wire["plug_messages"], wire["meter_gets"], wire["nmea_epochs"]) > 0
+    assert not list((tmp_path / "demo" / "dev").iterdir())  # the pty links are gone
+    for gw in ("home-001", "truck-07"):
+        status = json.loads((tmp_path / "demo" / gw / "data" / "status.json").read_text())
+        assert status["late"] == 0 and status["driver_errors"] == {}, (gw, status)
     assert any(line.startswith("readings ") for line in lines)  # live progress
     assert any("SELECT" in line for line in lines)  # the analyst's query
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)

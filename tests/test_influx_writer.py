@@ -63,7 +63,8 @@ def test_aggregate_item_line() -> None:
         }
     )  # fmt: skip
     assert LineBuilder().batch_lines(batch) == [
-        "energy,category=energy,device=m1,gateway=gw-1,purpose=p,subject=hh count=2i,window_s=60i,last=10.0,delta=0.5 5"
+        # no gateway tag: it would let an analyst join a household's purposes
+        "energy,category=energy,device=m1,purpose=p,subject=hh count=2i,window_s=60i,last=10.0,delta=0.5 5"
     ]
 
 

@@ -9,6 +9,10 @@ Example (gateway TOML)::
     profile = "blood_pressure"
     subject = "p1"
     user_subjects = { 1 = "p1", 2 = "p2" }   # optional: BPM/scale User ID -> subject
+
+``backend = "virtual"`` (demos and tests only, needs the development dependency Bumble): no radio; the agent
+process runs a Bumble virtual peripheral played by the heart-rate strap simulator (device ``id``, ``subject``,
+``sim_seed``) and reads it through the same bleak/Link/BleDriver code; see :mod:`drivers.sim.wire.ble`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class Config(BaseModel):
     connect_timeout: timedelta = timedelta(seconds=20)
     backoff_initial: timedelta = timedelta(seconds=1)
     backoff_max: timedelta = timedelta(minutes=5)
+    backend: Literal["bleak", "virtual"] = Field("bleak", description="virtual: simulated device (demo/test)")
+    sim_seed: int = Field(0, description="seed of the simulator playing a virtual device")
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -56,6 +62,8 @@ class Config(BaseModel):
                 raise ValueError("user_subjects: empty subject")
         if self.backoff_initial <= timedelta(0) or self.backoff_max < self.backoff_initial:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
+        if self.backend == "virtual" and self.profile != "heart_rate":
+            raise ValueError("backend 'virtual' plays heart_rate devices only")
         return self
 
 
@@ -72,7 +80,14 @@ def shared_scanner(backend: BleBackend | None = None) -> SharedScanner:
 
 
 def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = None) -> list[Driver]:
-    """One :class:`~drivers.ble.driver.BleDriver`; ``backend`` swaps bleak's backend (tests, virtual devices)."""
+    """One :class:`~drivers.ble.driver.BleDriver`; ``backend`` swaps bleak's backend (tests, virtual devices).
+
+    ``config.backend == "virtual"``: a :class:`drivers.sim.wire.ble.VirtualBleDriver` (demo/test backend).
+    """
+    if config.backend == "virtual":
+        from drivers.sim.wire.ble import build_virtual
+
+        return list(build_virtual(config, ctx))
     from drivers.ble.driver import BleDriver
     from drivers.ble.profiles import PROFILES
     from drivers.ble.transport import Backoff, Link

@@ -24,6 +24,9 @@ class Config(BaseModel):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
     seed: int = 0
     persons: list[str] = Field(default_factory=lambda: ["p1", "p2"])
+    only: list[str] | None = Field(
+        default=None, description="simulate only these device ids (the others come through real drivers)"
+    )
 
 
 def tick_s(clock_speed: float) -> float:
@@ -39,6 +42,11 @@ def build(config: Config, ctx: BuildContext) -> list[Driver]:
         if config.profile == "household"
         else sim.truck(config.id, config.seed)
     )
+    if config.only is not None:
+        unknown = sorted(set(config.only) - {s.device_id for s in sims})
+        if unknown:
+            raise ValueError(f"only: no simulated device {', '.join(unknown)}")
+        sims = [s for s in sims if s.device_id in config.only]
     start = ctx.clock.now()
     tick = tick_s(ctx.clock_speed)
     return [sim.SimDriver(s, ctx.clock, tick_s=tick, start=start) for s in sims]

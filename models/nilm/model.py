@@ -1,0 +1,141 @@
+"""Load the NILM ONNX files and run them: in batches over a series (evaluation) or one window (run time).
+
+Each ``<appliance>.onnx`` takes ``mains_w`` (float32, shape ``(n, window)``, W, no NaN) and returns ``power_w``
+(float32, ``(n,)``): the appliance's mean power in the window's centre minute, already gated (exactly 0 when the
+model says "off"), non-negative and at most ``min(max_w, centre mains)``. ``manifest.json`` beside them gives each
+file's window, bound and sha256, the training provenance and the baseline parameters fitted on the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from models.nilm.data import APPLIANCES, FloatArray
+from models.nilm.windows import fill_windows, series_windows
+
+#: Where the committed models live.
+MODEL_DIR = Path(__file__).resolve().parent
+MANIFEST = "manifest.json"
+_BATCH = 4096
+
+
+class NilmModelError(RuntimeError):
+    """Missing, corrupt or inconsistent model files."""
+
+
+@dataclass(frozen=True)
+class ApplianceModel:
+    """One appliance's ONNX session and its window (minutes, odd; the estimate is for the centre minute)."""
+
+    name: str
+    window: int
+    max_w: float
+    path: Path
+    session: ort.InferenceSession
+
+    @property
+    def delay_min(self) -> int:
+        """Minutes of future context the estimate for a minute needs (the run-time delay)."""
+        return self.window // 2
+
+    def run(self, windows: FloatArray) -> FloatArray:
+        """Power (W) for already-filled windows, shape ``(n, window)`` -> ``(n,)``."""
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        out = self.session.run(["power_w"], {"mains_w": x})[0]
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """onnxruntime options for the gateway: ``threads`` intra-op threads, one inter-op thread, no spinning."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+def read_manifest(model_dir: Path = MODEL_DIR) -> dict[str, Any]:
+    """The parsed ``manifest.json`` of a model directory."""
+    path = Path(model_dir) / MANIFEST
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise NilmModelError(f"cannot read {path}: {err}") from err
+    return data
+
+
+class NilmModels:
+    """The per-appliance ONNX sessions, created once (1 intra-op thread by default)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path = MODEL_DIR,
+        appliances: Iterable[str] | None = None,
+        *,
+        threads: int = 1,
+        verify: bool = True,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest = read_manifest(self.model_dir)
+        entries: Mapping[str, Any] = self.manifest["appliances"]
+        names = list(appliances) if appliances is not None else [a for a in APPLIANCES if a in entries]
+        opts = session_options(threads)
+        self.models: dict[str, ApplianceModel] = {}
+        for name in names:
+            if name not in entries:
+                raise NilmModelError(f"no model for {name!r} in {self.model_dir}")
+            e = entries[name]
+            path = self.model_dir / e["file"]
+            blob = path.read_bytes() if path.exists() else b""
+            if not blob:
+                raise NilmModelError(f"missing model file {path}")
+            if verify and hashlib.sha256(blob).hexdigest() != e["sha256"]:
+                raise NilmModelError(f"{path}: sha256 does not match {MANIFEST}")
+            sess = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+            self.models[name] = ApplianceModel(name, int(e["window"]), float(e["max_w"]), path, sess)
+
+    @property
+    def appliances(self) -> tuple[str, ...]:
+        """Names of the loaded appliances, in output order."""
+        return tuple(self.models)
+
+    @property
+    def max_window(self) -> int:
+        """The longest window of the loaded models (minutes)."""
+        return max(m.window for m in self.models.values())
+
+    def predict_series(self, mains: FloatArray, appliances: Iterable[str] | None = None) -> dict[str, FloatArray]:
+        """Per-minute estimates (W) over a whole regular 1-minute series; NaN where the gap rule gives none."""
+        out: dict[str, FloatArray] = {}
+        for name in appliances if appliances is not None else self.models:
+            m = self.models[name]
+            views = series_windows(mains, m.window)
+            pred = np.full(views.shape[0], np.nan)
+            for s in range(0, views.shape[0], _BATCH):
+                filled, ok = fill_windows(views[s : s + _BATCH])
+                if ok.any():
+                    pred[s : s + _BATCH][ok] = m.run(filled[ok])
+            out[name] = pred
+        return out
+
+
+def residual_mains(mains: FloatArray, plug_loads: Iterable[FloatArray]) -> FloatArray:
+    """Mains minus the known plug loads, per minute, floored at 0 (plug-assisted input).
+
+    A minute where a plug has no reading subtracts nothing for that plug (its load stays in the residual); a
+    minute where the mains has no reading stays a gap.
+    """
+    out = np.asarray(mains, dtype=np.float64).copy()
+    for p in plug_loads:
+        out = out - np.nan_to_num(np.asarray(p, dtype=np.float64), nan=0.0)
+    return np.where(np.isfinite(out), np.maximum(out, 0.0), np.nan)

@@ -1,0 +1,217 @@
+"""Streaming disaggregation over the meter's power Readings: one inference per appliance per minute.
+
+Feed every Reading to :meth:`NilmRuntime.push` (non-``power`` metrics and unknown devices are ignored); it returns
+the :class:`Estimate` objects that became available. :func:`to_readings` turns them into ``power`` (W) and
+``energy`` (Wh, cumulative) Readings marked as estimated.
+
+Timing and binning
+    A power Reading at ``ts`` is the mean over the interval ending at ``ts`` (the meter and plug convention), so it
+    belongs to the minute ``(m, m + 60]`` with ``m = 60 * (ceil(ts / 60) - 1)``; a minute's power is the mean of
+    its Readings. A minute is closed when a meter Reading arrives for a minute at least ``close_lag_min`` later
+    (late plug Readings get that long to arrive); Readings for a closed minute are dropped and counted
+    (``stats["late"]``). Each closed minute triggers one ONNX run per appliance, for the minute at the centre of
+    that appliance's window, so estimates lag the meter by ``window // 2 + close_lag_min`` minutes (kettle and
+    microwave 16, dishwasher and washing machine 61). :meth:`NilmRuntime.flush` closes what is open at the end.
+
+Gaps (the rule in :mod:`models.nilm.windows`, identical to evaluation)
+    A minute without a meter Reading gets no estimate, and neither does a minute whose window is more than half
+    missing: no energy is attributed for such minutes, and the energy counters only advance by
+    ``power_w * 60 s`` for minutes that have an estimate. Missing minutes inside an accepted window are held at the
+    last measured value for the model input only.
+
+Plug assistance
+    ``plugs`` maps plug device ids to what they power. Every plugged load is subtracted from the mains minute by
+    minute (floored at 0; a plug minute with no Reading subtracts nothing) and the models see the residual. An
+    appliance of ours that has a plug is reported from its plug (``source="plug"``) for minutes the plug
+    measured, and from its model otherwise.
+
+Estimates are non-negative, at most the (residual) mains of their minute and at most the model's ``max_w``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from drivers.base import Reading, reading
+from models.nilm.data import STEP_S
+from models.nilm.model import NilmModels
+from models.nilm.windows import fill_windows
+
+MODEL_SOURCE = "nilm-model"
+PLUG_SOURCE = "plug"
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """One appliance's estimate for one minute ``(ts - 60, ts]``: mean power and the cumulative energy counter."""
+
+    appliance: str
+    ts: float
+    power_w: float
+    energy_wh: float
+    source: str
+
+
+def minute_of(ts: float) -> int:
+    """Start (UTC s) of the minute ``(m, m + 60]`` a Reading at ``ts`` covers."""
+    return STEP_S * (math.ceil(ts / STEP_S) - 1)
+
+
+@dataclass
+class _Bin:
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, v: float) -> None:
+        self.total += v
+        self.count += 1
+
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+@dataclass
+class _Minute:
+    meter: _Bin = field(default_factory=_Bin)
+    plugs: dict[str, _Bin] = field(default_factory=dict)
+
+
+class NilmRuntime:
+    """Rolling windows over the meter's minutes and per-appliance ONNX inference (sessions created once)."""
+
+    def __init__(
+        self,
+        models: NilmModels | None = None,
+        *,
+        meter: str | None = None,
+        plugs: Mapping[str, str] | None = None,
+        initial_energy_wh: Mapping[str, float] | None = None,
+        close_lag_min: int = 1,
+    ) -> None:
+        self.models = models if models is not None else NilmModels()
+        self.meter = meter
+        self.plugs = dict(plugs or {})
+        self.close_lag_min = close_lag_min
+        self.energy_wh = {a: float((initial_energy_wh or {}).get(a, 0.0)) for a in self.models.appliances}
+        self.stats = {"readings": 0, "late": 0, "ignored": 0, "minutes": 0, "inferences": 0, "estimates": 0}
+        width = self.models.max_window
+        self._ts: deque[int] = deque(maxlen=width)  # closed minutes (start), oldest first
+        self._mains: deque[float] = deque(maxlen=width)
+        self._resid: deque[float] = deque(maxlen=width)
+        self._plug: deque[dict[str, float]] = deque(maxlen=width)  # our appliances' plug power per minute
+        self._open: dict[int, _Minute] = {}
+        self._next: int | None = None  # start of the next minute to close
+
+    def push(self, r: Reading) -> list[Estimate]:
+        """Take one Reading; return the estimates it made available (usually none or one per appliance)."""
+        if r.metric != "power":
+            return []
+        is_plug = r.device in self.plugs
+        if not is_plug and self.meter is not None and r.device != self.meter:
+            self.stats["ignored"] += 1
+            return []
+        self.stats["readings"] += 1
+        m = minute_of(r.ts)
+        if self._next is not None and m < self._next:
+            self.stats["late"] += 1
+            return []
+        slot = self._open.setdefault(m, _Minute())
+        value = max(float(r.value), 0.0)
+        if is_plug:
+            slot.plugs.setdefault(r.device, _Bin()).add(value)
+            return []
+        slot.meter.add(value)
+        if self._next is None:
+            self._next = m
+        return self._close_until(m - STEP_S * self.close_lag_min)
+
+    def flush(self) -> list[Estimate]:
+        """Close every open minute and run out the windows (end of stream): the remaining estimates."""
+        if self._next is None:
+            return []
+        last = max([*self._open, self._next - STEP_S])
+        out = self._close_until(last)
+        tail = self.models.max_window // 2
+        out += self._close_until(last + STEP_S * tail, pad_only=True)
+        return out
+
+    def _close_until(self, last: int, *, pad_only: bool = False) -> list[Estimate]:
+        """Close minutes from ``self._next`` through ``last`` (gaps become NaN minutes, long gaps are skipped)."""
+        out: list[Estimate] = []
+        if self._next is None:
+            return out
+        width = self.models.max_window
+        while self._next <= last:
+            if (
+                not pad_only
+                and self._next not in self._open
+                and all(not math.isfinite(v) for v in list(self._mains)[-width:])
+                and len(self._mains) == width
+            ):
+                # a long gap: nothing in the buffer can produce an estimate any more; jump to the next data
+                later = [k for k in self._open if k >= self._next]
+                self._next = min(min(later), last + STEP_S) if later else last + STEP_S
+                continue
+            slot = self._open.pop(self._next, _Minute())
+            out += self._append(self._next, slot)
+            self._next += STEP_S
+        return out
+
+    def _append(self, minute: int, slot: _Minute) -> list[Estimate]:
+        mains = slot.meter.mean()
+        plug_means = {dev: b.mean() for dev, b in slot.plugs.items()}
+        resid = mains - sum(v for v in plug_means.values() if math.isfinite(v))
+        self._ts.append(minute)
+        self._mains.append(mains)
+        self._resid.append(max(resid, 0.0) if math.isfinite(resid) else float("nan"))
+        ours = {self.plugs[d]: v for d, v in plug_means.items() if math.isfinite(v)}
+        self._plug.append(ours)
+        self.stats["minutes"] += 1
+        return self._infer()
+
+    def _infer(self) -> list[Estimate]:
+        out: list[Estimate] = []
+        n = len(self._ts)
+        resid = np.fromiter(self._resid, dtype=np.float64, count=n)
+        for name, m in self.models.models.items():
+            w = m.window
+            c = n - 1 - w // 2  # buffer index of this appliance's centre minute
+            if c < 0 or not math.isfinite(self._mains[c]):
+                continue
+            plug = self._plug[c].get(name)
+            if plug is not None:
+                value, source = plug, PLUG_SOURCE
+            else:
+                win = np.full(w, np.nan)
+                take = min(w, n)
+                win[w - take :] = resid[n - take :]
+                filled, ok = fill_windows(win[None, :])
+                if not ok[0]:
+                    continue
+                self.stats["inferences"] += 1
+                value, source = float(m.run(filled)[0]), MODEL_SOURCE
+            value = max(value, 0.0)
+            self.energy_wh[name] += value * STEP_S / 3600.0
+            out.append(Estimate(name, float(self._ts[c] + STEP_S), value, self.energy_wh[name], source))
+        self.stats["estimates"] += len(out)
+        return out
+
+
+def to_readings(estimates: Iterable[Estimate], device_prefix: str, subject: str) -> list[Reading]:
+    """``power`` and ``energy`` Readings for estimates, device ``{device_prefix}.nilm.{appliance}``.
+
+    ``extra`` marks them: ``estimated="true"``, ``source`` (``nilm-model`` or ``plug``), ``appliance``.
+    """
+    out: list[Reading] = []
+    for e in estimates:
+        dev = f"{device_prefix}.nilm.{e.appliance}"
+        extra = {"estimated": "true", "source": e.source, "appliance": e.appliance}
+        for metric, value in (("power", e.power_w), ("energy", e.energy_wh)):
+            r = reading(dev, subject, metric, value, e.ts)
+            out.append(Reading(r.device, r.subject, r.metric, r.value, r.unit, r.ts, extra))
+    return out

@@ -1,0 +1,23 @@
+"""Guideline rules over Readings (pure, no I/O) and the Alert type shared with the models.
+
+See README.md in this folder for each rule, its thresholds and its source.
+"""
+
+from models.rules.alert import Alert, EpisodeTracker, Evidence, Persistence, Severity
+from models.rules.engine import FASTING, MEAL_KEY, RulesEngine
+from models.rules.profile import INTERNATIONAL, JAPAN, PROFILES, RulesProfile
+
+__all__ = [
+    "FASTING",
+    "INTERNATIONAL",
+    "JAPAN",
+    "MEAL_KEY",
+    "PROFILES",
+    "Alert",
+    "EpisodeTracker",
+    "Evidence",
+    "Persistence",
+    "RulesEngine",
+    "RulesProfile",
+    "Severity",
+]
