@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv services demo test lint typecheck unit bench clean
+.PHONY: venv services demo test lint typecheck unit bench clean train-af train-nilm
 
 venv: $(STAMP)
 
@@ -26,7 +26,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy edge_agent cloud_ingest drivers provisioning
+	$(BIN)/mypy edge_agent cloud_ingest drivers provisioning models firmware_tests
 
 unit: services
 	$(BIN)/pytest
@@ -35,6 +35,19 @@ test: lint typecheck unit
 
 bench: services
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/edge.py
+	$(BIN)/python bench/af.py
+	$(BIN)/python bench/nilm.py
+
+# Reproduce the committed models from ../shared/data (fixed seeds; see each model card).
+SHARED ?= ../shared/data
+train-af: venv
+	$(BIN)/pip install --quiet -e '.[train]'
+	$(BIN)/python -m models.af.train --data $(SHARED)/rr
+
+train-nilm: venv
+	$(BIN)/pip install --quiet -e '.[train]'
+	$(BIN)/python -m models.nilm.train
 
 clean:
 	rm -rf .kyojo .mypy_cache .ruff_cache .pytest_cache

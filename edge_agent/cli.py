@@ -18,12 +18,14 @@ from typing import Annotated
 
 import typer
 
+from cloud_ingest import analyst, initdb
 from cloud_ingest.cli import app as ingest_app
 from drivers.base import KyojoError
 from drivers.ble.cli import register as register_ble
 from drivers.gnss.cli import app as gnss_app
 from drivers.meter.cli import register as register_echonet
 from drivers.plugs.cli import register as register_plug
+from models.cli import app as models_app
 from provisioning.cli import app as provision_app
 
 app = typer.Typer(help="Kyojo: opt-in edge data platform.", no_args_is_help=True, add_completion=False)
@@ -37,6 +39,9 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(decode_app, name="decode")
 app.add_typer(gnss_app, name="gnss", help="GNSS receivers on garbage trucks (replay captures).")
 app.add_typer(provision_app, name="provision", help="City CA, gateway identities, broker config (installers).")
+app.add_typer(models_app, name="models")
+analyst.register(app)
+initdb.register(ingest_app)
 app.add_typer(ingest_app, name="ingest")
 
 register_ble(decode_app)
