@@ -33,6 +33,8 @@ KINDS: dict[str, str] = {
 #: ``Config`` and ``build(config, ctx) -> Processor``.
 PROCESSORS: dict[str, str] = {
     "truck": "drivers.gnss.processor",
+    "health": "models.rules.processor",
+    "nilm": "models.nilm.processor",
 }
 
 
@@ -41,11 +43,15 @@ class UnknownKind(KyojoError, ValueError):
 
 
 class Processor(Protocol):
-    """Turns the gateway's Readings into Events. ``feed`` gets each committed batch in time order."""
+    """Turns the gateway's Readings into Events (alerts, pickups) or derived Readings (estimates).
+
+    ``feed`` gets each batch of new readings. A processor whose derived Readings describe the past sets
+    ``category`` and ``lag_s``, and the agent keeps that category's windows open that much longer.
+    """
 
     name: str
 
-    def feed(self, readings: Sequence[Reading]) -> list[Event]: ...
+    def feed(self, readings: Sequence[Reading]) -> Sequence[Event | Reading]: ...
 
     def health(self) -> Mapping[str, object]: ...
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import registry
-from drivers.base import Clock, Driver, KyojoError, Reading
+from drivers.base import Clock, Driver, Event, KyojoError, Reading
 from drivers.clock import ScaledClock, SystemClock
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.db import connect, meta_get
@@ -63,6 +63,11 @@ class Agent:
         self.publisher = Publisher(config)
         ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
         self.processors = [registry.build_processor(p, ctx) for p in config.processors]
+        for proc in self.processors:
+            lag = getattr(proc, "lag_s", 0.0)
+            if lag:
+                cat = proc.category  # type: ignore[attr-defined]
+                self.pipeline.category_grace_s[cat] = max(self.pipeline.category_grace_s.get(cat, 0.0), lag)
         self.driver_errors: dict[str, int] = {}
         self._buffer: list[Reading] = []
         self._started = time.time()
@@ -94,7 +99,11 @@ class Agent:
         if buf:
             self.pipeline.store(buf)
             for proc in self.processors:
-                self.pipeline.store_events(proc.feed(buf))
+                out = proc.feed(buf)
+                self.pipeline.store_events(o for o in out if isinstance(o, Event))
+                derived = [o for o in out if isinstance(o, Reading)]
+                if derived:
+                    self.pipeline.store(derived)
         now = self.clock.now()
         self.pipeline.close_windows(now)
         self.pipeline.release_events(now)

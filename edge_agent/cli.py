@@ -32,11 +32,13 @@ app = typer.Typer(help="Kyojo: opt-in edge data platform.", no_args_is_help=True
 agent_app = typer.Typer(help="Run and inspect the gateway agent.", no_args_is_help=True)
 consent_app = typer.Typer(help="Give, withdraw and list consents (household).", no_args_is_help=True)
 audit_app = typer.Typer(help="See and check everything that left the home (household).", no_args_is_help=True)
+alerts_app = typer.Typer(help="Health alerts on this gateway (household).", no_args_is_help=True)
 decode_app = typer.Typer(help="Decode captured payloads, as a device sends them (installers).", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(decode_app, name="decode")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(gnss_app, name="gnss", help="GNSS receivers on garbage trucks (replay captures).")
 app.add_typer(provision_app, name="provision", help="City CA, gateway identities, broker config (installers).")
 app.add_typer(models_app, name="models")
@@ -412,6 +414,82 @@ def ingest_rollup(
         typer.echo(json.dumps(b.as_dict()))
     released = sum(1 for b in buckets if b.suppressed is None)
     typer.echo(json.dumps({"buckets": len(buckets), "released": released, "suppressed": len(buckets) - released}))
+
+
+def _alerts(cfg_path: Path) -> list[dict[str, object]]:
+    """Latest state of every alert (events of kind alert.*, folded by alert id), newest first."""
+    from edge_agent.db import connect
+
+    cfg = _load(cfg_path)
+    conn = connect(cfg.db_path)
+    try:
+        rows = conn.execute(
+            "SELECT kind, subject, ts, severity, attrs, state FROM events WHERE kind LIKE 'alert.%' ORDER BY ts"
+        ).fetchall()
+        acks = dict(conn.execute("SELECT alert_id, at FROM alert_acks").fetchall())
+    finally:
+        conn.close()
+    latest: dict[str, dict[str, object]] = {}
+    for kind, subject, ts, severity, attrs, state in rows:
+        a = json.loads(attrs)
+        aid = str(a.get("alert_id"))
+        latest[aid] = {
+            "alert_id": aid,
+            "person": subject,
+            "kind": kind.removeprefix("alert."),
+            "severity": severity,
+            "level": a.get("level"),
+            "state": a.get("state"),
+            "message": a.get("message"),
+            "started": datetime.fromtimestamp(int(a.get("started_ms", ts)) / 1000, tz=UTC).isoformat(),
+            "updated": datetime.fromtimestamp(ts / 1000, tz=UTC).isoformat(),
+            "shared": state == "released",
+            "acknowledged": aid in acks,
+        }
+    return sorted(latest.values(), key=lambda d: str(d["updated"]), reverse=True)
+
+
+@alerts_app.command("list")
+def alerts_list(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    person: Annotated[str | None, typer.Option("--person", help="only this person")] = None,
+    open_only: Annotated[bool, typer.Option("--open", help="only alerts not yet closed")] = False,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Alerts for the people of this home: what, how urgent, since when, whether it was shared."""
+    docs = [
+        d
+        for d in _alerts(config)
+        if (person is None or d["person"] == person) and (not open_only or d["state"] == "open")
+    ]
+    if as_json:
+        typer.echo(json.dumps(docs, ensure_ascii=False))
+        return
+    for d in docs:
+        flags = ("shared" if d["shared"] else "kept on the gateway") + (", acknowledged" if d["acknowledged"] else "")
+        typer.echo(
+            f"{d['alert_id']}  {d['person']:<8} {d['kind']:<16} {d['level']:<9} {d['state']:<6} "
+            f"since {d['started']}  ({flags})\n    {d['message']}"
+        )
+
+
+@alerts_app.command("ack")
+def alerts_ack(alert_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Mark an alert as seen by the household."""
+    from edge_agent.db import connect
+
+    if alert_id not in {d["alert_id"] for d in _alerts(config)}:
+        raise _fail(KyojoError(f"no alert {alert_id!r} on this gateway"))
+    cfg = _load(config)
+    conn = connect(cfg.db_path)
+    try:
+        conn.execute(
+            "INSERT OR REPLACE INTO alert_acks(alert_id, at, by) VALUES(?, ?, 'household')",
+            (alert_id, int(datetime.now(UTC).timestamp() * 1000)),
+        )
+    finally:
+        conn.close()
+    typer.echo(f"{alert_id}: acknowledged")
 
 
 @app.command("doctor")

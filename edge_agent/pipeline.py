@@ -124,6 +124,7 @@ class Pipeline:
             Category(c): int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")
         }
         self.min_grace_s = 0.0  # the agent raises this to cover its drivers' polling tick
+        self.category_grace_s: dict[Category, float] = {}  # longer waits, e.g. for late model estimates
         self._consent_version = -1
         self._consents: list[Consent] = []
 
@@ -297,9 +298,10 @@ class Pipeline:
         expired = self.consents.expire_due(now_ms)
         if expired:
             log.info("consents expired: %s", ", ".join(expired))
-        grace_ms = round(max(self.config.aggregation.grace.total_seconds(), self.min_grace_s) * 1000)
+        grace_s = max(self.config.aggregation.grace.total_seconds(), self.min_grace_s)
         queued = 0
         for category in RELEASED:
+            grace_ms = round(max(grace_s, self.category_grace_s.get(category, 0.0)) * 1000)
             queued += self._close_category(category, now_ms - grace_ms, now_ms)
         return queued
 

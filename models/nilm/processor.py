@@ -1,0 +1,69 @@
+"""``[[processors]] kind = "nilm"``: per-appliance power and energy estimated from the whole-home meter.
+
+Feeds the meter's (and the plugs') power Readings to :class:`models.nilm.runtime.NilmRuntime` and returns its
+estimates as Readings on devices ``<meter>.nilm.<appliance>`` (marked ``extra["estimated"] = "true"``), which go
+through the raw store, the windows and the energy consent like any other energy reading. Estimates describe a
+minute that ended up to ``LAG_S`` ago (the models look at a window centred on it), so the agent holds the
+energy windows open that much longer. The cumulative estimated energy survives restarts (a small JSON file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.base import Category, Reading
+from models.nilm.runtime import NilmRuntime, to_readings
+
+if TYPE_CHECKING:
+    from drivers.registry import BuildContext
+
+#: the longest model window is 2 h centred on the minute, plus one minute of close lag
+LAG_S = 61 * 60 + 60
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["nilm"]
+    meter: str = Field(description="device id of the whole-home meter")
+    subject: str = Field(description="the household (subject of the energy consent)")
+    plugs: dict[str, str] = Field(default_factory=dict, description="plug device id -> appliance it powers")
+
+
+class NilmProcessor:
+    name = "nilm"
+    category = Category.ENERGY
+    lag_s = LAG_S
+
+    def __init__(self, config: Config, state_path: Path) -> None:
+        self.config = config
+        self.state_path = state_path
+        initial: dict[str, float] = {}
+        if state_path.exists():
+            initial = {k: float(v) for k, v in json.loads(state_path.read_text(encoding="utf-8")).items()}
+        self.runtime = NilmRuntime(meter=config.meter, plugs=config.plugs, initial_energy_wh=initial)
+        self.estimates = 0
+
+    def feed(self, readings: Sequence[Reading]) -> list[Reading]:
+        power = sorted((r for r in readings if r.metric == "power" and ".nilm." not in r.device), key=lambda r: r.ts)
+        estimates = [e for r in power for e in self.runtime.push(r)]
+        if not estimates:
+            return []
+        self.estimates += len(estimates)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.runtime.energy_wh), encoding="utf-8")
+        os.replace(tmp, self.state_path)
+        return to_readings(estimates, self.config.meter, self.config.subject)
+
+    def health(self) -> Mapping[str, object]:
+        return {"estimates": self.estimates, **self.runtime.stats}
+
+
+def build(config: Config, ctx: BuildContext) -> NilmProcessor:
+    return NilmProcessor(config, ctx.data_dir / f"nilm-{config.meter}.json")

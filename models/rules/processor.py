@@ -1,0 +1,103 @@
+"""``[[processors]] kind = "health"``: guideline rules and the AF rhythm model on the gateway's health Readings.
+
+Each alert update (opened, escalated, closed) becomes an :class:`drivers.base.Event` of kind ``alert.<kind>``,
+category ``health``: it is kept on the gateway (``kyojo alerts list``) and leaves only under the person's
+preventive-care consent, as a summary (kind, severity, times, the evidence's count/min/max/mean, the rule's
+source, the model version). Raw readings and RR series never leave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from drivers.base import Category, Event, Reading
+from models.rules.alert import Alert, Severity
+from models.rules.engine import RulesEngine
+from models.rules.profile import INTERNATIONAL, JAPAN
+
+if TYPE_CHECKING:
+    from drivers.registry import BuildContext
+    from models.af.runtime import AfMonitor
+
+_WIRE_SEVERITY = {
+    Severity.INFO: "info",
+    Severity.ADVISORY: "info",
+    Severity.WARNING: "warning",
+    Severity.URGENT: "urgent",
+}
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["health"]
+    profile: Literal["japan", "international"] = "japan"
+    af: bool = True
+
+
+def alert_event(alert: Alert) -> Event:
+    """One alert update as an Event (a new id per state, so opened/escalated/closed are all kept)."""
+    state = "closed" if alert.ended is not None else "open"
+    digest = hashlib.sha256(f"{alert.id}|{int(alert.severity)}|{alert.ended}".encode()).hexdigest()[:16]
+    ev = alert.evidence
+    attrs: dict[str, str | float | int | bool] = {
+        "alert_id": alert.id[:200],
+        "state": state,
+        "level": str(alert.severity),
+        "started_ms": int(alert.started * 1000),
+        "metric": ev.metric,
+        "n": ev.n,
+        "min": ev.min,
+        "max": ev.max,
+        "mean": ev.mean,
+        "source": alert.source[:200],
+        "message": alert.message[:200],
+    }
+    if alert.ended is not None:
+        attrs["ended_ms"] = int(alert.ended * 1000)
+    if alert.model_version:
+        attrs["model_version"] = alert.model_version[:200]
+    return Event(
+        id=f"al-{digest}",
+        kind=f"alert.{alert.kind}",
+        category=Category.HEALTH,
+        subject=alert.person,
+        device="af-model" if alert.model_version else "health-rules",
+        ts=alert.ended if alert.ended is not None else ev.last_ts,
+        severity=_WIRE_SEVERITY[alert.severity],
+        attrs=attrs,
+    )
+
+
+class HealthProcessor:
+    name = "health"
+
+    def __init__(self, config: Config) -> None:
+        self.engine = RulesEngine(JAPAN if config.profile == "japan" else INTERNATIONAL)
+        self.af: AfMonitor | None = None
+        if config.af:
+            from models.af.runtime import AfMonitor
+
+            self.af = AfMonitor()
+        self.alerts = 0
+
+    def feed(self, readings: Sequence[Reading]) -> list[Event]:
+        out: list[Event] = []
+        for r in sorted((r for r in readings if r.category is Category.HEALTH), key=lambda r: r.ts):
+            alerts = self.engine.process(r)
+            if self.af is not None and r.metric == "rr_interval":
+                alerts += self.af.process(r)
+            out.extend(alert_event(a) for a in alerts)
+        self.alerts += len(out)
+        return out
+
+    def health(self) -> Mapping[str, object]:
+        return {"alert_updates": self.alerts, "open": len(self.engine.open_alerts())}
+
+
+def build(config: Config, ctx: BuildContext) -> HealthProcessor:
+    return HealthProcessor(config)
