@@ -60,9 +60,11 @@ def test_bp_crisis_alert_is_kept_then_released_only_with_consent(tmp_path: Path)
     assert json.loads(runner.invoke(app, ["alerts", "list", "--json", "-c", str(path)]).output)[0]["acknowledged"]
 
     p.consents.grant("preventive-care", "p1", now=datetime.fromtimestamp(T0 + 20, tz=UTC))
+    # the crisis ends with a normal reading later: the closing update happens under the consent
     again = proc.feed(
-        [reading("cuff", "p1", "systolic", 195, T0 + 60), reading("cuff", "p1", "diastolic", 125, T0 + 60)]
+        [reading("cuff", "p1", "systolic", 118, T0 + 3600), reading("cuff", "p1", "diastolic", 76, T0 + 3600)]
     )
+    assert [e.attrs["state"] for e in again] == ["closed"]
     p.store_events(again)
     p.release_events(T0 + 120)
     rows = p.conn.execute("SELECT topic, payload FROM outbox WHERE topic LIKE '%/event/%'").fetchall()
