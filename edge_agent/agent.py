@@ -58,7 +58,11 @@ class Agent:
         self.tick = tick
         self.conn = connect(config.db_path)
         self.pipeline = Pipeline(self.conn, config)
-        self.pipeline.min_grace_s = 2 * tick
+        # A reading is committed at most one polling tick plus one commit interval after it happened; on a busy
+        # machine a fast simulated clock moves on meanwhile. Wait two of each (in simulated seconds) before a
+        # window closes, so no reading arrives after its window was released.
+        speed = float(getattr(self.clock, "speed", 1.0))
+        self.pipeline.min_grace_s = 2 * tick + 2 * speed * config.store.commit_interval.total_seconds()
         self.check_identity()
         self.publisher = Publisher(config)
         ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)

@@ -33,6 +33,15 @@ from edge_agent.wire import AggregateBatch, AggregateItem, EventBatch, EventItem
 log = logging.getLogger(__name__)
 
 RELEASED = (Category.HEALTH, Category.ENERGY, Category.EV, Category.MOBILITY)
+#: series of model estimates (``extra["estimated"] == "true"``) keep a watermark of their own per category, so an
+#: estimate that describes a past minute (NILM: up to an hour) does not hold back the measured series
+ESTIMATED = ".estimated"
+
+
+def stream_of(r: Reading) -> str:
+    """Watermark key of a reading: its category, or ``<category>.estimated`` for model estimates."""
+    cat = METRICS[r.metric].category.value
+    return cat + ESTIMATED if r.extra.get("estimated") == "true" else cat
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,21 +129,22 @@ class Pipeline:
         self._series: dict[SeriesKey, int] = {
             SeriesKey(d, s, m): i for i, d, s, m in conn.execute("SELECT id, device, subject, metric FROM series")
         }
-        self._watermark: dict[Category, int] = {
-            Category(c): int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")
+        self._watermark: dict[str, int] = {
+            str(c): int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")
         }
         self.min_grace_s = 0.0  # the agent raises this to cover its drivers' polling tick
-        self.category_grace_s: dict[Category, float] = {}  # longer waits, e.g. for late model estimates
+        #: how long the estimated series of a category wait for late estimates (set from the processors' lag)
+        self.category_grace_s: dict[Category, float] = {}
         self._consent_version = -1
         self._consents: list[Consent] = []
 
     # -- raw store ---------------------------------------------------------------------------------------
-    def _series_id(self, key: SeriesKey) -> int:
+    def _series_id(self, key: SeriesKey, stream: str) -> int:
         sid = self._series.get(key)
         if sid is None:
             cur = self.conn.execute(
                 "INSERT INTO series(device, subject, metric, category) VALUES(?, ?, ?, ?)",
-                (key.device, key.subject, key.metric, METRICS[key.metric].category.value),
+                (key.device, key.subject, key.metric, stream),
             )
             sid = self._series[key] = int(cur.lastrowid or 0)
         return sid
@@ -146,10 +156,11 @@ class Pipeline:
         with tx(self.conn):
             for r in readings:
                 ts = round(r.ts * 1000)
-                mark = self._watermark.get(r.category)
+                stream = stream_of(r)
+                mark = self._watermark.get(stream)
                 if mark is not None and ts < mark:
                     late += 1
-                rows.append((ts, self._series_id(SeriesKey(r.device, r.subject, r.metric)), r.value))
+                rows.append((ts, self._series_id(SeriesKey(r.device, r.subject, r.metric), stream), r.value))
             self.conn.executemany("INSERT INTO raw(ts, series, value) VALUES(?, ?, ?)", rows)
         self.stats.readings += len(rows)
         self.stats.late += late
@@ -301,18 +312,19 @@ class Pipeline:
         grace_s = max(self.config.aggregation.grace.total_seconds(), self.min_grace_s)
         queued = 0
         for category in RELEASED:
-            grace_ms = round(max(grace_s, self.category_grace_s.get(category, 0.0)) * 1000)
-            queued += self._close_category(category, now_ms - grace_ms, now_ms)
+            queued += self._close_category(category, category.value, now_ms - round(grace_s * 1000), now_ms)
+            est_grace_ms = round(max(grace_s, self.category_grace_s.get(category, 0.0)) * 1000)
+            queued += self._close_category(category, category.value + ESTIMATED, now_ms - est_grace_ms, now_ms)
         return queued
 
-    def _close_category(self, category: Category, limit_ms: int, now_ms: int) -> int:
+    def _close_category(self, category: Category, stream: str, limit_ms: int, now_ms: int) -> int:
         win_s = self.config.aggregation.window_s(category)
         win_ms = win_s * 1000
-        mark = self._watermark.get(category)
+        mark = self._watermark.get(stream)
         if mark is None:
             first = self.conn.execute(
                 "SELECT min(r.ts) FROM raw r JOIN series s ON s.id = r.series WHERE s.category = ?",
-                (category.value,),
+                (stream,),
             ).fetchone()[0]
             if first is None:
                 return 0
@@ -325,15 +337,15 @@ class Pipeline:
             rows = self.conn.execute(
                 "SELECT r.ts, r.series, r.value FROM raw r JOIN series s ON s.id = r.series "
                 "WHERE r.ts >= ? AND r.ts < ? AND s.category = ? ORDER BY r.series, r.ts, r.rowid",
-                (mark, end, category.value),
+                (mark, end, stream),
             ).fetchall()
             queued = self._release(category, win_s, rows, now_ms)
             self.conn.execute(
                 "INSERT INTO watermark(category, next_start) VALUES(?, ?) "
                 "ON CONFLICT(category) DO UPDATE SET next_start = excluded.next_start",
-                (category.value, end),
+                (stream, end),
             )
-        self._watermark[category] = end
+        self._watermark[stream] = end
         self.stats.windows_closed += (end - mark) // win_ms
         return queued
 

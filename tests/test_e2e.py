@@ -105,7 +105,7 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
 
     def make() -> Agent:
         agent = Agent(cfg, clock=clock, drivers=drivers)
-        agent.pipeline.min_grace_s = 2 * SPEED * 0.05
+        agent.pipeline.min_grace_s = max(agent.pipeline.min_grace_s, 2 * SPEED * 0.05)
         return agent
 
     _, stop, holder = run_agent_in_thread(make)

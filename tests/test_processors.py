@@ -117,7 +117,13 @@ def test_nilm_estimates_enter_the_energy_path_with_a_longer_grace(tmp_path: Path
     p.category_grace_s[Category.ENERGY] = proc.lag_s
     p.consents.grant("community-energy", "home-n", now=datetime.fromtimestamp(start, tz=UTC))
     p.store(derived)
+    measured = meter.readings_between(start, start + 3 * 3600)
+    p.store(measured)
     p.close_windows(start + 3 * 3600)
     assert p.stats.late == 0
+    marks = dict(p.conn.execute("SELECT category, next_start FROM watermark").fetchall())
+    # the measured series are released up to a minute ago; the estimates wait for the models' hour of lag
+    assert marks["energy"] == (start + 3 * 3600 - 60) * 1000
+    assert marks["energy.estimated"] <= (start + 3 * 3600 - proc.lag_s) * 1000
     rows = p.conn.execute("SELECT payload FROM outbox WHERE topic LIKE '%/agg/energy'").fetchall()
     assert rows  # estimated appliance series released under the household's energy consent
