@@ -134,6 +134,7 @@ class Agent:
             "messages_queued": st.messages_queued,
             "messages_sent": pub.messages_sent,
             "aggregates_sent": pub.aggregates_sent,
+            "events_sent": pub.events_sent,
             "aggregates_sent_total": meta_get(self.conn, "aggregates_sent"),
             "outbox_depth": depth,
             "outbox_dropped": meta_get(self.conn, "outbox_dropped"),

@@ -68,6 +68,7 @@ ANALYST_QUERY = (
 
 SEED = 7
 HOME = "home-001"
+COLLECTION_POINTS = Path(__file__).resolve().parent.parent / "drivers" / "sim" / "data" / "collection_points.geojson"
 TRUCK = "truck-07"
 GATEWAYS = {
     HOME: {"profile": "home", "sim": "household", "persons": ["p1", "p2"]},
@@ -112,6 +113,10 @@ subject = "{TRUCK}"
 port = {json.dumps(wire.gnss_port)}
 baud = 9600
 accept_simulated = true     # the emitter's NMEA says "simulator" (GGA quality 8, mode S)
+
+[[processors]]
+kind = "truck"              # stops at collection points -> pickup events (waste-collection consent)
+collection_points = {json.dumps(str(COLLECTION_POINTS))}
 """
     persons = ", ".join(f'"{p}"' for p in spec["persons"])
     only = ", ".join(f'"{d}"' for d in SIM_ONLY)
@@ -152,6 +157,16 @@ rbid = "{RBID}"
 password = "{PWD}"
 poll_interval = {METER_POLL_S}
 scan_durations = [4]
+
+[[processors]]
+kind = "health"             # guideline rules + the AF rhythm model -> alerts (kept home without consent)
+profile = "japan"
+
+[[processors]]
+kind = "nilm"               # appliance estimates from the whole-home meter, helped by two plugs
+meter = "{HOME}-meter"
+subject = "{HOME}"
+plugs = {{ "{HOME}-kettle" = "kettle", "{HOME}-washer" = "washing_machine" }}
 """
     return text
 
@@ -446,6 +461,8 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         summary["wire"] = wire.stats()
         points = stack.influxdb.query_rows('SELECT count("last") FROM /.*/', DB)
         summary["points_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in points))
+        events = stack.influxdb.query_rows('SELECT count("event_id") FROM "events"', DB)
+        summary["events_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in events))
         print("analyst query (InfluxQL):", file=out)
         print(
             f"  influx -host 127.0.0.1 -port {stack.influxdb.http_port} -database {DB} -execute '{ANALYST_QUERY}'",
@@ -483,7 +500,16 @@ def _settle(configs: dict[str, Any], ingester: _Proc, timeout: float = 15.0) -> 
 
 
 def _totals(configs: dict[str, Any]) -> dict[str, int]:
-    tot = {"readings": 0, "aggregates_queued": 0, "aggregates_sent": 0, "outbox_depth": 0, "denied": 0}
+    tot = {
+        "readings": 0,
+        "aggregates_queued": 0,
+        "aggregates_sent": 0,
+        "outbox_depth": 0,
+        "denied": 0,
+        "events": 0,
+        "events_sent": 0,
+        "events_released": 0,
+    }
     for cfg in configs.values():
         st = _agent_status(cfg.status_path)
         for key in tot:
@@ -511,6 +537,9 @@ def _summary(configs: dict[str, Any], ingester: _Proc) -> dict[str, Any]:
         "aggregates_queued": t["aggregates_queued"],
         "aggregates_sent": t["aggregates_sent"],
         "aggregates_withheld_no_consent": t["denied"],
+        "events": t["events"],
+        "events_released": t["events_released"],
+        "events_sent": t["events_sent"],
         "points_written": int(ing.get("written", 0)),
         "rejected": int(sum(rejected.values())) if isinstance(rejected, dict) else 0,
         "rejected_by_cause": rejected,

@@ -47,6 +47,7 @@ class PublisherStats:
     disconnects: int = 0
     messages_sent: int = 0
     aggregates_sent: int = 0
+    events_sent: int = 0
     refused: int = 0
     receipts: int = 0
     inflight: int = 0
@@ -79,7 +80,7 @@ class Publisher(threading.Thread):
         self.stats = PublisherStats()
         self.wake = threading.Event()
         self._stop_evt = threading.Event()
-        self._inflight: dict[int, tuple[int, int]] = {}  # mid -> (seq, items)
+        self._inflight: dict[int, tuple[int, int, bool]] = {}  # mid -> (seq, items, is an event batch)
         self._acked: list[tuple[int, ReasonCode | int]] = []
         self._receipts: list[tuple[str, bytes]] = []
         self._socket_open = False
@@ -245,18 +246,21 @@ class Publisher(threading.Thread):
         acked, self._acked = self._acked, []
         done: list[tuple[int]] = []
         refused: list[tuple[int, str]] = []
-        items = 0
+        items = events = 0
         for mid, reason in acked:
             entry = self._inflight.pop(mid, None)
             if entry is None:
                 continue  # status message, not an outbox row
-            seq, n = entry
+            seq, n, is_event = entry
             code = reason.value if isinstance(reason, ReasonCode) else int(reason)
             if code >= 0x80:
                 refused.append((seq, str(reason)))
             else:
                 done.append((seq,))
-                items += n
+                if is_event:
+                    events += n
+                else:
+                    items += n
         now_ms = int(time.time() * 1000)
         with tx(conn):
             for seq, why in refused:
@@ -270,11 +274,13 @@ class Publisher(threading.Thread):
                 meta_add(conn, "refused", len(refused))
             meta_add(conn, "messages_sent", len(done))
             meta_add(conn, "aggregates_sent", items)
+            meta_add(conn, "events_sent", events)
         if refused:
             log.error("broker refused %d message(s), e.g. seq %d: %s", len(refused), *refused[0])
         self.stats.refused += len(refused)
         self.stats.messages_sent += len(done)
         self.stats.aggregates_sent += items
+        self.stats.events_sent += events
         self.stats.inflight = len(self._inflight)
 
     def _fill(self, conn: Any) -> None:
@@ -293,14 +299,14 @@ class Publisher(threading.Thread):
             info = self._client.publish(topic, bytes(payload), qos=1, retain=bool(retain))
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 # paho keeps the message and sends it after reconnecting; track it like any other.
-                self._inflight[info.mid] = (seq, items)
+                self._inflight[info.mid] = (seq, items, "/event/" in topic)
                 self._next_seq = seq + 1
                 break
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.stats.last_error = f"publish rc={info.rc}"
                 log.warning("paho did not queue seq %d: %s", seq, mqtt.error_string(info.rc))
                 break
-            self._inflight[info.mid] = (seq, items)
+            self._inflight[info.mid] = (seq, items, "/event/" in topic)
             self._next_seq = seq + 1
         self.stats.inflight = len(self._inflight)
 

@@ -67,6 +67,9 @@ class Config(BaseModel):
         return self
 
 
+#: per-device stored-record state, under the gateway's data dir (see :mod:`drivers.ble.records`)
+RECORDS_DIR = "ble-records"
+
 _SCANNERS: dict[BleBackend | None, SharedScanner] = {}
 
 
@@ -89,8 +92,12 @@ def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = Non
 
         return list(build_virtual(config, ctx))
     from drivers.ble.driver import BleDriver
-    from drivers.ble.profiles import PROFILES
+    from drivers.ble.profiles import PROFILES, STORING_PROFILES
+    from drivers.ble.records import RecordLog
     from drivers.ble.transport import Backoff, Link
+
+    # Devices that keep measurements while out of range: remember what was taken, across restarts.
+    records = RecordLog(ctx.data_dir / RECORDS_DIR / f"{config.id}.json") if config.profile in STORING_PROFILES else None
 
     link = Link(
         config.address,
@@ -101,6 +108,7 @@ def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = Non
         backoff=Backoff(config.backoff_initial.total_seconds(), config.backoff_max.total_seconds()),
         scan_timeout=config.scan_timeout.total_seconds(),
         connect_timeout=config.connect_timeout.total_seconds(),
+        records=records,
     )
     driver = BleDriver(
         config.id,

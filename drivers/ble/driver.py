@@ -12,6 +12,7 @@ from drivers.base import Clock, Reading
 from drivers.ble import gatt
 from drivers.ble.convert import to_readings
 from drivers.ble.errors import BleParseError
+from drivers.ble.records import RecordLog
 from drivers.ble.transport import Link
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ class BleDriver:
     ``subject`` receives the Readings. A device shared by several people reports a User ID (BPM, weight,
     body composition); with ``user_subjects`` set, a value whose User ID is not in the map is held back
     (counted as ``unmapped_user``) rather than filed under the wrong person.
+
+    ``records`` (normally the link's own :class:`RecordLog`) drops stored records the gateway already took:
+    a meter drained again, a cuff re-sending its memory. They are counted as ``flagged["duplicate"]``.
     """
 
     def __init__(
@@ -37,6 +41,7 @@ class BleDriver:
         *,
         user_subjects: Mapping[int, str] | None = None,
         lenient: bool = False,
+        records: RecordLog | None = None,
     ) -> None:
         self.device_id = device_id
         self.subject = subject
@@ -44,6 +49,7 @@ class BleDriver:
         self.clock = clock
         self.user_subjects = dict(user_subjects or {})
         self.lenient = lenient
+        self.records = records if records is not None else link.records
         self.parse_errors: Counter[str] = Counter()
         self.flagged: Counter[str] = Counter()
         self.dropped = 0
@@ -70,6 +76,9 @@ class BleDriver:
             if not self.parse_errors[key]:
                 log.warning("%s: %s (0x%04X, %s)", self.device_id, err.detail, uuid, data.hex())
             self.parse_errors[key] += 1
+            return []
+        if self.records is not None and not self.records.admit(uuid, value, data):
+            self.flagged["duplicate"] += 1
             return []
         subject = self.subject
         user: Any = getattr(value, "user_id", None)

@@ -48,7 +48,8 @@ PROFILES: dict[str, Profile] = {
         ),
         # Health Thermometer Service 0x1809: Temperature Measurement indicates
         Profile("thermometer", 0x1809, (Subscription(gatt.TEMPERATURE_MEASUREMENT),)),
-        # Glucose Service 0x1808: measurements notify (after a RACP request, not implemented yet)
+        # Glucose Service 0x1808: measurements notify in answer to a RACP (0x2A52) "report stored records"
+        # request (see drivers.ble.transport.Link._drain)
         Profile(
             "glucose",
             0x1808,
@@ -69,3 +70,9 @@ PROFILES: dict[str, Profile] = {
         Profile("body_composition", 0x181B, (Subscription(gatt.BODY_COMPOSITION_MEASUREMENT),)),
     )
 }
+
+#: profiles whose devices store measurements while out of range and hand them over on reconnection (by RACP,
+#: or by re-sending their memory when indications are enabled): their links remember what was taken
+STORING_PROFILES: frozenset[str] = frozenset(
+    {"blood_pressure", "glucose", "weight_scale", "body_composition", "thermometer", "pulse_oximeter"}
+)

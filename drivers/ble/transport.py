@@ -26,8 +26,9 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
 from drivers.base import Clock
-from drivers.ble import gatt
+from drivers.ble import gatt, racp
 from drivers.ble.profiles import Subscription
+from drivers.ble.records import RecordLog
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,9 @@ class LinkHealth:
     reconnects: int = 0  # attempts after the first
     last_error: str | None = None
     notifications: int = 0
+    drains: int = 0  # completed RACP "report stored records" procedures
+    last_drain: str | None = None  # the RACP outcome of the last drain, e.g. "op 0x01: success"
+    stored_records: int | None = None  # what the device said it had to report before the last drain
 
     def as_dict(self) -> dict[str, object]:
         """A plain mapping for ``Driver.health()``."""
@@ -179,11 +183,23 @@ class LinkHealth:
             "reconnects": self.reconnects,
             "last_error": self.last_error,
             "notifications": self.notifications,
+            "drains": self.drains,
+            "last_drain": self.last_drain,
+            "stored_records": self.stored_records,
         }
 
 
 class Link:
-    """One peripheral, forever: find it, connect, subscribe, wait for the disconnection, back off, again."""
+    """One peripheral, forever: find it, connect, subscribe, drain stored records, wait for the disconnection,
+    back off, again.
+
+    Stored records: when the peer has a Record Access Control Point (0x2A52) and ``records`` is given, every
+    connection asks for the records after the highest Sequence Number taken so far (``records.last_sequence``)
+    -- RACP "Report stored records", operator ">=", filter Sequence Number -- or for all records on first
+    contact; the records arrive as notifications/indications of the measurement characteristic (delivered to
+    the sink like live values) and the procedure ends with a RACP Response Code indication. The sink (the
+    driver's :class:`~drivers.ble.records.RecordLog`) drops anything it has already taken.
+    """
 
     def __init__(
         self,
@@ -197,6 +213,8 @@ class Link:
         scan_timeout: float = 30.0,
         connect_timeout: float = 20.0,
         read_battery: bool = True,
+        records: RecordLog | None = None,
+        drain_timeout: float = 60.0,
     ) -> None:
         self.address = address.upper()
         self.subscriptions = tuple(subscriptions)
@@ -207,6 +225,8 @@ class Link:
         self.scan_timeout = scan_timeout
         self.connect_timeout = connect_timeout
         self.read_battery = read_battery
+        self.records = records
+        self.drain_timeout = drain_timeout
         self.state = LinkHealth(self.address)
         self.client: BleakClient | None = None
 
@@ -263,6 +283,8 @@ class Link:
             self.state.connects += 1
             self.state.last_error = None
             log.info("%s: connected", self.address)
+            if self.records is not None:
+                await self._drain(client, dropped)
             while client.is_connected and not dropped.is_set():
                 # Polled as well as evented: some backends report a drop only through is_connected.
                 with contextlib.suppress(TimeoutError):
@@ -290,6 +312,62 @@ class Link:
                 self._deliver(sink, gatt.BATTERY_LEVEL, battery, await client.read_gatt_char(battery))
             if "notify" in battery.properties:
                 await client.start_notify(battery, functools.partial(self._deliver, sink, gatt.BATTERY_LEVEL))
+
+    async def _drain(self, client: BleakClient, dropped: asyncio.Event) -> None:
+        """Run the RACP procedures that hand over the records stored since the last one taken.
+
+        The measurement characteristics are already subscribed. A drop in the middle raises a link error: the
+        records delivered so far are kept (and remembered), the next connection asks from there on.
+        """
+        assert self.records is not None
+        point = client.services.get_characteristic(gatt.uuid128(racp.RACP))
+        if point is None:
+            return  # no RACP: the device sends its memory by itself when indications are enabled (BLS, WSS)
+        answers: asyncio.Queue[racp.Response] = asyncio.Queue()
+
+        def on_racp(_char: BleakGATTCharacteristic, data: bytearray) -> None:
+            try:
+                answers.put_nowait(racp.parse_response(bytes(data)))
+            except racp.RacpError as err:
+                log.warning("%s: %s", self.address, err)
+
+        async def ask(request: bytes, want: racp.OpCode) -> racp.Response:
+            await client.write_gatt_char(point, request, response=True)
+            while True:
+                get = asyncio.ensure_future(answers.get())
+                gone = asyncio.ensure_future(dropped.wait())
+                done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                get.cancel()
+                gone.cancel()
+                if get not in done:
+                    raise BleakError("disconnected during a RACP procedure")
+                answer = get.result()
+                if answer.op_code == want or answer.op_code == racp.OpCode.RESPONSE_CODE:
+                    return answer
+
+        last = self.records.last_sequence
+        start = None if last is None else min(last + 1, racp.MAX_SEQUENCE)
+        async with asyncio.timeout(self.drain_timeout):
+            await client.start_notify(point, on_racp)  # RACP answers are indications
+            # Report number of stored records first (0x04 -> 0x05): what the drain should bring, for health.
+            count = await ask(
+                racp.count_all() if start is None else racp.count_from(start),
+                racp.OpCode.NUMBER_OF_STORED_RECORDS_RESPONSE,
+            )
+            self.state.stored_records = count.count
+            answer = await ask(
+                racp.report_all() if start is None else racp.report_from(start), racp.OpCode.RESPONSE_CODE
+            )
+            if answer.code == racp.ResponseCode.OPERATOR_NOT_SUPPORTED and start is not None:
+                # ">=" is optional for some record types: fall back to all records; the RecordLog dedupes.
+                answer = await ask(racp.report_all(), racp.OpCode.RESPONSE_CODE)
+        self.state.last_drain = answer.describe()
+        if not answer.ok:
+            # The connection stays up (live values still arrive); the next connection asks again.
+            log.warning("%s: report stored records refused: %s", self.address, answer.describe())
+            return
+        self.state.drains += 1
+        log.info("%s: stored records drained (%s)", self.address, answer.describe())
 
     def health(self) -> dict[str, Any]:
         """The link's health (see :class:`LinkHealth`)."""
