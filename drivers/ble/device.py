@@ -97,7 +97,9 @@ def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = Non
     from drivers.ble.transport import Backoff, Link
 
     # Devices that keep measurements while out of range: remember what was taken, across restarts.
-    records = RecordLog(ctx.data_dir / RECORDS_DIR / f"{config.id}.json") if config.profile in STORING_PROFILES else None
+    records = (
+        RecordLog(ctx.data_dir / RECORDS_DIR / f"{config.id}.json") if config.profile in STORING_PROFILES else None
+    )
 
     link = Link(
         config.address,

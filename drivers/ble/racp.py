@@ -89,10 +89,9 @@ def report_from(sequence: int) -> bytes:
     """Report stored records with Sequence Number >= ``sequence``: ``01 03 01 <uint16>``."""
     if not 0 <= sequence <= MAX_SEQUENCE:
         raise ValueError(f"sequence number {sequence} is not a uint16")
-    return (
-        bytes([OpCode.REPORT_STORED_RECORDS, Operator.GREATER_THAN_OR_EQUAL, FilterType.SEQUENCE_NUMBER])
-        + sequence.to_bytes(2, "little")
-    )
+    return bytes(
+        [OpCode.REPORT_STORED_RECORDS, Operator.GREATER_THAN_OR_EQUAL, FilterType.SEQUENCE_NUMBER]
+    ) + sequence.to_bytes(2, "little")
 
 
 def count_all() -> bytes:

@@ -3,7 +3,21 @@
 :class:`VirtualAir` is an in-process radio: a Bumble ``LocalLink`` with one Bumble ``Controller`` + ``Device``
 acting as the gateway's adapter (central) and one per :class:`VirtualPeripheral`. Every peripheral runs a
 real GATT server (the profile's service, CCCDs, Battery Service) and advertises its service UUID; values are
-delivered as real ATT notifications/indications. :meth:`VirtualAir.backend` returns bleak backend classes
+delivered as real ATT notifications/indications.
+
+Stored records: :meth:`VirtualPeripheral.record` keeps a measurement in the device's memory (whether or not
+the gateway is there). A peripheral with a Record Access Control Point (glucose meters by default, any
+profile with ``racp=True``) answers RACP requests over GATT exactly as GLS specifies (records notified or
+indicated on the measurement characteristic, then a Response Code indication on the RACP); one without it
+re-sends its whole memory each time the gateway enables indications (as many BLS cuffs and scales do).
+
+Security: ``security="bond"`` makes every CCCD (and the RACP) require an encrypted link, so a central must
+pair first (ATT "Insufficient Encryption" otherwise); ``pairing_mode=False`` makes the device refuse pairing
+(SMP "Pairing Not Supported"), as a real device does outside its pairing mode. Pairing is real Bumble SMP
+(LE Secure Connections, Just Works) between the two in-process devices; the keys stay in memory, and the
+virtual client re-encrypts with them on later connections (as BlueZ does for a bonded device).
+
+:meth:`VirtualAir.backend` returns bleak backend classes
 (a ``BaseBleakScanner`` and a ``BaseBleakClient``) so the production code in :mod:`drivers.ble.transport`
 runs unmodified: ``BleakScanner(backend=...)``, ``BleakClient(..., backend=...)``.
 
@@ -16,7 +30,7 @@ import asyncio
 import contextlib
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from bleak.args import SizedBuffer
 from bleak.assigned_numbers import CharacteristicPropertyName
@@ -26,9 +40,10 @@ from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
-from bleak.exc import BleakError
+from bleak.exc import BleakBluetoothNotAvailableError, BleakBluetoothNotAvailableReason, BleakError
 from bumble import core as bumble_core
-from bumble import gatt
+from bumble import gatt, pairing
+from bumble.att import ATT_Error
 from bumble.controller import Controller
 from bumble.core import AdvertisingData
 from bumble.device import Advertisement, Connection, Device, Peer
@@ -39,6 +54,7 @@ from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 
 from drivers.ble import gatt as sig
+from drivers.ble import racp
 from drivers.ble.profiles import BATTERY_SERVICE, PROFILES, ProfileName
 from drivers.ble.transport import BleBackend
 
@@ -50,6 +66,10 @@ _BUMBLE_ERRORS: tuple[type[BaseException], ...] = (bumble_core.BaseBumbleError, 
 VIRTUAL_MTU = 247
 #: HCI reason "Remote User Terminated Connection"
 REMOTE_USER_TERMINATED = 0x13
+#: Glucose Feature (0x2A51, read, mandatory in the Glucose Service)
+GLUCOSE_FEATURE = 0x2A51
+
+Security = Literal["none", "bond"]
 
 # Characteristics a real device indicates (acknowledged) rather than notifies, per their service specs.
 _INDICATED = frozenset(
@@ -95,6 +115,8 @@ class VirtualAir:
         self._connect_lock = asyncio.Lock()
         self._started = False
         self._backend: BleBackend | None = None
+        #: False = the adapter is switched off (rfkill, "power off"): scans and connections fail like bleak's
+        self.powered = True
 
     async def start(self) -> None:
         """Power the virtual adapter on."""
@@ -104,11 +126,32 @@ class VirtualAir:
             self._started = True
 
     async def add(
-        self, address: str, profile: ProfileName, *, name: str | None = None, battery: int | None = 90
+        self,
+        address: str,
+        profile: ProfileName,
+        *,
+        name: str | None = None,
+        battery: int | None = 90,
+        racp: bool | None = None,
+        security: Security = "none",
+        pairing_mode: bool = True,
     ) -> VirtualPeripheral:
-        """Create, power on and start advertising a peripheral of ``profile``."""
+        """Create, power on and start advertising a peripheral of ``profile``.
+
+        ``racp``: give it a Record Access Control Point (default: glucose meters only). ``security="bond"``:
+        CCCDs and RACP need an encrypted (paired) link. ``pairing_mode=False``: it refuses to pair.
+        """
         await self.start()
-        peripheral = VirtualPeripheral(self, address.upper(), profile, name=name or profile, battery=battery)
+        peripheral = VirtualPeripheral(
+            self,
+            address.upper(),
+            profile,
+            name=name or profile,
+            battery=battery,
+            racp=profile == "glucose" if racp is None else racp,
+            security=security,
+            pairing_mode=pairing_mode,
+        )
         await peripheral.start()
         self.peripherals[peripheral.address] = peripheral
         return peripheral
@@ -122,7 +165,20 @@ class VirtualAir:
             self._backend = BleBackend(scanner=scanner, client=client)
         return self._backend
 
+    def check_powered(self) -> None:
+        """Raise what bleak raises when the adapter is off (BlueZ: "Bluetooth adapter is not powered")."""
+        if not self.powered:
+            raise BleakBluetoothNotAvailableError(
+                "Bluetooth adapter is powered off", BleakBluetoothNotAvailableReason.POWERED_OFF
+            )
+
+    async def is_bonded(self, address: str) -> bool:
+        """Whether the virtual adapter holds pairing keys for ``address``."""
+        keystore = self.central.keystore
+        return keystore is not None and await keystore.get(str(Address(address))) is not None
+
     async def _scanner_started(self, scanner: _VirtualScanner) -> None:
+        self.check_powered()
         await self.start()
         self._scanners.append(scanner)
         if not self.central.is_scanning:
@@ -150,54 +206,224 @@ class VirtualAir:
 class VirtualPeripheral:
     """A virtual device of one profile with a real GATT server; :meth:`send` notifies or indicates a value."""
 
-    def __init__(self, air: VirtualAir, address: str, profile: ProfileName, *, name: str, battery: int | None) -> None:
+    def __init__(
+        self,
+        air: VirtualAir,
+        address: str,
+        profile: ProfileName,
+        *,
+        name: str,
+        battery: int | None,
+        racp: bool = False,
+        security: Security = "none",
+        pairing_mode: bool = True,
+    ) -> None:
         self.air = air
         self.address = address
         self.profile = PROFILES[profile]
         self.name = name
+        self.security = security
         self.device = _bumble_device(air.link, address, name)
         self.characteristics: dict[int, gatt.Characteristic[bytes]] = {}
         self._subscribed: dict[int, asyncio.Event] = {}
+        self._cccds: list[tuple[gatt.Descriptor, gatt.Characteristic[bytes]]] = []
+        #: the device's memory: measurement values in the order they were taken
+        self.stored: list[bytes] = []
+        #: test hook: go out of range after sending this many records of the next RACP report
+        self.drop_after_records: int | None = None
+        #: values sent in answer to RACP reports (or re-sent from memory), for the tests
+        self.records_sent = 0
+        self._procedure: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         P = gatt.Characteristic.Properties
         chars = []
         for sub in self.profile.subscriptions:
             props = P.INDICATE if sub.uuid in _INDICATED else P.NOTIFY
             chars.append(self._characteristic(sub.uuid, props, b""))
+        if self.profile.service == 0x1808:
+            # Glucose Feature: no optional feature bits set (uint16 0)
+            chars.append(self._characteristic(GLUCOSE_FEATURE, P.READ, bytes(2)))
+        self.has_racp = racp
+        if racp:
+            # RACP: write (with response) + indicate; GLS requires the requests on an encrypted link when bonded
+            perms = gatt.Characteristic.WRITEABLE
+            if security == "bond":
+                perms |= gatt.Characteristic.WRITE_REQUIRES_ENCRYPTION
+            point: gatt.Characteristic[bytes] = gatt.Characteristic(
+                f"{racp.RACP:04X}",
+                P.WRITE | P.INDICATE,
+                perms,
+                gatt.CharacteristicValue(write=self._on_racp_write),
+                descriptors=self._cccd_descriptors(),
+            )
+            self._watch(racp.RACP, point)
+            chars.append(point)
         services = [gatt.Service(f"{self.profile.service:04X}", chars)]
         if battery is not None:
             level = self._characteristic(sig.BATTERY_LEVEL, P.READ | P.NOTIFY, bytes([battery]))
             services.append(gatt.Service(f"{BATTERY_SERVICE:04X}", [level]))
         self.device.add_services(services)
+        # CCCDs made here (security="bond") get the server's subscription logic once the server knows them.
+        for descriptor, char in self._cccds:
+            descriptor.value = self.device.gatt_server.make_descriptor_value(char)
+        if not pairing_mode:
+            self.device.pairing_config_factory = lambda _connection: pairing.PairingConfig(delegate=_Refuse())
         # Re-advertise after each disconnection while "present" (Bumble's own auto_restart cannot be undone
         # once a connection exists, and go_away() must make the device vanish).
         self.present = False
-        self._tasks: set[asyncio.Task[None]] = set()
         self.device.on(self.device.EVENT_CONNECTION, self._on_connection)
 
     def _on_connection(self, connection: Connection) -> None:
         def restart(_reason: int) -> None:
             if self.present:
-                task = asyncio.get_running_loop().create_task(self.advertise())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self.advertise())
 
         connection.once(connection.EVENT_DISCONNECTION, restart)
 
+    def _cccd_descriptors(self) -> list[gatt.Descriptor]:
+        """An explicit CCCD that needs encryption to be written (``security="bond"``), else the server's own."""
+        if self.security != "bond":
+            return []
+        perms = gatt.Descriptor.READABLE | gatt.Descriptor.WRITEABLE | gatt.Descriptor.WRITE_REQUIRES_ENCRYPTION
+        return [gatt.Descriptor(gatt.GATT_CLIENT_CHARACTERISTIC_CONFIGURATION_DESCRIPTOR, perms, bytes(2))]
+
     def _characteristic(self, uuid16: int, props: gatt.Characteristic.Properties, value: bytes) -> Any:
+        P = gatt.Characteristic.Properties
+        subscribable = bool(props & (P.NOTIFY | P.INDICATE))
         char: gatt.Characteristic[bytes] = gatt.Characteristic(
-            f"{uuid16:04X}", props, gatt.Characteristic.READABLE, value
+            f"{uuid16:04X}",
+            props,
+            gatt.Characteristic.READABLE,
+            value,
+            descriptors=self._cccd_descriptors() if subscribable else [],
         )
+        self._watch(uuid16, char)
+        return char
+
+    def _watch(self, uuid16: int, char: gatt.Characteristic[bytes]) -> None:
         event = self._subscribed[uuid16] = asyncio.Event()
+        for descriptor in char.descriptors:
+            self._cccds.append((descriptor, char))
 
         def on_subscription(_bearer: object, notify: bool, indicate: bool) -> None:
             if notify or indicate:
                 event.set()
+                if indicate and not self.has_racp and uuid16 == self.profile.subscriptions[0].uuid:
+                    # No RACP: like many BLS cuffs and scales, send the whole memory once indications are on.
+                    self._spawn(self._send_memory())
             else:
                 event.clear()
 
         char.on(char.EVENT_SUBSCRIPTION, on_subscription)
         self.characteristics[uuid16] = char
-        return char
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- stored records ----------------------------------------------------------------------------------------
+
+    @property
+    def measurement(self) -> int:
+        """The characteristic that carries the profile's measurements (and stored records)."""
+        return self.profile.subscriptions[0].uuid
+
+    async def record(self, value: bytes, *, live: bool = False) -> None:
+        """Take a measurement: keep it in memory; with ``live`` also send it now if the gateway listens."""
+        self.stored.append(bytes(value))
+        if live and self.connected and self._subscribed[self.measurement].is_set():
+            await self.send(self.measurement, value)
+
+    @staticmethod
+    def _sequence(value: bytes) -> int:
+        # Glucose Measurement: Flags (uint8) then Sequence Number (uint16)
+        return int.from_bytes(value[1:3], "little")
+
+    async def _send_record(self, value: bytes) -> bool:
+        """Send one stored record; False if the device "went out of range" instead (test hook)."""
+        if self.drop_after_records is not None:
+            if self.drop_after_records <= 0:
+                self.drop_after_records = None
+                await self.drop()
+                return False
+            self.drop_after_records -= 1
+        await self.send(self.measurement, value)
+        self.records_sent += 1
+        return True
+
+    async def _send_memory(self) -> None:
+        with contextlib.suppress(*_BUMBLE_ERRORS):
+            for value in list(self.stored):
+                if not self.connected or not await self._send_record(value):
+                    return
+
+    def _on_racp_write(self, _connection: object, value: bytes) -> None:
+        """RACP write handler: validate, then run the procedure after the Write Response."""
+        if self._procedure is not None and not self._procedure.done():
+            raise ATT_Error(racp.ATT_PROCEDURE_ALREADY_IN_PROGRESS)
+        if not self._subscribed[racp.RACP].is_set():
+            raise ATT_Error(racp.ATT_CCCD_IMPROPERLY_CONFIGURED)
+        self._procedure = self._spawn(self._racp_procedure(bytes(value)))
+
+    def _select(self, request: racp.Request) -> list[bytes] | racp.ResponseCode:
+        """The stored records a Report/Number request selects, or the Response Code that refuses it."""
+        records = self.stored
+        if request.operator == racp.Operator.ALL_RECORDS:
+            return list(records) if not request.operand else racp.ResponseCode.INVALID_OPERAND
+        if request.operator in (racp.Operator.FIRST_RECORD, racp.Operator.LAST_RECORD):
+            if request.operand:
+                return racp.ResponseCode.INVALID_OPERAND
+            if not records:
+                return []
+            return [records[0] if request.operator == racp.Operator.FIRST_RECORD else records[-1]]
+        if request.operator in (racp.Operator.GREATER_THAN_OR_EQUAL, racp.Operator.LESS_THAN_OR_EQUAL):
+            if self.profile.service != 0x1808:
+                return racp.ResponseCode.OPERATOR_NOT_SUPPORTED  # records without a Sequence Number
+            if request.operand[:1] and request.operand[0] != racp.FilterType.SEQUENCE_NUMBER:
+                return racp.ResponseCode.OPERAND_NOT_SUPPORTED
+            bound = request.sequence_filter()
+            if bound is None:
+                return racp.ResponseCode.INVALID_OPERAND
+            if request.operator == racp.Operator.GREATER_THAN_OR_EQUAL:
+                return [r for r in records if self._sequence(r) >= bound]
+            return [r for r in records if self._sequence(r) <= bound]
+        if request.operator in (racp.Operator.NULL, racp.Operator.WITHIN_RANGE):
+            return racp.ResponseCode.OPERATOR_NOT_SUPPORTED
+        return racp.ResponseCode.INVALID_OPERATOR
+
+    async def _racp_procedure(self, data: bytes) -> None:
+        point = self.characteristics[racp.RACP]
+        with contextlib.suppress(*_BUMBLE_ERRORS):
+            try:
+                request = racp.parse_request(data)
+            except racp.RacpError:
+                # too short to carry an operator: answer for the op code we got, if any
+                op = data[0] if data else 0
+                await self.device.indicate_subscribers(
+                    point, racp.response_code(op, racp.ResponseCode.INVALID_OPERATOR)
+                )
+                return
+            op = request.op_code
+            if op not in (racp.OpCode.REPORT_STORED_RECORDS, racp.OpCode.REPORT_NUMBER_OF_STORED_RECORDS):
+                # Delete and Abort are not modelled (nothing to abort: a report runs to its end)
+                await self.device.indicate_subscribers(
+                    point, racp.response_code(op, racp.ResponseCode.OP_CODE_NOT_SUPPORTED)
+                )
+                return
+            selected = self._select(request)
+            if isinstance(selected, racp.ResponseCode):
+                await self.device.indicate_subscribers(point, racp.response_code(op, selected))
+                return
+            if op == racp.OpCode.REPORT_NUMBER_OF_STORED_RECORDS:
+                await self.device.indicate_subscribers(point, racp.number_of_records(len(selected)))
+                return
+            for value in selected:
+                if not await self._send_record(value):
+                    return  # gone mid-report: no Response Code (the procedure did not complete)
+            code = racp.ResponseCode.SUCCESS if selected else racp.ResponseCode.NO_RECORDS_FOUND
+            await self.device.indicate_subscribers(point, racp.response_code(op, code))
 
     async def start(self) -> None:
         """Power on and advertise (again after every disconnection)."""
@@ -349,6 +575,7 @@ class _VirtualClient(BaseBleakClient):
         return self._connection is not None
 
     async def connect(self, pair: bool, **kwargs: Any) -> None:
+        self.air.check_powered()
         await self.air.start()
         try:
             # A Bumble central (like most controllers) makes one LE connection attempt at a time.
@@ -360,6 +587,9 @@ class _VirtualClient(BaseBleakClient):
             peer = self._peer = Peer(connection)
             # BlueZ and CoreBluetooth exchange the ATT MTU right after connecting; values longer than 20
             # bytes (body composition, PLX with all fields) need it.
+            if await self.air.is_bonded(self.address):
+                # Bonded: start encryption with the stored LTK straight away, as BlueZ does.
+                await self._op("encryption", self.air.central.encrypt(connection))
             await self._op("MTU exchange", peer.request_mtu(VIRTUAL_MTU))
             await self._op("service discovery", peer.discover_all())  # type: ignore[no-untyped-call]
             self.services = self._collection(peer)
@@ -441,10 +671,17 @@ class _VirtualClient(BaseBleakClient):
             self._closing = False
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
-        raise BleakError("pairing is not implemented by the virtual backend")
+        """Bond: real SMP pairing (LE Secure Connections, Just Works) with the peripheral; keys kept in memory."""
+        if self._connection is None:
+            raise BleakError("Not connected")
+        await self._op("pairing", self.air.central.pair(self._connection))
 
     async def unpair(self) -> None:
-        raise BleakError("pairing is not implemented by the virtual backend")
+        """Forget the bond (and disconnect, as bleak's BlueZ backend does)."""
+        await self.disconnect()
+        keystore = self.air.central.keystore
+        if keystore is not None:
+            await keystore.delete(str(Address(self.address)))
 
     async def read_gatt_char(
         self, characteristic: BleakGATTCharacteristic, *, use_cached: bool = False, **kwargs: Any
@@ -484,6 +721,13 @@ class _VirtualClient(BaseBleakClient):
     async def stop_notify(self, characteristic: BleakGATTCharacteristic) -> None:
         peer = self._require_peer()
         await self._op(f"unsubscribe {characteristic.uuid}", peer.unsubscribe(characteristic.obj))
+
+
+class _Refuse(pairing.PairingDelegate):
+    """A device outside its pairing mode: every pairing request is refused."""
+
+    async def accept(self) -> bool:
+        return False
 
 
 __all__ = ["REMOTE_USER_TERMINATED", "VirtualAir", "VirtualPeripheral"]
