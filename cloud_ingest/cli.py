@@ -63,6 +63,9 @@ def run(
     max_pending_points: Annotated[int | None, typer.Option(help="bound on points held in memory")] = None,
     stats_interval: Annotated[float | None, typer.Option(help="seconds between stats lines")] = None,
     log_level: Annotated[str, typer.Option(help="logging level (stderr)")] = "WARNING",
+    self_stats: Annotated[
+        bool, typer.Option("--self-stats/--no-self-stats", help="write own stats to InfluxDB (kyojo_ingest)")
+    ] = True,
 ) -> None:
     """Run the ingester until SIGTERM/SIGINT.
 
@@ -129,9 +132,25 @@ def run(
     )
     dog.start()
     interval = settings.stats_interval.total_seconds()
+    # the platform-health dashboard reads these: measurement kyojo_ingest (+ kyojo_ingest_rejects), through a
+    # writer of its own (the data writer belongs to the writer thread)
+    from cloud_ingest.ingester import make_writer
+    from cloud_ingest.initdb import IngestStatsPoints
+    from cloud_ingest.writer import WriteError
+
+    own = IngestStatsPoints(settings.client_id) if self_stats else None
+    own_writer = make_writer(settings) if self_stats else None
     while not stop.wait(interval):
-        _emit(ingester.stats())
+        st = ingester.stats()
+        _emit(st)
         last_report[0] = time.monotonic()
+        if own is not None and own_writer is not None:
+            try:
+                own_writer.write("\n".join(own.lines(st, int(time.time() * 1000))).encode())
+            except WriteError as err:
+                logging.getLogger(__name__).warning("could not write own stats: %s", err)
+    if own_writer is not None:
+        own_writer.close()
     sdnotify.stopping()
     dog.stop()
     ingester.stop()

@@ -131,6 +131,9 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
         raise
     final = ingester.stop()
     assert final.get("rejected", {}) == {}
+    own = influxdb.query_rows('SELECT "written", "received" FROM "kyojo_ingest" GROUP BY "instance"', influx_db)
+    assert {r["instance"] for r in own} == {"e2e-ingest"}  # the ingester reports on itself (platform health)
+    assert 0 < max(r["written"] for r in own) <= final["written"]
 
     ids = {s.device_id for s in sims} | {s.subject for s in sims}
     got = influx_points(influxdb, influx_db, load_keys(cfg.gateway.data_dir), ids)
