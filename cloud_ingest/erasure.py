@@ -76,13 +76,26 @@ class InfluxV1Admin:
                 raise EraseError(f"InfluxQL error: {r['error']}")
         return results
 
-    def count(self, where: str) -> int:
-        total = 0
-        for r in self.query(f'SELECT count("last") FROM /.*/ WHERE {where}'):  # noqa: S608 - quoted literals
+    def retention_policies(self) -> list[str]:
+        names: list[str] = []
+        for r in self.query(f'SHOW RETENTION POLICIES ON "{self.db}"'):
             for series in r.get("series", []):
-                if series.get("name") == LOG_MEASUREMENT:
-                    continue
-                total += sum(int(row[1] or 0) for row in series.get("values", []))
+                names += [str(row[0]) for row in series.get("values", [])]
+        return names or ["autogen"]
+
+    def count(self, where: str) -> int:
+        """Points matching ``where`` in every retention policy (raw aggregates, hourly rollups, ...)."""
+        total = 0
+        for rp in self.retention_policies():
+            # count(*) counts each field; a point has at least one, so the largest field count per series is
+            # its number of points (rollup measurements have other fields than the raw aggregates)
+            q = f'SELECT count(*) FROM "{self.db}"."{rp}"./.*/ WHERE {where}'  # noqa: S608 - quoted literals
+            for r in self.query(q):
+                for series in r.get("series", []):
+                    if series.get("name") == LOG_MEASUREMENT:
+                        continue
+                    for row in series.get("values", []):
+                        total += max((int(v or 0) for v in row[1:]), default=0)
         return total
 
     def write(self, line: str) -> None:
