@@ -498,9 +498,8 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     from firmware_tests.doctor import render, run_all
 
     cfg = _load(config)
-    ports = [
-        Path(str(d.port)) for d in cfg.devices if getattr(d, "kind", "") in ("gnss", "bmeter") and hasattr(d, "port")
-    ]
+    ports = [Path(str(d.port)) for d in cfg.devices if getattr(d, "kind", "") == "gnss" and d.source == "serial"]
+    ports += [Path(str(d.serial_port)) for d in cfg.devices if getattr(d, "kind", "") == "bmeter"]
     city = (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.tls is not None else None
     checks = run_all(
         state_dir=cfg.gateway.data_dir,
