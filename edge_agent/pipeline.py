@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -246,23 +246,48 @@ class Pipeline:
         return queued
 
     def _enqueue_events(self, c: Consent, category: Category, items: list[EventItem], now_ms: int) -> int:
+        def build(seq: int, sent: int, head: str) -> bytes:
+            batch = EventBatch(
+                gateway=self.gateway,
+                seq=seq,
+                sent=sent,
+                consent=c.id,
+                purpose=c.purpose,
+                category=category,
+                audit_head=head,
+                events=items,
+            )
+            return orjson.dumps(batch.model_dump(mode="json"))
+
+        self._queue_release(
+            c,
+            category,
+            event_topic(self.gateway, category),
+            build,
+            len(items),
+            {"events": sorted({i.kind for i in items})},
+            now_ms,
+        )
+        return 1
+
+    def _queue_release(
+        self,
+        c: Consent,
+        category: Category,
+        topic: str,
+        build: Callable[[int, int, str], bytes],
+        n: int,
+        detail: Mapping[str, object],
+        now_ms: int,
+    ) -> None:
+        """One release: the next sequence number, the payload (built around it and the audit head), the outbox
+        row and the audit entry describing it — in the caller's transaction."""
         seq = meta_add(self.conn, "seq", 1)
         _, head = audit.head(self.conn)
-        batch = EventBatch(
-            gateway=self.gateway,
-            seq=seq,
-            sent=int(time.time() * 1000),
-            consent=c.id,
-            purpose=c.purpose,
-            category=category,
-            audit_head=head,
-            events=items,
-        )
-        payload = orjson.dumps(batch.model_dump(mode="json"))
-        topic = event_topic(self.gateway, category)
+        payload = build(seq, int(time.time() * 1000), head)  # ``sent`` is wall time, even on a fast demo clock
         self.conn.execute(
             "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 0, ?, ?, ?)",
-            (seq, topic, payload, c.id, len(items), now_ms),
+            (seq, topic, payload, c.id, n, now_ms),
         )
         purpose = self.catalog.purposes.get(c.purpose)
         audit.append(
@@ -275,15 +300,14 @@ class Pipeline:
                 "subject": c.subject,
                 "purpose": c.purpose,
                 "category": category.value,
-                "items": len(items),
-                "events": sorted({i.kind for i in items}),
+                "items": n,
+                **detail,
                 "sha256": hashlib.sha256(payload).hexdigest(),
                 "recipient": purpose.controller if purpose else c.purpose,
             },
             now_ms,
         )
         self.stats.messages_queued += 1
-        return 1
 
     def prune(self, now: float) -> int:
         """Delete raw rows older than the retention period."""
@@ -396,46 +420,22 @@ class Pipeline:
         return queued
 
     def _enqueue(self, c: Consent, category: Category, items: list[AggregateItem], now_ms: int) -> int:
-        seq = meta_add(self.conn, "seq", 1)
-        wall_ms = int(time.time() * 1000)  # ``sent`` is wall time even when a demo runs a fast clock
-        _, head = audit.head(self.conn)
-        batch = AggregateBatch(
-            gateway=self.gateway,
-            seq=seq,
-            sent=wall_ms,
-            consent=c.id,
-            purpose=c.purpose,
-            category=category,
-            audit_head=head,
-            items=items,
-        )
-        payload = orjson.dumps(batch.model_dump(mode="json", exclude_none=True))
-        topic = agg_topic(self.gateway, category)
-        self.conn.execute(
-            "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 0, ?, ?, ?)",
-            (seq, topic, payload, c.id, len(items), now_ms),
-        )
-        purpose = self.catalog.purposes.get(c.purpose)
-        audit.append(
-            self.conn,
-            "release",
-            {
-                "seq": seq,
-                "topic": topic,
-                "consent": c.id,
-                "subject": c.subject,
-                "purpose": c.purpose,
-                "category": category.value,
-                "items": len(items),
-                "first_window": min(i.start for i in items),
-                "last_window": max(i.start for i in items),
-                "sha256": hashlib.sha256(payload).hexdigest(),
-                "recipient": purpose.controller if purpose else c.purpose,
-            },
-            now_ms,
-        )
+        def build(seq: int, sent: int, head: str) -> bytes:
+            batch = AggregateBatch(
+                gateway=self.gateway,
+                seq=seq,
+                sent=sent,
+                consent=c.id,
+                purpose=c.purpose,
+                category=category,
+                audit_head=head,
+                items=items,
+            )
+            return orjson.dumps(batch.model_dump(mode="json", exclude_none=True))
+
+        window = {"first_window": min(i.start for i in items), "last_window": max(i.start for i in items)}
+        self._queue_release(c, category, agg_topic(self.gateway, category), build, len(items), window, now_ms)
         self.stats.aggregates_queued += len(items)
-        self.stats.messages_queued += 1
         self.stats.by_category[category.value] += len(items)
         return 1
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -201,55 +201,51 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
     return parts[2], parts[3], rest
 
 
-def decode_batch(topic: str, payload: bytes) -> AggregateBatch:
-    """Validate one aggregate message against its topic. Raises WireError with a stable cause."""
+_M = TypeVar("_M", AggregateBatch, EventBatch, ConsentRecord)
+
+
+def _decode(topic: str, payload: bytes, kind: str, model: type[_M]) -> tuple[_M, str, str]:
+    """Size, topic kind, JSON, schema version, model: the checks every message type shares."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise WireError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
-    gateway, kind, rest = parse_topic(topic)
-    if kind != "agg":
+    gateway, got_kind, rest = parse_topic(topic)
+    if got_kind != kind:
         raise WireError("bad_topic", topic[:200])
     doc = _load_versioned(payload)
     try:
-        batch = AggregateBatch.model_validate(doc)
+        msg = model.model_validate(doc)
     except ValueError as err:
         raise WireError("invalid", _short(err)) from err
+    return msg, gateway, rest
+
+
+_B = TypeVar("_B", AggregateBatch, EventBatch)
+
+
+def _decode_stream(topic: str, payload: bytes, kind: str, model: type[_B]) -> _B:
+    """A batch (aggregates or events): its gateway and category must be the topic's."""
+    batch, gateway, rest = _decode(topic, payload, kind, model)
     if batch.gateway != gateway:
         raise WireError("gateway_mismatch", f"topic {gateway!r} != payload {batch.gateway!r}")
-    if rest != batch.category.value:
-        raise WireError("category_mismatch", f"topic {rest!r} != payload {batch.category.value!r}")
+    category = batch.category.value
+    if rest != category:
+        raise WireError("category_mismatch", f"topic {rest!r} != payload {category!r}")
     return batch
+
+
+def decode_batch(topic: str, payload: bytes) -> AggregateBatch:
+    """Validate one aggregate message against its topic. Raises WireError with a stable cause."""
+    return _decode_stream(topic, payload, "agg", AggregateBatch)
 
 
 def decode_events(topic: str, payload: bytes) -> EventBatch:
     """Validate one event message against its topic. Raises WireError with a stable cause."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise WireError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
-    gateway, kind, rest = parse_topic(topic)
-    if kind != "event":
-        raise WireError("bad_topic", topic[:200])
-    doc = _load_versioned(payload)
-    try:
-        batch = EventBatch.model_validate(doc)
-    except ValueError as err:
-        raise WireError("invalid", _short(err)) from err
-    if batch.gateway != gateway:
-        raise WireError("gateway_mismatch", f"topic {gateway!r} != payload {batch.gateway!r}")
-    if rest != batch.category.value:
-        raise WireError("category_mismatch", f"topic {rest!r} != payload {batch.category.value!r}")
-    return batch
+    return _decode_stream(topic, payload, "event", EventBatch)
 
 
 def decode_consent(topic: str, payload: bytes) -> ConsentRecord:
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise WireError("oversize", f"{len(payload)} bytes")
-    gateway, kind, rest = parse_topic(topic)
-    if kind != "consent":
-        raise WireError("bad_topic", topic[:200])
-    doc = _load_versioned(payload)
-    try:
-        record = ConsentRecord.model_validate(doc)
-    except ValueError as err:
-        raise WireError("invalid", _short(err)) from err
+    """Validate one retained consent record; its topic must name its gateway and id."""
+    record, gateway, rest = _decode(topic, payload, "consent", ConsentRecord)
     if record.gateway != gateway or record.id != rest:
         raise WireError("gateway_mismatch", f"topic {topic!r} does not match record {record.id!r}")
     return record
