@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     "gnss": "drivers.gnss.device",
     "plugs": "drivers.plugs.device",
     "bmeter": "drivers.meter.device",
+    "ocpp": "drivers.ocpp.device",
 }
 
 

@@ -24,6 +24,7 @@ from drivers.base import KyojoError
 from drivers.ble.cli import register as register_ble
 from drivers.gnss.cli import app as gnss_app
 from drivers.meter.cli import register as register_echonet
+from drivers.ocpp.cli import app as ocpp_app
 from drivers.plugs.cli import register as register_plug
 from models.cli import app as models_app
 from provisioning.cli import app as provision_app
@@ -42,6 +43,7 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(gnss_app, name="gnss", help="GNSS receivers on garbage trucks (replay captures).")
 app.add_typer(provision_app, name="provision", help="City CA, gateway identities, broker config (installers).")
 app.add_typer(models_app, name="models")
+app.add_typer(ocpp_app, name="ocpp", help="EV chargers: the local OCPP 1.6J central system (installers).")
 analyst.register(app)
 initdb.register(ingest_app)
 app.add_typer(ingest_app, name="ingest")

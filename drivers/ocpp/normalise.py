@@ -311,9 +311,7 @@ def _sample(sv: object, acc: _Acc, found: dict[str, list[_Candidate]], invalid: 
         else:
             acc.skipped.append(f"phase:{metric}")
             return
-    found.setdefault(metric, []).append(
-        _Candidate((loc_rank, _CONTEXT_RANK.get(context, 3)), phase, value, context)
-    )
+    found.setdefault(metric, []).append(_Candidate((loc_rank, _CONTEXT_RANK.get(context, 3)), phase, value, context))
 
 
 def _choose(metric: str, cands: list[_Candidate], acc: _Acc, *, partial: bool) -> tuple[float, str] | None:
@@ -445,9 +443,9 @@ def normalise_meter_values_payload(
     return connector, tx, MeterBatch(batch.readings, merged, batch.skipped)
 
 
-def summarise(readings: Sequence[Reading]) -> tuple[float | None, float | None]:
-    """(last ev_energy register Wh, highest ev_power W) of a batch, for the sessions store."""
+def summarise(readings: Sequence[Reading]) -> tuple[float | None, float | None, float | None]:
+    """(latest ev_energy register Wh, its time, highest ev_power W) of a batch, for the sessions store."""
     energy = [r for r in readings if r.metric == "ev_energy"]
     power = [r.value for r in readings if r.metric == "ev_power"]
-    last = max(energy, key=lambda r: r.ts).value if energy else None
-    return last, (max(power) if power else None)
+    last = max(energy, key=lambda r: r.ts) if energy else None
+    return (last.value if last else None), (last.ts if last else None), (max(power) if power else None)

@@ -86,17 +86,19 @@ def parse_frame(raw: str | bytes) -> Frame:
         if not uid_ok:
             # A response we cannot match to a request: nothing to answer (answering a response is not allowed).
             raise FrameError("FormationViolation", None, "response without a valid uniqueId", raw)
-        if type_id == CALLRESULT and len(msg) != 3:  # noqa: PLR2004
+        if type_id == CALLRESULT and len(msg) != 3:
             raise FrameError("ProtocolError", None, "CALLRESULT must have 3 elements", raw)
-        if type_id == CALLERROR and len(msg) != 5:  # noqa: PLR2004
+        if type_id == CALLERROR and len(msg) != 5:
             raise FrameError("ProtocolError", None, "CALLERROR must have 5 elements", raw)
+        assert isinstance(uid, str)
         return Frame(type_id, uid, payload=msg[2])
     if type_id != CALL or isinstance(type_id, bool):
         raise FrameError("FormationViolation", answer_to, f"unknown MessageTypeId {type_id!r}", raw)
-    if len(msg) != 4:  # noqa: PLR2004
+    if len(msg) != 4:
         raise FrameError("ProtocolError", answer_to, f"a CALL has 4 elements, got {len(msg)}", raw)
     if not uid_ok:
         raise FrameError("FormationViolation", UNKNOWN_UNIQUE_ID, "uniqueId must be a string of 1-36 chars", raw)
+    assert isinstance(uid, str)
     action, payload = msg[2], msg[3]
     if not isinstance(action, str) or not action:
         raise FrameError("FormationViolation", uid, "Action must be a non-empty string", raw)
@@ -185,6 +187,4 @@ def parse_status(payload: dict[str, Any], received_at: float) -> Status:
         if payload.get("timestamp") is not None
         else received_at  # timestamp is optional in StatusNotification.req
     )
-    return Status(
-        connector, status, code, optional_str(payload, "info"), optional_str(payload, "vendorErrorCode"), ts
-    )
+    return Status(connector, status, code, optional_str(payload, "info"), optional_str(payload, "vendorErrorCode"), ts)

@@ -9,9 +9,11 @@ StartTransaction (same charge point, connector, meterStart, timestamp) gets the 
 Ids come from ``INTEGER PRIMARY KEY AUTOINCREMENT``: never reused, even after rows are deleted, and they survive
 restarts because they are in the file.
 
-Session energy is ``meterStop - meterStart`` (both Wh). When meterStop is unusable (smaller than meterStart,
-e.g. a register that restarts per session) or a later register reading is higher (a closing MeterValues that
-arrives after StopTransaction, BS-EV/Ocular), the highest register seen is used instead.
+Session energy is ``meterStop - meterStart`` (both Wh). Two exceptions: a register reading taken at or after the
+stop time that is higher than meterStop (the closing MeterValues that BS-EV/Ocular send after StopTransaction)
+wins; and when meterStop is unusable (smaller than meterStart: a register that restarts per session, or a 0 sent
+by a charger that has no meter), the latest register reading is used (minus meterStart when it is above it).
+Readings taken before the stop never override meterStop (fixtures mix registers of different meters).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     stop_ts REAL,
     meter_start_wh REAL NOT NULL,
     meter_stop_wh REAL,
-    register_max_wh REAL,
+    register_last_wh REAL,
+    register_last_ts REAL,
     energy_wh REAL,
     max_power_w REAL,
     stop_reason TEXT
@@ -71,16 +74,20 @@ _COLUMNS = (
 )
 
 
-def _energy(start: float, stop: float | None, register_max: float | None) -> float | None:
-    """Session energy in Wh from the stop value and the highest register seen (see module docstring)."""
-    candidates = [v for v in (stop, register_max) if v is not None]
-    if not candidates:
+def _energy(
+    start: float, stop: float | None, stop_ts: float | None, last: float | None, last_ts: float | None
+) -> float | None:
+    """Session energy in Wh (see the module docstring); None while running or when unknowable."""
+    if stop is None or stop_ts is None:
         return None
-    best = max(candidates)
-    if best >= start:
-        return best - start
+    if stop >= start:
+        if last is not None and last_ts is not None and last_ts >= stop_ts and last > stop:
+            return last - start
+        return stop - start
+    if last is None:
+        return None
     # Register restarted for this session (non errata-3.9 chargers): its reading is the session's energy.
-    return register_max if register_max is not None else None
+    return last - start if last >= start else last
 
 
 class SessionStore:
@@ -131,25 +138,30 @@ class SessionStore:
             assert cur.lastrowid is not None
             return int(cur.lastrowid)
 
-    def meter(self, transaction_id: int, register_wh: float | None, power_w: float | None) -> bool:
+    def meter(
+        self,
+        transaction_id: int,
+        register_wh: float | None,
+        power_w: float | None,
+        register_ts: float | None = None,
+    ) -> bool:
         """Fold a MeterValues batch of a transaction in (also after StopTransaction). False: unknown id."""
         with self._lock:
             row = self._db.execute(
-                "SELECT meter_start_wh, meter_stop_wh, register_max_wh, max_power_w, stop_ts FROM sessions "
-                "WHERE id=?",
+                "SELECT meter_start_wh, meter_stop_wh, stop_ts, register_last_wh, register_last_ts, max_power_w "
+                "FROM sessions WHERE id=?",
                 (transaction_id,),
             ).fetchone()
             if row is None:
                 return False
-            start, stop, reg_max, max_p, stop_ts = row
-            if register_wh is not None:
-                reg_max = register_wh if reg_max is None else max(reg_max, register_wh)
+            start, stop, stop_ts, last, last_ts, max_p = row
+            if register_wh is not None and register_ts is not None and (last_ts is None or register_ts >= last_ts):
+                last, last_ts = register_wh, register_ts
             if power_w is not None:
                 max_p = power_w if max_p is None else max(max_p, power_w)
-            energy = _energy(start, stop, reg_max) if stop_ts is not None else None
             self._db.execute(
-                "UPDATE sessions SET register_max_wh=?, max_power_w=?, energy_wh=? WHERE id=?",
-                (reg_max, max_p, energy, transaction_id),
+                "UPDATE sessions SET register_last_wh=?, register_last_ts=?, max_power_w=?, energy_wh=? WHERE id=?",
+                (last, last_ts, max_p, _energy(start, stop, stop_ts, last, last_ts), transaction_id),
             )
             return True
 
@@ -159,14 +171,17 @@ class SessionStore:
         """Record StopTransaction.req (idempotent); None for an unknown transactionId."""
         with self._lock:
             row = self._db.execute(
-                "SELECT meter_start_wh, register_max_wh FROM sessions WHERE id=?", (transaction_id,)
+                "SELECT meter_start_wh, register_last_wh, register_last_ts FROM sessions WHERE id=?",
+                (transaction_id,),
             ).fetchone()
             if row is None:
                 return None
-            start, reg_max = row
+            start, last, last_ts = row
+            energy = _energy(start, meter_stop_wh, stop_ts, last, last_ts)
+            # OCPP 1.6: a missing reason means Local (stopped at the charge point).
             self._db.execute(
                 "UPDATE sessions SET stop_ts=?, meter_stop_wh=?, energy_wh=?, stop_reason=? WHERE id=?",
-                (stop_ts, meter_stop_wh, _energy(start, meter_stop_wh, reg_max), reason or "Local", transaction_id),
+                (stop_ts, meter_stop_wh, energy, reason or "Local", transaction_id),
             )
         return self.get(transaction_id)
 
