@@ -36,8 +36,14 @@ def make_clock(config: AgentConfig) -> Clock:
 def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], float]:
     """Instantiate the configured devices. Returns the drivers and the longest polling tick (simulated s)."""
     ctx = registry.BuildContext(config.gateway.id, clock, config.clock.speed, config.gateway.data_dir)
+    entries = list(config.devices)
+    if (config.gateway.data_dir / "ble-devices.json").exists():
+        # devices the household paired with ``kyojo pair add`` (imported only on gateways that have some)
+        from drivers.ble.paired import device_configs
+
+        entries += device_configs(config.gateway.data_dir)
     drivers: list[Driver] = []
-    for entry in config.devices:
+    for entry in entries:
         drivers.extend(registry.build(entry, ctx))
     tick = max([1.0, *(float(getattr(d, "tick_s", 1.0)) for d in drivers)])
     return drivers, tick

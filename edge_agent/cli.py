@@ -22,6 +22,7 @@ from cloud_ingest import analyst, initdb
 from cloud_ingest.cli import app as ingest_app
 from drivers.base import KyojoError
 from drivers.ble.cli import register as register_ble
+from drivers.ble.pair import app as pair_app
 from drivers.gnss.cli import app as gnss_app
 from drivers.meter.cli import register as register_echonet
 from drivers.ocpp.cli import app as ocpp_app
@@ -40,6 +41,7 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(decode_app, name="decode")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(pair_app, name="pair", help="Pair BLE health devices and assign them to a person (household).")
 app.add_typer(gnss_app, name="gnss", help="GNSS receivers on garbage trucks (replay captures).")
 app.add_typer(provision_app, name="provision", help="City CA, gateway identities, broker config (installers).")
 app.add_typer(models_app, name="models")

@@ -52,7 +52,7 @@ def make(air: VirtualAir, dev: VirtualPeripheral, log: RecordLog, scanner: Share
 
 
 def glucose_values(c: Collector) -> list[float]:
-    return [r.value for r in c.readings if r.metric == "glucose"]
+    return [round(r.value, 6) for r in c.readings if r.metric == "glucose"]
 
 
 def test_racp_codec() -> None:
@@ -201,7 +201,7 @@ def test_cuff_resending_its_memory_is_deduplicated_by_time_and_values(tmp_path: 
                 await cuff.record(bpm(4, 124), live=True)
                 await got.wait_for(lambda rs: len(systolics(got)) == 4)
                 await cuff.drop()  # reconnection: the cuff re-sends all 5
-                await _until(lambda: cuff.records_sent == 9 and driver.flagged["duplicate"] == 5)
+                await _until(lambda: cuff.records_sent == 9 and driver.flagged["duplicate"] == 1 + 5)
             assert systolics(got) == [121.0, 122.0, 123.0, 124.0]
             assert (tmp_path / "ble-records" / "cuff.json").exists()
 
@@ -211,6 +211,79 @@ def test_cuff_resending_its_memory_is_deduplicated_by_time_and_values(tmp_path: 
                 await _until(lambda: driver2.flagged["duplicate"] == 5)
                 await asyncio.sleep(0.05)
             assert again.readings == []
+        finally:
+            await air.close()
+
+    run(main)
+
+
+def test_virtual_meter_racp_protocol_over_gatt() -> None:
+    """The meter's RACP itself, driven by a plain BleakClient: CCCD check, counts, filters, error codes."""
+    from bleak import BleakClient
+    from bleak.exc import BleakGATTProtocolError
+
+    from drivers.ble import gatt
+
+    async def main() -> None:
+        air = VirtualAir()
+        try:
+            dev = await air.add("C0:00:00:00:01:05", "glucose", battery=None)
+            for seq in (3, 4, 5):
+                await dev.record(glucose(seq))
+            device = await SharedScanner(air.backend()).find(dev.address, 2)
+            async with BleakClient(device, backend=air.backend().client) as client:
+                point = client.services.get_characteristic(gatt.uuid128(racp.RACP))
+                assert point is not None
+                assert {"write", "indicate"} <= set(point.properties)
+                with pytest.raises(BleakGATTProtocolError) as refused:  # indications not enabled yet
+                    await client.write_gatt_char(point, racp.report_all(), response=True)
+                assert refused.value.code == racp.ATT_CCCD_IMPROPERLY_CONFIGURED
+                answers: asyncio.Queue[bytes] = asyncio.Queue()
+                await client.start_notify(point, lambda _c, data: answers.put_nowait(bytes(data)))
+
+                async def ask(request: bytes) -> bytes:
+                    await client.write_gatt_char(point, request, response=True)
+                    return await asyncio.wait_for(answers.get(), 2)
+
+                assert await ask(racp.count_all()) == racp.number_of_records(3)
+                assert await ask(racp.count_from(5)) == racp.number_of_records(1)
+                assert await ask(racp.report_from(6)) == racp.response_code(1, racp.ResponseCode.NO_RECORDS_FOUND)
+                assert await ask(bytes([1, 0x09])) == racp.response_code(1, racp.ResponseCode.INVALID_OPERATOR)
+                assert await ask(bytes([1, 1, 0])) == racp.response_code(1, racp.ResponseCode.INVALID_OPERAND)
+                assert await ask(bytes([1, 3, 2, 0, 0])) == racp.response_code(
+                    1, racp.ResponseCode.OPERAND_NOT_SUPPORTED
+                )  # filter by User Facing Time: not supported by this meter
+                assert await ask(bytes([2, 1])) == racp.response_code(2, racp.ResponseCode.OP_CODE_NOT_SUPPORTED)
+        finally:
+            await air.close()
+
+    run(main)
+
+
+def test_operator_not_supported_falls_back_to_all_records(tmp_path: Path) -> None:
+    """A meter without ">=": the link asks for all records and the RecordLog keeps only the new one."""
+
+    async def main() -> None:
+        air = VirtualAir()
+        try:
+            dev = await air.add("C0:00:00:00:01:06", "glucose", battery=None)
+            for seq in (1, 2, 3):
+                await dev.record(glucose(seq))
+            original = dev._select
+
+            def no_filters(request: racp.Request) -> list[bytes] | racp.ResponseCode:
+                if request.operator == racp.Operator.GREATER_THAN_OR_EQUAL:
+                    return racp.ResponseCode.OPERATOR_NOT_SUPPORTED
+                return original(request)
+
+            dev._select = no_filters  # type: ignore[method-assign]
+            log = RecordLog(tmp_path / "m.json")
+            log.last_sequence = 2
+            driver = make(air, dev, log, SharedScanner(air.backend()))
+            async with Collector(driver) as got:
+                await _until(lambda: driver.link.state.drains == 1 and driver.flagged["duplicate"] == 2)
+            assert len(glucose_values(got)) == 1
+            assert driver.health()["last_drain"] == "op 0x01: success"
         finally:
             await air.close()
 

@@ -127,3 +127,32 @@ def test_nilm_estimates_enter_the_energy_path_with_a_longer_grace(tmp_path: Path
     assert marks["energy.estimated"] <= (start + 3 * 3600 - proc.lag_s) * 1000
     rows = p.conn.execute("SELECT payload FROM outbox WHERE topic LIKE '%/agg/energy'").fetchall()
     assert rows  # estimated appliance series released under the household's energy consent
+
+
+def test_agent_builds_drivers_for_paired_ble_devices(tmp_path: Path) -> None:
+    from drivers.clock import SystemClock
+    from edge_agent.agent import build_drivers
+
+    cfg = AgentConfig.model_validate({"gateway": {"id": "home-b", "data_dir": str(tmp_path)}})
+    assert build_drivers(cfg, SystemClock())[0] == []
+    (tmp_path / "ble-devices.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "devices": [
+                    {
+                        "id": "glucose-alice",
+                        "address": "C0:00:00:00:02:01",
+                        "profile": "glucose",
+                        "subject": "alice",
+                        "name": "Meter",
+                        "bonded": True,
+                        "added_at": "2026-11-26T13:40:00Z",
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    drivers, _ = build_drivers(cfg, SystemClock())
+    assert [d.device_id for d in drivers] == ["glucose-alice"]

@@ -1,7 +1,7 @@
 """Record Access Control Point (RACP, characteristic 0x2A52): sans-IO requests and responses.
 
-Layout (Glucose Service 1.0, section 3.2 "Record Access Control Point"; the same RACP serves the Continuous
-Glucose Monitoring, Weight Scale-like "stored data" services and BLS 1.1)::
+Layout as the Glucose Service (GLS 1.0) defines it; other services with stored records reuse the same
+control point (e.g. Continuous Glucose Monitoring, Pulse Oximeter spot-check storage)::
 
     Op Code (uint8) | Operator (uint8) | Operand (0..n bytes)
 
@@ -24,7 +24,7 @@ RACP = 0x2A52
 
 
 class OpCode(IntEnum):
-    """RACP Op Codes (GLS 1.0, Table 3.x)."""
+    """RACP Op Codes (GLS 1.0); 0x00 and 0x07-0xFF are reserved."""
 
     REPORT_STORED_RECORDS = 0x01
     DELETE_STORED_RECORDS = 0x02
@@ -67,9 +67,10 @@ class ResponseCode(IntEnum):
     OPERAND_NOT_SUPPORTED = 0x09
 
 
-#: ATT application error (GLS 1.0 section 1.6): a RACP procedure is already running
+#: ATT application error of GLS 1.0: a RACP procedure is already running (later services use the common
+#: profile error code 0xFE for the same condition)
 ATT_PROCEDURE_ALREADY_IN_PROGRESS = 0x80
-#: ATT application error (GLS 1.0 section 1.6): RACP written without indications enabled on its CCCD
+#: ATT application error of GLS 1.0: RACP written without indications enabled on its CCCD (common code: 0xFD)
 ATT_CCCD_IMPROPERLY_CONFIGURED = 0x81
 
 #: the largest Sequence Number (uint16)

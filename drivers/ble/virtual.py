@@ -40,7 +40,12 @@ from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
-from bleak.exc import BleakBluetoothNotAvailableError, BleakBluetoothNotAvailableReason, BleakError
+from bleak.exc import (
+    BleakBluetoothNotAvailableError,
+    BleakBluetoothNotAvailableReason,
+    BleakError,
+    BleakGATTProtocolError,
+)
 from bumble import core as bumble_core
 from bumble import gatt, pairing
 from bumble.att import ATT_Error
@@ -54,7 +59,7 @@ from bumble.link import LocalLink
 from bumble.transport.common import AsyncPipeSink
 
 from drivers.ble import gatt as sig
-from drivers.ble import racp
+from drivers.ble import racp as racpc
 from drivers.ble.profiles import BATTERY_SERVICE, PROFILES, ProfileName
 from drivers.ble.transport import BleBackend
 
@@ -172,10 +177,43 @@ class VirtualAir:
                 "Bluetooth adapter is powered off", BleakBluetoothNotAvailableReason.POWERED_OFF
             )
 
+    async def _key_names(self, address: str) -> list[str]:
+        # Bumble files keys under the peer's address with its type suffix ("C0:00:00:00:00:01/P")
+        keystore = self.central.keystore
+        if keystore is None:
+            return []
+        return [name for name, _ in await keystore.get_all() if name.split("/")[0].upper() == address.upper()]
+
     async def is_bonded(self, address: str) -> bool:
         """Whether the virtual adapter holds pairing keys for ``address``."""
+        return bool(await self._key_names(address))
+
+    async def file_keys_for(self, connection: Connection) -> None:
+        """Make the bond's keys findable, on both ends, under the peer address as each connection names it.
+
+        SMP files keys under the peer's identity address (``.../P``) while the virtual central connects by a
+        random-typed address: a real controller resolves that, Bumble's LocalLink does not.
+        """
+        pairs = [(self.central, connection)]
+        peripheral = self.peripherals.get(str(connection.peer_address).split("/")[0].upper())
+        if peripheral is not None:
+            pairs += [(peripheral.device, c) for c in peripheral.device.connections.values()]
+        for device, conn in pairs:
+            keystore = device.keystore
+            if keystore is None:
+                continue
+            bare = str(conn.peer_address).split("/")[0].upper()
+            for name, keys in await keystore.get_all():
+                if name.split("/")[0].upper() == bare and name != str(conn.peer_address):
+                    await keystore.update(str(conn.peer_address), keys)
+                    break
+
+    async def forget(self, address: str) -> None:
+        """Delete the virtual adapter's pairing keys for ``address``."""
         keystore = self.central.keystore
-        return keystore is not None and await keystore.get(str(Address(address))) is not None
+        for name in await self._key_names(address):
+            assert keystore is not None
+            await keystore.delete(name)
 
     async def _scanner_started(self, scanner: _VirtualScanner) -> None:
         self.check_powered()
@@ -250,13 +288,13 @@ class VirtualPeripheral:
             if security == "bond":
                 perms |= gatt.Characteristic.WRITE_REQUIRES_ENCRYPTION
             point: gatt.Characteristic[bytes] = gatt.Characteristic(
-                f"{racp.RACP:04X}",
+                f"{racpc.RACP:04X}",
                 P.WRITE | P.INDICATE,
                 perms,
                 gatt.CharacteristicValue(write=self._on_racp_write),
                 descriptors=self._cccd_descriptors(),
             )
-            self._watch(racp.RACP, point)
+            self._watch(racpc.RACP, point)
             chars.append(point)
         services = [gatt.Service(f"{self.profile.service:04X}", chars)]
         if battery is not None:
@@ -362,68 +400,68 @@ class VirtualPeripheral:
     def _on_racp_write(self, _connection: object, value: bytes) -> None:
         """RACP write handler: validate, then run the procedure after the Write Response."""
         if self._procedure is not None and not self._procedure.done():
-            raise ATT_Error(racp.ATT_PROCEDURE_ALREADY_IN_PROGRESS)
-        if not self._subscribed[racp.RACP].is_set():
-            raise ATT_Error(racp.ATT_CCCD_IMPROPERLY_CONFIGURED)
+            raise ATT_Error(racpc.ATT_PROCEDURE_ALREADY_IN_PROGRESS)
+        if not self._subscribed[racpc.RACP].is_set():
+            raise ATT_Error(racpc.ATT_CCCD_IMPROPERLY_CONFIGURED)
         self._procedure = self._spawn(self._racp_procedure(bytes(value)))
 
-    def _select(self, request: racp.Request) -> list[bytes] | racp.ResponseCode:
+    def _select(self, request: racpc.Request) -> list[bytes] | racpc.ResponseCode:
         """The stored records a Report/Number request selects, or the Response Code that refuses it."""
         records = self.stored
-        if request.operator == racp.Operator.ALL_RECORDS:
-            return list(records) if not request.operand else racp.ResponseCode.INVALID_OPERAND
-        if request.operator in (racp.Operator.FIRST_RECORD, racp.Operator.LAST_RECORD):
+        if request.operator == racpc.Operator.ALL_RECORDS:
+            return list(records) if not request.operand else racpc.ResponseCode.INVALID_OPERAND
+        if request.operator in (racpc.Operator.FIRST_RECORD, racpc.Operator.LAST_RECORD):
             if request.operand:
-                return racp.ResponseCode.INVALID_OPERAND
+                return racpc.ResponseCode.INVALID_OPERAND
             if not records:
                 return []
-            return [records[0] if request.operator == racp.Operator.FIRST_RECORD else records[-1]]
-        if request.operator in (racp.Operator.GREATER_THAN_OR_EQUAL, racp.Operator.LESS_THAN_OR_EQUAL):
+            return [records[0] if request.operator == racpc.Operator.FIRST_RECORD else records[-1]]
+        if request.operator in (racpc.Operator.GREATER_THAN_OR_EQUAL, racpc.Operator.LESS_THAN_OR_EQUAL):
             if self.profile.service != 0x1808:
-                return racp.ResponseCode.OPERATOR_NOT_SUPPORTED  # records without a Sequence Number
-            if request.operand[:1] and request.operand[0] != racp.FilterType.SEQUENCE_NUMBER:
-                return racp.ResponseCode.OPERAND_NOT_SUPPORTED
+                return racpc.ResponseCode.OPERATOR_NOT_SUPPORTED  # records without a Sequence Number
+            if request.operand[:1] and request.operand[0] != racpc.FilterType.SEQUENCE_NUMBER:
+                return racpc.ResponseCode.OPERAND_NOT_SUPPORTED
             bound = request.sequence_filter()
             if bound is None:
-                return racp.ResponseCode.INVALID_OPERAND
-            if request.operator == racp.Operator.GREATER_THAN_OR_EQUAL:
+                return racpc.ResponseCode.INVALID_OPERAND
+            if request.operator == racpc.Operator.GREATER_THAN_OR_EQUAL:
                 return [r for r in records if self._sequence(r) >= bound]
             return [r for r in records if self._sequence(r) <= bound]
-        if request.operator in (racp.Operator.NULL, racp.Operator.WITHIN_RANGE):
-            return racp.ResponseCode.OPERATOR_NOT_SUPPORTED
-        return racp.ResponseCode.INVALID_OPERATOR
+        if request.operator in (racpc.Operator.NULL, racpc.Operator.WITHIN_RANGE):
+            return racpc.ResponseCode.OPERATOR_NOT_SUPPORTED
+        return racpc.ResponseCode.INVALID_OPERATOR
 
     async def _racp_procedure(self, data: bytes) -> None:
-        point = self.characteristics[racp.RACP]
+        point = self.characteristics[racpc.RACP]
         with contextlib.suppress(*_BUMBLE_ERRORS):
             try:
-                request = racp.parse_request(data)
-            except racp.RacpError:
+                request = racpc.parse_request(data)
+            except racpc.RacpError:
                 # too short to carry an operator: answer for the op code we got, if any
                 op = data[0] if data else 0
                 await self.device.indicate_subscribers(
-                    point, racp.response_code(op, racp.ResponseCode.INVALID_OPERATOR)
+                    point, racpc.response_code(op, racpc.ResponseCode.INVALID_OPERATOR)
                 )
                 return
             op = request.op_code
-            if op not in (racp.OpCode.REPORT_STORED_RECORDS, racp.OpCode.REPORT_NUMBER_OF_STORED_RECORDS):
+            if op not in (racpc.OpCode.REPORT_STORED_RECORDS, racpc.OpCode.REPORT_NUMBER_OF_STORED_RECORDS):
                 # Delete and Abort are not modelled (nothing to abort: a report runs to its end)
                 await self.device.indicate_subscribers(
-                    point, racp.response_code(op, racp.ResponseCode.OP_CODE_NOT_SUPPORTED)
+                    point, racpc.response_code(op, racpc.ResponseCode.OP_CODE_NOT_SUPPORTED)
                 )
                 return
             selected = self._select(request)
-            if isinstance(selected, racp.ResponseCode):
-                await self.device.indicate_subscribers(point, racp.response_code(op, selected))
+            if isinstance(selected, racpc.ResponseCode):
+                await self.device.indicate_subscribers(point, racpc.response_code(op, selected))
                 return
-            if op == racp.OpCode.REPORT_NUMBER_OF_STORED_RECORDS:
-                await self.device.indicate_subscribers(point, racp.number_of_records(len(selected)))
+            if op == racpc.OpCode.REPORT_NUMBER_OF_STORED_RECORDS:
+                await self.device.indicate_subscribers(point, racpc.number_of_records(len(selected)))
                 return
             for value in selected:
                 if not await self._send_record(value):
                     return  # gone mid-report: no Response Code (the procedure did not complete)
-            code = racp.ResponseCode.SUCCESS if selected else racp.ResponseCode.NO_RECORDS_FOUND
-            await self.device.indicate_subscribers(point, racp.response_code(op, code))
+            code = racpc.ResponseCode.SUCCESS if selected else racpc.ResponseCode.NO_RECORDS_FOUND
+            await self.device.indicate_subscribers(point, racpc.response_code(op, code))
 
     async def start(self) -> None:
         """Power on and advertise (again after every disconnection)."""
@@ -589,6 +627,7 @@ class _VirtualClient(BaseBleakClient):
             # bytes (body composition, PLX with all fields) need it.
             if await self.air.is_bonded(self.address):
                 # Bonded: start encryption with the stored LTK straight away, as BlueZ does.
+                await self.air.file_keys_for(connection)
                 await self._op("encryption", self.air.central.encrypt(connection))
             await self._op("MTU exchange", peer.request_mtu(VIRTUAL_MTU))
             await self._op("service discovery", peer.discover_all())  # type: ignore[no-untyped-call]
@@ -654,6 +693,9 @@ class _VirtualClient(BaseBleakClient):
             raise BleakError(f"{what}: disconnected")
         try:
             return op.result()
+        except ATT_Error as err:
+            # an ATT Error Response, as bleak 3 reports them on every platform
+            raise BleakGATTProtocolError(err.error_code) from err
         except _BUMBLE_ERRORS as err:
             raise BleakError(f"{what} failed: {err}") from err
 
@@ -679,9 +721,7 @@ class _VirtualClient(BaseBleakClient):
     async def unpair(self) -> None:
         """Forget the bond (and disconnect, as bleak's BlueZ backend does)."""
         await self.disconnect()
-        keystore = self.air.central.keystore
-        if keystore is not None:
-            await keystore.delete(str(Address(self.address)))
+        await self.air.forget(self.address)
 
     async def read_gatt_char(
         self, characteristic: BleakGATTCharacteristic, *, use_cached: bool = False, **kwargs: Any

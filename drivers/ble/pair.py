@@ -1,0 +1,466 @@
+"""``kyojo pair``: find, pair, assign and forget the household's BLE health devices.
+
+Mount with ``app.add_typer(pair.app, name="pair")``. Commands (all take ``--config``, the gateway config):
+
+- ``scan``: nearby devices advertising a supported health service (name, address, profile, RSSI);
+- ``add ADDRESS --person NAME [--profile P] [--id ID] [--bond auto|always|never]``: find the device,
+  connect, check it offers the profile's service, bond when it needs it, store it in
+  ``<data_dir>/ble-devices.json`` (:mod:`drivers.ble.paired`) for that household member;
+- ``list``; ``remove ADDRESS`` (also forgets the bond, best effort).
+
+Exit codes: 0 done; 2 bad arguments, config or registry; 3 Bluetooth adapter missing or off; 4 device not
+found within the timeout; 5 device does not offer the profile; 6 device refused to pair (not in pairing
+mode); 7 the connection failed.
+
+The radio is reached through bleak. :data:`backend_factory` yields the bleak backend classes to use
+(``None`` = the platform's, BlueZ on the Pi); tests replace it with one that yields a
+:class:`drivers.ble.virtual.VirtualAir` backend. It is an async context manager because a virtual radio
+lives in the event loop of the command that uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from bleak import BleakClient
+from bleak.backends.characteristic import BleakGATTCharacteristic
+from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError, BleakError, BleakGATTProtocolError
+
+from drivers.base import KyojoError
+from drivers.ble import gatt, paired
+from drivers.ble.device import ID_PATTERN
+from drivers.ble.errors import UnknownCharacteristic
+from drivers.ble.profiles import PROFILES, Profile, ProfileName
+from drivers.ble.transport import BleBackend, SharedScanner
+
+# ------------------------------------------------------------------------------------------------------------
+# Errors and exit codes
+# ------------------------------------------------------------------------------------------------------------
+
+EXIT_USAGE = 2
+EXIT_NO_ADAPTER = 3
+EXIT_NOT_FOUND = 4
+EXIT_WRONG_PROFILE = 5
+EXIT_PAIRING_REFUSED = 6
+EXIT_LINK = 7
+
+
+class PairError(KyojoError):
+    """A pairing command failed in a way the household can act on; ``exit_code`` for the CLI."""
+
+    exit_code = EXIT_USAGE
+
+
+class NoAdapter(PairError):
+    exit_code = EXIT_NO_ADAPTER
+
+
+class NotFound(PairError):
+    exit_code = EXIT_NOT_FOUND
+
+
+class WrongProfile(PairError):
+    exit_code = EXIT_WRONG_PROFILE
+
+
+class PairingRefused(PairError):
+    exit_code = EXIT_PAIRING_REFUSED
+
+
+class LinkFailed(PairError):
+    exit_code = EXIT_LINK
+
+
+# BlueZ D-Bus errors that mean "no usable adapter" (bleak raises BleakBluetoothNotAvailableError for most)
+_ADAPTER_DBUS = ("org.bluez.Error.NotReady", "org.freedesktop.DBus.Error.ServiceUnknown")
+# ATT errors by which a device says "pair with me first" (Core Vol 3 Part F 3.4.1.1)
+_NEEDS_BOND = {0x05, 0x0F, 0x0C}  # Insufficient Authentication, Insufficient Encryption, ...Key Size
+
+NO_ADAPTER_HELP = (
+    "no usable Bluetooth adapter: check that the Pi's Bluetooth is switched on "
+    "(`bluetoothctl power on`, `rfkill unblock bluetooth`) and that the bluetooth service runs"
+)
+
+
+def _adapter_error(err: BaseException) -> bool:
+    if isinstance(err, BleakBluetoothNotAvailableError):
+        return True
+    if isinstance(err, BleakDBusError):
+        return err.dbus_error in _ADAPTER_DBUS
+    return "no bluetooth adapters found" in str(err).lower()
+
+
+@contextlib.contextmanager
+def _adapter_guard(*, os_errors: bool = False) -> Any:
+    """Turn "no adapter / adapter off" failures from bleak into :class:`NoAdapter`.
+
+    ``os_errors``: also an OSError, which is what bleak lets through when BlueZ's D-Bus system bus is not
+    there at all (``FileNotFoundError`` on ``/run/dbus/system_bus_socket``: no bluetoothd, a container).
+    """
+    try:
+        yield
+    except BleakError as err:
+        if _adapter_error(err):
+            raise NoAdapter(f"{NO_ADAPTER_HELP} ({err})") from err
+        raise
+    except OSError as err:
+        if os_errors:
+            raise NoAdapter(f"{NO_ADAPTER_HELP} (the Bluetooth service is not reachable: {err})") from err
+        raise
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The backend (injectable)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def platform_backend() -> AsyncIterator[BleBackend | None]:
+    """bleak's own backend for this platform (BlueZ on the Pi)."""
+    yield None
+
+
+#: yields the bleak backend every command uses; replaced by tests and demos (virtual radio)
+backend_factory: Callable[[], AbstractAsyncContextManager[BleBackend | None]] = platform_backend
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Operations (async, no printing)
+# ------------------------------------------------------------------------------------------------------------
+
+SERVICE_PROFILES: dict[int, ProfileName] = {p.service: p.name for p in PROFILES.values()}
+
+
+@dataclass(frozen=True, slots=True)
+class Nearby:
+    """A device seen by ``scan``."""
+
+    address: str
+    name: str | None
+    rssi: int
+    profiles: tuple[ProfileName, ...]
+    services: tuple[str, ...]
+
+
+async def scan(backend: BleBackend | None, duration: float) -> list[Nearby]:
+    """Devices advertising any supported health service during ``duration`` seconds, strongest first."""
+    with _adapter_guard(os_errors=True):
+        found = await SharedScanner(backend).discover(sorted(SERVICE_PROFILES), duration)
+    out = []
+    for address, s in found.items():
+        shorts = [_short(u) for u in s.service_uuids]
+        profiles = tuple(SERVICE_PROFILES[u] for u in shorts if u in SERVICE_PROFILES)
+        out.append(Nearby(address, s.name, s.rssi, profiles, tuple(s.service_uuids)))
+    return sorted(out, key=lambda n: -n.rssi)
+
+
+def _short(uuid: str) -> int | None:
+    try:
+        return gatt.uuid16(uuid)
+    except UnknownCharacteristic:
+        return None
+
+
+class Bond(StrEnum):
+    """When ``add`` bonds."""
+
+    auto = "auto"  # when the device refuses a subscription without encryption (how bond-only devices say it)
+    always = "always"
+    never = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What ``add`` found out about the device."""
+
+    address: str
+    name: str | None
+    profile: ProfileName
+    bonded: bool
+
+
+def _offered(client: BleakClient) -> list[ProfileName]:
+    shorts = {_short(s.uuid) for s in client.services}
+    return [p.name for p in PROFILES.values() if p.service in shorts]
+
+
+def _describe(profiles: list[ProfileName]) -> str:
+    if not profiles:
+        return "no supported health service"
+    return ", ".join(f"{p} (0x{PROFILES[p].service:04X})" for p in profiles)
+
+
+async def _probe(client: BleakClient, profile: Profile) -> BleakGATTProtocolError | None:
+    """Subscribe to the profile's first present characteristic and unsubscribe; the ATT error if refused."""
+    for sub in profile.subscriptions:
+        char: BleakGATTCharacteristic | None = client.services.get_characteristic(gatt.uuid128(sub.uuid))
+        if char is None:
+            continue
+        try:
+            await client.start_notify(char, lambda _c, _d: None)
+        except BleakGATTProtocolError as err:
+            return err
+        await client.stop_notify(char)
+        return None
+    return None
+
+
+async def add_device(
+    backend: BleBackend | None,
+    address: str,
+    profile: ProfileName | None,
+    *,
+    find_within: float = 20.0,
+    bond: Bond = Bond.auto,
+) -> Added:
+    """Find ``address``, connect, check (or infer) the profile, bond if needed; raises :class:`PairError`."""
+    address = address.upper()
+    scanner = SharedScanner(backend)
+    with _adapter_guard(os_errors=True):
+        try:
+            device = await scanner.find(address, find_within)
+        except TimeoutError as err:
+            raise NotFound(
+                f"{address} was not seen within {find_within:g} s: switch it on, bring it close to the gateway and "
+                "make it advertise (most devices advertise after a measurement or in pairing mode)"
+            ) from err
+    sighting = scanner.sightings.get(address)
+    name = sighting.name if sighting else None
+    client = BleakClient(device, timeout=find_within, backend=backend.client if backend else None)
+    try:
+        with _adapter_guard():
+            try:
+                await client.connect()
+            except (BleakError, TimeoutError, OSError) as err:
+                if isinstance(err, BleakError) and _adapter_error(err):
+                    raise
+                raise LinkFailed(f"could not connect to {address}: {err}; try again closer to the gateway") from err
+        offered = _offered(client)
+        if profile is None:
+            if len(offered) != 1:
+                raise WrongProfile(f"{address} offers {_describe(offered)}: say which with --profile")
+            profile = offered[0]
+        elif profile not in offered:
+            raise WrongProfile(
+                f"{address} ({name or 'no name'}) is not a {profile} device: it offers {_describe(offered)}"
+            )
+        bonded = False
+        try:
+            refused = None if bond is Bond.always else await _probe(client, PROFILES[profile])
+            if bond is Bond.always or (refused is not None and refused.code in _NEEDS_BOND and bond is Bond.auto):
+                try:
+                    await client.pair()
+                except BleakError as err:
+                    raise PairingRefused(
+                        f"{address} refused to pair ({err}): put it in pairing mode (usually: hold its Bluetooth "
+                        "button until the symbol blinks) and run the command again"
+                    ) from err
+                bonded = True
+                refused = await _probe(client, PROFILES[profile])
+            if refused is not None:
+                if refused.code in _NEEDS_BOND:
+                    raise PairingRefused(f"{address} needs bonding to share measurements: run again with --bond")
+                raise LinkFailed(f"{address} refused the measurement subscription: {refused}")
+        except (BleakError, TimeoutError) as err:
+            if isinstance(err, PairError):
+                raise
+            raise LinkFailed(f"{address}: connection lost during pairing: {err}") from err
+        return Added(address, name, profile, bonded)
+    finally:
+        with contextlib.suppress(BleakError, TimeoutError, OSError):
+            await client.disconnect()
+
+
+async def forget_bond(backend: BleBackend | None, address: str) -> str | None:
+    """Remove the OS stack's pairing keys for ``address``; the error text if that failed (best effort)."""
+    try:
+        with _adapter_guard():
+            await BleakClient(address, backend=backend.client if backend else None).unpair()
+    except (BleakError, NotImplementedError, PairError) as err:
+        return str(err)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------------------
+
+app = typer.Typer(help="Pair the household's Bluetooth health devices and assign them to people.", no_args_is_help=True)
+
+DEFAULT_CONFIG = Path(os.environ.get("KYOJO_CONFIG", "/etc/kyojo/agent.toml"))
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway config (TOML); env KYOJO_CONFIG")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _data_dir(config: Path) -> tuple[Path, Any]:
+    from edge_agent.config import load_config
+
+    try:
+        cfg = load_config(config)
+    except KyojoError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+    return cfg.gateway.data_dir, cfg
+
+
+def _load(data_dir: Path) -> list[paired.PairedDevice]:
+    try:
+        return paired.load(data_dir)
+    except paired.RegistryError as err:
+        raise _fail(str(err), EXIT_USAGE) from err
+
+
+def _run(op: Callable[[BleBackend | None], Any]) -> Any:
+    async def main() -> Any:
+        async with backend_factory() as backend:
+            return await op(backend)
+
+    try:
+        return asyncio.run(main())
+    except PairError as err:
+        raise _fail(str(err), err.exit_code) from err
+    except BleakError as err:
+        if _adapter_error(err):
+            raise _fail(f"{NO_ADAPTER_HELP} ({err})", EXIT_NO_ADAPTER) from err
+        raise _fail(f"Bluetooth error: {err}", EXIT_LINK) from err
+
+
+@app.command("scan")
+def scan_cmd(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    timeout: Annotated[float, typer.Option(help="seconds to listen", min=0.1)] = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List nearby health devices (address, RSSI, name, profile); paired ones are marked."""
+    data_dir, _ = _data_dir(config)
+    known = {d.address.upper(): d for d in _load(data_dir)}
+    found: list[Nearby] = _run(lambda backend: scan(backend, timeout))
+    if as_json:
+        rows = [
+            {
+                "address": n.address,
+                "name": n.name,
+                "rssi": n.rssi,
+                "profiles": list(n.profiles),
+                "services": list(n.services),
+                "paired_as": known[n.address].id if n.address in known else None,
+            }
+            for n in found
+        ]
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    if not found:
+        typer.echo(f"no health device advertised within {timeout:g} s (switch it on or take a measurement)")
+        return
+    typer.echo(f"{'ADDRESS':<17}  {'RSSI':>4}  {'PROFILE':<16}  {'NAME':<20}  PAIRED")
+    for n in found:
+        mark = f"{known[n.address].id} ({known[n.address].subject})" if n.address in known else "-"
+        typer.echo(f"{n.address:<17}  {n.rssi:>4}  {','.join(n.profiles):<16}  {n.name or '?':<20}  {mark}")
+
+
+def _check_ident(value: str, what: str) -> str:
+    if not re.fullmatch(ID_PATTERN, value):
+        raise _fail(f"{what} {value!r}: use letters, digits, '.', '_' or '-' (at most 64, no spaces)", EXIT_USAGE)
+    return value
+
+
+@app.command("add")
+def add_cmd(
+    address: Annotated[str, typer.Argument(help="the device's Bluetooth address (see `kyojo pair scan`)")],
+    person: Annotated[str, typer.Option("--person", help="household member the measurements belong to")],
+    profile: Annotated[str | None, typer.Option(help="expected profile (default: what the device offers)")] = None,
+    device_id: Annotated[str | None, typer.Option("--id", help="device id (default: <profile>-<person>)")] = None,
+    bond: Annotated[Bond, typer.Option(help="auto: when the device requires it")] = Bond.auto,
+    timeout: Annotated[float, typer.Option(help="seconds to look for the device", min=0.1)] = 20.0,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Pair a device and assign it to a household member."""
+    from drivers.ble.device import ADDRESS_PATTERN
+
+    if not re.fullmatch(ADDRESS_PATTERN, address):
+        raise _fail(f"{address!r} is not a Bluetooth address (like C4:7C:8D:6A:12:34)", EXIT_USAGE)
+    if profile is not None and profile not in PROFILES:
+        raise _fail(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}", EXIT_USAGE)
+    _check_ident(person, "person")
+    if device_id is not None:
+        _check_ident(device_id, "--id")
+    data_dir, cfg = _data_dir(config)
+    devices = _load(data_dir)
+    address = address.upper()
+    if (old := paired.find(devices, address)) is not None:
+        raise _fail(f"{address} is already paired as {old.id} for {old.subject}; `kyojo pair remove` it first", 2)
+    for dev in cfg.devices:
+        if getattr(dev, "kind", None) == "ble" and str(getattr(dev, "address", "")).upper() == address:
+            raise _fail(f"{address} is already configured in {config} as {dev.id}", EXIT_USAGE)
+    if device_id is not None and any(d.id == device_id for d in devices):
+        raise _fail(f"device id {device_id!r} is taken", EXIT_USAGE)
+
+    wanted: Any = profile
+    added: Added = _run(lambda backend: add_device(backend, address, wanted, find_within=timeout, bond=bond))
+    new_id = device_id or paired.free_id(devices, f"{added.profile.replace('_', '-')}-{person}"[:64])
+    entry = paired.PairedDevice(
+        id=new_id, address=address, profile=added.profile, subject=person, name=added.name, bonded=added.bonded
+    )
+    paired.save(data_dir, [*devices, entry])
+    how = "bonded" if added.bonded else "no bonding needed"
+    typer.echo(f"paired {address} ({added.name or 'no name'}) as {new_id}: {added.profile} for {person} ({how})")
+    typer.echo("restart the agent (`systemctl restart kyojo-agent`) to start reading it")
+
+
+@app.command("list")
+def list_cmd(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
+    """List the paired devices and whom they belong to."""
+    data_dir, _ = _data_dir(config)
+    devices = _load(data_dir)
+    if as_json:
+        typer.echo(json.dumps([d.model_dump(mode="json") for d in devices], ensure_ascii=False))
+        return
+    if not devices:
+        typer.echo("no paired devices (`kyojo pair scan`, then `kyojo pair add`)")
+        return
+    typer.echo(f"{'ID':<24}  {'ADDRESS':<17}  {'PROFILE':<16}  {'PERSON':<12}  BONDED  NAME")
+    for d in devices:
+        typer.echo(
+            f"{d.id:<24}  {d.address:<17}  {d.profile:<16}  {d.subject:<12}  {'yes' if d.bonded else 'no':<6}  "
+            f"{d.name or ''}"
+        )
+
+
+@app.command("remove")
+def remove_cmd(
+    address: Annotated[str, typer.Argument(help="the device's Bluetooth address")],
+    forget: Annotated[bool, typer.Option("--forget-bond/--keep-bond", help="also delete the pairing keys")] = True,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Forget a paired device (its stored measurements on the gateway are kept)."""
+    data_dir, _ = _data_dir(config)
+    devices = _load(data_dir)
+    entry = paired.find(devices, address)
+    if entry is None:
+        raise _fail(f"{address.upper()} is not paired (see `kyojo pair list`)", EXIT_NOT_FOUND)
+    paired.save(data_dir, [d for d in devices if d is not entry])
+    typer.echo(f"removed {entry.id} ({entry.address}, {entry.profile} of {entry.subject})")
+    if forget and entry.bonded:
+
+        async def unpair(backend: BleBackend | None) -> str | None:
+            return await forget_bond(backend, entry.address)
+
+        problem = _run(unpair)
+        if problem:
+            typer.echo(f"warning: could not delete the pairing keys ({problem}); `bluetoothctl remove` it", err=True)
+    typer.echo("restart the agent (`systemctl restart kyojo-agent`) to stop reading it")
