@@ -53,6 +53,12 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
     for gw in ("home-001", "truck-07"):
         status = json.loads((tmp_path / "demo" / gw / "data" / "status.json").read_text())
         assert status["late"] == 0 and status["driver_errors"] == {}, (gw, status)
+        procs = status["processors"]
+        if gw == "home-001":  # the models run inside the agent on the demo's streams
+            assert procs["health"]["af_windows"] > 0, procs  # the ONNX rhythm model on the straps' RR
+            assert procs["nilm"]["inferences"] > 0, procs  # the NILM models on the B-route meter's power
+        else:
+            assert procs["truck"]["pickups"] > 0, procs  # stops at collection points on the NMEA stream
     assert any(line.startswith("readings ") for line in lines)  # live progress
     assert any("SELECT" in line for line in lines)  # the analyst's query
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)

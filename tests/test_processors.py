@@ -20,6 +20,7 @@ from models.nilm.processor import Config as NilmConfig
 from models.nilm.processor import NilmProcessor
 from models.rules.processor import Config as HealthConfig
 from models.rules.processor import HealthProcessor
+from provisioning.local import Mosquitto
 
 T0 = 1_717_200_000.0  # 2024-06-01 09:00 JST
 
@@ -156,3 +157,34 @@ def test_agent_builds_drivers_for_paired_ble_devices(tmp_path: Path) -> None:
     )
     drivers, _ = build_drivers(cfg, SystemClock())
     assert [d.device_id for d in drivers] == ["glucose-alice"]
+
+
+def test_af_model_runs_inside_the_agent_on_the_simulated_strap(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The ONNX rhythm model classifies the simulated strap's RR stream inside a running agent: sinus rhythm,
+    so windows are classified and no AF alert opens."""
+    from drivers.clock import ScaledClock
+    from edge_agent.agent import Agent
+    from tests.agentkit import agent_config, run_agent_in_thread
+    from tests.test_e2e import wait_for
+
+    cfg = agent_config(tmp_path / "gw", mosquitto.port, gateway="home-af")
+    clock = ScaledClock(T0, speed=300)
+    strap = sim.HeartRateStrap("home-af-p1-hr", "p1", 5)
+    proc = HealthProcessor(HealthConfig(kind="health"))
+
+    def make() -> Agent:
+        agent = Agent(cfg, clock=clock, drivers=[sim.SimDriver(strap, clock, tick_s=30, start=T0)])
+        agent.processors = [proc]
+        return agent
+
+    _, stop, _ = run_agent_in_thread(make)
+    wait_for(lambda: clock.now() > T0 + 1200)
+    stop()
+    health = proc.health()
+    assert int(health["af_windows"]) > 20  # 20 simulated minutes of beats, 30-beat steps
+    conn = connect(cfg.db_path)
+    kinds = [k for (k,) in conn.execute("SELECT kind FROM events")]
+    conn.close()
+    assert "alert.af" not in kinds
+    status = json.loads(cfg.status_path.read_text())
+    assert status["processors"]["health"]["af_windows"] == health["af_windows"]

@@ -96,7 +96,10 @@ class HealthProcessor:
         return out
 
     def health(self) -> Mapping[str, object]:
-        return {"alert_updates": self.alerts, "open": len(self.engine.open_alerts())}
+        out: dict[str, object] = {"alert_updates": self.alerts, "open": len(self.engine.open_alerts())}
+        if self.af is not None:
+            out["af_windows"] = self.af.windows
+        return out
 
 
 def build(config: Config, ctx: BuildContext) -> HealthProcessor:
