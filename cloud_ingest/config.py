@@ -35,6 +35,10 @@ class IngestSettings(BaseSettings):
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: with mTLS the broker takes the certificate's CN as the client id, so the consent connection needs an
+    #: identity of its own (CN ``<client_id>-consents``); default: the data connection's certificate
+    consent_tls_cert: Path | None = None
+    consent_tls_key: Path | None = None
     username: str | None = None
     password: SecretStr | None = None
     client_id: str = Field(default_factory=_default_client_id, min_length=1, max_length=64)
@@ -74,6 +78,8 @@ class IngestSettings(BaseSettings):
     def _check(self) -> IngestSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if (self.consent_tls_cert is None) != (self.consent_tls_key is None):
+            raise ValueError("consent_tls_cert and consent_tls_key go together")
         if self.influx_api == "v2" and not (self.influx_org and self.influx_bucket and self.influx_token):
             raise ValueError("influx_api v2 needs influx_org, influx_bucket and influx_token")
         if self.max_pending_points < self.batch_points:

@@ -161,7 +161,9 @@ class Ingester:
         self._ready_evt = threading.Event()
         self._consents_evt = threading.Event()
         self._cgen = 0  # consent connection generation (snapshot epoch)
-        self._sync_topic = f"kyojo/v1/_ingest/sync/{settings.client_id}"
+        # the consent connection's own id: the broker ACL lets each ingest identity use its own sync topic only
+        self._consent_client_id = f"{settings.client_id[:55]}-consents"
+        self._sync_topic = f"kyojo/v1/_ingest/sync/{self._consent_client_id}"
         self._sync_nonce = b""
         self._cclient: mqtt.Client | None = None
         self._fatal: str | None = None
@@ -185,7 +187,7 @@ class Ingester:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
-    def _new_client(self, client_id: str, *, manual_ack: bool) -> mqtt.Client:
+    def _new_client(self, client_id: str, *, manual_ack: bool, consent: bool = False) -> mqtt.Client:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -196,11 +198,14 @@ class Ingester:
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
-        if s.tls_ca is not None or s.tls_cert is not None:
+        cert, key = (
+            (s.consent_tls_cert, s.consent_tls_key) if consent and s.consent_tls_cert else (s.tls_cert, s.tls_key)
+        )
+        if s.tls_ca is not None or cert is not None:
             client.tls_set(
                 ca_certs=str(s.tls_ca) if s.tls_ca else None,
-                certfile=str(s.tls_cert) if s.tls_cert else None,
-                keyfile=str(s.tls_key) if s.tls_key else None,
+                certfile=str(cert) if cert else None,
+                keyfile=str(key) if key else None,
             )
         if s.username is not None:
             client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
@@ -223,7 +228,7 @@ class Ingester:
         self._thread.start()
         deadline = time.monotonic() + timeout
 
-        cclient = self._new_client(f"{s.client_id[:55]}-consents", manual_ack=False)
+        cclient = self._new_client(self._consent_client_id, manual_ack=False, consent=True)
         cclient.on_connect = self._on_consent_connect
         cclient.on_subscribe = self._on_consent_subscribe
         cclient.on_message = self._on_consent_message
