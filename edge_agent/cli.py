@@ -6,21 +6,27 @@ Sub-command groups import their heavy dependencies only when they run, so ``kyoj
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cloud_ingest import analyst, initdb
 from cloud_ingest.cli import app as ingest_app
 from drivers.base import KyojoError
+
+if TYPE_CHECKING:
+    from edge_agent.config import AgentConfig
 from drivers.ble.cli import register as register_ble
 from drivers.ble.pair import app as pair_app
 from drivers.gnss.cli import app as gnss_app
@@ -71,7 +77,20 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _load(config: Path):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _gateway_db(config: Path) -> Iterator[tuple[AgentConfig, sqlite3.Connection]]:
+    """The gateway's config and a connection to its database, closed afterwards."""
+    from edge_agent.db import connect
+
+    cfg = _load(config)
+    conn = connect(cfg.db_path)
+    try:
+        yield cfg, conn
+    finally:
+        conn.close()
+
+
+def _load(config: Path) -> AgentConfig:
     from edge_agent.config import load_config
 
     try:
@@ -140,16 +159,12 @@ def consent_grant(
 ) -> None:
     """Give consent for a person (or the household) to one purpose. Asked once, reused by every device."""
     from edge_agent import consent
-    from edge_agent.db import connect
 
-    cfg = _load(config)
-    conn = connect(cfg.db_path)
-    try:
-        c = consent.open_store(cfg, conn).grant(purpose, subject, lang=_lang(lang))
-    except KyojoError as err:
-        raise _fail(err) from err
-    finally:
-        conn.close()
+    with _gateway_db(config) as (cfg, conn):
+        try:
+            c = consent.open_store(cfg, conn).grant(purpose, subject, lang=_lang(lang))
+        except KyojoError as err:
+            raise _fail(err) from err
     lg = _lang(lang)
     typer.echo(f"{c.id}: {subject} -> {purpose} ({consent.catalog()[purpose].title[lg]}), active")
 
@@ -158,16 +173,12 @@ def consent_grant(
 def consent_withdraw(consent_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Withdraw a consent: nothing more is released for it and what is queued is dropped."""
     from edge_agent import consent
-    from edge_agent.db import connect
 
-    cfg = _load(config)
-    conn = connect(cfg.db_path)
-    try:
-        dropped = consent.open_store(cfg, conn).withdraw(consent_id)
-    except KyojoError as err:
-        raise _fail(err) from err
-    finally:
-        conn.close()
+    with _gateway_db(config) as (cfg, conn):
+        try:
+            dropped = consent.open_store(cfg, conn).withdraw(consent_id)
+        except KyojoError as err:
+            raise _fail(err) from err
     typer.echo(f"{consent_id}: withdrawn; {dropped} queued message(s) dropped")
 
 
@@ -175,14 +186,9 @@ def consent_withdraw(consent_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> Non
 def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Option(False, "--json")) -> None:
     """List the consents on this gateway."""
     from edge_agent import consent
-    from edge_agent.db import connect
 
-    cfg = _load(config)
-    conn = connect(cfg.db_path)
-    try:
+    with _gateway_db(config) as (_, conn):
         rows = consent.list_consents(conn)
-    finally:
-        conn.close()
 
     def when(ms: int | None) -> str | None:
         return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
@@ -217,17 +223,13 @@ def consent_show(
 ) -> None:
     """Show one consent: its notice, scope, recipients, history, and whether its signature holds."""
     from edge_agent import consent
-    from edge_agent.db import connect
     from edge_agent.identity import load_keys, verify_signature
 
-    cfg = _load(config)
-    conn = connect(cfg.db_path)
-    try:
-        signed = consent.signed_record(conn, consent_id)
-    except KyojoError as err:
-        raise _fail(err) from err
-    finally:
-        conn.close()
+    with _gateway_db(config) as (cfg, conn):
+        try:
+            signed = consent.signed_record(conn, consent_id)
+        except KyojoError as err:
+            raise _fail(err) from err
     keys = load_keys(cfg.gateway.data_dir)
     ok = verify_signature(keys.public_key_b64(), consent.canonical(signed["record"]), signed["signature"])
     if as_json:
@@ -264,9 +266,7 @@ def audit_show(
 ) -> None:
     """Everything that left the home and every consent event, in plain language, oldest first."""
     from edge_agent import audit
-    from edge_agent.db import connect
 
-    cfg = _load(config)
     since_ms = None
     if since:
         try:
@@ -274,26 +274,18 @@ def audit_show(
         except ValueError as err:
             raise _fail(KyojoError(f"--since: not an ISO date/time: {since!r}")) from err
         since_ms = int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
-    conn = connect(cfg.db_path)
-    try:
+    with _gateway_db(config) as (_, conn):
         for e in audit.entries(conn, since_ms=since_ms, purpose=purpose):
             typer.echo(audit.describe(e, _lang(lang)))
-    finally:
-        conn.close()
 
 
 @audit_app.command("verify")
 def audit_verify(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Check the log's hash chain; exits 1 if any entry was edited, deleted or reordered."""
     from edge_agent import audit
-    from edge_agent.db import connect
 
-    cfg = _load(config)
-    conn = connect(cfg.db_path)
-    try:
+    with _gateway_db(config) as (_, conn):
         verdict = audit.verify(conn)
-    finally:
-        conn.close()
     if verdict.ok:
         typer.echo(f"ok: {verdict.entries} entries, head {verdict.head}")
         return
@@ -308,12 +300,9 @@ def audit_export(
 ) -> None:
     """The whole log as JSON (entries, verdict, the gateway's public key), for the household to keep."""
     from edge_agent import audit, consent
-    from edge_agent.db import connect
     from edge_agent.identity import load_keys
 
-    cfg = _load(config)
-    conn = connect(cfg.db_path)
-    try:
+    with _gateway_db(config) as (cfg, conn):
         verdict = audit.verify(conn)
         doc = {
             "gateway": cfg.gateway.id,
@@ -332,8 +321,6 @@ def audit_export(
                 for e in audit.entries(conn)
             ],
         }
-    finally:
-        conn.close()
     text = json.dumps(doc, ensure_ascii=False, indent=2)
     if out is None:
         typer.echo(text)
@@ -422,17 +409,12 @@ def ingest_rollup(
 
 def _alerts(cfg_path: Path) -> list[dict[str, object]]:
     """Latest state of every alert (events of kind alert.*, folded by alert id), newest first."""
-    from edge_agent.db import connect
 
-    cfg = _load(cfg_path)
-    conn = connect(cfg.db_path)
-    try:
+    with _gateway_db(cfg_path) as (_, conn):
         rows = conn.execute(
             "SELECT kind, subject, ts, severity, attrs, state FROM events WHERE kind LIKE 'alert.%' ORDER BY ts"
         ).fetchall()
         acks = dict(conn.execute("SELECT alert_id, at FROM alert_acks").fetchall())
-    finally:
-        conn.close()
     latest: dict[str, dict[str, object]] = {}
     for kind, subject, ts, severity, attrs, state in rows:
         a = json.loads(attrs)
@@ -480,19 +462,14 @@ def alerts_list(
 @alerts_app.command("ack")
 def alerts_ack(alert_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Mark an alert as seen by the household."""
-    from edge_agent.db import connect
 
     if alert_id not in {d["alert_id"] for d in _alerts(config)}:
         raise _fail(KyojoError(f"no alert {alert_id!r} on this gateway"))
-    cfg = _load(config)
-    conn = connect(cfg.db_path)
-    try:
+    with _gateway_db(config) as (_, conn):
         conn.execute(
             "INSERT OR REPLACE INTO alert_acks(alert_id, at, by) VALUES(?, ?, 'household')",
             (alert_id, int(datetime.now(UTC).timestamp() * 1000)),
         )
-    finally:
-        conn.close()
     typer.echo(f"{alert_id}: acknowledged")
 
 
