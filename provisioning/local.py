@@ -30,6 +30,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -221,7 +222,7 @@ def _kill_children_at_exit() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-class _Service:
+class _Service(ABC):
     """A child process with a log file, a readiness probe and stop/kill/restart."""
 
     name = "service"
@@ -235,18 +236,21 @@ class _Service:
 
     # -- to be provided by subclasses -----------------------------------------------------------------------
     @property
+    @abstractmethod
     def log_path(self) -> Path:
         """The file the service logs to (its stdout and stderr go there too)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _command(self, binary: str) -> list[str]:
-        raise NotImplementedError
+        """The command line that starts the service."""
 
+    @abstractmethod
     def _write_config(self) -> None:
-        raise NotImplementedError
+        """Write the service's configuration file."""
 
+    @abstractmethod
     def _ready(self) -> bool:
-        raise NotImplementedError
+        """True once the service answers."""
 
     def _ports(self) -> list[int]:
         return [self._port]

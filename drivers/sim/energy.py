@@ -15,6 +15,7 @@ heater 1.3 kW: a 2 kW appliance would draw 20 A on 100 V (pass ``power_w`` to ch
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -174,8 +175,9 @@ class _CounterMixin:
     _prefix: FloatArray
     _prefix_day0: int
 
-    def _day_totals(self, days: IntArray) -> FloatArray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _day_totals(self, days: IntArray) -> FloatArray:
+        """Energy (Wh) of each whole local day in ``days``."""
 
     def _init_counter(self, origin: float) -> None:
         self.origin = float(origin)
