@@ -360,9 +360,22 @@ def ingest_rollup(
     influx_db: Annotated[str, typer.Option(help="database")] = "kyojo",
     metric: Annotated[str, typer.Option(help="measurement to roll up")] = "energy",
     field: Annotated[str, typer.Option(help="field: delta for counters, mean for gauges")] = "delta",
-    purpose: Annotated[str, typer.Option(help="only data released for this purpose")] = "community-energy",
+    purpose: Annotated[
+        str | None,
+        typer.Option(
+            help="only data released for this purpose [default: community-energy; preventive-care for alert.*]"
+        ),
+    ] = None,
+    events: Annotated[
+        str | None,
+        typer.Option(
+            help="count events instead: kinds matching this glob (e.g. 'alert.*'), each to community_<kind>; "
+            "alerts count distinct alert_id among open updates, other kinds distinct event_id"
+        ),
+    ] = None,
     hours: Annotated[float, typer.Option(help="roll up the last N hours")] = 24.0,
-    bucket: Annotated[int, typer.Option(help="bucket length, seconds")] = 3600,
+    until: Annotated[str | None, typer.Option(help="end of the range (ISO time; default now)")] = None,
+    bucket: Annotated[int, typer.Option(help="bucket length, seconds (604800 = a week)")] = 3600,
     k: Annotated[int, typer.Option(help="minimum households per released bucket")] = 15,
     max_share: Annotated[float, typer.Option(help="no household above this share of a total")] = 0.15,
     epsilon: Annotated[float | None, typer.Option(help="add Laplace noise with this epsilon per release")] = None,
@@ -375,9 +388,13 @@ def ingest_rollup(
     import time as _time
 
     from cloud_ingest.erasure import EraseError, InfluxV1Admin
-    from cloud_ingest.rollup import Ledger, RollupConfig, run_rollup
+    from cloud_ingest.rollup import Bucket, Ledger, RollupConfig, event_kinds, run_rollup
 
-    cfg = RollupConfig(
+    if epsilon is not None and clip is None:
+        raise _fail(KyojoError("--epsilon needs --clip (the sensitivity the noise is scaled to)"))
+    if purpose is None:
+        purpose = "preventive-care" if events is not None and events.startswith("alert.") else "community-energy"
+    base = RollupConfig(
         metric=metric,
         field=field,
         purpose=purpose,
@@ -389,22 +406,39 @@ def ingest_rollup(
         budget=budget,
         reduce=reduce,
     )
-    if epsilon is not None and clip is None:
-        raise _fail(KyojoError("--epsilon needs --clip (the sensitivity the noise is scaled to)"))
-    end = int(_time.time() * 1000) // (bucket * 1000) * bucket * 1000
+    if until is None:
+        now_ms = int(_time.time() * 1000)
+    else:
+        try:
+            t = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        except ValueError as err:
+            raise _fail(KyojoError(f"--until {until!r}: not an ISO time")) from err
+        now_ms = int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
+    end = now_ms // (bucket * 1000) * bucket * 1000
     start = end - int(hours * 3_600_000)
+    admin = InfluxV1Admin(influx_url, influx_db)
     book = Ledger(ledger) if epsilon is not None else None
+    out: list[tuple[str, list[Bucket]]] = []
     try:
-        buckets = run_rollup(InfluxV1Admin(influx_url, influx_db), cfg, start, end, ledger=book)
+        cfgs = [base] if events is None else [base.for_events(kind) for kind in event_kinds(admin, events, purpose)]
+        for cfg in cfgs:
+            out.append((cfg.release_measurement, run_rollup(admin, cfg, start, end, ledger=book)))
     except (EraseError, ValueError) as err:
         raise _fail(err) from err
     finally:
         if book is not None:
             book.close()
-    for b in buckets:
-        typer.echo(json.dumps(b.as_dict()))
-    released = sum(1 for b in buckets if b.suppressed is None)
-    typer.echo(json.dumps({"buckets": len(buckets), "released": released, "suppressed": len(buckets) - released}))
+    n = released = 0
+    for name, buckets in out:
+        for b in buckets:
+            doc = b.as_dict() if events is None else {"measurement": name, **b.as_dict()}
+            typer.echo(json.dumps(doc))
+            n += 1
+            released += b.suppressed is None
+    summary: dict[str, object] = {"buckets": n, "released": released, "suppressed": n - released}
+    if events is not None:
+        summary["measurements"] = [name for name, _ in out]
+    typer.echo(json.dumps(summary))
 
 
 def _alerts(cfg_path: Path) -> list[dict[str, object]]:
@@ -471,6 +505,48 @@ def alerts_ack(alert_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
             (alert_id, int(datetime.now(UTC).timestamp() * 1000)),
         )
     typer.echo(f"{alert_id}: acknowledged")
+
+
+@pair_app.command("plugs")
+def pair_plugs(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    accept: Annotated[str | None, typer.Option(help="plug key to name, e.g. tasmota:tasmota_5A3C7F")] = None,
+    appliance: Annotated[str | None, typer.Option(help="what the plug powers, e.g. kettle")] = None,
+    forget: Annotated[str | None, typer.Option(help="plug key to unpair")] = None,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Smart plugs heard on the home's LAN broker; name the appliance behind one (restart the agent after)."""
+    from drivers.plugs import pairing
+
+    cfg = _load(config)
+    configured: dict[str, str] = {}
+    for d in cfg.devices:
+        if getattr(d, "kind", "") == "plugs":
+            configured |= dict(d.appliances)
+    data_dir = cfg.gateway.data_dir
+    try:
+        if accept is not None:
+            if appliance is None:
+                raise KyojoError("--accept needs --appliance")
+            pairing.accept(data_dir, accept, appliance, configured)
+            typer.echo(f"{accept}: paired as {appliance}; restart the agent (systemctl restart kyojo-agent)")
+            return
+        if forget is not None:
+            if not pairing.forget(data_dir, forget):
+                raise KyojoError(f"{forget!r} is not paired with kyojo pair plugs")
+            typer.echo(f"{forget}: unpaired; restart the agent")
+            return
+    except KyojoError as err:
+        raise _fail(err) from err
+    paired = {**pairing.load(data_dir), **configured}
+    rows = [{**r, "paired_as": paired.get(str(r["device"]))} for r in pairing.seen(data_dir)]
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    if not rows:
+        typer.echo('no plugs heard yet: is the agent running with a kind = "plugs" device?')
+    for r in rows:
+        typer.echo(f"{r['device']:<48} {r.get('family', ''):<12} {r['paired_as'] or 'not paired'}")
 
 
 @app.command("doctor")

@@ -65,9 +65,12 @@ class Config(BaseModel):
 def build(config: Config, ctx: BuildContext) -> list[Driver]:
     """One :class:`~drivers.plugs.mqtt.PlugsDriver`; counters and discovery saved in the data dir."""
     from drivers.plugs.mqtt import PlugsDriver, default_topics
+    from drivers.plugs.pairing import load
     from drivers.plugs.session import PlugSession
 
-    session = PlugSession(config.household, dict(config.appliances), z2m_base=config.z2m_base)
+    # plugs paired with ``kyojo pair plugs``, then the config's own table (which wins on a conflict)
+    appliances = {**load(ctx.data_dir), **config.appliances}
+    session = PlugSession(config.household, appliances, z2m_base=config.z2m_base)
     return [
         PlugsDriver(
             config.id,
