@@ -27,6 +27,16 @@ from edge_agent.publisher import Backoff, Publisher
 log = logging.getLogger(__name__)
 
 
+def _version() -> str:
+    """The installed kyojo version (the release gate compares it with the release it activated)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kyojo")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def make_clock(config: AgentConfig) -> Clock:
     if config.clock.speed == 1.0 and config.clock.start is None:
         return SystemClock()
@@ -125,6 +135,7 @@ class Agent:
         depth = self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
         return {
             "gateway": self.config.gateway.id,
+            "version": _version(),
             "at": time.time(),
             "clock": self.clock.now(),
             "uptime_s": round(time.time() - self._started, 1),

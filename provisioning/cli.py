@@ -11,6 +11,9 @@ Mounted by the main CLI as ``kyojo provision``. Typical flow::
     kyojo provision sign identity.csr --ca-dir /srv/kyojo-ca --expect gw-0042 --out gw-0042.crt
     # Pi
     kyojo provision install gw-0042.crt --ca ca.crt
+    # Pi, updates (docs/RELEASES.md)
+    kyojo provision release install kyojo-0.2.0-py3-none-any.whl --version 0.2.0
+    kyojo provision release activate 0.2.0      # switch, restart, health gate; rolls back on failure
 """
 
 from __future__ import annotations
@@ -26,11 +29,17 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from provisioning import pki
+from provisioning import release as rel
 from provisioning.broker import BrokerSettings, new_share_group, render_acl, render_mosquitto_conf
 
 app = typer.Typer(help="City CA, gateway identities, revocation, broker configuration.", no_args_is_help=True)
 ca_app = typer.Typer(help="The city CA (run on the offline CA host).", no_args_is_help=True)
 app.add_typer(ca_app, name="ca")
+release_app = typer.Typer(
+    help="Versioned agent releases under /opt/kyojo: install, activate (health-gated), rollback, list, verify.",
+    no_args_is_help=True,
+)
+app.add_typer(release_app, name="release")
 
 _DEFAULT_STATE = Path(os.environ.get("KYOJO_STATE_DIR", "/var/lib/kyojo"))
 CaDir = Annotated[
@@ -252,3 +261,164 @@ def broker_config(
         f"copy ca.crt, crl.pem, {server_name}.crt/.key to {etc_dir}. Ingest identities: {', '.join(names) or 'none'}"
     )
     typer.echo(f"ingesters: set group = {group!r} (KYOJO_INGEST_GROUP); keep it secret, see broker.new_share_group")
+
+
+# ---------------------------------------------------------------------------------------------------- releases
+# Exit codes: 0 done / accepted; 1 the health gate rejected the release (rolled back); 2 refused (bad input,
+# tampered model, nothing to roll back to); 3 rejected AND the rollback failed (the gateway needs a person).
+
+Root = Annotated[
+    Path, typer.Option("--root", help="release root (env KYOJO_RELEASE_ROOT)", envvar="KYOJO_RELEASE_ROOT")
+]
+Unit = Annotated[str, typer.Option("--unit", help="systemd unit to restart and watch")]
+StatusPath = Annotated[
+    Path | None, typer.Option("--status", help="the agent's status.json (default: <state-dir>/status.json)")
+]
+Timeout = Annotated[float, typer.Option("--timeout", min=1, help="seconds to wait for READY and a first publish")]
+RequirePublish = Annotated[
+    bool,
+    typer.Option(
+        "--require-publish/--no-require-publish",
+        help="accept only after a first PUBACKed message (off: READY and connected; for gateways with no consent)",
+    ),
+]
+_ROOT = Path("/opt/kyojo")
+
+
+def _gate(
+    root: Path, unit: str, status: Path | None, state_dir: Path, timeout: float, require_publish: bool, restart: bool
+) -> None:
+    result = rel.verify(
+        root,
+        status or state_dir / "status.json",
+        timeout=timeout,
+        checker=rel.systemd_checker(unit),
+        restart=rel.systemd_restarter(unit) if restart else None,
+        require_publish=require_publish,
+    )
+    if result.accepted:
+        typer.echo(f"release {result.version} accepted: {result.reason}")
+        return
+    typer.echo(f"release {result.version} REJECTED: {result.reason}", err=True)
+    if result.rolled_back_to is not None:
+        typer.echo(f"rolled back to {result.rolled_back_to}" + (f"; restarted {unit}" if restart else ""), err=True)
+        raise typer.Exit(1)
+    typer.echo(f"rollback FAILED: {result.rollback_error}", err=True)
+    raise typer.Exit(3)
+
+
+@release_app.command("install")
+def release_install(
+    source: Annotated[Path, typer.Argument(help="a kyojo wheel, or a release directory built for this path")],
+    version: Annotated[str, typer.Option("--version", help="release name, e.g. 0.2.0")],
+    root: Root = _ROOT,
+    find_links: Annotated[Path | None, typer.Option(help="wheelhouse for the dependencies")] = None,
+    no_index: Annotated[bool, typer.Option(help="do not reach PyPI (use --find-links only)")] = False,
+) -> None:
+    """Build releases/VERSION (venv + app) and pin its models in models.lock. Does not switch."""
+    try:
+        path = rel.install(source, root, version, find_links=find_links, no_index=no_index)
+    except (rel.ReleaseError, OSError) as err:
+        raise _fail(err) from err
+    lock = (path / rel.LOCK_FILE).read_text(encoding="utf-8")
+    models = len(json.loads(lock)["models"])
+    typer.echo(f"installed {path} ({models} models pinned in {rel.LOCK_FILE}); next: release activate {version}")
+
+
+@release_app.command("activate")
+def release_activate(
+    version: Annotated[str, typer.Argument(help="an installed release")],
+    root: Root = _ROOT,
+    unit: Unit = rel.DEFAULT_UNIT,
+    restart: Annotated[bool, typer.Option(help="restart the unit after the switch")] = True,
+    gate: Annotated[bool, typer.Option("--verify/--no-verify", help="run the health gate (rolls back)")] = True,
+    status: StatusPath = None,
+    state_dir: StateDir = _DEFAULT_STATE,
+    timeout: Timeout = 300.0,
+    require_publish: RequirePublish = True,
+) -> None:
+    """Check models.lock, switch `current` atomically, restart, and keep it only if the health gate passes."""
+    try:
+        old = rel.activate(root, version)
+    except (rel.ReleaseError, OSError) as err:
+        raise _fail(err) from err
+    typer.echo(f"current -> releases/{version} (previous: {old or 'none'})")
+    if not restart:
+        typer.echo(f"not restarted: run `systemctl restart {unit}` then `kyojo provision release verify`")
+        return
+    try:
+        rel.systemd_restarter(unit)()
+    except rel.ReleaseError as err:
+        typer.echo(f"error: {err}", err=True)
+    if gate:
+        _gate(root, unit, status, state_dir, timeout, require_publish, restart=True)
+
+
+@release_app.command("rollback")
+def release_rollback(
+    root: Root = _ROOT,
+    unit: Unit = rel.DEFAULT_UNIT,
+    restart: Annotated[bool, typer.Option(help="restart the unit after the switch")] = True,
+) -> None:
+    """Switch `current` back to `previous` (the abandoned release is marked FAILED)."""
+    try:
+        target = rel.rollback(root)
+        if restart:
+            rel.systemd_restarter(unit)()
+    except (rel.ReleaseError, OSError) as err:
+        raise _fail(err) from err
+    typer.echo(f"current -> releases/{target}" + (f"; restarted {unit}" if restart else ""))
+
+
+@release_app.command("verify")
+def release_verify(
+    root: Root = _ROOT,
+    unit: Unit = rel.DEFAULT_UNIT,
+    status: StatusPath = None,
+    state_dir: StateDir = _DEFAULT_STATE,
+    timeout: Timeout = 300.0,
+    require_publish: RequirePublish = True,
+    restart: Annotated[bool, typer.Option(help="restart the unit after a rollback")] = True,
+) -> None:
+    """Run the health gate for the last activation; roll back if it fails."""
+    try:
+        _gate(root, unit, status, state_dir, timeout, require_publish, restart)
+    except rel.ReleaseError as err:
+        raise _fail(err) from err
+
+
+@release_app.command("list")
+def release_list(
+    root: Root = _ROOT,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Installed releases, oldest first; marks current (*), previous (<), failed and incomplete ones."""
+    releases = rel.list_releases(root)
+    if not releases:
+        typer.echo(f"no releases in {root / rel.RELEASES}")
+        return
+    for r in releases:
+        if as_json:
+            typer.echo(json.dumps(r.as_dict()))
+            continue
+        mark = "*" if r.current else "<" if r.previous else " "
+        when = (
+            dt.datetime.fromtimestamp(r.installed_at, dt.UTC).isoformat(timespec="seconds") if r.installed_at else "?"
+        )
+        notes = ["incomplete"] if r.incomplete else []
+        if r.failed:
+            notes.append(f"FAILED {r.failed}")
+        typer.echo(f"{mark} {r.version:<20} installed {when} models {r.models}  {' '.join(notes)}".rstrip())
+
+
+@release_app.command("prune")
+def release_prune(
+    root: Root = _ROOT,
+    keep: Annotated[int, typer.Option(min=1, help="newest releases to keep (current and previous always stay)")] = 3,
+) -> None:
+    """Delete old releases."""
+    try:
+        removed = rel.prune(root, keep)
+    except (rel.ReleaseError, OSError) as err:
+        raise _fail(err) from err
+    typer.echo(f"removed {', '.join(removed)}" if removed else "nothing to remove")
