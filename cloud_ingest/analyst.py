@@ -56,8 +56,18 @@ SCHEMA_VERSION = 39
 MIN_INTERVAL = "1m"
 #: Defaults of the dashboard variables outside Grafana (all pseudonyms, all ingester instances).
 DEFAULT_VARS: Mapping[str, str] = {"subject": ".*", "instance": ".*"}
-#: Alert kinds the preventive-care models raise; each is rolled up to ``community_alert_<kind>``.
-ALERT_KINDS = ("hypertension", "hyperglycaemia", "arrhythmia", "fever", "hypoxaemia")
+#: Alert kinds the preventive-care processor raises (event kind ``alert.<kind>``: models/rules/engine.py and the AF
+#: model); ``kyojo ingest rollup --events 'alert.*'`` releases each as ``community_alert_<kind>``.
+ALERT_KINDS = (
+    "bp_crisis",
+    "bp_category",
+    "spo2_low",
+    "tachycardia",
+    "bradycardia",
+    "fever",
+    "fasting_glucose",
+    "atrial_fibrillation",
+)
 
 _TF = "$timeFilter"
 
@@ -101,11 +111,8 @@ def _purpose(p: str) -> str:
 _ENERGY = _purpose("community-energy")
 _EV = _purpose("ev-energy-sharing")
 _WASTE = _purpose("waste-collection")
-#: +1 where a truck's window ends stopped after one that ended moving (speed < 1000 m/s, so ceil(v/1000) = moving)
-_STOPS = (
-    'SELECT difference("stopped") AS "d" FROM ('
-    f'SELECT 1 - ceil("last" / 1000) AS "stopped" FROM "speed" WHERE {_WASTE} GROUP BY "subject")'
-)
+#: pickup events the trucks' ``truck`` processor released (one per stop matched to a collection point)
+_PICKUPS = f'FROM "events" WHERE "kind" = \'pickup\' AND {_WASTE}'
 _INSTANCE = f'"instance" =~ /^$instance$/ AND {_TF}'
 _ALERTS = f"\"purpose\" = 'preventive-care' AND \"bucket\" = '604800s' AND {_TF}"
 
@@ -217,22 +224,22 @@ QUERIES: dict[str, CannedQuery] = {
         ),
         _q(
             "waste.pickups",
-            "Pickups per route and hour",
-            "Stops per truck (= route) and hour: a window that ends stopped after one that ended moving is the "
-            "start of a stop (the crew empties the bins at every stop).",
-            f'SELECT count("d") AS "pickups" FROM ({_STOPS}) WHERE "d" > 0 AND {_TF} '
-            "GROUP BY time(1h), \"subject\" fill(0) tz('Asia/Tokyo')",
+            "Pickups per truck and hour",
+            "Pickup events per truck (pseudonym; a truck drives one route) and hour: each is a stop the gateway "
+            "matched to a collection point (dwell of at least 20 s within 30 m of it).",
+            f'SELECT count("event_id") AS "pickups" {_PICKUPS} GROUP BY time(1h), "subject" fill(0) tz(\'Asia/Tokyo\')',
             plot="bar",
         ),
         _q(
             "waste.progress",
-            "Collection progress",
-            "Cumulative distance driven (km, mean speed x window length) and stops made since the range start.",
-            'SELECT cumulative_sum(sum("d")) / 1000 AS "km" FROM ('
-            f'SELECT "mean" * "window_s" AS "d" FROM "speed" WHERE {_WASTE}) '
-            f'WHERE {_TF} GROUP BY time($__interval), "subject" fill(none)',
-            f'SELECT cumulative_sum(count("d")) AS "stops" FROM ({_STOPS}) WHERE "d" > 0 AND {_TF} '
-            'GROUP BY time($__interval), "subject" fill(none)',
+            "Route progress",
+            "Latest route progress per truck, from its last pickup event: the route, the collection points served "
+            "so far and on the route, the share served, and the last point served.",
+            'SELECT last("route") AS "route", last("served") AS "served", last("points") AS "points", '
+            f'last("progress") AS "progress", last("point") AS "last_point" {_PICKUPS} GROUP BY "subject"',
+            unit="percentunit",
+            plot="bar",
+            result_format="table",
         ),
         # --- preventive care: k-anonymous rollups only -------------------------------------------------------
         _q(
@@ -344,6 +351,11 @@ _RIGHT_AXIS = (
     },
 )
 
+_COUNTS = tuple(
+    {"matcher": {"id": "byName", "options": name}, "properties": [{"id": "unit", "value": "none"}]}
+    for name in ("served", "points")
+)
+
 DASHBOARDS: tuple[Dashboard, ...] = (
     Dashboard(
         "home-energy",
@@ -374,7 +386,8 @@ DASHBOARDS: tuple[Dashboard, ...] = (
     Dashboard(
         "waste-collection",
         "Kyojo · Waste collection",
-        "Collection trucks (purpose waste-collection): positions, pickups per route, progress.",
+        "Collection trucks (purpose waste-collection): positions, pickups per truck and hour, route progress "
+        "(from the pickup events the trucks' gateways release).",
         (
             Panel(
                 "waste.positions",
@@ -396,7 +409,7 @@ DASHBOARDS: tuple[Dashboard, ...] = (
                 },
             ),
             Panel("waste.pickups", custom=_BARS),
-            Panel("waste.progress"),
+            Panel("waste.progress", type="table", overrides=_COUNTS),
         ),
         (Variable("subject", "Truck / route (pseudonym)", "speed", "subject", "waste-collection"),),
         time_from="now-12h",
@@ -714,15 +727,18 @@ def plot(result: Result, path: Path, *, title: str | None = None) -> Path:
         ax.set_xlabel("longitude (deg)")
         ax.set_ylabel("latitude (deg)")
     else:
-        n_bars = max(1, len(series) * len(result.fields))
+        numeric = [  # text columns (e.g. a route name) are shown by the table, not drawn
+            f for f in result.fields if not any(isinstance(r[result.columns.index(f)], str) for r in result.rows)
+        ]
+        n_bars = max(1, len(series) * len(numeric))
         step = _step_days(result)
         k = 0
         for tags, rows in series.items():
             times = [int(r[0]) / 86_400_000 for r in rows]  # matplotlib dates: days since 1970-01-01 (its epoch)
-            for f in result.fields:
+            for f in numeric:
                 col = result.columns.index(f)
                 vals = [float(r[col]) if r[col] is not None else math.nan for r in rows]
-                label = _label(tags, f if len(result.fields) > 1 else "")
+                label = _label(tags, f if len(numeric) > 1 else "")
                 if q.plot == "bar" and step is not None:
                     width = step * 0.8 / n_bars
                     ax.bar([t + width * k - step * 0.4 for t in times], vals, width=width, align="edge", label=label)

@@ -18,20 +18,32 @@ Suppressed buckets are reported with their reason and never written. Released bu
 measurement ``community_<metric>`` (tags ``purpose``, ``bucket``; fields ``households``, ``total``, ``mean``,
 ``epsilon``) at the bucket's start, so a rerun overwrites instead of adding.
 
+Events instead of aggregates (``RollupConfig(events_kind="alert.bp_crisis")``, CLI ``--events 'alert.*'``): a
+household's value in a bucket is the number of distinct episodes of that kind it released — the distinct
+``event_key`` values (``alert_id`` for alerts: an alert's opened/escalated/closed updates share it) among the
+points of measurement ``events`` with tag ``kind`` = the kind, purpose = ``purpose`` and (if ``event_state`` is set)
+field ``state`` = ``open``. An episode counts once, in the bucket of its start (``started_ms``, else the time of
+its first update), and only if that start lies in the rolled-up range. The same k-threshold, dominance rule and
+noise apply; the release is ``community_<kind with . as _>``, e.g. ``community_alert_bp_crisis``.
+
 Subjects are per-purpose pseudonyms: the rollup never sees who a household is.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import random
+import re
 import sqlite3
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cloud_ingest.erasure import InfluxV1Admin, _lit
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # an event attribute name (edge_agent.wire.EventItem.attrs)
 
 
 @dataclass
@@ -47,6 +59,25 @@ class RollupConfig:
     budget: float = 10.0
     seed: int | None = None
     reduce: str = "max"
+    #: count events of this kind (tag ``kind`` of measurement ``events``) instead of reading ``metric``/``field``
+    events_kind: str | None = None
+    #: the field whose distinct values are the episodes counted (``alert_id``; ``event_id`` for one-off events)
+    event_key: str = "alert_id"
+    #: only updates whose ``state`` field has this value (``None``: every update)
+    event_state: str | None = "open"
+
+    @property
+    def release_measurement(self) -> str:
+        """Where a released bucket is written: ``community_<metric>`` or ``community_<kind, . -> _>``."""
+        name = self.events_kind.replace(".", "_") if self.events_kind is not None else self.metric
+        return f"community_{name}"
+
+    def for_events(self, kind: str) -> RollupConfig:
+        """This config, counting events of ``kind``: alerts (``alert.*``) by distinct ``alert_id`` among their
+        ``open`` updates, anything else (e.g. ``pickup``) by distinct ``event_id``."""
+        if kind.startswith("alert."):
+            return replace(self, events_kind=kind, event_key="alert_id", event_state="open")
+        return replace(self, events_kind=kind, event_key="event_id", event_state=None)
 
 
 @dataclass
@@ -133,18 +164,25 @@ def decide(
     return Bucket(start_ms, n, total=noisy, mean=noisy / n, epsilon=cfg.epsilon, contributors=sorted(values))
 
 
-def run_rollup(
-    admin: InfluxV1Admin, cfg: RollupConfig, start_ms: int, end_ms: int, *, ledger: Ledger | None = None
-) -> list[Bucket]:
-    """Roll up [start, end) into buckets, write the released ones, charge the ledger. Returns every bucket."""
+def event_kinds(admin: InfluxV1Admin, pattern: str, purpose: str) -> list[str]:
+    """Event kinds present in ``events`` under ``purpose`` that match a glob (``alert.*``), sorted."""
+    q = f'SHOW TAG VALUES FROM "events" WITH KEY = "kind" WHERE "purpose" = {_lit(purpose)}'
+    kinds = {
+        str(row[1])
+        for result in admin.query_epoch_ms(q)
+        for series in result.get("series", [])
+        for row in series.get("values", [])
+    }
+    return sorted(k for k in kinds if fnmatch.fnmatchcase(k, pattern))
+
+
+def _metric_values(admin: InfluxV1Admin, cfg: RollupConfig, start_ms: int, end_ms: int) -> dict[int, dict[str, float]]:
+    """Per bucket start, per household: the metric's field summed over the bucket (``reduce`` at one time)."""
     q = (
         f'SELECT "{cfg.field}", "subject" FROM "{cfg.metric}" '  # noqa: S608 - names are settings, values quoted
         f'WHERE "purpose" = {_lit(cfg.purpose)} AND time >= {start_ms}ms AND time < {end_ms}ms'
     )
-    if cfg.reduce not in ("max", "sum"):
-        raise ValueError("reduce must be 'max' or 'sum'")
     at_time: dict[tuple[int, str], float] = {}
-    bucket_ms = cfg.bucket_s * 1000
     for result in admin.query_epoch_ms(q):
         for series in result.get("series", []):
             cols = series["columns"]
@@ -158,11 +196,58 @@ def run_rollup(
                     at_time[key] = value
                 else:
                     at_time[key] = max(prev, value) if cfg.reduce == "max" else prev + value
+    bucket_ms = cfg.bucket_s * 1000
     sums: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for (t, subject), value in at_time.items():
         sums[t // bucket_ms * bucket_ms][subject] += value
+    return sums
+
+
+def _event_counts(admin: InfluxV1Admin, cfg: RollupConfig, start_ms: int, end_ms: int) -> dict[int, dict[str, float]]:
+    """Per bucket start, per household: distinct episodes (``event_key``) of ``events_kind`` starting in it."""
+    assert cfg.events_kind is not None
+    key = cfg.event_key
+    if not _NAME.match(key):
+        raise ValueError(f"event_key {key!r}: not a field name")
+    state = f' AND "state" = {_lit(cfg.event_state)}' if cfg.event_state is not None else ""
+    q = (
+        f'SELECT "{key}", "started_ms", "subject" FROM "events" '  # noqa: S608 - names are settings, values quoted
+        f'WHERE "purpose" = {_lit(cfg.purpose)} AND "kind" = {_lit(cfg.events_kind)}{state} '
+        f"AND time >= {start_ms}ms AND time < {end_ms}ms"
+    )
+    first: dict[tuple[str, str], int] = {}  # (subject, episode) -> its start
+    for result in admin.query_epoch_ms(q):
+        for series in result.get("series", []):
+            cols = series["columns"]
+            it, ik, isub = cols.index("time"), cols.index(key), cols.index("subject")
+            ist = cols.index("started_ms") if "started_ms" in cols else None
+            for row in series["values"]:
+                if row[ik] is None:
+                    continue
+                t = int(row[ist]) if ist is not None and row[ist] is not None else int(row[it])
+                episode = (str(row[isub]), str(row[ik]))
+                first[episode] = min(t, first.get(episode, t))
+    bucket_ms = cfg.bucket_s * 1000
+    counts: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for (subject, _), t in first.items():
+        if start_ms <= t < end_ms:  # an episode that started before the range was counted by an earlier run
+            counts[t // bucket_ms * bucket_ms][subject] += 1.0
+    return counts
+
+
+def run_rollup(
+    admin: InfluxV1Admin, cfg: RollupConfig, start_ms: int, end_ms: int, *, ledger: Ledger | None = None
+) -> list[Bucket]:
+    """Roll up [start, end) into buckets, write the released ones, charge the ledger. Returns every bucket."""
+    if cfg.reduce not in ("max", "sum"):
+        raise ValueError("reduce must be 'max' or 'sum'")
+    if cfg.events_kind is None:
+        sums = _metric_values(admin, cfg, start_ms, end_ms)
+    else:
+        sums = _event_counts(admin, cfg, start_ms, end_ms)
     rng = random.Random(cfg.seed)
     buckets = [decide(b, sums[b], cfg, ledger=ledger, rng=rng) for b in sorted(sums)]
+    name = cfg.release_measurement
     lines = []
     for b in buckets:
         if b.suppressed is not None or b.total is None:
@@ -170,9 +255,10 @@ def run_rollup(
         fields = f"households={b.households}i,total={b.total!r},mean={b.mean!r}"
         if b.epsilon is not None:
             fields += f",epsilon={b.epsilon!r}"
-        lines.append(f"community_{cfg.metric},bucket={cfg.bucket_s}s,purpose={cfg.purpose} {fields} {b.start_ms}")
+        lines.append(f"{name},bucket={cfg.bucket_s}s,purpose={cfg.purpose} {fields} {b.start_ms}")
         if ledger is not None and b.epsilon is not None:
-            ledger.charge(b.contributors, cfg.purpose, b.epsilon, f"{cfg.metric}@{b.start_ms}")
+            label = cfg.events_kind if cfg.events_kind is not None else cfg.metric
+            ledger.charge(b.contributors, cfg.purpose, b.epsilon, f"{label}@{b.start_ms}")
     if lines:
         admin.write("\n".join(lines))
     return buckets

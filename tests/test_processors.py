@@ -91,6 +91,7 @@ def test_bp_crisis_alert_is_kept_then_released_only_with_consent(tmp_path: Path)
         "model_version",
     }
     assert all(set(e.attrs) <= summary_keys for e in released)  # a summary, never the readings themselves
+    assert b"p1" not in b"".join(bytes(b) for _, b in rows)  # the local person label never leaves
 
 
 def test_nilm_estimates_enter_the_energy_path_with_a_longer_grace(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,99 @@ def test_cli_rollup_prints_buckets_and_summary(influxdb: InfluxDB, influx_db: st
     assert docs[-1] == {"buckets": 1, "released": 1, "suppressed": 0}
     assert docs[0]["households"] == 16
     assert docs[0]["total"] == 16 * 15.0
+
+
+W = 604_800_000
+WEEK0 = T0 // W * W
+
+
+def _alert(
+    kind: str, subject: str, alert_id: str, state: str, t: int, started: int, purpose: str = "preventive-care"
+) -> str:
+    """One alert update exactly as the ingester writes it (cloud_ingest.lineproto.event_lines)."""
+    return (
+        f"events,category=health,device=d-{subject},kind={kind},purpose={purpose},severity=urgent,subject={subject} "
+        f'event_id="al-{subject}-{alert_id}-{state}-{t}",alert_id="{alert_id}",level="urgent",'
+        f'started_ms={started}i,state="{state}" {t}'
+    )
+
+
+def seed_alerts(influxdb: InfluxDB, db: str) -> None:
+    lines = []
+    for i in range(16):  # week 0: 16 households open one bp_crisis each ...
+        s, t = f"s-{i:02d}", WEEK0 + 86_400_000 + i * 60_000
+        lines.append(_alert("alert.bp_crisis", s, "p1:bp_crisis:1", "open", t, t))
+        lines.append(_alert("alert.bp_crisis", s, "p1:bp_crisis:1", "closed", t + 3_600_000, t))
+    s0 = WEEK0 + 86_400_000
+    # ... s-00 escalates the same alert (a second open update, same alert_id) in week 1: still one alert, in week 0
+    lines.append(_alert("alert.bp_crisis", "s-00", "p1:bp_crisis:1", "open", WEEK0 + W + 1000, s0))
+    # s-01 has a second, distinct alert in week 0 (the same person label on another gateway is another subject)
+    lines.append(_alert("alert.bp_crisis", "s-01", "p1:bp_crisis:2", "open", s0 + 2 * 86_400_000, s0 + 2 * 86_400_000))
+    for i in range(5):  # week 1: 5 households -> below k
+        t = WEEK0 + W + 86_400_000 + i
+        lines.append(_alert("alert.bp_crisis", f"s-{i:02d}", "p1:bp_crisis:9", "open", t, t))
+    for i in range(16):  # spo2_low in week 0, 16 households, but one has 4 of 19 -> dominance
+        for e in range(4 if i == 0 else 1):
+            t = WEEK0 + 2 * 86_400_000 + e * 3_600_000 + i
+            lines.append(_alert("alert.spo2_low", f"s-{i:02d}", f"p1:spo2_low:{e}", "open", t, t))
+    for i in range(20):  # another purpose: never counted
+        t = WEEK0 + 86_400_000 + i
+        lines.append(_alert("alert.bp_crisis", f"s-x{i}", "a", "open", t, t, purpose="community-energy"))
+    influxdb.write_lines("\n".join(lines), db)
+
+
+def test_event_rollup_counts_distinct_open_alerts_per_household(influxdb: InfluxDB, influx_db: str) -> None:
+    seed_alerts(influxdb, influx_db)
+    admin = InfluxV1Admin(influxdb.url, influx_db)
+    cfg = RollupConfig(purpose="preventive-care", bucket_s=W // 1000).for_events("alert.bp_crisis")
+    assert (cfg.release_measurement, cfg.event_key, cfg.event_state) == (
+        "community_alert_bp_crisis",
+        "alert_id",
+        "open",
+    )
+    buckets = {b.start_ms: b for b in run_rollup(admin, cfg, WEEK0, WEEK0 + 2 * W)}
+    assert (buckets[WEEK0].households, buckets[WEEK0].total, buckets[WEEK0].suppressed) == (16, 17.0, None)
+    assert (buckets[WEEK0 + W].households, buckets[WEEK0 + W].suppressed) == (5, "k_threshold")
+    rows = influxdb.query_rows('SELECT * FROM "community_alert_bp_crisis"', influx_db)
+    assert [(r["time"], r["households"], r["total"], r["bucket"]) for r in rows] == [(WEEK0, 16, 17.0, "604800s")]
+    assert "subject" not in rows[0] and "device" not in rows[0]
+    # rolling up week 1 alone: the escalated alert started in week 0, so it is not counted again
+    # (k=1 to see the total; the release goes to the same measurement, at week 1)
+    only = run_rollup(admin, replace(cfg, k=1, max_share=1.0), WEEK0 + W, WEEK0 + 2 * W)
+    assert [(b.start_ms, b.households, b.total) for b in only] == [(WEEK0 + W, 5, 5.0)]
+    spo2 = run_rollup(admin, cfg.for_events("alert.spo2_low"), WEEK0, WEEK0 + 2 * W)
+    assert [(b.households, b.total, b.suppressed) for b in spo2] == [(16, None, "dominance")]  # 4 of 19 from one home
+    assert not influxdb.query_rows('SELECT * FROM "community_alert_spo2_low"', influx_db)
+    pickups = RollupConfig().for_events("pickup")
+    assert (pickups.release_measurement, pickups.event_key, pickups.event_state) == (
+        "community_pickup",
+        "event_id",
+        None,
+    )
+
+
+def test_cli_rollup_events_iterates_the_alert_kinds(influxdb: InfluxDB, influx_db: str) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from typer.testing import CliRunner
+
+    from edge_agent.cli import app
+
+    seed_alerts(influxdb, influx_db)
+    until = datetime.fromtimestamp((WEEK0 + 2 * W) / 1000, tz=UTC).isoformat()
+    args = ["ingest", "rollup", "--influx-url", influxdb.url, "--influx-db", influx_db, "--events", "alert.*"]
+    out = CliRunner().invoke(app, [*args, "--bucket", "604800", "--hours", "336", "--until", until])
+    assert out.exit_code == 0, out.output
+    docs = [json.loads(line) for line in out.output.splitlines()]
+    assert docs[-1] == {
+        "buckets": 3,
+        "released": 1,
+        "suppressed": 2,
+        "measurements": ["community_alert_bp_crisis", "community_alert_spo2_low"],
+    }
+    assert [(d["measurement"], d["start_ms"], d["households"], d["suppressed"]) for d in docs[:-1]] == [
+        ("community_alert_bp_crisis", WEEK0, 16, None),
+        ("community_alert_bp_crisis", WEEK0 + W, 5, "k_threshold"),
+        ("community_alert_spo2_low", WEEK0, 16, "dominance"),
+    ]
