@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from drivers import registry
+from drivers.backoff import Backoff
 from drivers.base import Clock, Driver, Event, KyojoError, Reading
 from drivers.clock import ScaledClock, SystemClock
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.db import connect, meta_get
 from edge_agent.pipeline import Pipeline
-from edge_agent.publisher import Backoff, Publisher
+from edge_agent.publisher import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ Facts this relies on (DESIGN.md "Pitfalls"):
 from __future__ import annotations
 
 import logging
-import random
 import ssl
 import threading
 import time
@@ -31,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from drivers.backoff import Backoff
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.consent import ConsentError, ConsentStore, events
 from edge_agent.db import connect, meta_add, tx
@@ -52,22 +52,6 @@ class PublisherStats:
     receipts: int = 0
     inflight: int = 0
     last_error: str = ""
-
-
-class Backoff:
-    """Full-jitter exponential backoff: sleep uniform(0, min(cap, base * 2**attempt))."""
-
-    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
-        self.base, self.cap, self.attempt = base, cap, 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        delay = self._rng.uniform(self.base / 2, min(self.cap, self.base * 2**self.attempt))
-        self.attempt = min(self.attempt + 1, 30)
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Publisher(threading.Thread):

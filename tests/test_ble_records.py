@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from drivers.backoff import Backoff
 from drivers.ble import racp
 from drivers.ble.device import Config, build
 from drivers.ble.driver import BleDriver
 from drivers.ble.records import RecordLog
-from drivers.ble.transport import Backoff, Link, SharedScanner
+from drivers.ble.transport import Link, SharedScanner
 from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
 from tests.test_ble_transport import Collector, RealClock, _until, run

@@ -17,6 +17,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from drivers.backoff import Backoff
 from drivers.base import Reading
 from drivers.ble import gatt
 from drivers.ble.convert import to_readings
@@ -24,7 +25,7 @@ from drivers.ble.device import Config, build
 from drivers.ble.driver import BleDriver
 from drivers.ble.errors import BleParseError
 from drivers.ble.profiles import PROFILES
-from drivers.ble.transport import Backoff, Link, SharedScanner
+from drivers.ble.transport import Link, SharedScanner
 from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
 

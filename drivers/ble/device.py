@@ -91,10 +91,11 @@ def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = Non
         from drivers.sim.wire.ble import build_virtual
 
         return list(build_virtual(config, ctx))
+    from drivers.backoff import Backoff
     from drivers.ble.driver import BleDriver
     from drivers.ble.profiles import PROFILES, STORING_PROFILES
     from drivers.ble.records import RecordLog
-    from drivers.ble.transport import Backoff, Link
+    from drivers.ble.transport import Link
 
     # Devices that keep measurements while out of range: remember what was taken, across restarts.
     records = (

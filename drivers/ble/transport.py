@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
+from drivers.backoff import Backoff
 from drivers.base import Clock
 from drivers.ble import gatt, racp
 from drivers.ble.profiles import Subscription
@@ -49,19 +49,6 @@ class BleBackend:
 
     scanner: type[BaseBleakScanner] | None = None
     client: type[BaseBleakClient] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: ``initial * 2**n`` capped at ``maximum``, drawn from [d/2, d]."""
-
-    initial: float = 1.0
-    maximum: float = 300.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
-        d: float = min(self.maximum, self.initial * 2.0 ** min(attempt, 30))
-        return d / 2 + random.uniform(0, d / 2)
 
 
 @dataclass(slots=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import date
@@ -26,6 +25,7 @@ from typing import Any, Literal, Protocol
 
 import serial
 
+from drivers.backoff import Backoff
 from drivers.gnss.gpsd_json import WATCH_COMMAND, GpsdDecoder, GpsdError
 from drivers.gnss.nmea import Fix, NmeaDecoder, NmeaReader
 
@@ -51,21 +51,6 @@ def open_serial(port: str, baud: int, timeout: float) -> SerialLike:
     """Open ``port`` 8N1 without flow control (what GNSS receivers speak); raises ``serial.SerialException``."""
     port_: SerialLike = serial.Serial(port=port, baudrate=baud, timeout=timeout, exclusive=True)
     return port_
-
-
-class Backoff:
-    """Exponential backoff with full jitter: 0..min(cap, base * 2**n) seconds."""
-
-    def __init__(self, base: float = 0.2, cap: float = 5.0) -> None:
-        self.base, self.cap, self.n = base, cap, 0
-
-    def next(self) -> float:
-        d = min(self.cap, self.base * (2**self.n))
-        self.n = min(self.n + 1, 30)
-        return float(d / 2 + random.uniform(0, d / 2))
-
-    def reset(self) -> None:
-        self.n = 0
 
 
 def _read_chunk(port: SerialLike) -> bytes:
