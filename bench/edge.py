@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,7 @@ def child(port: int, data_dir: Path, baseline: bool) -> None:
         client.connect("127.0.0.1", port)
         client.loop_start()
         print("ready", flush=True)
-        time.sleep(3600)
+        signal.pause()  # idle with the connection open until the parent kills us
         return
     home = "bench-home"
     sims: list[sim.Simulator] = [sim.HeartRateStrap(f"{home}-p{i}-hr", f"p{i}", i) for i in range(4)]

@@ -246,29 +246,37 @@ class Pipeline:
         return queued
 
     def _enqueue_events(self, c: Consent, category: Category, items: list[EventItem], now_ms: int) -> int:
-        def build(seq: int, sent: int, head: str) -> bytes:
-            batch = EventBatch(
-                gateway=self.gateway,
-                seq=seq,
-                sent=sent,
-                consent=c.id,
-                purpose=c.purpose,
-                category=category,
-                audit_head=head,
-                events=items,
-            )
-            return orjson.dumps(batch.model_dump(mode="json"))
-
-        self._queue_release(
-            c,
-            category,
-            event_topic(self.gateway, category),
-            build,
-            len(items),
-            {"events": sorted({i.kind for i in items})},
-            now_ms,
-        )
+        build = self._builder(EventBatch, "events", c, category, items)
+        detail = {"events": sorted({i.kind for i in items})}
+        self._queue_release(c, category, event_topic(self.gateway, category), build, len(items), detail, now_ms)
         return 1
+
+    def _builder(
+        self,
+        model: type[AggregateBatch] | type[EventBatch],
+        field: str,
+        c: Consent,
+        category: Category,
+        items: Sequence[AggregateItem] | Sequence[EventItem],
+    ) -> Callable[[int, int, str], bytes]:
+        """The payload of a batch of ``items``, once its sequence number, send time and audit head are known."""
+
+        def build(seq: int, sent: int, head: str) -> bytes:
+            batch = model.model_validate(
+                {
+                    "gateway": self.gateway,
+                    "seq": seq,
+                    "sent": sent,
+                    "consent": c.id,
+                    "purpose": c.purpose,
+                    "category": category,
+                    "audit_head": head,
+                    field: list(items),
+                }
+            )
+            return orjson.dumps(batch.model_dump(mode="json", exclude_none=True))
+
+        return build
 
     def _queue_release(
         self,
@@ -420,19 +428,7 @@ class Pipeline:
         return queued
 
     def _enqueue(self, c: Consent, category: Category, items: list[AggregateItem], now_ms: int) -> int:
-        def build(seq: int, sent: int, head: str) -> bytes:
-            batch = AggregateBatch(
-                gateway=self.gateway,
-                seq=seq,
-                sent=sent,
-                consent=c.id,
-                purpose=c.purpose,
-                category=category,
-                audit_head=head,
-                items=items,
-            )
-            return orjson.dumps(batch.model_dump(mode="json", exclude_none=True))
-
+        build = self._builder(AggregateBatch, "items", c, category, items)
         window = {"first_window": min(i.start for i in items), "last_window": max(i.start for i in items)}
         self._queue_release(c, category, agg_topic(self.gateway, category), build, len(items), window, now_ms)
         self.stats.aggregates_queued += len(items)
