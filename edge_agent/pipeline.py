@@ -60,7 +60,15 @@ def aggregate_series(
     Counters: ``delta`` sums the increases between consecutive values, starting from ``prev_counter``; a value
     below its predecessor is a counter reset (device reboot), counted as an increase from zero.
     """
-    last = values[-1]
+    common = {
+        "metric": key.metric,
+        "subject": key.subject,
+        "device": key.device,
+        "start": start_ms,
+        "window_s": window_s,
+        "count": len(values),
+        "last": values[-1],
+    }
     if METRICS[key.metric].kind is Kind.COUNTER:
         delta = 0.0
         prev = prev_counter
@@ -68,27 +76,9 @@ def aggregate_series(
             if prev is not None:
                 delta += v - prev if v >= prev else v
             prev = v
-        return AggregateItem(
-            metric=key.metric,
-            subject=key.subject,
-            device=key.device,
-            start=start_ms,
-            window_s=window_s,
-            count=len(values),
-            last=last,
-            delta=delta,
-        )
-    return AggregateItem(
-        metric=key.metric,
-        subject=key.subject,
-        device=key.device,
-        start=start_ms,
-        window_s=window_s,
-        count=len(values),
-        mean=sum(values) / len(values),
-        min=min(values),
-        max=max(values),
-        last=last,
+        return AggregateItem.model_validate({**common, "delta": delta})
+    return AggregateItem.model_validate(
+        {**common, "mean": sum(values) / len(values), "min": min(values), "max": max(values)}
     )
 
 

@@ -46,12 +46,7 @@ def test_withdrawal_erases_in_influxdb_with_a_receipt(
     sims = [s for s in sim.household(HOME, 5, persons=("p1", "p2")) if s.subject in ("p1", "p2")]
     drivers = [sim.SimDriver(s, clock, tick_s=60, start=T0) for s in sims]
 
-    def make() -> Agent:
-        agent = Agent(cfg, clock=clock, drivers=drivers)
-        agent.pipeline.min_grace_s = 120
-        return agent
-
-    _, stop, holder = run_agent_in_thread(make)
+    _, stop, holder = run_agent_in_thread(lambda: Agent(cfg, clock=clock, drivers=drivers))
     agent: Agent = holder[0]
 
     def points(subject: str) -> int:

@@ -288,6 +288,8 @@ async def forget_bond(backend: BleBackend | None, address: str) -> str | None:
         with _adapter_guard():
             await BleakClient(address, backend=backend.client if backend else None).unpair()
     except (BleakError, NotImplementedError, PairError) as err:
+        # bleak's backends raise NotImplementedError where the OS stack cannot unpair (e.g. CoreBluetooth):
+        # forgetting the bond is best effort, and the caller warns with this text
         return str(err)
     return None
 
