@@ -6,6 +6,7 @@ This module imports only the standard library so a parser can depend on it witho
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,6 +63,19 @@ METRICS: Mapping[str, MetricSpec] = {
     "speed": MetricSpec("m/s", Category.MOBILITY),
     "course": MetricSpec("deg", Category.MOBILITY),
 }
+
+#: The one identifier pattern (gateway, device, subject, consent, charger ids): ASCII letters and digits, then
+#: up to 63 of letters, digits, ``_ . -``. For pydantic ``Field(pattern=...)`` (its Rust regex reads ``$`` as the
+#: end of the text). Python code calls :func:`valid_id`: ``re.match`` with ``$`` would also accept a trailing
+#: newline.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+_ID_FULL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+
+
+def valid_id(value: object) -> bool:
+    """True when ``value`` is a str that is an identifier as a whole (no trailing newline, no prefix match)."""
+    return isinstance(value, str) and _ID_FULL.fullmatch(value) is not None
+
 
 #: mmol/L -> mg/dL for glucose (molar mass 180.16 g/mol).
 GLUCOSE_MMOL_TO_MGDL = 18.016

@@ -8,6 +8,13 @@ certificate's identity)::
     kyojo/v1/<gw>/consent/<consent_id>    ConsentRecord, QoS 1, retained (empty payload clears it)
     kyojo/v1/<gw>/status                  GatewayStatus, retained; also the MQTT last will
     kyojo/v1/<gw>/receipt/<consent_id>    ErasureReceipt, cloud -> gateway, QoS 1, retained
+    kyojo/v1/<gw>/anchor                  AuditAnchor, cloud -> gateway, QoS 1, retained: the newest audit head
+                                          the cloud holds for this gateway
+
+A batch's ``audit_head`` is ``"<n>:<sha256 hex>"``: entry ``n`` of the gateway's hash-chained audit log and its
+hash. The cloud keeps the highest one per gateway; a later batch with a lower ``n`` (a truncated log) or another
+hash at a known ``n`` (a rewritten log) is flagged, and the anchor travels back so the household's own
+``kyojo audit verify`` checks the local log against what the cloud saw.
 
 Payloads are JSON (UTF-8), at most :data:`MAX_PAYLOAD_BYTES`. A receiver checks ``v`` first and refuses a
 schema version it does not know.
@@ -15,7 +22,6 @@ schema version it does not know.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal, TypeVar
@@ -23,16 +29,17 @@ from typing import Annotated, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.base import METRICS, Category, KyojoError
+from drivers.base import ID_PATTERN, METRICS, Category, KyojoError
+from drivers.base import valid_id as valid_id
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "kyojo/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_ITEMS = 2000
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-_ID_RE = re.compile(_ID)
-Ident = Annotated[str, Field(pattern=_ID)]
+Ident = Annotated[str, Field(pattern=ID_PATTERN)]
+#: ``"<n>:<64 hex>"``: an audit entry number and its hash (see the module docstring)
+AUDIT_HEAD_PATTERN = r"^[0-9]{1,19}:[0-9a-f]{64}$"
 
 
 class WireError(KyojoError, ValueError):
@@ -160,6 +167,36 @@ class ErasureReceipt(_Msg):
     store: str = Field(max_length=200, description="where it was erased, e.g. influxdb:kyojo")
 
 
+class AuditAnchor(_Msg):
+    """The newest audit head the cloud holds for a gateway (cloud -> gateway, retained).
+
+    ``n``/``hash``: the entry the gateway last vouched for in a batch. ``conflicts``: how many times the cloud
+    saw this gateway go back (a lower ``n``) or change the hash of an entry it already had: non-zero means the
+    log was truncated or rewritten after it was anchored.
+    """
+
+    v: Literal[1] = 1
+    gateway: Ident
+    n: int = Field(ge=1)
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    seen_at: datetime
+    conflicts: int = Field(default=0, ge=0)
+
+
+def parse_audit_head(value: str | None) -> tuple[int, str] | None:
+    """``"<n>:<hash>"`` -> (n, hash); None for a missing or old-style (hash-only) head."""
+    if not value or ":" not in value:
+        return None
+    n_text, _, digest = value.partition(":")
+    if not n_text.isdigit() or len(digest) != 64 or n_text.startswith("0"):
+        return None
+    try:
+        int(digest, 16)
+    except ValueError:
+        return None
+    return int(n_text), digest
+
+
 class GatewayStatus(_Msg):
     v: Literal[1] = 1
     gateway: Ident
@@ -184,12 +221,12 @@ def receipt_topic(gateway: str, consent_id: str) -> str:
     return f"{TOPIC_ROOT}/{gateway}/receipt/{consent_id}"
 
 
+def anchor_topic(gateway: str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/anchor"
+
+
 def status_topic(gateway: str) -> str:
     return f"{TOPIC_ROOT}/{gateway}/status"
-
-
-def valid_id(value: str) -> bool:
-    return bool(_ID_RE.match(value))
 
 
 def parse_topic(topic: str) -> tuple[str, str, str]:

@@ -35,7 +35,6 @@ import hmac
 import ipaddress
 import json
 import os
-import re
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +47,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
+
+from drivers.base import ID_PATTERN, valid_id
 
 __all__ = [
     "CertificateAuthority",
@@ -66,9 +67,6 @@ __all__ = [
     "write_private",
 ]
 
-#: Same pattern as ``edge_agent.wire.Ident`` (duplicated so the CA host needs nothing but this module):
-#: no ``/``, ``+``, ``#``, spaces or a leading ``_`` (``kyojo/v1/_ingest/...`` is reserved for services).
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 _ENROLL_DOMAIN = b"kyojo-enroll-v1\x00"
 _RENEW_DOMAIN = b"kyojo-renew-v1\x00"
@@ -144,8 +142,8 @@ def _now() -> dt.datetime:
 
 
 def _check_id(name: str) -> str:
-    if not _ID_RE.match(name):
-        raise PkiError(f"identity {name!r} must match {_ID_RE.pattern} (no '/', '+', '#', spaces)")
+    if not valid_id(name):
+        raise PkiError(f"identity {name!r} must match {ID_PATTERN} (no '/', '+', '#', spaces)")
     return name
 
 
