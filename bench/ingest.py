@@ -85,7 +85,7 @@ def make_messages(n: int) -> list[tuple[str, bytes]]:
             for i in range(ITEMS)
         ]  # fmt: skip
         doc = {"v": 1, "gateway": gw, "seq": seq, "sent": int(time.time() * 1000), "consent": "c1",
-               "purpose": "energy-research", "category": "energy", "items": items}  # fmt: skip
+               "purpose": "community-energy", "category": "energy", "items": items}  # fmt: skip
         out.append((agg_topic(gw, "energy"), orjson.dumps(doc)))
     return out
 
@@ -389,7 +389,7 @@ def main() -> None:
             pub.loop_start()
             for g in range(GATEWAYS):
                 gw = f"gw-{g:03d}"
-                rec = ConsentRecord(gateway=gw, id="c1", subject=f"hh-{gw}", purpose="energy-research",
+                rec = ConsentRecord(gateway=gw, id="c1", subject=f"hh-{gw}", purpose="community-energy",
                                     categories=["energy"], status=ConsentStatus.ACTIVE,  # type: ignore[list-item]
                                     given_at=datetime.now(UTC))  # fmt: skip
                 pub.publish(consent_topic(gw, "c1"), rec.model_dump_json(), qos=1, retain=True).wait_for_publish(10)

@@ -51,6 +51,16 @@ class Decoded:
     #: the points, one line each, joined with "\n" (no trailing newline)
     body: str
     points: int
+    #: the devices named by the items (pseudonyms)
+    devices: frozenset[str] = frozenset()
+    #: earliest item time and latest item end (epoch ms): a window's start and start + window; an event's time
+    t_min: int = 0
+    t_max: int = 0
+    #: the shortest window of any item (seconds); 0 for events, which have none
+    min_window: int = 0
+    seq: int = 0
+    #: the batch's ``audit_head`` as sent (``"<n>:<hash>"``; None or an old bare hash from older gateways)
+    audit_head: str | None = None
 
 
 class IdentCache:
@@ -112,7 +122,8 @@ class BatchDecoder:
     def events(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded:
         """Event messages (rare next to aggregates): always through the contract."""
         batch = decode_events(topic, bytes(payload))
-        lines = event_lines(batch)
+        lines = event_lines(batch, self.builder.scope)
+        times = [ev.at for ev in batch.events]
         return Decoded(
             gateway=batch.gateway,
             consent=batch.consent,
@@ -123,6 +134,11 @@ class BatchDecoder:
             metrics_in_category=True,
             body="\n".join(lines),
             points=len(lines),
+            devices=frozenset(ev.device for ev in batch.events),
+            t_min=min(times),
+            t_max=max(times),
+            seq=batch.seq,
+            audit_head=batch.audit_head,
         )
 
     def slow(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded:
@@ -144,6 +160,12 @@ class BatchDecoder:
             metrics_in_category=all(_CATEGORY_OF[item.metric] == category for item in batch.items),
             body="\n".join(lines),
             points=len(lines),
+            devices=frozenset(item.device for item in batch.items),
+            t_min=min(item.start for item in batch.items),
+            t_max=max(item.start + item.window_s * 1000 for item in batch.items),
+            min_window=min(item.window_s for item in batch.items),
+            seq=batch.seq,
+            audit_head=batch.audit_head,
         )
 
     def fast(self, topic: str, payload: bytes | bytearray | memoryview) -> Decoded | None:
@@ -199,6 +221,10 @@ class BatchDecoder:
         category_of = _CATEGORY_OF
         subject0: str | None = None
         subjects: set[str] | None = None
+        devices: set[str] = set()
+        add_device = devices.add
+        t_min = t_max = -1
+        min_window = 86_401
         in_category = True
         lines: list[str] = []
         append = lines.append
@@ -240,6 +266,14 @@ class BatchDecoder:
             delta = item.get("delta")
             if mcat != category:
                 in_category = False
+            add_device(device)
+            if start < t_min or t_min < 0:
+                t_min = start
+            end = start + window_s * 1000
+            if end > t_max:
+                t_max = end
+            if window_s < min_window:
+                min_window = window_s
             if subject != subject0:
                 if subject0 is None:
                     subject0 = subject
@@ -283,4 +317,10 @@ class BatchDecoder:
             metrics_in_category=in_category,
             body="\n".join(lines),
             points=len(lines),
+            devices=frozenset(devices),
+            t_min=t_min,
+            t_max=t_max,
+            min_window=min_window,
+            seq=seq,
+            audit_head=audit,
         )

@@ -30,16 +30,27 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from cloud_ingest.config import IngestSettings
+from cloud_ingest.config import IngestSettings, TrustError
 from cloud_ingest.decode import BatchDecoder, Decoded
 from cloud_ingest.leanclient import LeanSubscriber, make_ssl_context
+from cloud_ingest.lineproto import LineBuilder
 from cloud_ingest.mqtt5 import Connack, Message
+from cloud_ingest.scope import Scope
+from cloud_ingest.trust import AuditTrail, GatewayKeys, PurposeRules, load_purpose_rules
 from cloud_ingest.writer import InfluxV1Writer, InfluxV2Writer, RetryPolicy, WriteError, Writer
-from edge_agent.wire import ConsentStatus, WireError, decode_consent, parse_topic
+from edge_agent.wire import (
+    AuditAnchor,
+    ConsentStatus,
+    WireError,
+    anchor_topic,
+    decode_consent,
+    parse_audit_head,
+    parse_topic,
+)
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -50,6 +61,14 @@ log = logging.getLogger(__name__)
 _CONTENT_STATUSES = frozenset({400, 413, 422})
 
 
+#: the retained audit anchors the cloud published to every gateway (read back to seed the audit check)
+ANCHOR_FILTER = "kyojo/v1/+/anchor"
+
+#: InfluxDB's answers that blame its own capacity, not the message: holding (not acknowledging) and retrying is
+#: right, since the data is valid and the broker keeps it for us (acknowledging would lose it silently).
+_CAPACITY_ERRORS = ("max-series-per-database", "max-values-per-tag", "cache-max-memory-size", "engine: cache maximum")
+
+
 @dataclass(frozen=True, slots=True)
 class _Consent:
     subject: str
@@ -58,6 +77,21 @@ class _Consent:
     status: str
     expires: float | None  # POSIX seconds
     epoch: int  # connection generation in which we last heard of it
+    given_ms: int = 0  # data must not start before the consent was given
+    end_ms: int | None = None  # ... nor end after it was withdrawn or expired
+    min_window_s: int = 0  # the purpose's granularity: no finer window may be stored
+
+
+@dataclass(slots=True)
+class _Gateway:
+    """What one gateway has claimed so far in this process: bounded, whatever it invents."""
+
+    consents: set[str] = field(default_factory=set)
+    subjects: set[str] = field(default_factory=set)
+    devices: set[str] = field(default_factory=set)
+    trail: AuditTrail = field(default_factory=AuditTrail)
+    anchor_at: float = 0.0  # monotonic time of the last anchor published
+    anchor_sent: tuple[int, int] = (0, 0)  # (n, conflicts) last published
 
 
 class _RateLimitedLog:
@@ -137,7 +171,19 @@ class Ingester:
         self.settings = settings
         self._writer = writer if writer is not None else make_writer(settings)
         self._policy = RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max)
-        self._decoder = BatchDecoder()
+        self.scope = Scope(settings.scope_key_bytes())
+        self._decoder = BatchDecoder(LineBuilder(scope=self.scope))
+        self._rules: dict[str, PurposeRules] = load_purpose_rules(settings.catalog)
+        self._keys = GatewayKeys.load(settings.gateway_keys) if settings.gateway_keys is not None else None
+        self._gateways: dict[str, _Gateway] = {}
+        #: first sight of each subject/device pseudonym: the gateway that named it first owns it in this process
+        self._owners: dict[str, str] = {}
+        self._snapshot_done = False
+        self._parked: list[tuple[int, tuple[str, bytes | bytearray | memoryview, int, int, bool]]] = []
+        self._capacity_blocked = ""
+        self._capacity_errors = 0
+        self._audit_conflicts = 0
+        self._anchors_sent = 0
         self._interval = settings.batch_interval.total_seconds()
         self._batch_points = settings.batch_points
         self._max_pending = settings.max_pending_points
@@ -159,7 +205,8 @@ class Ingester:
         self._ready = False
         self._connected = False
         self._ready_evt = threading.Event()
-        self._consents_evt = threading.Event()
+        self._consents_evt = threading.Event()  # the snapshot of retained consents is complete
+        self._csub_evt = threading.Event()  # the consent subscription is acknowledged
         self._cgen = 0  # consent connection generation (snapshot epoch)
         # the consent connection's own id: the broker ACL lets each ingest identity use its own sync topic only
         self._consent_client_id = f"{settings.client_id[:55]}-consents"
@@ -224,6 +271,13 @@ class Ingester:
         from paho.mqtt.properties import Properties
 
         s = self.settings
+        problems = s.trust_problems()
+        if problems:
+            raise TrustError(f"ingester {s.client_id} refuses to start: " + "; ".join(problems))
+        if s.group is None:
+            log.warning("no group configured: using %r (tests and the local demo only)", s.share_group)
+        if self._keys is None:
+            log.warning("no gateway_keys: consent record signatures are not checked")
         self._thread = threading.Thread(target=self._writer_loop, name="kyojo-ingest-writer", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
@@ -235,10 +289,16 @@ class Ingester:
         self._cclient = cclient
         cclient.connect(s.broker_host, s.broker_port, keepalive=s.keepalive, clean_start=True)
         cclient.loop_start()
-        if not self._consents_evt.wait(max(0.0, deadline - time.monotonic())) or self._fatal:
-            reason = self._fatal or f"no consent snapshot within {timeout}s"
+        # Only the subscription is awaited, not the whole snapshot: a gateway that floods retained consent records
+        # must not keep every ingester from starting. Until the snapshot is complete, a message whose consent is
+        # not known yet is parked (neither written nor acknowledged) and judged when the snapshot completes.
+        if not self._csub_evt.wait(max(0.0, deadline - time.monotonic())) or self._fatal:
+            reason = self._fatal or f"consent subscription not acknowledged within {timeout}s"
             self.stop()
             raise ConnectionError(f"ingester {s.client_id}: {reason}")
+        # Usually the snapshot is complete within milliseconds; give it a moment so the first data is judged at
+        # once, but never wait for a flood.
+        self._consents_evt.wait(max(0.0, min(s.snapshot_wait, deadline - time.monotonic())))
 
         if s.mqtt_client == "lean":
             self._start_lean(deadline, timeout)
@@ -335,7 +395,7 @@ class Ingester:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._cond:
-                idle = self._pending == 0 and time.monotonic() - self._last_activity >= quiet
+                idle = self._pending == 0 and not self._parked and time.monotonic() - self._last_activity >= quiet
             if idle:
                 return True
             time.sleep(0.02)
@@ -361,6 +421,14 @@ class Ingester:
                 "consents_known": len(self._consents),
                 "consent_updates": self._consent_updates,
                 "pending_points": self._pending,
+                "consents_loading": not self._snapshot_done,
+                "parked": len(self._parked),
+                "capacity_errors": self._capacity_errors,
+                "capacity_blocked": self._capacity_blocked,
+                "audit_conflicts": self._audit_conflicts,
+                "anchors_sent": self._anchors_sent,
+                "gateways_seen": len(self._gateways),
+                "healthy": self._connected and self._ready and not self._capacity_blocked,
                 "fast_path": self._decoder.fast_hits,
                 "slow_path": self._decoder.slow_hits,
             }
@@ -381,17 +449,24 @@ class Ingester:
         with self._cond:
             self._cgen += 1
         options = SubscribeOptions(qos=1)
-        client.subscribe([(self.settings.consent_filter, options), (self._sync_topic, options)])
+        client.subscribe(
+            [(self.settings.consent_filter, options), (self._sync_topic, options), (ANCHOR_FILTER, options)]
+        )
 
     def _on_consent_subscribe(self, client: mqtt.Client, _u: object, _m: int, codes: list[Any], _p: object) -> None:
-        if any(code.is_failure for code in codes):
+        if any(code.is_failure for code in codes[:2]):
             self._refused("consent subscription refused", [str(c) for c in codes])
             return
+        if len(codes) > 2 and codes[2].is_failure:  # anchors only seed the audit check; it works without them
+            log.warning("ingester %s may not read audit anchors (%s)", self.settings.client_id, codes[2])
         # Barrier: the retained consents were queued for us when the broker handled SUBSCRIBE; a message we
         # publish now is queued after them, and one session's queue is delivered in order. When our marker
         # comes back, the snapshot is complete.
+        with self._cond:
+            self._snapshot_done = False
         self._sync_nonce = f"{self._cgen}-{time.time_ns()}".encode()
         client.publish(self._sync_topic, self._sync_nonce, qos=1)
+        self._csub_evt.set()
 
     def _on_consent_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic
@@ -401,7 +476,16 @@ class Ingester:
                     # Consents not (re)announced in this snapshot were cleared while we were away.
                     for key in [k for k, c in self._consents.items() if c.epoch < self._cgen]:
                         del self._consents[key]
+                        gw = self._gateways.get(key[0])
+                        if gw is not None:
+                            gw.consents.discard(key[1])
+                    self._snapshot_done = True
+                    parked, self._parked = self._parked, []
                 self._consents_evt.set()
+                self._unpark(parked)
+            return
+        if topic.endswith("/anchor"):
+            self._handle_anchor(topic, bytes(msg.payload))
             return
         self._handle_consent(topic, bytes(msg.payload))
 
@@ -487,7 +571,11 @@ class Ingester:
 
     # -- data path ----------------------------------------------------------------------------------------
     def _handle_many(
-        self, gen: int, msgs: Sequence[tuple[str, bytes | bytearray | memoryview, int, int, bool]]
+        self,
+        gen: int,
+        msgs: Sequence[tuple[str, bytes | bytearray | memoryview, int, int, bool]],
+        *,
+        count_received: bool = True,
     ) -> None:
         """Decode and check a list of messages (one socket read), then queue the good ones under one lock."""
         decode = self._decoder.decode
@@ -503,11 +591,20 @@ class Ingester:
                 continue
             cause = check(d, now)
             if cause is not None:
-                self._reject(cause[0], cause[1], mid, qos, bad_acks)
-                continue
+                if cause[0] == "unknown_consent" and not self._snapshot_done:
+                    with self._cond:
+                        if not self._snapshot_done:
+                            # a copy: the lean client reuses its receive buffer
+                            self._parked.append((gen, (topic, bytes(payload), mid, qos, _dup)))
+                            continue
+                    cause = check(d, now)  # the snapshot completed meanwhile
+                if cause is not None:
+                    self._reject(cause[0], cause[1], mid, qos, bad_acks)
+                    continue
             good.append((d, mid, qos))
         with self._cond:
-            self._received += len(msgs)
+            if count_received:
+                self._received += len(msgs)
             if good:
                 while self._pending >= self._max_pending and not self._stop_evt.is_set():
                     # Last-resort bound (Receive Maximum normally keeps us far below it): holding the network
@@ -525,6 +622,8 @@ class Ingester:
                     sizes.append(d.points)
                     acks.append((mid, qos, gen))  # one per chunk, also for QoS 0 (split pairs them)
                     points += d.points
+                    if d.audit_head is not None:
+                        self._note_head(d)
                 self._accepted += len(good)
                 lag = now * 1000.0 - good[-1][0].sent
                 self._lag_last = lag
@@ -539,22 +638,64 @@ class Ingester:
             self._ack_now(gen, bad_acks)
 
     def _check_consent(self, d: Decoded, now: float) -> tuple[str, str] | None:
-        rec = self._consents.get((d.gateway, d.consent))
+        """Whether the consent the message names allows exactly this message; (cause, detail) when not.
+
+        Nothing a gateway says about anyone but itself is taken on trust: the consent must be this gateway's
+        (records are keyed by the topic's gateway, which the broker binds to the certificate), its terms (time,
+        categories, the purpose's granularity) are enforced here as on the gateway, and the subjects and devices
+        the gateway names are capped and must not have been named first by another gateway.
+        """
+        gw = d.gateway
+        rec = self._consents.get((gw, d.consent))
         if rec is None:
-            return "unknown_consent", f"{d.gateway}/{d.consent}"
+            return "unknown_consent", f"{gw}/{d.consent}"
         if rec.status != ConsentStatus.ACTIVE.value:
-            return f"consent_{rec.status}", f"{d.gateway}/{d.consent} is {rec.status}"
+            return f"consent_{rec.status}", f"{gw}/{d.consent} is {rec.status}"
         if rec.expires is not None and now >= rec.expires:
-            return "consent_expired", f"{d.gateway}/{d.consent} expired"
+            return "consent_expired", f"{gw}/{d.consent} expired"
         if rec.purpose != d.purpose:
-            return "consent_mismatch", f"{d.gateway}/{d.consent}: purpose {d.purpose!r} != {rec.purpose!r}"
+            return "consent_mismatch", f"{gw}/{d.consent}: purpose {d.purpose!r} != {rec.purpose!r}"
         if d.category not in rec.categories:
-            return "consent_mismatch", f"{d.gateway}/{d.consent}: category {d.category!r} not consented"
+            return "consent_mismatch", f"{gw}/{d.consent}: category {d.category!r} not consented"
         if len(d.subjects) != 1 or rec.subject not in d.subjects:
             subjects = sorted(d.subjects)
-            return "consent_mismatch", f"{d.gateway}/{d.consent}: subjects {subjects} != {rec.subject!r}"
+            return "consent_mismatch", f"{gw}/{d.consent}: subjects {subjects} != {rec.subject!r}"
         if not d.metrics_in_category:
-            return "metric_category", f"{d.gateway}: a metric outside category {d.category!r}"
+            return "metric_category", f"{gw}: a metric outside category {d.category!r}"
+        if d.t_min < rec.given_ms:
+            return "consent_time", f"{gw}/{d.consent}: data from {d.t_min} before the consent was given"
+        if rec.end_ms is not None and d.t_max > rec.end_ms:
+            return "consent_time", f"{gw}/{d.consent}: data until {d.t_max} after the consent ended"
+        if d.min_window and d.min_window < rec.min_window_s:
+            allowed = rec.min_window_s
+            return "consent_granularity", f"{gw}/{d.consent}: {d.min_window}s windows, purpose allows >= {allowed}s"
+        return self._claim(gw, d.subjects, d.devices)
+
+    def _claim(self, gw: str, subjects: frozenset[str], devices: frozenset[str]) -> tuple[str, str] | None:
+        """Record (first sight) and cap the pseudonyms a gateway names; (cause, detail) when over or foreign."""
+        s = self.settings
+        with self._cond:
+            state = self._gateways.get(gw)
+            if state is None:
+                state = self._gateways[gw] = _Gateway()
+            owners = self._owners
+            for kind, names, mine, cap in (
+                ("subject", subjects, state.subjects, s.max_subjects_per_gateway),
+                ("device", devices, state.devices, s.max_devices_per_gateway),
+            ):
+                new = [n for n in names if n not in mine]
+                if not new:
+                    continue
+                for name in new:
+                    owner = owners.get(f"{kind}:{name}")
+                    if owner is not None and owner != gw:
+                        return f"foreign_{kind}", f"{gw} names {kind} {name} first seen from another gateway"
+                if len(mine) + len(new) > cap:
+                    return f"gateway_cap_{kind}s", f"{gw} would have {len(mine) + len(new)} {kind}s (cap {cap})"
+                mine.update(new)
+                if len(owners) < 2_000_000:  # a bound on memory; the household tag keeps series apart regardless
+                    for name in new:
+                        owners[f"{kind}:{name}"] = gw
         return None
 
     def _reject(self, cause: str, detail: str, mid: int, qos: int, acks: list[int]) -> None:
@@ -574,25 +715,132 @@ class Ingester:
             if not payload:  # an empty retained message clears the record
                 with self._cond:
                     self._consents.pop((gateway, consent_id), None)
+                    state = self._gateways.get(gateway)
+                    if state is not None:
+                        state.consents.discard(consent_id)
                 return
             rec = decode_consent(topic, payload)
         except WireError as err:
-            with self._cond:
-                cause = f"consent_record_{err.cause}"
-                self._rejected[cause] = self._rejected.get(cause, 0) + 1
-            self._rlog(logging.WARNING, cause, str(err))
+            self._count_consent_reject(f"consent_record_{err.cause}", str(err))
+            return
+        rules = self._rules.get(rec.purpose)
+        if rules is None:
+            self._count_consent_reject("consent_record_purpose", f"{rec.gateway}/{rec.id}: unknown purpose")
+            return
+        categories = frozenset(c.value for c in rec.categories)
+        if not categories <= rules.categories:
+            self._count_consent_reject(
+                "consent_record_purpose", f"{rec.gateway}/{rec.id}: categories beyond purpose {rec.purpose!r}"
+            )
+            return
+        if self._keys is not None and not self._keys.verify(rec):
+            self._count_consent_reject("consent_record_signature", f"{rec.gateway}/{rec.id}: bad or missing signature")
             return
         expires = rec.expires_at.timestamp() if isinstance(rec.expires_at, datetime) else None
+        ends = [t for t in (rec.withdrawn_at, rec.expires_at) if t is not None]
         entry = _Consent(
             subject=rec.subject,
             purpose=rec.purpose,
-            categories=frozenset(c.value for c in rec.categories),
+            categories=categories,
             status=rec.status.value,
             expires=expires,
             epoch=cgen,
+            given_ms=int(rec.given_at.timestamp() * 1000),
+            end_ms=int(min(ends).timestamp() * 1000) if ends else None,
+            min_window_s=rules.min_window_s,
         )
         with self._cond:
-            self._consents[(rec.gateway, rec.id)] = entry
+            state = self._gateways.get(rec.gateway)
+            if state is None:
+                state = self._gateways[rec.gateway] = _Gateway()
+            if rec.id not in state.consents and len(state.consents) >= self.settings.max_consents_per_gateway:
+                over = True
+            else:
+                over = False
+                state.consents.add(rec.id)
+                self._consents[(rec.gateway, rec.id)] = entry
+        if over:
+            self._count_consent_reject(
+                "consent_record_cap", f"{rec.gateway} has {self.settings.max_consents_per_gateway} consent records"
+            )
+
+    def _note_head(self, d: Decoded) -> None:
+        """Check a batch's audit head against the gateway's earlier ones (caller holds the lock)."""
+        head = parse_audit_head(d.audit_head)
+        if head is None:
+            return
+        state = self._gateways.get(d.gateway)
+        if state is None:
+            state = self._gateways[d.gateway] = _Gateway()
+        reason = state.trail.add(d.seq, head[0], head[1])
+        if reason is not None:
+            self._audit_conflicts += 1
+            self._rlog(logging.ERROR, "audit_conflict", f"{d.gateway}: {reason}")
+
+    def _publish_anchors(self) -> None:
+        """Send each gateway whose anchor moved the newest head the cloud holds (retained, throttled)."""
+        client = self._cclient
+        if client is None:
+            return
+        now = time.monotonic()
+        due: list[tuple[str, AuditAnchor]] = []
+        with self._cond:
+            for gw, state in self._gateways.items():
+                head = state.trail.head
+                if head is None:
+                    continue
+                mark = (head[0], state.trail.conflicts)
+                if mark == state.anchor_sent or now - state.anchor_at < self.settings.anchor_interval:
+                    continue
+                state.anchor_sent, state.anchor_at = mark, now
+                due.append(
+                    (
+                        gw,
+                        AuditAnchor(
+                            gateway=gw,
+                            n=head[0],
+                            hash=head[1],
+                            seen_at=datetime.now(UTC),
+                            conflicts=state.trail.conflicts,
+                        ),
+                    )
+                )
+        for gw, anchor in due:
+            client.publish(anchor_topic(gw), anchor.model_dump_json(), qos=1, retain=True)
+            with self._cond:
+                self._anchors_sent += 1
+
+    def _handle_anchor(self, topic: str, payload: bytes) -> None:
+        """Seed a gateway's trail from the anchor the cloud published before (this or another process)."""
+        try:
+            gateway, _kind, _rest = parse_topic(topic)
+            anchor = AuditAnchor.model_validate_json(payload)
+        except (WireError, ValueError):
+            return
+        if anchor.gateway != gateway:
+            return
+        with self._cond:
+            state = self._gateways.get(gateway)
+            if state is None:
+                state = self._gateways[gateway] = _Gateway()
+            state.trail.seed(anchor.n, anchor.hash, anchor.seq)
+            state.trail.conflicts = max(state.trail.conflicts, anchor.conflicts)
+            state.anchor_sent = (anchor.n, anchor.conflicts)
+
+    def _count_consent_reject(self, cause: str, detail: str) -> None:
+        with self._cond:
+            self._rejected[cause] = self._rejected.get(cause, 0) + 1
+        self._rlog(logging.WARNING, cause, detail)
+
+    def _unpark(self, parked: list[tuple[int, tuple[str, bytes | bytearray | memoryview, int, int, bool]]]) -> None:
+        """Judge the messages that waited for the consent snapshot, per connection generation, in order."""
+        if not parked:
+            return
+        by_gen: dict[int, list[tuple[str, bytes | bytearray | memoryview, int, int, bool]]] = {}
+        for gen, msg in parked:
+            by_gen.setdefault(gen, []).append(msg)
+        for gen, msgs in by_gen.items():
+            self._handle_many(gen, msgs, count_received=False)
 
     # -- writer thread ------------------------------------------------------------------------------------
     def _take_batch(self) -> tuple[list[str], list[tuple[int, int, int]], int] | None:
@@ -658,9 +906,21 @@ class Ingester:
             try:
                 self._write(body)
             except WriteError as err:
-                if err.status in _CONTENT_STATUSES:
+                capacity = any(marker in str(err) for marker in _CAPACITY_ERRORS)
+                if err.status in _CONTENT_STATUSES and not capacity:
                     self._split(chunks, acks, err)
                     return
+                if capacity:
+                    # InfluxDB is full (series cardinality, cache): the data is valid, so it is held, not acked,
+                    # and the broker keeps it. Loud: counted, in the stats (``capacity_blocked``) and the log.
+                    with self._cond:
+                        self._capacity_errors += 1
+                        self._capacity_blocked = str(err)[:300]
+                    self._rlog(logging.ERROR, "influx_capacity", str(err))
+                    if self._stop_evt.wait(self._policy.delay(blocked + 8)):
+                        raise
+                    blocked += 1
+                    continue
                 # 401/403/404...: configuration, not content. Never drop data for it: hold and retry slowly.
                 with self._cond:
                     self._write_errors += 1
@@ -713,6 +973,8 @@ class Ingester:
             self._written += points
             self._batches += 1
             self._latency.add(seconds * 1000.0)
+            self._capacity_blocked = ""
+        self._publish_anchors()
 
     def _send_acks(self, acks: list[tuple[int, int, int]]) -> None:
         lean = self._lean

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from cloud_ingest.scope import Scope
 from edge_agent.wire import AggregateBatch, AggregateItem, EventBatch
 
 _MEAS_TABLE = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
@@ -90,15 +91,18 @@ def line(
 class LineBuilder:
     """Turns aggregate items into line-protocol points, caching the escaped tag set per series.
 
-    Tags (sorted by key): category, device, purpose, subject — per-purpose pseudonyms, and no gateway tag: the
-    gateway id would let an analyst join one household's purposes (the topic still names it, for identity and
-    ACLs, but it is not stored). Fields: count and window_s (integers),
+    Tags (sorted by key): category, device, household, purpose, subject. device and subject are the gateway's
+    per-purpose pseudonyms; household is the cloud's keyed tag of the sending gateway under the purpose
+    (:mod:`cloud_ingest.scope`), which makes every series the sending gateway's own. No gateway tag: the gateway
+    id would let an analyst join one household's purposes (the topic still names it, for identity and ACLs, but it
+    is not stored). Fields: count and window_s (integers),
     mean/min/max/last/delta (floats, left out when None or non-finite). Timestamp: the window start, epoch ms.
     """
 
-    __slots__ = ("_cache", "_heads", "_max_cache")
+    __slots__ = ("_cache", "_heads", "_max_cache", "scope")
 
-    def __init__(self, max_cache: int = 200_000) -> None:
+    def __init__(self, max_cache: int = 200_000, *, scope: Scope | None = None) -> None:
+        self.scope = scope if scope is not None else Scope()
         self._cache: dict[tuple[str, str, str, str, str, str], str] = {}
         self._heads: dict[tuple[str, str, str], dict[tuple[str, str, str], tuple[str, str]]] = {}
         self._max_cache = max_cache
@@ -123,9 +127,10 @@ class LineBuilder:
         if head is None:
             if len(self._cache) >= self._max_cache:
                 self._cache.clear()
+            household = self.scope.household(gateway, purpose)
             head = (
                 f"{escape_measurement(metric)},category={escape_tag(category)},device={escape_tag(device)}"
-                f",purpose={escape_tag(purpose)},subject={escape_tag(subject)}"
+                f",household={household},purpose={escape_tag(purpose)},subject={escape_tag(subject)}"
             )
             self._cache[key] = head
         return head
@@ -175,15 +180,24 @@ fields_text = _fields
 EVENTS_MEASUREMENT = "events"
 
 
-def event_lines(batch: EventBatch) -> list[str]:
-    """Events as points: measurement ``events``; tags category, device, kind, purpose, severity, subject;
-    fields ``event_id`` (string) and the event's attributes; timestamp: when it happened (ms)."""
+_DEV_SCOPE: Scope | None = None
+
+
+def event_lines(batch: EventBatch, scope: Scope | None = None) -> list[str]:
+    """Events as points: measurement ``events``; tags category, device, household, kind, purpose, severity,
+    subject; fields ``event_id`` (string) and the event's attributes; timestamp: when it happened (ms).
+
+    ``scope``: the ingester's (None: the development key, for tests and tools)."""
+    global _DEV_SCOPE
+    if scope is None:
+        scope = _DEV_SCOPE = _DEV_SCOPE or Scope()
+    household = scope.household(batch.gateway, batch.purpose)
     out = []
     for ev in batch.events:
         head = (
             f"{EVENTS_MEASUREMENT},category={escape_tag(batch.category.value)},device={escape_tag(ev.device)}"
-            f",kind={escape_tag(ev.kind)},purpose={escape_tag(batch.purpose)},severity={escape_tag(ev.severity)}"
-            f",subject={escape_tag(ev.subject)}"
+            f",household={household},kind={escape_tag(ev.kind)},purpose={escape_tag(batch.purpose)}"
+            f",severity={escape_tag(ev.severity)},subject={escape_tag(ev.subject)}"
         )
         fields = [f"event_id={quote_string(ev.id)}"]
         for key, value in sorted(ev.attrs.items()):

@@ -146,6 +146,14 @@ class ConsentRecord(_Msg):
     given_at: datetime
     expires_at: datetime | None = None
     withdrawn_at: datetime | None = None
+    #: Ed25519 signature (base64) by the gateway's signing key over :meth:`signing_bytes`; the cloud checks it
+    #: against the key registered at enrollment
+    sig: str | None = Field(default=None, max_length=200)
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers: canonical JSON of every field but ``sig``."""
+        doc = self.model_dump(mode="json", exclude={"sig"})
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
     def active_at(self, when: datetime) -> bool:
         if self.status is not ConsentStatus.ACTIVE:
@@ -181,6 +189,8 @@ class AuditAnchor(_Msg):
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     seen_at: datetime
     conflicts: int = Field(default=0, ge=0)
+    #: the batch number (``seq``) that carried this head
+    seq: int | None = Field(default=None, ge=0)
 
 
 def parse_audit_head(value: str | None) -> tuple[int, str] | None:

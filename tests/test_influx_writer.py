@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_ingest.lineproto import LineBuilder, escape_measurement, escape_tag, line, quote_string
+from cloud_ingest.scope import Scope
 from cloud_ingest.writer import InfluxV1Writer, InfluxV2Writer, RetryPolicy, WriteError, write_with_retry
 from edge_agent.wire import AggregateBatch
 from provisioning.local import InfluxDB
@@ -62,9 +63,11 @@ def test_aggregate_item_line() -> None:
             ],
         }
     )  # fmt: skip
-    assert LineBuilder().batch_lines(batch) == [
-        # no gateway tag: it would let an analyst join a household's purposes
-        "energy,category=energy,device=m1,purpose=p,subject=hh count=2i,window_s=60i,last=10.0,delta=0.5 5"
+    assert LineBuilder(scope=Scope(bytes(16))).batch_lines(batch) == [
+        # no gateway tag: it would let an analyst join a household's purposes; the household tag is the cloud's
+        # keyed BLAKE2b of (gateway, purpose) (golden value: a changed derivation would split every series)
+        "energy,category=energy,device=m1,household=h-1af4a55816ea177c0445,purpose=p,subject=hh count=2i,window_s=60i,"
+        "last=10.0,delta=0.5 5"
     ]
 
 

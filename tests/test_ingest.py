@@ -26,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_ingest.config import IngestSettings
 from cloud_ingest.ingester import Ingester
+from cloud_ingest.scope import Scope
 from edge_agent.wire import MAX_PAYLOAD_BYTES, ConsentRecord, ConsentStatus, agg_topic, consent_topic
 from provisioning.local import InfluxDB, Mosquitto
 
@@ -76,7 +77,7 @@ def consent(
     cid: str = "c1",
     *,
     subject: str = "hh-1",
-    purpose: str = "energy-research",
+    purpose: str = "community-energy",
     categories: tuple[str, ...] = ("energy",),
     status: ConsentStatus = ConsentStatus.ACTIVE,
     expires_at: datetime | None = None,
@@ -88,7 +89,7 @@ def consent(
         purpose=purpose,
         categories=list(categories),  # type: ignore[arg-type]
         status=status,
-        given_at=datetime(2024, 1, 1, tzinfo=UTC),
+        given_at=datetime(2023, 1, 1, tzinfo=UTC),
         expires_at=expires_at,
     )
     return consent_topic(gw, cid), rec.model_dump_json().encode()
@@ -126,7 +127,7 @@ def batch_doc(
         "seq": seq,
         "sent": int(time.time() * 1000),
         "consent": consent_id,
-        "purpose": "energy-research",
+        "purpose": "community-energy",
         "category": "energy",
         "items": items,
     }
@@ -202,7 +203,8 @@ def test_good_message_is_written_with_tags_and_fields(
         "time": T0,
         "category": "energy",
         "device": "plug-1",
-        "purpose": "energy-research",
+        "household": Scope().household(gw, "community-energy"),  # the cloud's tag of the sending gateway
+        "purpose": "community-energy",
         "subject": "hh-1",
         "count": 60,
         "window_s": 60,
@@ -229,6 +231,8 @@ def _bad_messages(gw: str) -> list[tuple[str, str, bytes]]:
     health_in_energy["items"][0]["metric"] = "heart_rate"
     two_subjects = batch_doc(gw)
     two_subjects["items"][1]["subject"] = "hh-2"
+    fine = batch_doc(gw)
+    fine["items"][0]["window_s"] = 10
     big = batch_doc(gw, audit_head="x" * 10)
     oversize = orjson.dumps(big) + b" " * MAX_PAYLOAD_BYTES
     return [
@@ -245,7 +249,12 @@ def _bad_messages(gw: str) -> list[tuple[str, str, bytes]]:
         ("consent_expired", topic, dump(consent_id="cxs")),
         ("consent_mismatch", topic, dump(subject="hh-9")),
         ("consent_mismatch", topic, orjson.dumps(two_subjects)),
-        ("consent_mismatch", topic, dump(consent_id="cp")),
+        # a consent for a purpose the city's catalog does not have is refused as a record: unknown here
+        ("unknown_consent", topic, dump(consent_id="cp")),
+        # the consent's terms, enforced by the cloud too: nothing from before it was given, nothing finer than
+        # the purpose's minute windows
+        ("consent_time", topic, orjson.dumps(batch_doc(gw, start=1_600_000_000_000))),
+        ("consent_granularity", topic, orjson.dumps(fine)),
         ("invalid", topic, orjson.dumps(unknown_metric)),
         ("metric_category", topic, orjson.dumps(health_in_energy)),
         ("invalid", topic, dump(items=[])),
@@ -271,14 +280,18 @@ def test_malformed_messages_are_rejected_by_cause_and_ingestion_goes_on(
     expected: dict[str, int] = {}
     for cause, _, _ in bad:
         expected[cause] = expected.get(cause, 0) + 1
-    with Ingester(settings(mosquitto, influxdb, influx_db)) as ing:
-        for _cause, topic, payload in bad:
-            pub.publish(topic, payload)
-        pub.publish(agg_topic(gw, "energy"), orjson.dumps(batch_doc(gw, seq=1, n=4)))
-        assert ing.wait_idle()
-        st = ing.stats()
+    expected["consent_record_purpose"] = 1  # the "marketing" record itself
+    try:
+        with Ingester(settings(mosquitto, influxdb, influx_db)) as ing:
+            for _cause, topic, payload in bad:
+                pub.publish(topic, payload)
+            pub.publish(agg_topic(gw, "energy"), orjson.dumps(batch_doc(gw, seq=1, n=4)))
+            assert ing.wait_idle()
+            st = ing.stats()
+    finally:  # the broker is shared: later tests' ingesters must not meet the refused record
+        pub.publish(consent_topic(gw, "cp"), b"", retain=True)
     assert st["rejected"] == expected
-    assert st["received"] == sum(expected.values()) + 1
+    assert st["received"] == sum(expected.values()) - 1 + 1  # the record is not a data message; the good one is
     assert st["written"] == 4
     assert count_power(influxdb, influx_db, gw) == 4
 

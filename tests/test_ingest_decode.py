@@ -24,7 +24,7 @@ def good() -> dict[str, Any]:
         "seq": 3,
         "sent": 1_700_000_000_123,
         "consent": "c-1",
-        "purpose": "energy-research",
+        "purpose": "community-energy",
         "category": "energy",
         "audit_head": "abc",
         "items": [
