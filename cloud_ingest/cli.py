@@ -15,9 +15,12 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from cloud_ingest.config import IngestSettings
 
 app = typer.Typer(
     help="Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB.",
@@ -115,12 +118,15 @@ def run(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    from cloud_ingest.config import TrustError
+
     ingester = Ingester(settings)
     try:
         ingester.start()
+    except TrustError as err:
+        raise _fail(str(err)) from err
     except ConnectionError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(1) from err
+        raise _fail(str(err), 1) from err
     _emit(ingester.stats(), event="started")
     from provisioning import sdnotify
 
@@ -128,7 +134,10 @@ def run(
     # the watchdog pings only while the process keeps reporting (the loop below runs)
     last_report = [time.monotonic()]
     dog = sdnotify.Watchdog(
-        lambda: time.monotonic() - last_report[0] < 60 + 3 * settings.stats_interval.total_seconds()
+        lambda: (
+            time.monotonic() - last_report[0] < 60 + 3 * settings.stats_interval.total_seconds()
+            and bool(ingester.stats()["connected"])
+        )
     )
     dog.start()
     interval = settings.stats_interval.total_seconds()
@@ -155,6 +164,188 @@ def run(
     dog.stop()
     ingester.stop()
     _emit(ingester.stats(), final=True)
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML file with IngestSettings keys")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _load(config: Path | None, **overrides: Any) -> IngestSettings:
+    """Settings from flags > environment (KYOJO_INGEST_*) > --config > defaults; a clear message when invalid."""
+    from pydantic import ValidationError
+
+    from cloud_ingest.config import load_settings
+
+    try:
+        return load_settings(config, **overrides)
+    except (ValidationError, FileNotFoundError, ValueError) as err:
+        raise _fail(f"invalid settings: {err}") from err
+
+
+@app.command("new-key")
+def new_key() -> None:
+    """Print a fresh scope key (set it as scope_key / KYOJO_INGEST_SCOPE_KEY on every cloud service)."""
+    from cloud_ingest.scope import new_key as make
+
+    typer.echo(make())
+
+
+@app.command("erasure")
+def erasure(
+    config: ConfigOpt = None,
+    broker_host: Annotated[str | None, typer.Option(help="MQTT broker host")] = None,
+    broker_port: Annotated[int | None, typer.Option(help="MQTT broker port")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA bundle (enables TLS)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="the eraser's certificate (role eraser)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="the eraser's key")] = None,
+    influx_url: Annotated[str | None, typer.Option(help="InfluxDB 1.x base URL")] = None,
+    influx_db: Annotated[str | None, typer.Option(help="database")] = None,
+    influx_username: Annotated[str | None, typer.Option(help="InfluxDB user (password: config or env)")] = None,
+    client_id: Annotated[str, typer.Option(help="MQTT client id (with mTLS the certificate's name wins)")] = (
+        "kyojo-eraser"
+    ),
+    grace: Annotated[float, typer.Option(help="seconds to wait after a withdrawal before erasing")] = 5.0,
+    stats_interval: Annotated[float, typer.Option(help="seconds between stats lines")] = 1.0,
+    log_level: Annotated[str, typer.Option(help="logging level (stderr)")] = "INFO",
+) -> None:
+    """Erase a subject's data for a purpose when its consent is withdrawn, and send the gateway a receipt.
+
+    Prints one JSON line of stats per interval (``healthy`` false while disconnected); exits 1 when the broker
+    refuses it or cannot be reached at start. Under systemd the watchdog is fed only while connected.
+    """
+    from cloud_ingest.config import TrustError
+    from cloud_ingest.erasure import Eraser
+    from provisioning import sdnotify
+
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _load(
+        config,
+        broker_host=broker_host,
+        broker_port=broker_port,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        influx_url=influx_url,
+        influx_db=influx_db,
+        influx_username=influx_username,
+    )
+    eraser = Eraser(settings, client_id=client_id, grace_s=grace)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        eraser.start()
+    except TrustError as err:
+        raise _fail(str(err)) from err
+    except ConnectionError as err:
+        raise _fail(str(err), 1) from err
+    _emit(eraser.stats(), event="started")
+    sdnotify.ready("eraser subscribed")
+    dog = sdnotify.Watchdog(lambda: eraser.connected)
+    dog.start()
+    while not stop.wait(stats_interval):
+        _emit(eraser.stats())
+    sdnotify.stopping()
+    dog.stop()
+    eraser.stop()
+    _emit(eraser.stats(), final=True)
+
+
+@app.command("rollup")
+def ingest_rollup(
+    config: ConfigOpt = None,
+    influx_url: Annotated[str | None, typer.Option(help="InfluxDB 1.x base URL")] = None,
+    influx_db: Annotated[str | None, typer.Option(help="database")] = None,
+    influx_username: Annotated[str | None, typer.Option(help="InfluxDB user (password: config or env)")] = None,
+    metric: Annotated[str, typer.Option(help="measurement to roll up")] = "energy",
+    field: Annotated[str, typer.Option(help="field: delta for counters, mean for gauges")] = "delta",
+    purpose: Annotated[
+        str | None,
+        typer.Option(
+            help="only data released for this purpose [default: community-energy; preventive-care for alert.*]"
+        ),
+    ] = None,
+    events: Annotated[
+        str | None,
+        typer.Option(
+            help="count events instead: kinds matching this glob (e.g. 'alert.*'), each to community_<kind>; "
+            "alerts count distinct alert_id among open updates, other kinds distinct event_id"
+        ),
+    ] = None,
+    hours: Annotated[float, typer.Option(help="roll up the last N hours")] = 24.0,
+    until: Annotated[str | None, typer.Option(help="end of the range (ISO time; default now)")] = None,
+    bucket: Annotated[int, typer.Option(help="bucket length, seconds (604800 = a week)")] = 3600,
+    k: Annotated[int, typer.Option(help="minimum households per released bucket")] = 15,
+    max_share: Annotated[float, typer.Option(help="no household above this share of a total")] = 0.15,
+    epsilon: Annotated[float | None, typer.Option(help="add Laplace noise with this epsilon per release")] = None,
+    clip: Annotated[float | None, typer.Option(help="per-household contribution bound (sensitivity)")] = None,
+    budget: Annotated[float, typer.Option(help="per-household total epsilon")] = 10.0,
+    ledger: Annotated[Path, typer.Option(help="privacy budget ledger (SQLite)")] = Path("rollup-ledger.sqlite3"),
+    reduce: Annotated[str, typer.Option(help="several series of one household at one time: max or sum")] = "max",
+) -> None:
+    """Publish community aggregates only where at least k households contribute (15/15 rule; optional noise)."""
+    import time as _time
+    from datetime import UTC, datetime
+
+    from cloud_ingest.erasure import EraseError, InfluxV1Admin
+    from cloud_ingest.rollup import Bucket, Ledger, RollupConfig, event_kinds, run_rollup
+
+    if epsilon is not None and clip is None:
+        raise _fail("--epsilon needs --clip (the sensitivity the noise is scaled to)")
+    if purpose is None:
+        purpose = "preventive-care" if events is not None and events.startswith("alert.") else "community-energy"
+    base = RollupConfig(
+        metric=metric,
+        field=field,
+        purpose=purpose,
+        bucket_s=bucket,
+        k=k,
+        max_share=max_share,
+        epsilon=epsilon,
+        clip=clip,
+        budget=budget,
+        reduce=reduce,
+    )
+    if until is None:
+        now_ms = int(_time.time() * 1000)
+    else:
+        try:
+            t = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        except ValueError as err:
+            raise _fail(f"--until {until!r}: not an ISO time") from err
+        now_ms = int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
+    end = now_ms // (bucket * 1000) * bucket * 1000
+    start = end - int(hours * 3_600_000)
+    settings = _load(config, influx_url=influx_url, influx_db=influx_db, influx_username=influx_username)
+    admin = InfluxV1Admin.from_settings(settings)
+    book = Ledger(ledger) if epsilon is not None else None
+    out: list[tuple[str, list[Bucket]]] = []
+    try:
+        cfgs = [base] if events is None else [base.for_events(kind) for kind in event_kinds(admin, events, purpose)]
+        for cfg in cfgs:
+            out.append((cfg.release_measurement, run_rollup(admin, cfg, start, end, ledger=book)))
+    except (EraseError, ValueError) as err:
+        raise _fail(str(err)) from err
+    finally:
+        if book is not None:
+            book.close()
+    n = released = 0
+    for name, buckets in out:
+        for b in buckets:
+            doc = b.as_dict() if events is None else {"measurement": name, **b.as_dict()}
+            typer.echo(json.dumps(doc))
+            n += 1
+            released += b.suppressed is None
+    summary: dict[str, object] = {"buckets": n, "released": released, "suppressed": n - released}
+    if events is not None:
+        summary["measurements"] = [name for name, _ in out]
+    typer.echo(json.dumps(summary))
 
 
 @app.command("show-config")

@@ -91,6 +91,8 @@ class IngestSettings(BaseSettings):
     influx_rp: str | None = None
     influx_username: str | None = None
     influx_password: SecretStr | None = None
+    #: CA bundle to trust for an https:// InfluxDB URL (a private CA)
+    influx_ca: Path | None = None
     influx_org: str | None = None
     influx_bucket: str | None = None
     influx_token: SecretStr | None = None

@@ -4,18 +4,23 @@ purpose, checks that nothing is left, and sends the gateway a receipt.
 One small service beside the ingesters. It follows the retained consent records (unshared subscription, like
 every ingester); on a record whose status is ``withdrawn`` it waits ``grace`` seconds, so points an ingester
 accepted just before it learned of the withdrawal are written before the delete, then runs InfluxQL
-``DELETE WHERE subject = <pseudonym> AND purpose = <purpose>`` over every measurement, counts what remains, logs
-the erasure in the database itself (measurement ``kyojo_erasure``: consent, pseudonym, purpose, counts — no
-personal data) so a restart does not erase twice, and publishes a retained :class:`ErasureReceipt` to
-``kyojo/v1/<gw>/receipt/<consent>``. InfluxDB 1.x's HTTP API (tested here); a 2.x deployment would use
+``DELETE WHERE household = <the withdrawing gateway's tag> AND subject = <pseudonym> AND purpose = <purpose>``
+over every measurement (:mod:`cloud_ingest.scope`: a gateway can only ever erase its own points), counts what
+remains, logs the erasure in the database itself (measurement ``kyojo_erasure``: consent, household tag, purpose,
+counts — no personal data) so a restart does not erase twice, and publishes a retained :class:`ErasureReceipt`
+to ``kyojo/v1/<gw>/receipt/<consent>``. Same settings as the ingester (``IngestSettings``: mTLS to the broker,
+InfluxDB URL and credentials, scope key), with the eraser's own certificate (role ``eraser``), the only identity
+the broker lets write receipts. InfluxDB 1.x's HTTP API (tested here); a 2.x deployment would use
 ``/api/v2/delete`` with the same predicate (not wired yet).
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
+import ssl
 import threading
 import time
 import urllib.parse
@@ -27,6 +32,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud_ingest.config import IngestSettings
+from cloud_ingest.scope import HOUSEHOLD_TAG, Scope
+from cloud_ingest.trust import GatewayKeys
 from drivers.base import KyojoError
 from edge_agent.wire import ConsentRecord, ConsentStatus, ErasureReceipt, WireError, decode_consent, receipt_topic
 
@@ -40,17 +48,55 @@ class EraseError(KyojoError, RuntimeError):
 
 
 class InfluxV1Admin:
-    """The few InfluxQL statements erasure needs, over the v1 HTTP API (one short connection per call)."""
+    """The few InfluxQL statements erasure and rollups need, over the v1 HTTP API (one short connection per call).
 
-    def __init__(self, url: str, db: str, timeout: float = 30.0) -> None:
+    ``https://`` URLs use TLS (``ca`` to trust a private CA); ``username``/``password`` authenticate (InfluxDB
+    ``auth-enabled``), sent as HTTP Basic.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        db: str,
+        timeout: float = 30.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca: str | None = None,
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
+        self.https = parts.scheme == "https"
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 8086
         self.db, self.timeout = db, timeout
+        self._auth = None
+        if username is not None:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._auth = f"Basic {token}"
+        self._ssl = ssl.create_default_context(cafile=ca) if self.https else None
+
+    @classmethod
+    def from_settings(cls, settings: IngestSettings, timeout: float = 30.0) -> InfluxV1Admin:
+        """The admin client a cloud service's settings describe (URL, database, credentials)."""
+        password = settings.influx_password.get_secret_value() if settings.influx_password else None
+        ca = str(settings.influx_ca) if settings.influx_ca else None
+        return cls(
+            settings.influx_url,
+            settings.influx_db,
+            timeout,
+            username=settings.influx_username,
+            password=password,
+            ca=ca,
+        )
 
     def _post(self, path: str, params: dict[str, str], body: bytes = b"") -> bytes:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn: http.client.HTTPConnection
+        if self._ssl is not None:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._ssl)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        headers = {"Authorization": self._auth} if self._auth else {}
         try:
-            conn.request("POST", f"{path}?{urllib.parse.urlencode(params)}", body=body)
+            conn.request("POST", f"{path}?{urllib.parse.urlencode(params)}", body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
         except OSError as err:
@@ -78,7 +124,7 @@ class InfluxV1Admin:
 
     def retention_policies(self) -> list[str]:
         names: list[str] = []
-        for r in self.query(f'SHOW RETENTION POLICIES ON "{self.db}"'):
+        for r in self.query(f"SHOW RETENTION POLICIES ON {ident(self.db)}"):
             for series in r.get("series", []):
                 names += [str(row[0]) for row in series.get("values", [])]
         return names or ["autogen"]
@@ -89,7 +135,7 @@ class InfluxV1Admin:
         for rp in self.retention_policies():
             # count(*) counts each field; a point has at least one, so the largest field count per series is
             # its number of points (rollup measurements have other fields than the raw aggregates)
-            q = f'SELECT count(*) FROM "{self.db}"."{rp}"./.*/ WHERE {where}'  # noqa: S608 - quoted literals
+            q = f"SELECT count(*) FROM {ident(self.db)}.{ident(rp)}./.*/ WHERE {where}"  # noqa: S608 - quoted
             for r in self.query(q):
                 for series in r.get("series", []):
                     if series.get("name") == LOG_MEASUREMENT:
@@ -102,68 +148,136 @@ class InfluxV1Admin:
         self._post("/write", {"db": self.db, "precision": "ms"}, line.encode())
 
 
+def ident(name: str) -> str:
+    """An InfluxQL identifier, double-quoted (``"`` and ``\\`` escaped): an operator's flag can name a
+    measurement, field or database, never smuggle a statement."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _lit(value: str) -> str:
     """An InfluxQL string literal (single quotes, backslash-escaped)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class Eraser:
-    """Follows consent records and erases on withdrawal. ``start()``/``stop()``; ``stats()``."""
+    """Follows consent records and erases on withdrawal. ``start()``/``stop()``; ``stats()``.
+
+    It trusts a withdrawal only about the gateway that sent it: the record arrives on that gateway's own topic
+    (the broker binds the topic to the certificate), the delete is restricted to that gateway's ``household`` tag,
+    the erasure log is keyed by that tag and the consent id, and the receipt goes to that gateway's downlink only.
+    With ``gateway_keys`` configured, a record must also carry its gateway's signature.
+    """
 
     def __init__(
         self,
-        broker_host: str,
-        broker_port: int,
-        influx_url: str,
-        db: str,
+        settings: IngestSettings,
         *,
         client_id: str = "kyojo-eraser",
         grace_s: float = 5.0,
+        retry_s: float = 30.0,
     ) -> None:
-        self.admin = InfluxV1Admin(influx_url, db)
-        self.db = db
+        self.settings = settings
+        self.admin = InfluxV1Admin.from_settings(settings)
+        self.db = settings.influx_db
         self.grace_s = grace_s
-        self.broker = (broker_host, broker_port)
+        self.retry_s = retry_s
+        self.scope = Scope(settings.scope_key_bytes())
+        self.keys = GatewayKeys.load(settings.gateway_keys) if settings.gateway_keys is not None else None
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
+        if settings.tls:
+            self.client.tls_set(
+                ca_certs=str(settings.tls_ca) if settings.tls_ca else None,
+                certfile=str(settings.tls_cert) if settings.tls_cert else None,
+                keyfile=str(settings.tls_key) if settings.tls_key else None,
+            )
+        if settings.username is not None:
+            secret = settings.password.get_secret_value() if settings.password else None
+            self.client.username_pw_set(settings.username, secret)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 30)
         self._queue: list[tuple[float, ConsentRecord]] = []
         self._cv = threading.Condition()
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._work, name="kyojo-eraser", daemon=True)
-        self.erased: dict[str, ErasureReceipt] = {}
+        self.erased: dict[tuple[str, str], ErasureReceipt] = {}
         self.errors = 0
         self.rejected = 0
+        self.connected = False
+        self.refused: str | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 15.0) -> None:
+        """Connect and subscribe; raise ConnectionError when the broker refuses or does not answer in time."""
+        from cloud_ingest.config import TrustError
+
+        problems = [p for p in self.settings.trust_problems() if not p.startswith(("no group", "group "))]
+        if problems:
+            raise TrustError("eraser refuses to start: " + "; ".join(problems))
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 7 * 86_400
         self._thread.start()
-        self.client.connect(*self.broker, clean_start=False, properties=props)
+        try:
+            self.client.connect(
+                self.settings.broker_host,
+                self.settings.broker_port,
+                keepalive=self.settings.keepalive,
+                clean_start=False,
+                properties=props,
+            )
+        except (OSError, ssl.SSLError) as err:
+            self.stop()
+            raise ConnectionError(f"eraser: cannot reach the broker: {err}") from err
         self.client.loop_start()
+        if not self._ready.wait(timeout) or self.refused:
+            reason = self.refused or f"not subscribed within {timeout}s"
+            self.stop()
+            raise ConnectionError(f"eraser: {reason}")
 
     def stop(self) -> None:
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(10)
         self.client.disconnect()
         self.client.loop_stop()
 
     def stats(self) -> dict[str, Any]:
+        with self._cv:
+            pending = len(self._queue)
         return {
+            "connected": self.connected,
+            "healthy": self.connected and self._ready.is_set(),
             "erased": len(self.erased),
-            "pending": len(self._queue),
+            "pending": pending,
             "errors": self.errors,
             "rejected": self.rejected,
         }
 
     def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
-        if not reason.is_failure:
-            client.subscribe("kyojo/v1/+/consent/+", qos=1)
+        if reason.is_failure:
+            self.refused = f"broker refused the connection: {reason}"
+            log.error("eraser: %s", self.refused)
+            self._ready.set()
+            return
+        self.connected = True
+        client.subscribe("kyojo/v1/+/consent/+", qos=1)
+
+    def _on_subscribe(self, _c: object, _u: object, _mid: int, codes: list[Any], _p: object) -> None:
+        if any(code.is_failure for code in codes):
+            self.refused = f"consent subscription refused: {[str(c) for c in codes]}"
+            log.error("eraser: %s", self.refused)
+        self._ready.set()
+
+    def _on_disconnect(self, _c: object, _u: object, _f: object, reason: Any, _p: object) -> None:
+        self.connected = False
+        if not self._stop.is_set():
+            log.warning("eraser disconnected: %s (reconnecting)", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:
@@ -174,35 +288,52 @@ class Eraser:
             self.rejected += 1
             log.warning("eraser: refused consent message on %s: %s", msg.topic, err.cause)
             return
-        if record.status is ConsentStatus.WITHDRAWN:
-            with self._cv:
-                self._queue.append((time.monotonic() + self.grace_s, record))
-                self._cv.notify_all()
+        if record.status is not ConsentStatus.WITHDRAWN:
+            return
+        if self.keys is not None and not self.keys.verify(record):
+            self.rejected += 1
+            log.warning("eraser: withdrawal %s/%s is not signed by its gateway: ignored", record.gateway, record.id)
+            return
+        with self._cv:
+            self._queue.append((time.monotonic() + self.grace_s, record))
+            self._cv.notify_all()
 
     def _work(self) -> None:
         while not self._stop.is_set():
             with self._cv:
-                due = [r for t, r in self._queue if t <= time.monotonic()]
-                self._queue = [(t, r) for t, r in self._queue if t > time.monotonic()]
+                now = time.monotonic()
+                due = [r for t, r in self._queue if t <= now]
+                self._queue = [(t, r) for t, r in self._queue if t > now]
                 if not due:
-                    self._cv.wait(0.2)
+                    wait = min((t for t, _ in self._queue), default=now + 0.5) - now
+                    self._cv.wait(max(0.01, min(wait, 0.5)))
                     continue
             for record in due:
                 try:
                     self.erase(record)
                 except EraseError as err:
                     self.errors += 1
-                    log.error("eraser: %s for consent %s; retrying in 30 s", err, record.id)
+                    log.error("eraser: %s for consent %s; retrying in %.0f s", err, record.id, self.retry_s)
                     with self._cv:
-                        self._queue.append((time.monotonic() + 30, record))
+                        self._queue.append((time.monotonic() + self.retry_s, record))
+
+    def where(self, record: ConsentRecord) -> str:
+        """The points this withdrawal covers: its gateway's household tag, its subject, its purpose."""
+        household = self.scope.household(record.gateway, record.purpose)
+        return (
+            f'"{HOUSEHOLD_TAG}" = {_lit(household)} AND "subject" = {_lit(record.subject)} '
+            f'AND "purpose" = {_lit(record.purpose)}'
+        )
 
     def erase(self, record: ConsentRecord) -> ErasureReceipt:
         """Delete, verify, log, and publish the receipt. Idempotent: a logged erasure is only re-announced."""
+        household = self.scope.household(record.gateway, record.purpose)
         done = self.admin.query(
-            f'SELECT * FROM "{LOG_MEASUREMENT}" WHERE "consent" = {_lit(record.id)}'  # noqa: S608
+            f'SELECT * FROM "{LOG_MEASUREMENT}" WHERE "consent" = {_lit(record.id)} '  # noqa: S608 - quoted literals
+            f'AND "{HOUSEHOLD_TAG}" = {_lit(household)}'
         )
         rows = [s for r in done for s in r.get("series", [])]
-        where = f'"subject" = {_lit(record.subject)} AND "purpose" = {_lit(record.purpose)}'
+        where = self.where(record)
         if rows:
             cols, values = rows[0]["columns"], rows[0]["values"][0]
             prior = dict(zip(cols, values, strict=True))
@@ -231,8 +362,9 @@ class Eraser:
                 erased_at=now,
                 store=f"influxdb:{self.db}",
             )
+            # the log names no gateway: the household tag and the consent id identify the erasure
             self.admin.write(
-                f"{LOG_MEASUREMENT},consent={record.id},purpose={record.purpose} "
+                f"{LOG_MEASUREMENT},consent={record.id},{HOUSEHOLD_TAG}={household},purpose={record.purpose} "
                 f"points_erased={receipt.points_erased}i,remaining={remaining}i {int(now.timestamp() * 1000)}"
             )
             log.info("erased %d points for consent %s (%s)", receipt.points_erased, record.id, record.purpose)
@@ -240,5 +372,5 @@ class Eraser:
             receipt_topic(record.gateway, record.id), receipt.model_dump_json(), qos=1, retain=True
         )
         info.wait_for_publish(10)
-        self.erased[record.id] = receipt
+        self.erased[(record.gateway, record.id)] = receipt
         return receipt

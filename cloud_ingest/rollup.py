@@ -1,5 +1,11 @@
 """Community rollups: cross-household aggregates released only where enough households contribute.
 
+A contributor is a *household*: the ``household`` tag the ingester puts on every point (:mod:`cloud_ingest.scope`,
+the cloud's keyed tag of the sending gateway under the purpose). Subjects are named by gateways, so one gateway
+could invent fourteen subjects beside one real household; contributors are counted by the tag the cloud derived
+from the authenticated gateway instead, so that gateway still counts once and the k-threshold and the dominance
+rule hold per household (points written before the tag existed fall back to their subject).
+
 For each time bucket the rollup sums one metric per household (``delta`` of a counter, e.g. ``energy``, or
 ``mean`` of a gauge; where a household has several series at the same time — a whole-home meter and its plugs —
 ``reduce="max"`` takes the largest, i.e. the meter, and ``reduce="sum"`` adds them), then applies, in order:
@@ -41,7 +47,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cloud_ingest.erasure import InfluxV1Admin, _lit
+from cloud_ingest.erasure import InfluxV1Admin, _lit, ident
+from cloud_ingest.lineproto import escape_measurement, escape_tag
+from cloud_ingest.scope import HOUSEHOLD_TAG
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # an event attribute name (edge_agent.wire.EventItem.attrs)
 
@@ -179,18 +187,19 @@ def event_kinds(admin: InfluxV1Admin, pattern: str, purpose: str) -> list[str]:
 def _metric_values(admin: InfluxV1Admin, cfg: RollupConfig, start_ms: int, end_ms: int) -> dict[int, dict[str, float]]:
     """Per bucket start, per household: the metric's field summed over the bucket (``reduce`` at one time)."""
     q = (
-        f'SELECT "{cfg.field}", "subject" FROM "{cfg.metric}" '  # noqa: S608 - names are settings, values quoted
+        f'SELECT {ident(cfg.field)}, "subject", "{HOUSEHOLD_TAG}" FROM {ident(cfg.metric)} '  # noqa: S608 - quoted
         f'WHERE "purpose" = {_lit(cfg.purpose)} AND time >= {start_ms}ms AND time < {end_ms}ms'
     )
     at_time: dict[tuple[int, str], float] = {}
     for result in admin.query_epoch_ms(q):
         for series in result.get("series", []):
             cols = series["columns"]
-            it, iv, isub = cols.index("time"), cols.index(cfg.field), cols.index("subject")
+            it, iv = cols.index("time"), cols.index(cfg.field)
+            who = _contributor(cols)
             for row in series["values"]:
                 if row[iv] is None:
                     continue
-                key, value = (int(row[it]), str(row[isub])), float(row[iv])
+                key, value = (int(row[it]), who(row)), float(row[iv])
                 prev = at_time.get(key)
                 if prev is None:
                     at_time[key] = value
@@ -203,6 +212,19 @@ def _metric_values(admin: InfluxV1Admin, cfg: RollupConfig, start_ms: int, end_m
     return sums
 
 
+def _contributor(cols: list[str]) -> Any:
+    """row -> the household the row counts for: its household tag, else (points from before the tag) its subject."""
+    isub = cols.index("subject")
+    ihh = cols.index(HOUSEHOLD_TAG) if HOUSEHOLD_TAG in cols else None
+
+    def who(row: list[Any]) -> str:
+        if ihh is not None and row[ihh]:
+            return str(row[ihh])
+        return f"subject:{row[isub]}"
+
+    return who
+
+
 def _event_counts(admin: InfluxV1Admin, cfg: RollupConfig, start_ms: int, end_ms: int) -> dict[int, dict[str, float]]:
     """Per bucket start, per household: distinct episodes (``event_key``) of ``events_kind`` starting in it."""
     assert cfg.events_kind is not None
@@ -211,21 +233,22 @@ def _event_counts(admin: InfluxV1Admin, cfg: RollupConfig, start_ms: int, end_ms
         raise ValueError(f"event_key {key!r}: not a field name")
     state = f' AND "state" = {_lit(cfg.event_state)}' if cfg.event_state is not None else ""
     q = (
-        f'SELECT "{key}", "started_ms", "subject" FROM "events" '  # noqa: S608 - names are settings, values quoted
+        f'SELECT {ident(key)}, "started_ms", "subject", "{HOUSEHOLD_TAG}" FROM "events" '  # noqa: S608 - quoted
         f'WHERE "purpose" = {_lit(cfg.purpose)} AND "kind" = {_lit(cfg.events_kind)}{state} '
         f"AND time >= {start_ms}ms AND time < {end_ms}ms"
     )
-    first: dict[tuple[str, str], int] = {}  # (subject, episode) -> its start
+    first: dict[tuple[str, str], int] = {}  # (household, episode) -> its start
     for result in admin.query_epoch_ms(q):
         for series in result.get("series", []):
             cols = series["columns"]
-            it, ik, isub = cols.index("time"), cols.index(key), cols.index("subject")
+            it, ik = cols.index("time"), cols.index(key)
+            who = _contributor(cols)
             ist = cols.index("started_ms") if "started_ms" in cols else None
             for row in series["values"]:
                 if row[ik] is None:
                     continue
                 t = int(row[ist]) if ist is not None and row[ist] is not None else int(row[it])
-                episode = (str(row[isub]), str(row[ik]))
+                episode = (who(row), str(row[ik]))
                 first[episode] = min(t, first.get(episode, t))
     bucket_ms = cfg.bucket_s * 1000
     counts: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -255,7 +278,9 @@ def run_rollup(
         fields = f"households={b.households}i,total={b.total!r},mean={b.mean!r}"
         if b.epsilon is not None:
             fields += f",epsilon={b.epsilon!r}"
-        lines.append(f"{name},bucket={cfg.bucket_s}s,purpose={cfg.purpose} {fields} {b.start_ms}")
+        lines.append(
+            f"{escape_measurement(name)},bucket={cfg.bucket_s}s,purpose={escape_tag(cfg.purpose)} {fields} {b.start_ms}"
+        )
         if ledger is not None and b.epsilon is not None:
             label = cfg.events_kind if cfg.events_kind is not None else cfg.metric
             ledger.charge(b.contributors, cfg.purpose, b.epsilon, f"{label}@{b.start_ms}")

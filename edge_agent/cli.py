@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -327,118 +326,6 @@ def audit_export(
     else:
         out.write_text(text + "\n", encoding="utf-8")
         typer.echo(f"wrote {out}")
-
-
-@ingest_app.command("erasure")
-def ingest_erasure(
-    broker_host: Annotated[str, typer.Option(help="MQTT broker host")] = "127.0.0.1",
-    broker_port: Annotated[int, typer.Option(help="MQTT broker port")] = 1883,
-    influx_url: Annotated[str, typer.Option(help="InfluxDB 1.x base URL")] = "http://127.0.0.1:8086",
-    influx_db: Annotated[str, typer.Option(help="database")] = "kyojo",
-    client_id: Annotated[str, typer.Option(help="MQTT client id (stable)")] = "kyojo-eraser",
-    grace: Annotated[float, typer.Option(help="seconds to wait after a withdrawal before erasing")] = 5.0,
-    verbose: bool = False,
-) -> None:
-    """Erase a subject's data for a purpose when its consent is withdrawn, and send the gateway a receipt."""
-    from cloud_ingest.erasure import Eraser
-
-    _setup_logging(verbose)
-    eraser = Eraser(broker_host, broker_port, influx_url, influx_db, client_id=client_id, grace_s=grace)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    eraser.start()
-    while not stop.wait(1.0):
-        typer.echo(json.dumps(eraser.stats()))
-    eraser.stop()
-    typer.echo(json.dumps({**eraser.stats(), "final": True}))
-
-
-@ingest_app.command("rollup")
-def ingest_rollup(
-    influx_url: Annotated[str, typer.Option(help="InfluxDB 1.x base URL")] = "http://127.0.0.1:8086",
-    influx_db: Annotated[str, typer.Option(help="database")] = "kyojo",
-    metric: Annotated[str, typer.Option(help="measurement to roll up")] = "energy",
-    field: Annotated[str, typer.Option(help="field: delta for counters, mean for gauges")] = "delta",
-    purpose: Annotated[
-        str | None,
-        typer.Option(
-            help="only data released for this purpose [default: community-energy; preventive-care for alert.*]"
-        ),
-    ] = None,
-    events: Annotated[
-        str | None,
-        typer.Option(
-            help="count events instead: kinds matching this glob (e.g. 'alert.*'), each to community_<kind>; "
-            "alerts count distinct alert_id among open updates, other kinds distinct event_id"
-        ),
-    ] = None,
-    hours: Annotated[float, typer.Option(help="roll up the last N hours")] = 24.0,
-    until: Annotated[str | None, typer.Option(help="end of the range (ISO time; default now)")] = None,
-    bucket: Annotated[int, typer.Option(help="bucket length, seconds (604800 = a week)")] = 3600,
-    k: Annotated[int, typer.Option(help="minimum households per released bucket")] = 15,
-    max_share: Annotated[float, typer.Option(help="no household above this share of a total")] = 0.15,
-    epsilon: Annotated[float | None, typer.Option(help="add Laplace noise with this epsilon per release")] = None,
-    clip: Annotated[float | None, typer.Option(help="per-household contribution bound (sensitivity)")] = None,
-    budget: Annotated[float, typer.Option(help="per-household total epsilon")] = 10.0,
-    ledger: Annotated[Path, typer.Option(help="privacy budget ledger (SQLite)")] = Path("rollup-ledger.sqlite3"),
-    reduce: Annotated[str, typer.Option(help="several series of one household at one time: max or sum")] = "max",
-) -> None:
-    """Publish community aggregates only where at least k households contribute (15/15 rule; optional noise)."""
-    import time as _time
-
-    from cloud_ingest.erasure import EraseError, InfluxV1Admin
-    from cloud_ingest.rollup import Bucket, Ledger, RollupConfig, event_kinds, run_rollup
-
-    if epsilon is not None and clip is None:
-        raise _fail(KyojoError("--epsilon needs --clip (the sensitivity the noise is scaled to)"))
-    if purpose is None:
-        purpose = "preventive-care" if events is not None and events.startswith("alert.") else "community-energy"
-    base = RollupConfig(
-        metric=metric,
-        field=field,
-        purpose=purpose,
-        bucket_s=bucket,
-        k=k,
-        max_share=max_share,
-        epsilon=epsilon,
-        clip=clip,
-        budget=budget,
-        reduce=reduce,
-    )
-    if until is None:
-        now_ms = int(_time.time() * 1000)
-    else:
-        try:
-            t = datetime.fromisoformat(until.replace("Z", "+00:00"))
-        except ValueError as err:
-            raise _fail(KyojoError(f"--until {until!r}: not an ISO time")) from err
-        now_ms = int((t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() * 1000)
-    end = now_ms // (bucket * 1000) * bucket * 1000
-    start = end - int(hours * 3_600_000)
-    admin = InfluxV1Admin(influx_url, influx_db)
-    book = Ledger(ledger) if epsilon is not None else None
-    out: list[tuple[str, list[Bucket]]] = []
-    try:
-        cfgs = [base] if events is None else [base.for_events(kind) for kind in event_kinds(admin, events, purpose)]
-        for cfg in cfgs:
-            out.append((cfg.release_measurement, run_rollup(admin, cfg, start, end, ledger=book)))
-    except (EraseError, ValueError) as err:
-        raise _fail(err) from err
-    finally:
-        if book is not None:
-            book.close()
-    n = released = 0
-    for name, buckets in out:
-        for b in buckets:
-            doc = b.as_dict() if events is None else {"measurement": name, **b.as_dict()}
-            typer.echo(json.dumps(doc))
-            n += 1
-            released += b.suppressed is None
-    summary: dict[str, object] = {"buckets": n, "released": released, "suppressed": n - released}
-    if events is not None:
-        summary["measurements"] = [name for name, _ in out]
-    typer.echo(json.dumps(summary))
 
 
 def _alerts(cfg_path: Path) -> list[dict[str, object]]:

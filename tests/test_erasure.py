@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import drivers.sim as sim
+from cloud_ingest.config import IngestSettings
 from cloud_ingest.erasure import Eraser
 from drivers.clock import ScaledClock
 from edge_agent import audit, consent
@@ -40,7 +41,8 @@ def test_withdrawal_erases_in_influxdb_with_a_receipt(
     ps1, ps2 = keys.pseudonym("preventive-care", "p1"), keys.pseudonym("preventive-care", "p2")
 
     ingester = IngesterProc(mosquitto.port, influxdb.url, influx_db, client_id="erase-ingest")
-    eraser = Eraser("127.0.0.1", mosquitto.port, influxdb.url, influx_db, client_id="erase-eraser", grace_s=1.0)
+    cloud = IngestSettings(broker_port=mosquitto.port, influx_url=influxdb.url, influx_db=influx_db)
+    eraser = Eraser(cloud, client_id="erase-eraser", grace_s=1.0)
     eraser.start()
     clock = ScaledClock(T0, speed=1200)
     sims = [s for s in sim.household(HOME, 5, persons=("p1", "p2")) if s.subject in ("p1", "p2")]
@@ -65,7 +67,7 @@ def test_withdrawal_erases_in_influxdb_with_a_receipt(
 
     assert points(ps1) == 0  # after withdrawal and erasure a query for that subject returns nothing
     assert points(ps2) > 100  # the other person's data is untouched
-    receipt = eraser.erased[p1.id]
+    receipt = eraser.erased[(HOME, p1.id)]
     assert receipt.points_erased > 100
     assert receipt.remaining == 0
     assert receipt.subject == ps1
@@ -79,8 +81,8 @@ def test_withdrawal_erases_in_influxdb_with_a_receipt(
     # anything still in flight at the withdrawal was refused by the ingester, not written after the erasure
     assert set(final.get("rejected", {})) <= {"consent_withdrawn"}
     # a restarted eraser does not erase twice: it re-announces the logged erasure
-    again = Eraser("127.0.0.1", mosquitto.port, influxdb.url, influx_db, client_id="erase-eraser-2")
+    again = Eraser(cloud, client_id="erase-eraser-2")
     again.start()
-    wait_for(lambda: p1.id in again.erased)
+    wait_for(lambda: (HOME, p1.id) in again.erased)
     again.stop()
-    assert again.erased[p1.id].points_erased == receipt.points_erased
+    assert again.erased[(HOME, p1.id)].points_erased == receipt.points_erased
