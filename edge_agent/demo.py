@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -407,6 +408,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
                 consent.open_store(configs[gw], conn).grant(purpose, subject, now=datetime.fromtimestamp(start, tz=UTC))
             finally:
                 conn.close()
+        group = f"kyojo-demo-{secrets.token_hex(8)}"  # a secret $share group, as in a deployment
         ingester = _spawn(
             "ingester",
             [
@@ -421,6 +423,8 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
                 DB,
                 "--client-id",
                 "demo-ingest-1",
+                "--group",
+                group,
                 "--stats-interval",
                 "1",
             ],
@@ -428,6 +432,26 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             capture=True,
         )
         procs.append(ingester)
+        # the eraser, so a withdrawal in the demo really erases and the household's gateway gets its receipt
+        procs.append(
+            _spawn(
+                "eraser",
+                [
+                    "-m",
+                    "cloud_ingest",
+                    "erasure",
+                    "--broker-port",
+                    str(port),
+                    "--influx-url",
+                    stack.influxdb.url,
+                    "--influx-db",
+                    DB,
+                    "--stats-interval",
+                    "5",
+                ],
+                workdir / "eraser.log",
+            )
+        )
         for gw in GATEWAYS:
             cfg_path = workdir / gw / "agent.toml"
             procs.append(
