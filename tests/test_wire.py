@@ -105,3 +105,19 @@ def test_random_topics_only_ever_raise_wire_error(topic: str) -> None:
         return
     with pytest.raises(WireError):
         decode_batch(topic, enc(BATCH))
+
+
+@pytest.mark.parametrize("bad", ["gw-1\n", "\ngw-1", "gw 1", "gw/1", "_gw", "g" * 65, "gw-1\x00"])
+def test_identifiers_match_as_a_whole(bad: str) -> None:
+    """One identifier rule everywhere (drivers.base.valid_id / ID_PATTERN): a trailing newline is no id."""
+    from drivers.base import valid_id
+    from provisioning import pki
+
+    assert not valid_id(bad)
+    with pytest.raises(pki.PkiError):
+        pki._check_id(bad)  # the CA refuses it as a certificate name too
+    doc = {"v": 1, "gateway": bad, "seq": 0, "sent": 0, "consent": "c1", "purpose": "p", "category": "energy",
+           "items": [{"metric": "power", "subject": "s", "device": "d", "start": 0, "window_s": 60, "count": 1,
+                      "last": 1.0}]}  # fmt: skip
+    with pytest.raises(WireError):
+        decode_batch(f"kyojo/v1/{bad}/agg/energy", orjson.dumps(doc))
