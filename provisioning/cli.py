@@ -28,9 +28,8 @@ import typer
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from provisioning import pki
+from provisioning import broker, pki
 from provisioning import release as rel
-from provisioning.broker import BrokerSettings, new_share_group, render_acl, render_mosquitto_conf
 
 app = typer.Typer(help="City CA, gateway identities, revocation, broker configuration.", no_args_is_help=True)
 ca_app = typer.Typer(help="The city CA (run on the offline CA host).", no_args_is_help=True)
@@ -207,7 +206,14 @@ def revoke(
         raise _fail(err) from err
     for rec in done:
         typer.echo(f"revoked {rec.cn} serial {rec.serial}")
-    typer.echo(f"CRL: {ca.crl_path} -> copy to the broker's crlfile, then: systemctl reload mosquitto (SIGHUP)")
+    typer.echo(f"1. CRL: {ca.crl_path} -> copy to the broker's crlfile, then: systemctl reload mosquitto (SIGHUP)")
+    gone = sorted({r.cn for r in done} - set().union(*(ca.identities(role) for role in broker.CLIENT_ROLES)))
+    still = sorted({r.cn for r in done} - set(gone))
+    if gone:
+        typer.echo(f"2. kyojo provision broker-sync: deletes {', '.join(gone)} from the broker, which disconnects it")
+    if still:
+        kicks = " ".join(f"--kick {cn}" for cn in still)
+        typer.echo(f"2. {', '.join(still)} keep another valid certificate: kyojo provision broker-sync {kicks}")
 
 
 @app.command("crl")
@@ -228,39 +234,101 @@ def list_issued(ca_dir: CaDir) -> None:
 @app.command("broker-config")
 def broker_config(
     ca_dir: CaDir,
-    out_dir: Annotated[Path, typer.Option(help="write kyojo.conf and kyojo.acl here")],
+    out_dir: Annotated[Path, typer.Option(help="write the bundle here (kyojo.conf, dynamic-security.json, ...)")],
     etc_dir: Annotated[Path, typer.Option(help="where the files will live on the broker")] = Path(
         "/etc/mosquitto/kyojo"
     ),
     server_name: Annotated[str, typer.Option(help="broker certificate basename in etc-dir")] = "broker",
+    server_dir: Annotated[
+        Path | None, typer.Option(help="where `provision server` wrote <name>.crt/.key: bundle them too")
+    ] = None,
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8883,
     bind: Annotated[str, typer.Option(help="listen address")] = "0.0.0.0",  # noqa: S104 public listener
+    plugin: Annotated[
+        Path, typer.Option(help="the dynamic-security plugin on the broker host")
+    ] = broker.DEBIAN_DYNSEC_PLUGIN,
+    owner: Annotated[
+        str | None,
+        typer.Option(help="the broker's user: owns the key and the dynsec JSON (default: mosquitto if root)"),
+    ] = None,
     ingest: Annotated[list[str] | None, typer.Option(help="ingest identities (default: valid ones in the CA)")] = None,
 ) -> None:
-    """Render the Mosquitto config fragment (mTLS listener, CRL, limits) and the ACL."""
+    """Render Mosquitto's config fragment (mTLS listener, CRL, limits, dynamic-security plugin) and the plugin's
+    first dynamic-security.json (roles of every valid identity in the CA); later changes: broker-sync."""
     ca = _ca(ca_dir)
-    names = ingest if ingest else ca.identities(pki.Role.INGEST)
-    settings = BrokerSettings(
+    owner = owner if owner is not None else broker.default_owner()
+    settings = broker.BrokerSettings(
         cafile=etc_dir / "ca.crt",
         certfile=etc_dir / f"{server_name}.crt",
         keyfile=etc_dir / f"{server_name}.key",
         crlfile=etc_dir / "crl.pem",
-        acl_file=etc_dir / "kyojo.acl",
+        dynsec_file=etc_dir / "dynamic-security.json",
         port=port,
         bind=bind,
+        dynsec_plugin=plugin,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "kyojo.conf").write_text(render_mosquitto_conf(settings))
-    (out_dir / "kyojo.acl").write_text(render_acl(names))
-    group_file = ca_dir / "share_group"
-    if not group_file.exists():
-        pki.write_private(group_file, new_share_group().encode())
-    group = group_file.read_text().strip()
+    try:
+        group = broker.load_share_group(ca_dir, create=True)
+        identities = broker.ca_identities(ca, ingest=ingest)
+        state = broker.desired_state(identities, group)
+        cert = key = None
+        if server_dir is not None:
+            cert = (server_dir / f"{server_name}.crt").read_bytes()
+            key = (server_dir / f"{server_name}.key").read_bytes()
+        files = broker.broker_files(
+            settings,
+            state,
+            ca_cert=ca.cert_path.read_bytes(),
+            crl=ca.crl_path.read_bytes(),
+            server_cert=cert,
+            server_key=key,
+        )
+        broker.write_broker_files(out_dir, files, owner or None)
+    except (broker.BrokerConfigError, pki.PkiError, OSError) as err:
+        raise _fail(err) from err
     typer.echo(
-        f"wrote {out_dir}/kyojo.conf (-> /etc/mosquitto/conf.d/) and {out_dir}/kyojo.acl (-> {etc_dir}/); "
-        f"copy ca.crt, crl.pem, {server_name}.crt/.key to {etc_dir}. Ingest identities: {', '.join(names) or 'none'}"
+        f"wrote {', '.join(f.name for f in files)} to {out_dir}"
+        + (f" (private files owned by {owner})" if owner else "")
     )
-    typer.echo(f"ingesters: set group = {group!r} (KYOJO_INGEST_GROUP); keep it secret, see broker.new_share_group")
+    for role in broker.CLIENT_ROLES:
+        typer.echo(f"{role.value}: {', '.join(identities[role]) or 'none'}")
+    if not identities[pki.Role.ADMIN]:
+        typer.echo("no admin identity: live changes (broker-sync) need one (enroll --role admin)")
+    if server_dir is None:
+        typer.echo(f"not bundled: {server_name}.crt/.key (pass --server-dir); install the key 0600 owned by mosquitto")
+    typer.echo("install on the broker host (as root):")
+    for cmd in broker.install_commands(out_dir, etc_dir, files, owner or "mosquitto"):
+        typer.echo(f"  {cmd}")
+    typer.echo(f"ingesters: set group = {group!r} (KYOJO_INGEST_GROUP); keep it secret")
+
+
+@app.command("broker-sync")
+def broker_sync(
+    ca_dir: CaDir,
+    broker_host: Annotated[str, typer.Option(help="the broker (a name or IP in its certificate)")],
+    admin_tls: Annotated[Path, typer.Option(help="tls dir of an admin identity (identity.crt, identity.key, ca.crt)")],
+    broker_port: Annotated[int, typer.Option(min=1, max=65535)] = 8883,
+    kick: Annotated[
+        list[str] | None, typer.Option(help="also disconnect this identity now (repeat), e.g. after revoking a serial")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="print what would change, change nothing")] = False,
+    timeout: Annotated[float, typer.Option(min=0.5, help="seconds to wait for each broker answer")] = 10.0,
+) -> None:
+    """Make the LIVE broker's dynamic security match the CA, without a restart: add new identities, delete
+    revoked/expired ones (which disconnects them), fix roles and ACLs. Idempotent; prints each change."""
+    ca = _ca(ca_dir)
+    try:
+        desired = broker.desired_state(broker.ca_identities(ca), broker.load_share_group(ca_dir))
+        with broker.admin_session(broker_host, broker_port, admin_tls, timeout=timeout) as admin:
+            changes = broker.broker_sync(admin, desired, apply=not dry_run)
+            changes += broker.kick(admin, kick or (), apply=not dry_run)
+    except (broker.BrokerConfigError, broker.DynsecError, OSError) as err:
+        raise _fail(err) from err
+    prefix = "would change: " if dry_run else "changed: "
+    for line in changes:
+        typer.echo(prefix + line)
+    if not changes:
+        typer.echo(f"broker matches the CA ({len(desired.clients)} clients): nothing to change")
 
 
 # ---------------------------------------------------------------------------------------------------- releases

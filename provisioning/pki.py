@@ -87,6 +87,11 @@ class Role(StrEnum):
     GATEWAY = "gateway"
     INGEST = "ingest"
     BROKER = "broker"
+    #: the erasure service: reads consent records, the only writer of erasure receipts (and, with the
+    #: ingesters, of audit anchors); see provisioning/broker.py
+    ERASER = "eraser"
+    #: the broker's dynamic-security administrator (``kyojo provision broker-sync``); no data topics at all
+    ADMIN = "admin"
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,9 @@ class Lifetimes:
 
     def leaf_days(self, role: Role) -> int:
         """Lifetime of a certificate of ``role``."""
-        return {Role.GATEWAY: self.gateway_days, Role.INGEST: self.service_days, Role.BROKER: self.server_days}[role]
+        if role is Role.GATEWAY:
+            return self.gateway_days
+        return self.server_days if role is Role.BROKER else self.service_days
 
 
 @dataclass
