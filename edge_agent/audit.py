@@ -1,14 +1,24 @@
 """The household's transparency log: append-only and hash-chained, on the gateway.
 
-Every release (what left the home, when, for which purpose, under which consent, how many aggregates, and the
-SHA-256 of the exact payload) and every consent event (given, withdrawn, expired, erased by the cloud) is one
-entry. Entry ``n`` stores ``hash_n = SHA-256(hash_{n-1} || canonical JSON of (n, at, kind, body))``, so editing,
-deleting or reordering any entry breaks every hash after it; :func:`verify` finds the first broken entry.
-The current head travels with each uplink batch (``audit_head``), so the cloud holds anchors a local rewrite
-of the log cannot match.
+Every release and every consent event is one entry: a release when it is queued (``release``: what, when, for
+which purpose, under which consent, how many items, the SHA-256 of the exact payload), when the broker
+acknowledged it (``release_acked``), when it was dropped unsent (``release_dropped``: the outbox overflowed, or
+its consent was withdrawn or expired) or refused by the broker (``release_refused``); consent given, renewed,
+withdrawn or expired; and the cloud's erasure receipts (``erasure_receipt``, or ``erasure_incomplete`` when the
+cloud admits data remains). Entry ``n`` stores ``hash_n = SHA-256(hash_{n-1} || canonical JSON of (n, at, kind,
+body))``, so editing, deleting or reordering any entry breaks every hash after it; :func:`verify` finds the first
+broken entry.
 
-Entries are written in the same transaction as the outbox row they describe: a release is logged if and only
-if it was queued.
+Deleting the newest entries leaves a shorter chain that is still valid, so :func:`verify` also checks the log
+against what the gateway keeps outside it: the highest entry number written (``meta.audit_n``, moved in the same
+transaction as every append) and the highest message sequence number the log names (``meta.audit_seq``, equal to
+the outbox's ``meta.seq``), and against the cloud's anchor: every uplink batch carries ``audit_head =
+"<n>:<hash>"``, the cloud keeps the highest it saw and sends it back retained (:class:`AuditAnchor`), and the
+publisher stores the newest one here (:func:`store_anchor`). A log shorter than the anchor, a different hash at
+the anchored entry, or an anchor reporting conflicts fails verification.
+
+Entries are written in the same transaction as the fact they describe: a release is logged if and only if it
+was queued, an acknowledgement if and only if its outbox row was deleted for it, a drop with the delete.
 """
 
 from __future__ import annotations
@@ -17,9 +27,11 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from edge_agent.wire import AuditAnchor
 
 GENESIS = "0" * 64
 
@@ -27,14 +39,22 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit(
     n INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
     prev TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_anchor(
+    id INTEGER PRIMARY KEY CHECK (id = 1), gateway TEXT NOT NULL, n INTEGER NOT NULL, hash TEXT NOT NULL,
+    seen_at INTEGER NOT NULL, conflicts INTEGER NOT NULL, received_at INTEGER NOT NULL);
 """
+
+#: meta keys kept beside the log (see the module docstring)
+AUDIT_N, AUDIT_SEQ = "audit_n", "audit_seq"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     n: int
     at: int  # epoch ms
-    kind: str  # release | consent_given | consent_withdrawn | consent_expired | erasure_receipt
+    # release | release_acked | release_dropped | release_refused | consent_given | consent_renewed |
+    # consent_withdrawn | consent_expired | erasure_receipt | erasure_incomplete
+    kind: str
     body: dict[str, Any]
     prev: str
     hash: str
@@ -58,15 +78,63 @@ def head(conn: sqlite3.Connection) -> tuple[int, str]:
     return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
 
+def head_text(conn: sqlite3.Connection) -> str | None:
+    """The head as a batch carries it, ``"<n>:<hash>"`` (None for an empty log)."""
+    n, digest = head(conn)
+    return f"{n}:{digest}" if n else None
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> int | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _raise_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+        (key, value),
+    )
+
+
+def counters_behind(conn: sqlite3.Connection) -> bool:
+    """True if ``meta.audit_n`` is missing or below the last entry (see :func:`catch_up_counters`)."""
+    written = _meta(conn, AUDIT_N)
+    return written is None or written < head(conn)[0]
+
+
+def catch_up_counters(conn: sqlite3.Connection) -> None:
+    """Bring the counters beside the log up to date (call inside a transaction, when the database is opened).
+
+    ``audit_n`` starts from the log of a database written before it existed, and catches up with entries an older
+    version appended without moving it (after a release rollback). Such a version may also have queued messages
+    whose seq no entry names, so ``audit_seq`` is then dropped, to be set again by the next entry naming a seq.
+    Counters only move up here: a log shorter than its counters (the newest entries deleted) stays detectable.
+    """
+    last, _ = head(conn)
+    written = _meta(conn, AUDIT_N)
+    if written is None or written < last:
+        _raise_meta(conn, AUDIT_N, last)
+        if written is not None:
+            conn.execute("DELETE FROM meta WHERE key = ?", (AUDIT_SEQ,))
+
+
 def append(conn: sqlite3.Connection, kind: str, body: dict[str, Any], at_ms: int) -> Entry:
-    """Append one entry (call inside the transaction that makes the fact true)."""
-    n, prev = head(conn)
-    n += 1
+    """Append one entry (call inside the transaction that makes the fact true).
+
+    The number follows the highest ever written (``meta.audit_n``), not the last row present: after the newest
+    rows were deleted, the next entry leaves a gap that :func:`verify` reports, instead of reusing their numbers.
+    """
+    last, prev = head(conn)
+    n = max(last, _meta(conn, AUDIT_N) or 0) + 1
     digest = entry_hash(prev, n, at_ms, kind, body)
     conn.execute(
         "INSERT INTO audit(n, at, kind, body, prev, hash) VALUES(?, ?, ?, ?, ?, ?)",
         (n, at_ms, kind, json.dumps(body, sort_keys=True, ensure_ascii=False), prev, digest),
     )
+    _raise_meta(conn, AUDIT_N, n)
+    seq = body.get("seq")
+    if isinstance(seq, int):
+        _raise_meta(conn, AUDIT_SEQ, seq)
     return Entry(n, at_ms, kind, body, prev, digest)
 
 
@@ -82,6 +150,69 @@ def entries(conn: sqlite3.Connection, *, since_ms: int | None = None, purpose: s
         yield Entry(int(n), int(at), str(kind), doc, str(prev), str(digest))
 
 
+# -- the cloud's anchor ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """The newest :class:`AuditAnchor` the gateway received (times in epoch ms)."""
+
+    gateway: str
+    n: int
+    hash: str
+    seen_at: int
+    conflicts: int
+    received_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["seen_at"] = datetime.fromtimestamp(self.seen_at / 1000, tz=UTC).isoformat()
+        doc["received_at"] = datetime.fromtimestamp(self.received_at / 1000, tz=UTC).isoformat()
+        return doc
+
+
+def load_anchor(conn: sqlite3.Connection) -> Anchor | None:
+    row = conn.execute("SELECT gateway, n, hash, seen_at, conflicts, received_at FROM audit_anchor").fetchone()
+    return None if row is None else Anchor(str(row[0]), int(row[1]), str(row[2]), int(row[3]), int(row[4]), int(row[5]))
+
+
+def store_anchor(conn: sqlite3.Connection, anchor: AuditAnchor, received_ms: int) -> bool:
+    """Keep ``anchor`` if it is newer (by the cloud's ``seen_at``, then ``n``) than the one kept. Returns True
+    if it was kept. A redelivered retained anchor changes nothing."""
+    seen = int(anchor.seen_at.timestamp() * 1000)
+    old = load_anchor(conn)
+    if old is not None and (old.seen_at, old.n, old.conflicts) >= (seen, anchor.n, anchor.conflicts):
+        return False
+    conn.execute(
+        "INSERT OR REPLACE INTO audit_anchor(id, gateway, n, hash, seen_at, conflicts, received_at) "
+        "VALUES(1, ?, ?, ?, ?, ?, ?)",
+        (anchor.gateway, anchor.n, anchor.hash, seen, anchor.conflicts, received_ms),
+    )
+    return True
+
+
+def anchor_problem(conn: sqlite3.Connection, anchor: Anchor) -> tuple[int | None, str]:
+    """Where and why the local log disagrees with the cloud's anchor: (first bad entry, reason); (None, "") when
+    it agrees."""
+    seen = datetime.fromtimestamp(anchor.seen_at / 1000, tz=UTC).isoformat()
+    last, _ = head(conn)
+    if last < anchor.n:
+        return last + 1, (
+            f"the cloud holds entry {anchor.n} (seen {seen}) but the log ends at entry {last}: "
+            "the newest entries were deleted"
+        )
+    row = conn.execute("SELECT hash FROM audit WHERE n = ?", (anchor.n,)).fetchone()
+    if row is None:
+        return anchor.n, f"entry {anchor.n}, which the cloud holds (seen {seen}), is missing from the log"
+    if str(row[0]) != anchor.hash:
+        return anchor.n, f"entry {anchor.n} is not the one the cloud holds (seen {seen}): the log was rewritten"
+    if anchor.conflicts:
+        return None, (
+            f"the cloud saw this gateway's log go back or change {anchor.conflicts} time(s): "
+            "it was truncated or rewritten after the cloud had anchored it"
+        )
+    return None, ""
+
+
+# -- verification ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Verdict:
     ok: bool
@@ -89,51 +220,169 @@ class Verdict:
     head: str
     first_bad: int | None = None
     reason: str = ""
+    last_n: int = 0
+    #: the cloud's anchor (:meth:`Anchor.as_dict`) with ``matches``; None when none was received yet
+    anchor: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def verify(conn: sqlite3.Connection) -> Verdict:
-    """Recompute the chain. Detects an edited body, a deleted or inserted entry, and a reordering."""
-    prev, expected_n, count = GENESIS, 1, 0
+def _chain(conn: sqlite3.Connection) -> tuple[int, int, str, int | None, str, int | None]:
+    """Recompute the chain: (entries, last n, head hash, first bad n, reason, highest seq named)."""
+    prev, expected_n, count, top_seq = GENESIS, 1, 0, None
     for n, at, kind, body, stored_prev, digest in conn.execute(
         "SELECT n, at, kind, body, prev, hash FROM audit ORDER BY n"
     ):
         count += 1
         if n != expected_n:
-            return Verdict(False, count, prev, int(n), f"entry {expected_n} is missing (found {n} next)")
+            return count, expected_n - 1, prev, int(n), f"entry {expected_n} is missing (found {n} next)", top_seq
         if stored_prev != prev:
-            return Verdict(False, count, prev, int(n), "does not follow the previous entry (reordered or replaced)")
+            return count, n - 1, prev, int(n), "does not follow the previous entry (reordered or replaced)", top_seq
         try:
             doc = json.loads(body)
         except ValueError:
-            return Verdict(False, count, prev, int(n), "body is not JSON")
+            return count, n - 1, prev, int(n), "body is not JSON", top_seq
         if entry_hash(prev, int(n), int(at), str(kind), doc) != digest:
-            return Verdict(False, count, prev, int(n), "content does not match its hash (edited)")
+            return count, n - 1, prev, int(n), "content does not match its hash (edited)", top_seq
+        seq = doc.get("seq") if isinstance(doc, dict) else None
+        if isinstance(seq, int):
+            top_seq = seq if top_seq is None else max(top_seq, seq)
         prev, expected_n = str(digest), expected_n + 1
-    return Verdict(True, count, prev)
+    return count, expected_n - 1, prev, None, "", top_seq
+
+
+def _counters_problem(conn: sqlite3.Connection, last: int, top_seq: int | None) -> tuple[int | None, str]:
+    """Compare the log with the counters the gateway keeps beside it."""
+    written = _meta(conn, AUDIT_N)
+    if written is not None and written > last:
+        return last + 1, (
+            f"the log ends at entry {last} but the gateway wrote entries up to {written}: "
+            f"the newest {written - last} entr{'y was' if written - last == 1 else 'ies were'} deleted"
+        )
+    logged_seq = _meta(conn, AUDIT_SEQ)
+    if logged_seq is None:  # a log from before the counter: nothing to compare yet
+        return None, ""
+    if top_seq is None or top_seq < logged_seq:
+        return last + 1, (
+            f"the gateway logged message seq {logged_seq} but the log names none after seq {top_seq or 0}: "
+            "entries were deleted"
+        )
+    queued = _meta(conn, "seq") or 0
+    if queued > logged_seq:
+        return last + 1, f"the gateway queued message seq {queued} but the log names none after seq {logged_seq}"
+    return None, ""
+
+
+def verify(conn: sqlite3.Connection) -> Verdict:
+    """Recompute the chain, then compare it with the gateway's counters and the cloud's anchor.
+
+    Detects an edited body, a deleted or inserted entry, a reordering, and the deletion of the newest entries.
+    Reads one snapshot (a read transaction), so an entry the agent appends meanwhile is no false alarm.
+    """
+    own_tx = not conn.in_transaction
+    if own_tx:
+        conn.execute("BEGIN")
+    try:
+        count, last, prev, first_bad, reason, top_seq = _chain(conn)
+        if not reason:
+            first_bad, reason = _counters_problem(conn, last, top_seq)
+        anchor = load_anchor(conn)
+        anchor_doc = None
+        if anchor is not None:
+            bad, problem = anchor_problem(conn, anchor)
+            anchor_doc = {**anchor.as_dict(), "matches": not problem}
+            if problem and not reason:
+                first_bad, reason = bad, problem
+    finally:
+        if own_tx:
+            conn.execute("COMMIT")
+    return Verdict(not reason, count, prev, first_bad, reason, last, anchor_doc)
+
+
+# -- plain language ----------------------------------------------------------------------------------------------
+_DROP_REASONS = {
+    "outbox_full": ("the send queue was full", "送信待ちがいっぱいでした"),
+    "consent_withdrawn": ("consent was withdrawn", "同意が撤回されました"),
+    "consent_expired": ("consent expired", "同意の期限が切れました"),
+}
+
+
+def _seqs(b: dict[str, Any]) -> str:
+    seqs = [r["seq"] for r in b.get("releases", [])]
+    shown = ", ".join(f"#{s}" for s in seqs[:10])
+    return shown + (f" (+{len(seqs) - 10})" if len(seqs) > 10 else "")
 
 
 def describe(e: Entry, lang: str = "en") -> str:
     """One line of plain language for the household."""
     b = e.body
+    ja = lang == "ja"
     when = e.when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    purpose, cid = b.get("purpose", ""), b.get("consent", "")
     if e.kind == "release":
-        if lang == "ja":
+        what_en, what_ja = ("events", "イベント") if "events" in b else ("summaries", "要約")
+        if ja:
             return (
-                f"{when} 送信: 目的「{b['purpose']}」(同意 {b['consent']}) {b['category']} の要約 "
-                f"{b['items']} 件 → {b['recipient']}"
+                f"{when} 送信待ちに入れました: 目的「{purpose}」(同意 {cid}) {b['category']} の{what_ja} "
+                f"{b['items']} 件 → {b['recipient']} (#{b['seq']})"
             )
         return (
-            f"{when} sent {b['items']} {b['category']} summaries for '{b['purpose']}' "
-            f"(consent {b['consent']}) to {b['recipient']}"
+            f"{when} queued to send {b['items']} {b['category']} {what_en} for '{purpose}' "
+            f"(consent {cid}) to {b['recipient']} (#{b['seq']})"
+        )
+    if e.kind in ("release_acked", "release_dropped", "release_refused"):
+        k = len(b.get("releases", []))
+        if e.kind == "release_acked":
+            if ja:
+                return (
+                    f"{when} 送信しました（ブローカーが受信を確認）: 目的「{purpose}」(同意 {cid}) "
+                    f"{k} 件のメッセージ {_seqs(b)}、計 {b.get('items', 0)} 件"
+                )
+            return (
+                f"{when} sent (the broker acknowledged it): {k} message(s) {_seqs(b)} with {b.get('items', 0)} "
+                f"item(s) for '{purpose}' (consent {cid})"
+            )
+        if e.kind == "release_refused":
+            if ja:
+                return (
+                    f"{when} 送信できませんでした（ブローカーが拒否: {b.get('reason', '')}）: 目的「{purpose}」"
+                    f"(同意 {cid}) {k} 件のメッセージ {_seqs(b)}"
+                )
+            return (
+                f"{when} not sent (the broker refused it: {b.get('reason', '')}): {k} message(s) {_seqs(b)} "
+                f"for '{purpose}' (consent {cid})"
+            )
+        why_en, why_ja = _DROP_REASONS.get(str(b.get("reason")), (str(b.get("reason")), str(b.get("reason"))))
+        if ja:
+            return (
+                f"{when} 送信せずに破棄しました（{why_ja}）: 目的「{purpose}」(同意 {cid}) "
+                f"{k} 件のメッセージ {_seqs(b)}、計 {b.get('items', 0)} 件"
+            )
+        return (
+            f"{when} dropped without sending ({why_en}): {k} message(s) {_seqs(b)} with {b.get('items', 0)} "
+            f"item(s) for '{purpose}' (consent {cid})"
+        )
+    who = b.get("subject", "")
+    if e.kind == "erasure_incomplete":
+        left = b.get("receipt", {}).get("remaining", "?")
+        if ja:
+            return (
+                f"{when} {who}: クラウドは削除後も {left} 件のデータが残っていると報告しました"
+                f"（目的「{purpose}」、同意 {cid}）"
+            )
+        return (
+            f"{when} {who}: the cloud reported that {left} data point(s) remain after erasure "
+            f"for '{purpose}' (consent {cid})"
         )
     labels = {
         "consent_given": ("gave consent", "同意しました"),
+        "consent_renewed": ("renewed consent", "同意を更新しました"),
         "consent_withdrawn": ("withdrew consent", "同意を撤回しました"),
         "consent_expired": ("consent expired", "同意の期限が切れました"),
         "erasure_receipt": ("the cloud confirmed erasure", "クラウドが削除を確認しました"),
     }
-    en, ja = labels.get(e.kind, (e.kind, e.kind))
-    who = b.get("subject", "")
-    if lang == "ja":
-        return f"{when} {who}: {ja}（目的「{b.get('purpose', '')}」、同意 {b.get('consent', '')}）"
-    return f"{when} {who}: {en} for '{b.get('purpose', '')}' (consent {b.get('consent', '')})"
+    en, jp = labels.get(e.kind, (e.kind, e.kind))
+    if ja:
+        return f"{when} {who}: {jp}（目的「{purpose}」、同意 {cid}）"
+    return f"{when} {who}: {en} for '{purpose}' (consent {cid})"

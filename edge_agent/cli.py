@@ -279,17 +279,30 @@ def audit_show(
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Check the log's hash chain; exits 1 if any entry was edited, deleted or reordered."""
+def audit_verify(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="the verdict and the cloud's anchor as JSON"),
+) -> None:
+    """Check the log: its hash chain, the gateway's counters and the cloud's anchor. Exits 1 if any entry was
+    edited, deleted or reordered, or the newest ones were removed."""
     from edge_agent import audit
 
     with _gateway_db(config) as (_, conn):
         verdict = audit.verify(conn)
-    if verdict.ok:
-        typer.echo(f"ok: {verdict.entries} entries, head {verdict.head}")
-        return
-    typer.echo(f"TAMPERED: entry {verdict.first_bad}: {verdict.reason}", err=True)
-    raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(verdict.as_dict(), ensure_ascii=False))
+    elif verdict.ok:
+        typer.echo(f"ok: {verdict.entries} entries, head {verdict.last_n}:{verdict.head}")
+        a = verdict.anchor
+        if a is None:
+            typer.echo("the cloud has not sent an anchor yet: checked against the gateway's own counters only")
+        else:
+            typer.echo(f"matches the cloud's anchor: entry {a['n']} as seen by the cloud at {a['seen_at']}")
+    else:
+        where = f"entry {verdict.first_bad}: " if verdict.first_bad is not None else ""
+        typer.echo(f"TAMPERED: {where}{verdict.reason}", err=True)
+    if not verdict.ok:
+        raise typer.Exit(1)
 
 
 @audit_app.command("export")
@@ -307,13 +320,7 @@ def audit_export(
             "gateway": cfg.gateway.id,
             "exported_at": datetime.now(UTC).isoformat(),
             "public_key": load_keys(cfg.gateway.data_dir).public_key_b64(),
-            "verify": {
-                "ok": verdict.ok,
-                "entries": verdict.entries,
-                "head": verdict.head,
-                "first_bad": verdict.first_bad,
-                "reason": verdict.reason,
-            },
+            "verify": verdict.as_dict(),
             "consents": [consent.signed_record(conn, c.id) for c in consent.list_consents(conn)],
             "entries": [
                 {"n": e.n, "at": e.when.isoformat(), "kind": e.kind, "body": e.body, "prev": e.prev, "hash": e.hash}

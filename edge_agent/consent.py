@@ -16,7 +16,12 @@ the gateway's Ed25519 key. What travels to the cloud (retained, on its own topic
 to enforce it, with the subject as its per-purpose pseudonym.
 
 Granting, renewing, withdrawing and expiring are each one transaction that also queues the cloud's copy in the
-outbox and appends to the audit log; a withdrawal drops every queued message of that consent in the same breath.
+outbox and appends to the audit log; a withdrawal drops every queued message of that consent in the same breath,
+and logs which releases it dropped.
+
+Erasure receipts from the cloud are believed only for a withdrawn or expired consent of this gateway, about the
+pseudonym the cloud was given for that consent's subject and purpose, and only as "confirmed" when the cloud
+reports nothing remaining; a receipt that admits data remains is logged as such (:meth:`ConsentStore.take_receipt`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -36,13 +43,22 @@ from edge_agent import audit
 from edge_agent.config import AgentConfig
 from edge_agent.db import meta_add, tx
 from edge_agent.identity import GatewayKeys, load_keys
-from edge_agent.wire import ConsentRecord, ConsentStatus, consent_topic, valid_id
+from edge_agent.wire import ConsentRecord, ConsentStatus, ErasureReceipt, consent_topic, receipt_topic, valid_id
 
 RECORD_SHAPE = "ISO/IEC TS 27560:2023 (consent record information structure), Kantara Consent Receipt v1.1"
 
 
 class ConsentError(KyojoError, ValueError):
     """Unknown purpose, unknown consent, or an operation the consent's state forbids."""
+
+
+class ReceiptError(KyojoError, ValueError):
+    """An erasure receipt the gateway does not believe; ``cause`` is a stable counter label."""
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        self.cause = cause
+        self.detail = detail
+        super().__init__(f"{cause}: {detail}" if detail else cause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,19 +287,22 @@ class ConsentStore:
             expires_at=None if c.expires_at is None else datetime.fromtimestamp(c.expires_at / 1000, tz=UTC),
             withdrawn_at=None if c.withdrawn_at is None else datetime.fromtimestamp(c.withdrawn_at / 1000, tz=UTC),
         )
+        seq = meta_add(self.conn, "seq", 1)
         self.conn.execute(
             "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 1, NULL, 0, ?)",
-            (
-                meta_add(self.conn, "seq", 1),
-                consent_topic(self.gateway, c.id),
-                cloud.model_dump_json().encode(),
-                now_ms,
-            ),
+            (seq, consent_topic(self.gateway, c.id), cloud.model_dump_json().encode(), now_ms),
         )
         audit.append(
             self.conn,
             f"consent_{event}",
-            {"consent": c.id, "subject": c.subject, "purpose": c.purpose, "categories": sorted(c.categories), "by": by},
+            {
+                "consent": c.id,
+                "subject": c.subject,
+                "purpose": c.purpose,
+                "categories": sorted(c.categories),
+                "by": by,
+                "seq": seq,  # the cloud's copy of the record; every seq the gateway issues is named in the log
+            },
             now_ms,
         )
         meta_add(self.conn, "consent_version", 1)
@@ -379,9 +398,9 @@ class ConsentStore:
             self.conn.execute(
                 "UPDATE consents SET status = 'withdrawn', withdrawn_at = ? WHERE id = ?", (now_ms, consent_id)
             )
-            dropped = self.conn.execute("DELETE FROM outbox WHERE consent = ?", (consent_id,)).rowcount
-            meta_add(self.conn, "outbox_withdrawn_dropped", dropped)
             self._save(get_consent(self.conn, consent_id), "en", now_ms, "withdrawn", by)
+            dropped = drop_queued(self.conn, queued_of(self.conn, consent_id), "consent_withdrawn", now_ms)
+            meta_add(self.conn, "outbox_withdrawn_dropped", dropped)
         return dropped
 
     def expire_due(self, now_ms: int) -> list[str]:
@@ -396,24 +415,101 @@ class ConsentStore:
         with tx(self.conn):
             for c in due:
                 self.conn.execute("UPDATE consents SET status = 'expired' WHERE id = ?", (c.id,))
-                self.conn.execute("DELETE FROM outbox WHERE consent = ?", (c.id,))
                 self._save(get_consent(self.conn, c.id), "en", now_ms, "expired", "gateway")
+                drop_queued(self.conn, queued_of(self.conn, c.id), "consent_expired", now_ms)
         return [c.id for c in due]
 
-    def record_erasure(self, consent_id: str, receipt: dict[str, Any], now_ms: int) -> None:
-        """The cloud confirmed it erased what it held under this consent: keep the receipt, log it."""
+    def take_receipt(self, topic: str, receipt: ErasureReceipt, now_ms: int) -> str:
+        """Check an erasure receipt against this gateway's own consent and keep it with the consent and in the
+        audit log: ``"confirmed"`` (``erasure_receipt``: nothing remains), ``"incomplete"``
+        (``erasure_incomplete``: the cloud admits data remains) or ``"known"`` (kept before; retained receipts
+        come again on every reconnect). Raises :class:`ReceiptError` for a receipt about anything else."""
+        if receipt.gateway != self.gateway:
+            raise ReceiptError("wrong_gateway", f"receipt for gateway {receipt.gateway!r}")
+        if topic != receipt_topic(self.gateway, receipt.consent):
+            raise ReceiptError("topic_mismatch", f"receipt for consent {receipt.consent!r} on {topic!r}")
         with tx(self.conn):
-            c = get_consent(self.conn, consent_id)
+            try:
+                c = get_consent(self.conn, receipt.consent)
+            except ConsentError as err:
+                raise ReceiptError("unknown_consent", str(err)) from err
+            if c.status is ConsentStatus.ACTIVE:
+                raise ReceiptError("consent_active", f"consent {c.id} is active: nothing was asked to be erased")
+            if receipt.purpose != c.purpose:
+                raise ReceiptError("purpose_mismatch", f"receipt for {receipt.purpose!r}; {c.id} is for {c.purpose!r}")
+            if receipt.subject != self.keys.pseudonym(c.purpose, c.subject):
+                raise ReceiptError("subject_mismatch", f"receipt about {receipt.subject!r}, not {c.id}'s subject")
+            doc = receipt.model_dump(mode="json")
+            confirmed = receipt.remaining == 0
+            event = "erased" if confirmed else "erasure_incomplete"
+            same = (event, doc["erased_at"], doc["remaining"])
+            if any((e["event"], e.get("erased_at"), e.get("remaining")) == same for e in events(self.conn, c.id)):
+                return "known"
             self.conn.execute(
-                "INSERT INTO consent_events(consent, at, event, by, detail) VALUES(?, ?, 'erased', 'cloud', ?)",
-                (consent_id, now_ms, json.dumps(receipt, sort_keys=True)),
+                "INSERT INTO consent_events(consent, at, event, by, detail) VALUES(?, ?, ?, 'cloud', ?)",
+                (c.id, now_ms, event, json.dumps(doc, sort_keys=True)),
             )
             audit.append(
                 self.conn,
-                "erasure_receipt",
-                {"consent": consent_id, "subject": c.subject, "purpose": c.purpose, "receipt": receipt},
+                "erasure_receipt" if confirmed else "erasure_incomplete",
+                {"consent": c.id, "subject": c.subject, "purpose": c.purpose, "receipt": doc},
                 now_ms,
             )
+        return "confirmed" if confirmed else "incomplete"
+
+
+#: a queued release as :func:`drop_queued` takes it: (seq, topic, consent, items)
+QueuedRow = tuple[int, str, str, int]
+
+
+def queued_of(conn: sqlite3.Connection, consent_id: str) -> list[QueuedRow]:
+    """The releases still queued under a consent."""
+    return [
+        (int(seq), str(topic), str(cid), int(items))
+        for seq, topic, cid, items in conn.execute(
+            "SELECT seq, topic, consent, items FROM outbox WHERE consent = ? ORDER BY seq", (consent_id,)
+        )
+    ]
+
+
+def release_list(rows: Iterable[tuple[int, str, int]]) -> list[dict[str, Any]]:
+    """(seq, topic, items) -> what an audit entry names for each message."""
+    return [{"seq": seq, "category": topic.rsplit("/", 1)[-1], "items": items} for seq, topic, items in rows]
+
+
+def log_releases(
+    conn: sqlite3.Connection,
+    kind: str,
+    rows: Iterable[QueuedRow],
+    now_ms: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """One audit entry per consent naming the messages (seq, category, items) of ``rows``: ``release_acked``,
+    ``release_dropped`` or ``release_refused``. Call inside the transaction that makes it true."""
+    per: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
+    for seq, topic, cid, items in rows:
+        per[cid].append((seq, topic, items))
+    for cid, msgs in per.items():
+        c = get_consent(conn, cid)
+        releases = release_list(sorted(msgs))
+        body = {
+            "consent": cid,
+            "subject": c.subject,
+            "purpose": c.purpose,
+            "releases": releases,
+            "items": sum(r["items"] for r in releases),
+            **(extra or {}),
+        }
+        audit.append(conn, kind, body, now_ms)
+
+
+def drop_queued(conn: sqlite3.Connection, rows: list[QueuedRow], reason: str, now_ms: int) -> int:
+    """Delete queued releases unsent and log which, per consent, and why (in the caller's transaction)."""
+    if not rows:
+        return 0
+    conn.executemany("DELETE FROM outbox WHERE seq = ?", [(r[0],) for r in rows])
+    log_releases(conn, "release_dropped", rows, now_ms, {"reason": reason})
+    return len(rows)
 
 
 def open_store(config: AgentConfig, conn: sqlite3.Connection) -> ConsentStore:

@@ -3,10 +3,14 @@
 WAL mode so the agent, its publisher thread and the household CLI can each hold a connection; every change
 that must be atomic (closing a window = queueing its messages + logging their release + moving the watermark)
 is one transaction. ``synchronous=FULL``: a committed outbox row survives a power cut, not only kill -9.
+
+The file holds raw health readings and the household's log: it is created 0600 (owner only), and SQLite gives
+its ``-wal`` and ``-shm`` files the database file's permissions, so they are private too.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -48,12 +52,36 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     if not create and not path.exists():
         raise FileNotFoundError(f"no gateway database at {path} (has the agent run with this config?)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _private(path)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(SCHEMA + audit.SCHEMA)
+    if audit.counters_behind(conn):  # read first: most opens need no write lock
+        with tx(conn):
+            audit.catch_up_counters(conn)
     return conn
+
+
+PRIVATE = 0o600
+
+
+def _private(path: Path) -> None:
+    """Create the database file owner-only before SQLite does (an empty file is an empty database); tighten a
+    file we own that an older version created group/world readable, with its -wal and -shm siblings."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE))
+        return
+    except FileExistsError:
+        pass
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = p.stat()
+            if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                p.chmod(st.st_mode & 0o700)
+        except FileNotFoundError:
+            continue
 
 
 class tx:

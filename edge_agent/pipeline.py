@@ -25,7 +25,15 @@ import orjson
 from drivers.base import METRICS, Category, Event, Kind, Reading
 from edge_agent import audit
 from edge_agent.config import AgentConfig
-from edge_agent.consent import Catalog, Consent, ConsentStore, consent_version, default_catalog, list_consents
+from edge_agent.consent import (
+    Catalog,
+    Consent,
+    ConsentStore,
+    consent_version,
+    default_catalog,
+    drop_queued,
+    list_consents,
+)
 from edge_agent.db import meta_add, tx
 from edge_agent.identity import GatewayKeys, load_keys
 from edge_agent.wire import AggregateBatch, AggregateItem, EventBatch, EventItem, agg_topic, event_topic
@@ -248,10 +256,10 @@ class Pipeline:
         c: Consent,
         category: Category,
         items: Sequence[AggregateItem] | Sequence[EventItem],
-    ) -> Callable[[int, int, str], bytes]:
+    ) -> Callable[[int, int, str | None], bytes]:
         """The payload of a batch of ``items``, once its sequence number, send time and audit head are known."""
 
-        def build(seq: int, sent: int, head: str) -> bytes:
+        def build(seq: int, sent: int, head: str | None) -> bytes:
             batch = model.model_validate(
                 {
                     "gateway": self.gateway,
@@ -273,16 +281,15 @@ class Pipeline:
         c: Consent,
         category: Category,
         topic: str,
-        build: Callable[[int, int, str], bytes],
+        build: Callable[[int, int, str | None], bytes],
         n: int,
         detail: Mapping[str, object],
         now_ms: int,
     ) -> None:
-        """One release: the next sequence number, the payload (built around it and the audit head), the outbox
-        row and the audit entry describing it — in the caller's transaction."""
+        """One release: the next sequence number, the payload (built around it and the audit head ``"<n>:<hash>"``,
+        which the cloud anchors), the outbox row and the audit entry describing it — in the caller's transaction."""
         seq = meta_add(self.conn, "seq", 1)
-        _, head = audit.head(self.conn)
-        payload = build(seq, int(time.time() * 1000), head)  # ``sent`` is wall time, even on a fast demo clock
+        payload = build(seq, int(time.time() * 1000), audit.head_text(self.conn))  # ``sent``: wall time, always
         self.conn.execute(
             "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 0, ?, ?, ?)",
             (seq, topic, payload, c.id, n, now_ms),
@@ -414,7 +421,7 @@ class Pipeline:
             for i in range(0, len(items), max_items):
                 queued += self._enqueue(c, category, items[i : i + max_items], now_ms)
         if queued:
-            self._bound_outbox()
+            self._bound_outbox(now_ms)
         return queued
 
     def _enqueue(self, c: Consent, category: Category, items: list[AggregateItem], now_ms: int) -> int:
@@ -425,15 +432,21 @@ class Pipeline:
         self.stats.by_category[category.value] += len(items)
         return 1
 
-    def _bound_outbox(self) -> None:
+    def _bound_outbox(self, now_ms: int) -> None:
+        """Drop the oldest queued releases beyond ``outbox.max_messages`` (consent records stay), and log which
+        ones in the same transaction: the household's log must not say "queued" and leave it at that."""
         limit = self.config.outbox.max_messages
         depth = self.conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        if depth > limit:
-            over = depth - limit
-            self.conn.execute(
-                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE retain = 0 ORDER BY seq LIMIT ?)",
-                (over,),
+        if depth <= limit:
+            return
+        rows = [
+            (int(seq), str(topic), str(cid), int(items))
+            for seq, topic, cid, items in self.conn.execute(
+                "SELECT seq, topic, consent, items FROM outbox WHERE retain = 0 ORDER BY seq LIMIT ?",
+                (depth - limit,),
             )
-            meta_add(self.conn, "outbox_dropped", over)
-            self.stats.outbox_dropped += over
-            log.warning("outbox full (%d messages): dropped the %d oldest aggregate messages", limit, over)
+        ]
+        dropped = drop_queued(self.conn, rows, "outbox_full", now_ms)
+        meta_add(self.conn, "outbox_dropped", dropped)
+        self.stats.outbox_dropped += dropped
+        log.warning("outbox full (%d messages): dropped the %d oldest aggregate messages", limit, dropped)

@@ -12,6 +12,12 @@ Facts this relies on (DESIGN.md "Pitfalls"):
 - Persistent session (clean_start=False + session expiry): paho re-sends its unacknowledged messages after a
   reconnect itself. After a process restart the outbox is replayed from the start; the cloud's points are
   idempotent, so a message delivered twice is stored once.
+
+The household's log hears from here too: each settle round deletes the acknowledged rows and appends, in the same
+transaction, one ``release_acked`` entry per consent naming their sequence numbers (``release_refused`` for
+refused ones), so "queued" and "sent" are different facts in the log. Downlink: erasure receipts (checked by
+:meth:`ConsentStore.take_receipt`, never believed blindly) and the cloud's audit anchor (kept for
+``kyojo audit verify``).
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import logging
 import ssl
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -31,11 +38,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from drivers.backoff import Backoff
+from edge_agent import audit
 from edge_agent.config import AgentConfig, ConfigError
-from edge_agent.consent import ConsentError, ConsentStore, events
+from edge_agent.consent import ConsentStore, QueuedRow, ReceiptError, log_releases
 from edge_agent.db import connect, meta_add, tx
 from edge_agent.identity import load_keys
-from edge_agent.wire import ErasureReceipt, GatewayStatus, receipt_topic, status_topic
+from edge_agent.wire import AuditAnchor, ErasureReceipt, GatewayStatus, anchor_topic, receipt_topic, status_topic
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +57,24 @@ class PublisherStats:
     aggregates_sent: int = 0
     events_sent: int = 0
     refused: int = 0
-    receipts: int = 0
+    receipts: int = 0  # erasure receipts believed: confirmed, nothing remains
+    receipts_incomplete: int = 0  # believed, but the cloud admits data remains (logged as erasure_incomplete)
+    receipts_known: int = 0  # believed before (a retained receipt comes again on every reconnect)
+    receipts_refused: dict[str, int] = field(default_factory=dict)  # by cause (ReceiptError.cause)
+    anchors: int = 0  # newer audit anchors kept
+    anchors_refused: dict[str, int] = field(default_factory=dict)
+    anchor_problem: str = ""  # how the local log disagrees with the cloud's anchor ("" if it agrees)
     inflight: int = 0
     last_error: str = ""
+
+
+class Inflight(NamedTuple):
+    """An outbox row handed to paho."""
+
+    seq: int
+    items: int
+    topic: str
+    consent: str | None  # None for consent records
 
 
 class Publisher(threading.Thread):
@@ -64,9 +87,10 @@ class Publisher(threading.Thread):
         self.stats = PublisherStats()
         self.wake = threading.Event()
         self._stop_evt = threading.Event()
-        self._inflight: dict[int, tuple[int, int, bool]] = {}  # mid -> (seq, items, is an event batch)
+        self._inflight: dict[int, Inflight] = {}  # paho mid -> the row
         self._acked: list[tuple[int, ReasonCode | int]] = []
-        self._receipts: list[tuple[str, bytes]] = []
+        self._downlink: list[tuple[str, bytes]] = []  # receipts and anchors, handled on the publisher's thread
+        self._warned: set[tuple[int, str]] = set()  # (counter, cause) already logged at warning level
         self._socket_open = False
         self._maybe_more = True
         self._next_seq = 0  # rows with seq >= this have not been handed to paho in this process
@@ -118,7 +142,9 @@ class Publisher(threading.Thread):
         self.stats.connects += 1
         status = GatewayStatus(gateway=self.gateway, online=True, at=int(time.time() * 1000))
         client.publish(status_topic(self.gateway), status.model_dump_json(), qos=1, retain=True)
-        client.subscribe(receipt_topic(self.gateway, "+"), qos=1)  # erasure receipts from the cloud
+        client.subscribe(
+            [(receipt_topic(self.gateway, "+"), 1), (anchor_topic(self.gateway), 1)]  # receipts, audit anchor
+        )
         log.info("connected to %s:%d", self.config.mqtt.host, self.config.mqtt.port)
         self.wake.set()
 
@@ -133,29 +159,72 @@ class Publisher(threading.Thread):
         self._acked.append((mid, reason))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.payload:
-            self._receipts.append((msg.topic, bytes(msg.payload)))
+        if msg.payload:  # an empty retained payload clears the topic
+            self._downlink.append((msg.topic, bytes(msg.payload)))
 
-    def _take_receipts(self, conn: Any) -> None:
-        """Keep each erasure receipt with its consent and in the audit log (once per erasure)."""
-        receipts, self._receipts = self._receipts, []
-        for topic, payload in receipts:
+    def _refuse(self, counter: dict[str, int], cause: str, message: str, *args: object) -> None:
+        """Count a refused downlink message by cause; log the first of each cause as a warning."""
+        counter[cause] = counter.get(cause, 0) + 1
+        key = (id(counter), cause)
+        level = logging.DEBUG if key in self._warned else logging.WARNING
+        self._warned.add(key)
+        log.log(level, message, *args)
+
+    def _take_downlink(self, conn: Any) -> None:
+        messages, self._downlink = self._downlink, []
+        for topic, payload in messages:
+            if topic == anchor_topic(self.gateway):
+                self._take_anchor(conn, payload)
+            else:
+                self._take_receipt(conn, topic, payload)
+
+    def _take_receipt(self, conn: Any, topic: str, payload: bytes) -> None:
+        """Keep an erasure receipt only if it is about one of this gateway's withdrawn consents."""
+        store = ConsentStore(conn, self.gateway, load_keys(self.config.gateway.data_dir))
+        try:
             try:
                 receipt = ErasureReceipt.model_validate_json(payload)
-                if receipt.gateway != self.gateway or not topic.endswith("/" + receipt.consent):
-                    raise ValueError("receipt is not for this gateway and consent")
-                doc = receipt.model_dump(mode="json")
-                if any(
-                    e["event"] == "erased" and e.get("erased_at") == doc["erased_at"]
-                    for e in events(conn, receipt.consent)
-                ):
-                    continue
-                store = ConsentStore(conn, self.gateway, load_keys(self.config.gateway.data_dir))
-                store.record_erasure(receipt.consent, doc, int(time.time() * 1000))
-                self.stats.receipts += 1
-                log.info("cloud confirmed erasure for consent %s: %d points", receipt.consent, receipt.points_erased)
-            except (ValueError, ConsentError) as err:
-                log.warning("ignored a receipt on %s: %s", topic, err)
+            except ValueError as err:
+                raise ReceiptError("invalid", str(err).replace("\n", " ")[:200]) from err
+            outcome = store.take_receipt(topic, receipt, int(time.time() * 1000))
+        except ReceiptError as err:
+            self._refuse(self.stats.receipts_refused, err.cause, "ignored an erasure receipt on %s: %s", topic, err)
+            return
+        if outcome == "confirmed":
+            self.stats.receipts += 1
+            log.info("cloud confirmed erasure for consent %s: %d points", receipt.consent, receipt.points_erased)
+        elif outcome == "known":
+            self.stats.receipts_known += 1
+        elif outcome == "incomplete":
+            self.stats.receipts_incomplete += 1
+            self._refuse(
+                self.stats.receipts_refused,
+                "data_remains",
+                "the cloud reports %d point(s) remaining after erasure for consent %s: logged as incomplete",
+                receipt.remaining,
+                receipt.consent,
+            )
+
+    def _take_anchor(self, conn: Any, payload: bytes) -> None:
+        """Keep the cloud's newest audit anchor; say at once if the local log disagrees with it."""
+        try:
+            anchor = AuditAnchor.model_validate_json(payload)
+        except ValueError as err:
+            self._refuse(self.stats.anchors_refused, "invalid", "ignored an audit anchor: %s", err)
+            return
+        if anchor.gateway != self.gateway:
+            self._refuse(self.stats.anchors_refused, "wrong_gateway", "ignored an anchor for %s", anchor.gateway)
+            return
+        with tx(conn):
+            if not audit.store_anchor(conn, anchor, int(time.time() * 1000)):
+                return
+            stored = audit.load_anchor(conn)
+            assert stored is not None
+            _, problem = audit.anchor_problem(conn, stored)
+        self.stats.anchors += 1
+        if problem and problem != self.stats.anchor_problem:
+            log.error("the household's audit log disagrees with the cloud's anchor: %s", problem)
+        self.stats.anchor_problem = problem
 
     # -- thread ------------------------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
@@ -199,8 +268,8 @@ class Publisher(threading.Thread):
                 if self.stats.connected:
                     backoff.reset()
                 self._settle(conn)
-                if self._receipts:
-                    self._take_receipts(conn)
+                if self._downlink:
+                    self._take_downlink(conn)
                 if self.stats.connected and (self.wake.is_set() or self._maybe_more):
                     self.wake.clear()
                     self._fill(conn)
@@ -224,43 +293,50 @@ class Publisher(threading.Thread):
             self._client.loop(timeout=0.1)
 
     def _settle(self, conn: Any) -> None:
-        """Delete acknowledged rows; move refused ones aside."""
+        """Delete acknowledged rows and log them as sent; move refused ones aside and log them as not sent."""
         if not self._acked:
             return
         acked, self._acked = self._acked, []
-        done: list[tuple[int]] = []
-        refused: list[tuple[int, str]] = []
+        done: list[Inflight] = []
+        refused: list[tuple[Inflight, str]] = []
         items = events = 0
         for mid, reason in acked:
-            entry = self._inflight.pop(mid, None)
-            if entry is None:
+            row = self._inflight.pop(mid, None)
+            if row is None:
                 continue  # status message, not an outbox row
-            seq, n, is_event = entry
             code = reason.value if isinstance(reason, ReasonCode) else int(reason)
             if code >= 0x80:
-                refused.append((seq, str(reason)))
+                refused.append((row, str(reason)))
             else:
-                done.append((seq,))
-                if is_event:
-                    events += n
+                done.append(row)
+                if "/event/" in row.topic:
+                    events += row.items
                 else:
-                    items += n
+                    items += row.items
+        if not done and not refused:
+            return
         now_ms = int(time.time() * 1000)
         with tx(conn):
-            for seq, why in refused:
+            for row, why in refused:
                 conn.execute(
                     "INSERT OR REPLACE INTO refused(seq, topic, payload, reason, at) "
                     "SELECT seq, topic, payload, ?, ? FROM outbox WHERE seq = ?",
-                    (why, now_ms, seq),
+                    (why, now_ms, row.seq),
                 )
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", done + [(s,) for s, _ in refused])
+            gone = [(r.seq,) for r in done] + [(r.seq,) for r, _ in refused]
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", gone)
+            # One entry per consent and round, not per message: a round settles what one fill sent.
+            log_releases(conn, "release_acked", _releases(done), now_ms)
+            for why in sorted({w for _, w in refused}):
+                not_sent = _releases(r for r, w in refused if w == why)
+                log_releases(conn, "release_refused", not_sent, now_ms, {"reason": why})
             if refused:
                 meta_add(conn, "refused", len(refused))
             meta_add(conn, "messages_sent", len(done))
             meta_add(conn, "aggregates_sent", items)
             meta_add(conn, "events_sent", events)
         if refused:
-            log.error("broker refused %d message(s), e.g. seq %d: %s", len(refused), *refused[0])
+            log.error("broker refused %d message(s), e.g. seq %d: %s", len(refused), refused[0][0].seq, refused[0][1])
         self.stats.refused += len(refused)
         self.stats.messages_sent += len(done)
         self.stats.aggregates_sent += items
@@ -275,24 +351,29 @@ class Publisher(threading.Thread):
             self._maybe_more = True
             return
         rows = conn.execute(
-            "SELECT seq, topic, payload, retain, items FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?",
+            "SELECT seq, topic, payload, retain, items, consent FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?",
             (self._next_seq, room),
         ).fetchall()
         self._maybe_more = len(rows) == room
-        for seq, topic, payload, retain, items in rows:
+        for seq, topic, payload, retain, items, consent in rows:
             info = self._client.publish(topic, bytes(payload), qos=1, retain=bool(retain))
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 # paho keeps the message and sends it after reconnecting; track it like any other.
-                self._inflight[info.mid] = (seq, items, "/event/" in topic)
+                self._inflight[info.mid] = Inflight(seq, items, topic, consent)
                 self._next_seq = seq + 1
                 break
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.stats.last_error = f"publish rc={info.rc}"
                 log.warning("paho did not queue seq %d: %s", seq, mqtt.error_string(info.rc))
                 break
-            self._inflight[info.mid] = (seq, items, "/event/" in topic)
+            self._inflight[info.mid] = Inflight(seq, items, topic, consent)
             self._next_seq = seq + 1
         self.stats.inflight = len(self._inflight)
+
+
+def _releases(rows: Iterable[Inflight]) -> list[QueuedRow]:
+    """The releases among settled rows (consent records and status messages are not releases)."""
+    return [(r.seq, r.topic, r.consent, r.items) for r in rows if r.consent is not None]
 
 
 def decode_status(payload: bytes) -> dict[str, Any]:

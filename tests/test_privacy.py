@@ -17,7 +17,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.db import connect
 from edge_agent.identity import load_keys, verify_signature
 from edge_agent.pipeline import Pipeline
-from edge_agent.wire import decode_batch
+from edge_agent.wire import decode_batch, parse_audit_head
 
 T0 = 1_717_200_000.0
 runner = CliRunner()
@@ -142,7 +142,12 @@ def test_audit_log_records_releases_and_detects_tampering(gw: tuple[Path, Pipeli
     p.close_windows(T0 + 400)
     p.consents.withdraw(c.id, now=at(500))
     kinds = [e.kind for e in audit.entries(p.conn)]
-    assert kinds == ["consent_given", "release", "release", "consent_withdrawn"]
+    # nothing was acknowledged by a broker: both releases were queued, then dropped by the withdrawal
+    assert kinds == ["consent_given", "release", "release", "consent_withdrawn", "release_dropped"]
+    released = [e.body["seq"] for e in audit.entries(p.conn) if e.kind == "release"]
+    dropped = next(e for e in audit.entries(p.conn) if e.kind == "release_dropped").body
+    assert [r["seq"] for r in dropped["releases"]] == released
+    assert (dropped["reason"], dropped["consent"], dropped["purpose"]) == ("consent_withdrawn", c.id, "preventive-care")
     rel = next(e for e in audit.entries(p.conn) if e.kind == "release")
     assert rel.body["items"] == 2
     assert rel.body["purpose"] == "preventive-care"
@@ -150,12 +155,14 @@ def test_audit_log_records_releases_and_detects_tampering(gw: tuple[Path, Pipeli
     assert audit.verify(p.conn).ok
     result = runner.invoke(app, ["audit", "verify", "-c", str(path)])
     assert result.exit_code == 0
-    assert "ok: 4 entries" in result.output
+    assert "ok: 5 entries" in result.output
     shown = runner.invoke(app, ["audit", "show", "-c", str(path), "--lang", "en"]).output
-    assert "sent 2 health summaries for 'preventive-care'" in shown
+    assert "queued to send 2 health summaries for 'preventive-care'" in shown
+    assert "dropped without sending (consent was withdrawn): 2 message(s)" in shown
+    assert " sent " not in shown  # queued is not sent: no broker acknowledged anything
     exported = json.loads(runner.invoke(app, ["audit", "export", "-c", str(path)]).output)
     assert exported["verify"]["ok"]
-    assert len(exported["entries"]) == 4
+    assert len(exported["entries"]) == 5
 
     conn = p.conn
     conn.execute("UPDATE audit SET body = replace(body, '\"items\": 2', '\"items\": 1') WHERE n = 2")  # edit
@@ -194,4 +201,5 @@ def test_batches_carry_the_audit_head(gw: tuple[Path, Pipeline]) -> None:
     p.close_windows(T0 + 100)
     (batch,) = released_batches(p)
     given = next(audit.entries(p.conn))
-    assert batch.audit_head == given.hash  # type: ignore[attr-defined]
+    assert batch.audit_head == f"{given.n}:{given.hash}"  # type: ignore[attr-defined]
+    assert parse_audit_head(batch.audit_head) == (1, given.hash)  # type: ignore[attr-defined]
