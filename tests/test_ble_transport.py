@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -253,6 +254,41 @@ def test_wrong_device_at_the_address_is_refused() -> None:
             await air.close()
 
     run(main)
+
+
+def test_decode_errors_and_held_back_values_keep_health_data_out_of_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A malformed and an implausible heart-rate value from a real GATT server: logged once each with the cause,
+    the characteristic and the length, never the bytes nor the value."""
+    caplog.set_level(logging.DEBUG, logger="drivers.ble")
+
+    async def main() -> None:
+        air = VirtualAir()
+        try:
+            hr = await air.add("C0:00:00:00:00:0A", "heart_rate", battery=None)
+            driver = make_driver(air, hr, SharedScanner(air.backend()), device_id="strap")
+            async with Collector(driver) as got:
+                await hr.wait_subscribed(0x2A37)
+                for _ in range(2):
+                    await hr.send(0x2A37, bytes([0x10, 0xE7, 0x01]))  # 231 bpm, RR flag with 1 odd byte
+                    await hr.send(0x2A37, bytes([0x00, 0x07]))  # 7 bpm: implausible, held back
+                await hr.send(0x2A37, bytes([0x00, 0x48]))  # 72 bpm: the one reading
+                await got.wait_for(lambda rs: len(rs) == 1)
+            assert [(r.metric, r.value) for r in got.readings] == [("heart_rate", 72.0)]
+            assert driver.parse_errors == {"0x2A37:inconsistent": 2}
+            assert driver.flagged == {"heart_rate:implausible": 2}
+        finally:
+            await air.close()
+
+    run(main)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("drivers.ble.driver")]
+    assert lines == [
+        "strap: 0x2A37 value refused: inconsistent: RR flag set but RR bytes missing/odd (3 bytes)",
+        "strap: held back a heart_rate value (implausible)",
+    ]
+    everything = " ".join(r.getMessage() for r in caplog.records)
+    assert "10e701" not in everything.lower() and "231" not in everything and "0007" not in everything
 
 
 def test_discover_by_advertised_service() -> None:

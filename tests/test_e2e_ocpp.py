@@ -5,6 +5,7 @@ ingester -> InfluxDB; and the same session in ``kyojo ocpp sessions``."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import time
@@ -31,6 +32,7 @@ from tests.test_e2e import wait_for
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 
 HOME = "home-ev"
+KEY = "cp-e2e-authorization-key"  # OCPP security profile 1: the charger's AuthorizationKey
 T0 = (time.time() - 3 * 3600) // 60 * 60  # a session three hours ago, on minute boundaries
 
 
@@ -47,7 +49,8 @@ def free_port() -> int:
 async def charge(port: int) -> None:
     """Ten minutes at 7.2 kW: a register from 10,000 Wh rising 120 Wh a minute, SoC from 40 %."""
     url = f"ws://127.0.0.1:{port}/ocpp/CP-E2E"
-    async with websockets.connect(url, subprotocols=[Subprotocol("ocpp1.6")]) as ws:
+    auth = {"Authorization": "Basic " + base64.b64encode(f"CP-E2E:{KEY}".encode()).decode()}
+    async with websockets.connect(url, subprotocols=[Subprotocol("ocpp1.6")], additional_headers=auth) as ws:
         cp = ChargePoint("CP-E2E", ws, response_timeout=5)
         task = asyncio.create_task(cp.start())
         await cp.call(call.BootNotification(charge_point_model="Eve Mini", charge_point_vendor="Alfen BV"))
@@ -89,6 +92,8 @@ def test_charging_session_reaches_influxdb_and_the_sessions_list(
                     "subject": HOME,
                     "listen_host": "127.0.0.1",
                     "listen_port": port,
+                    "charge_points": ["CP-E2E"],
+                    "credentials": {"CP-E2E": KEY},
                     "db": str(db),
                 }
             ],

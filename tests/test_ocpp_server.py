@@ -1,14 +1,17 @@
 """The local central system against the ``ocpp`` library's ChargePoint as a real client over loopback websockets.
 
 Every test starts its own central system on a free port with a sessions file in tmp_path and closes everything
-(websockets, server, SQLite) before it ends.
+(websockets, server, SQLite) before it ends. The chargers log in as OCPP security profile 1 requires (HTTP Basic
+auth on the upgrade, username = charge point id, password = its AuthorizationKey), as real ones are set up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,7 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from drivers.base import Reading
-from drivers.ocpp.server import CentralSystem
+from drivers.ocpp.server import CentralSystem, LogLimiter
 from drivers.ocpp.sessions import SessionStore
 
 FIXTURES = Path(__file__).parent / "data" / "ocpp" / "session_fixtures.jsonl"
@@ -39,8 +42,25 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(coro(), 20))
 
 
+#: the charge points the test central systems know
+CHARGERS = ("CP1", "lbbrhzn", "WB1", "OLD", "HOME")
+
+
+def key_of(cp_id: str) -> str:
+    """Each charger's AuthorizationKey (16-40 characters)."""
+    return f"key-{cp_id}-0123456789abcdef"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 @contextlib.asynccontextmanager
 async def central_system(db: Path, port: int = 0, **kw: Any) -> AsyncIterator[tuple[CentralSystem, int]]:
+    kw.setdefault("allow", frozenset(CHARGERS))
+    if kw.get("security_profile", 1):
+        kw.setdefault("credentials", {cp: key_of(cp) for cp in kw["allow"]})
     with SessionStore(db) as store:
         cs = CentralSystem(store, subject="home1", **kw)
         bound = await cs.start("127.0.0.1", port)
@@ -50,10 +70,16 @@ async def central_system(db: Path, port: int = 0, **kw: Any) -> AsyncIterator[tu
             await cs.close()
 
 
+def connect(port: int, cp_id: str = "CP1", subprotocols: list[Subprotocol] | None = OCPP16) -> websockets.connect:
+    """A raw websocket as the charge point ``cp_id`` (logged in with its key)."""
+    url = f"ws://127.0.0.1:{port}/ocpp/{cp_id}"
+    return websockets.connect(url, subprotocols=subprotocols, additional_headers=basic(cp_id, key_of(cp_id)))
+
+
 @contextlib.asynccontextmanager
-async def charger(port: int, cp_id: str = "CP1", **kw: Any) -> AsyncIterator[ChargePoint]:
+async def charger(port: int, cp_id: str = "CP1") -> AsyncIterator[ChargePoint]:
     """The ocpp library's own charge point, connected over a real websocket."""
-    async with websockets.connect(f"ws://127.0.0.1:{port}/ocpp/{cp_id}", subprotocols=OCPP16, **kw) as ws:
+    async with connect(port, cp_id) as ws:
         cp = ChargePoint(cp_id, ws, response_timeout=5)
         task = asyncio.create_task(cp.start())
         try:
@@ -275,7 +301,7 @@ def test_recorded_fixtures_replayed(tmp_path: Path) -> None:
     async def main() -> None:
         async with (
             central_system(tmp_path / "s.db") as (cs, port),
-            websockets.connect(f"ws://127.0.0.1:{port}/ocpp/lbbrhzn", subprotocols=OCPP16) as ws,
+            connect(port, "lbbrhzn") as ws,
         ):
             replies = [await exchange(ws, json.dumps(rec["frame"])) for rec in records]
             for rec, reply in zip(records, replies, strict=True):
@@ -358,7 +384,7 @@ def test_malformed_frames_get_callerror_and_keep_the_connection(
     async def main() -> None:
         async with (
             central_system(tmp_path / "s.db") as (cs, port),
-            websockets.connect(f"ws://127.0.0.1:{port}/ocpp/CP1", subprotocols=OCPP16) as ws,
+            connect(port, "CP1") as ws,
         ):
             reply = await exchange(ws, frame)
             assert reply[0] == 4 and reply[1] == unique_id and reply[2] == code, reply
@@ -387,7 +413,7 @@ def test_sloppy_but_understandable_frames_are_accepted(tmp_path: Path) -> None:
     async def main() -> None:
         async with (
             central_system(tmp_path / "s.db") as (cs, port),
-            websockets.connect(f"ws://127.0.0.1:{port}/ocpp/WB1", subprotocols=OCPP16) as ws,
+            connect(port, "WB1") as ws,
         ):
             replies = [await exchange(ws, f) for f in frames]
             assert [r[0] for r in replies] == [3] * len(frames), replies
@@ -406,42 +432,141 @@ def test_sloppy_but_understandable_frames_are_accepted(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_unknown_charge_point_is_pending_and_its_data_refused(tmp_path: Path) -> None:
+async def refused_status(url: str, **kw: Any) -> int:
+    """The HTTP status of a refused websocket handshake."""
+    with pytest.raises(InvalidStatus) as exc:
+        async with websockets.connect(url, subprotocols=OCPP16, **kw):
+            pass
+    return int(exc.value.response.status_code)
+
+
+def test_unknown_charge_point_is_refused_at_the_handshake(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An id outside the allow-list gets 404 before the upgrade, even with a password; counted, logged once."""
+    caplog.set_level(logging.INFO, logger="drivers.ocpp")
+
     async def main() -> None:
         async with central_system(tmp_path / "s.db", allow=frozenset({"HOME"})) as (cs, port):
-            async with charger(port, "NEIGHBOUR") as cp:
-                boot = await cp.call(call.BootNotification(charge_point_model="m", charge_point_vendor="v"))
-                assert (boot.status, boot.interval) == ("Pending", 300)
-                with pytest.raises(Exception, match=r"not accepted"):
-                    await cp.call(energy_mv(None, T0, 100), suppress=False)
+            for cp_id, key in (("NEIGHBOUR", key_of("NEIGHBOUR")), ("NEIGHBOUR", key_of("HOME")), ("X\nY", "k")):
+                url = f"ws://127.0.0.1:{port}/ocpp/{cp_id}".replace("\n", "%0A")
+                assert await refused_status(url, additional_headers=basic(cp_id, key)) == 404
             async with charger(port, "HOME") as cp:
                 boot = await cp.call(call.BootNotification(charge_point_model="m", charge_point_vendor="v"))
                 assert boot.status == "Accepted"
+            assert cs.rejected == {"unknown_charge_point": 3}
+            assert set(cs.health()["chargers"]) == {"HOME"}  # nothing is kept for a refused id
             assert drain(cs) == []
 
     run(main)
+    refused = [r for r in caplog.records if "refused a charge point" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.WARNING and not refused[0].exc_info
+    assert "unknown_charge_point (404 Not Found) for 'NEIGHBOUR'" in refused[0].getMessage()
 
 
-def test_basic_auth(tmp_path: Path) -> None:
+def test_basic_auth_security_profile_1(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No, wrong, someone else's or a non-UTF-8 password: 401 before the upgrade, counted, logged once."""
+    caplog.set_level(logging.INFO, logger="drivers.ocpp")
+
     async def main() -> None:
-        creds = {"CP1": "s3cret-key"}
-        async with central_system(tmp_path / "s.db", credentials=creds) as (cs, port):
+        async with central_system(tmp_path / "s.db", allow=frozenset({"CP1", "CP2"})) as (cs, port):
             url = f"ws://127.0.0.1:{port}/ocpp/CP1"
-            for bad in (
-                url,
-                f"ws://CP1:wrong@127.0.0.1:{port}/ocpp/CP1",
-                f"ws://CP2:s3cret-key@127.0.0.1:{port}/ocpp/CP1",
+            latin1 = {"Authorization": "Basic " + base64.b64encode(b"CP1:\xff\xfe-not-utf8-0123456").decode()}
+            for headers in (
+                {},
+                basic("CP1", "wrong-but-long-enough"),
+                basic("CP2", key_of("CP1")),  # the right key under another name
+                basic("CP1", key_of("CP2")),  # another charger's key
+                basic("CP1", key_of("CP1")[:-1]),  # a prefix
+                latin1,
+                {"Authorization": "Bearer " + key_of("CP1")},
+                {"Authorization": "Basic !!!"},
             ):
-                with pytest.raises(InvalidStatus) as exc:
-                    async with websockets.connect(bad, subprotocols=OCPP16):
-                        pass
-                assert exc.value.response.status_code == 401
-            async with websockets.connect(f"ws://CP1:s3cret-key@127.0.0.1:{port}/ocpp/CP1", subprotocols=OCPP16) as ws:
+                assert await refused_status(url, additional_headers=headers) == 401, headers
+            with pytest.raises(InvalidStatus) as exc:
+                async with websockets.connect(url, subprotocols=OCPP16):
+                    pass
+            assert exc.value.response.headers["WWW-Authenticate"].startswith("Basic")
+            async with websockets.connect(
+                f"ws://CP1:{key_of('CP1')}@127.0.0.1:{port}/ocpp/CP1", subprotocols=OCPP16
+            ) as ws:  # credentials in the URL are sent as Basic auth too
                 assert ws.subprotocol == "ocpp1.6"
                 assert (await exchange(ws, '[2,"1","Heartbeat",{}]'))[0] == 3
-            assert cs.rejected["auth"] == 3
+            assert cs.rejected == {"auth": 9}
+            assert set(cs.health()["chargers"]) == {"CP1"}
 
     run(main)
+    refused = [r for r in caplog.records if "refused a charge point" in r.getMessage()]
+    assert len(refused) == 1 and "auth (401 Unauthorized) for 'CP1'" in refused[0].getMessage()
+    assert not any(key_of("CP1") in r.getMessage() for r in caplog.records)
+
+
+def test_security_profile_0_is_an_explicit_opt_out_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="drivers.ocpp")
+
+    async def main() -> None:
+        async with central_system(tmp_path / "s.db", allow=frozenset({"OLD"}), security_profile=0) as (cs, port):
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ocpp/OLD", subprotocols=OCPP16) as ws:
+                assert (await exchange(ws, '[2,"1","Heartbeat",{}]'))[0] == 3
+            assert await refused_status(f"ws://127.0.0.1:{port}/ocpp/NEW") == 404  # the allow-list still holds
+            assert cs.health()["security_profile"] == 0
+
+    run(main)
+    assert [r.getMessage() for r in caplog.records if "security profile 0" in r.getMessage()] != []
+
+
+def test_profile_1_without_a_key_for_an_allowed_charger_is_refused(tmp_path: Path) -> None:
+    with SessionStore(tmp_path / "s.db") as store, pytest.raises(ValueError, match="needs a key"):
+        CentralSystem(store, subject="home1", allow=frozenset({"A", "B"}), credentials={"A": key_of("A")})
+
+
+def test_refused_call_is_one_log_line_with_its_cause(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A CALLERROR the handler sends is logged as one line (no traceback, no payload), once per cause and minute;
+    frames (idTags, meter values) never reach INFO."""
+    caplog.set_level(logging.DEBUG, logger="drivers.ocpp")
+    boot = frame("b", "BootNotification", {"chargePointModel": "secret-model-name"})
+
+    async def main() -> None:
+        async with central_system(tmp_path / "s.db") as (cs, port), connect(port, "CP1") as ws:
+            for _ in range(3):
+                assert (await exchange(ws, boot))[2] == "OccurenceConstraintViolation"
+                assert (await exchange(ws, '[2, "u", "FlyToTheMoon", {}]'))[2] == "NotSupported"
+                assert (await exchange(ws, "not json"))[2] == "FormationViolation"
+            assert (await exchange(ws, frame("a", "Authorize", {"idTag": "TAG-SECRET-9"})))[0] == 3
+            counts = cs.health()["chargers"]["CP1"]["counts"]
+            assert counts["callerror:OccurenceConstraintViolation"] == 3 and counts["callerror:NotSupported"] == 3
+
+    run(main)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any(r.exc_info for r in caplog.records)
+    lines = sorted(r.getMessage() for r in warnings)
+    assert len(lines) == 3, lines
+    assert lines[0] == (
+        "'CP1': malformed frame refused: FormationViolation: 'not JSON: Expecting value: line 1 column 1 (char 0)'"
+    )
+    assert lines[1].startswith("'CP1': refused 'BootNotification' (uid 'b'): OccurenceConstraintViolation:")
+    assert "chargePointVendor is required" in lines[1] and "secret-model-name" not in lines[1]
+    assert lines[2].startswith("'CP1': refused 'FlyToTheMoon' (uid 'u'): NotSupported:")
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert not any("TAG-SECRET-9" in m for m in info)
+    assert any("TAG-SECRET-9" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+
+
+def test_log_limiter_holds_back_and_forgets_old_causes(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    logger = logging.getLogger("tests.limiter")
+    limited = LogLimiter(logger, interval=60, max_causes=2, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="tests.limiter"):
+        assert limited(logging.WARNING, "a", "cause %s", "a")
+        assert not limited(logging.WARNING, "a", "cause %s", "a")
+        assert not limited(logging.WARNING, "a", "cause %s", "a")
+        now[0] = 61.0
+        assert limited(logging.WARNING, "a", "cause %s", "a")
+        assert limited(logging.WARNING, "b", "cause %s", "b") and limited(logging.WARNING, "c", "cause %s", "c")
+        assert len(limited._causes) == 2 and "a" not in limited._causes
+    assert [r.getMessage() for r in caplog.records] == [
+        "cause a", "cause a (+2 more in the last 60s)", "cause b", "cause c",
+    ]  # fmt: skip
 
 
 def test_wrong_path_and_missing_subprotocol(tmp_path: Path) -> None:
@@ -451,7 +576,7 @@ def test_wrong_path_and_missing_subprotocol(tmp_path: Path) -> None:
                 async with websockets.connect(f"ws://127.0.0.1:{port}/somewhere/CP1", subprotocols=OCPP16):
                     pass
             assert exc.value.response.status_code == 404
-            async with websockets.connect(f"ws://127.0.0.1:{port}/ocpp/OLD") as ws:  # no subprotocol offered
+            async with connect(port, "OLD", subprotocols=None) as ws:  # no subprotocol offered
                 assert (await exchange(ws, '[2,"1","Heartbeat",{}]'))[0] == 3
             assert cs.health()["chargers"]["OLD"]["counts"]["quirk:no_subprotocol"] == 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
@@ -58,11 +59,14 @@ class Wallbox(ChargePoint):  # type: ignore[misc]
 def test_commands_reach_a_real_charge_point(tmp_path: Path) -> None:
     async def main() -> None:
         with SessionStore(tmp_path / "s.db") as store:
-            cs = CentralSystem(store, subject="home1")
+            key = "wallbox-authorization-key"
+            cs = CentralSystem(store, subject="home1", allow={"WB1"}, credentials={"WB1": key})
             port = await cs.start("127.0.0.1", 0)
             try:
                 url = f"ws://127.0.0.1:{port}/ocpp/WB1"
-                async with websockets.connect(url, subprotocols=[Subprotocol("ocpp1.6")]) as ws:
+                auth = {"Authorization": "Basic " + base64.b64encode(f"WB1:{key}".encode()).decode()}
+                ocpp16 = [Subprotocol("ocpp1.6")]
+                async with websockets.connect(url, subprotocols=ocpp16, additional_headers=auth) as ws:
                     cp = Wallbox("WB1", ws)
                     task = asyncio.create_task(cp.start())
                     await asyncio.sleep(0.05)

@@ -67,3 +67,31 @@ def test_decode_echonet() -> None:
     assert res.exit_code == 1 and json.loads(res.output)["error"]["reason"] == "truncated"
     res = runner.invoke(_app(), ["echonet", "zz"])
     assert res.exit_code == 1 and json.loads(res.output)["error"]["reason"] == "bad_hex"
+
+
+def test_lan_broker_config_renders_the_three_files(tmp_path: Path) -> None:
+    gw_pw = tmp_path / "gw.pw"
+    gw_pw.write_text("gateway-password-0001\n", encoding="utf-8")
+    spec = tmp_path / "lan.toml"
+    spec.write_text(
+        f"""listen = ["192.168.1.10", "127.0.0.1"]
+conf_dir = "/etc/mosquitto/kyojo"
+gateway = {{ user = "kyojo-gateway", password_file = "{gw_pw}" }}
+[[plugs]]
+key = "tasmota:kettle_plug"
+password = "kettle-password-000003"
+""",
+        encoding="utf-8",
+    )
+    res = CliRunner().invoke(plugs_cli.app, ["lan-broker-config", str(spec), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    conf = (tmp_path / "out" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "listener 1883 192.168.1.10" in conf
+    assert "password_file /etc/mosquitto/kyojo/passwd" in conf
+    acl = (tmp_path / "out" / "acl").read_text()
+    assert "user kettle_plug\ntopic write tele/kettle_plug/#" in acl
+    passwd = (tmp_path / "out" / "passwd").read_text()
+    assert passwd.startswith("kyojo-gateway:$7$101$") and "kettle-password" not in passwd
+    spec.write_text('gateway = { user = "g" }\n', encoding="utf-8")  # no password
+    res = CliRunner().invoke(plugs_cli.app, ["lan-broker-config", str(spec), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and not (tmp_path / "x").exists()

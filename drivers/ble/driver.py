@@ -74,7 +74,15 @@ class BleDriver:
             err.device = self.device_id
             key = f"0x{uuid:04X}:{err.reason}"
             if not self.parse_errors[key]:
-                log.warning("%s: %s (0x%04X, %s)", self.device_id, err.detail, uuid, data.hex())
+                # the cause, the characteristic and the length; never the bytes, which hold the measurement
+                log.warning(
+                    "%s: 0x%04X value refused: %s: %s (%d bytes)",
+                    self.device_id,
+                    uuid,
+                    err.reason,
+                    err.detail,
+                    len(data),
+                )
             self.parse_errors[key] += 1
             return []
         if self.records is not None and not self.records.admit(uuid, value, data):
@@ -91,7 +99,7 @@ class BleDriver:
         for flag in conv.flagged:
             key = f"{flag.metric}:{flag.reason}"
             if not self.flagged[key]:
-                log.info("%s: held back %s=%r (%s)", self.device_id, flag.metric, flag.value, flag.reason)
+                log.info("%s: held back a %s value (%s)", self.device_id, flag.metric, flag.reason)  # not the value
             self.flagged[key] += 1
         self.readings_out += len(conv.readings)
         return list(conv.readings)

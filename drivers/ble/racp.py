@@ -168,4 +168,4 @@ def parse_response(data: bytes) -> Response:
         return Response(OpCode.RESPONSE_CODE, request_op=data[2], code=data[3])
     if len(data) == 4 and data[0] == OpCode.NUMBER_OF_STORED_RECORDS_RESPONSE and data[1] == Operator.NULL:
         return Response(OpCode.NUMBER_OF_STORED_RECORDS_RESPONSE, count=int.from_bytes(data[2:4], "little"))
-    raise RacpError(f"not a RACP response: {bytes(data).hex()}")
+    raise RacpError(f"not a RACP response ({len(data)} bytes)")

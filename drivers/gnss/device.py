@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drivers.base import Clock, Reading, reading
+from drivers.base import ID_PATTERN, Clock, Reading, reading
 from drivers.gnss.nmea import Fix
 from drivers.gnss.truck import Position, Thinner
 
@@ -39,8 +39,8 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["gnss"]
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-    subject: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="the truck id")
+    id: str = Field(pattern=ID_PATTERN)
+    subject: str = Field(pattern=ID_PATTERN, description="the truck id")
     source: Literal["serial", "gpsd"] = "serial"
     port: str = Field("/dev/serial0", description="prefer /dev/serial/by-id/... (stable across replugs)")
     baud: Literal["auto"] | int = "auto"

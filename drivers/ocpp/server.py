@@ -8,6 +8,11 @@ system must accept MeterValues/StopTransaction for a transaction it started befo
 central system itself) went down, and a charge point does not repeat BootNotification after a central system
 restart.
 
+Nothing on the LAN is trusted for being there: a charge point id outside the allow-list is refused before the
+websocket upgrade with HTTP 404 (OCPP-J 1.6: "If the Central System does not recognize the charge point identifier
+in the URL path, it SHOULD send an HTTP response with status 404"), a missing or wrong password with 401, and each
+refusal is counted (``health()["rejected"]``) and logged once per cause and minute.
+
 Lenient by design: every handler skips the library's schema validation and parses with the sans-IO functions of
 :mod:`drivers.ocpp.protocol` / :mod:`drivers.ocpp.normalise`, so known quirks are normalised instead of rejected,
 while malformed frames still get the OCPP 1.6 CALLERROR (and the connection stays up).
@@ -18,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
+import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -63,7 +70,7 @@ from drivers.ocpp.sessions import SessionStore
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = Subprotocol("ocpp1.6")
-_PATH = re.compile(r"^/ocpp/([^/?#]{1,64})/?(?:\?.*)?$")
+_PATH = re.compile(r"/ocpp/([^/?#]{1,64})/?(?:\?.*)?")  # fullmatch
 _DEVICE_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 
 _ERRORS: Mapping[str, type[oe.OCPPError]] = {
@@ -90,9 +97,82 @@ def handles(action: Action) -> Callable[[_F], _F]:
     return decorator
 
 
-#: The library logs every CALLERROR it sends with a traceback; it gets a logger of its own so a deployment can
-#: turn it down without hiding ours.
+#: What the ocpp library logs (through :class:`_WireLog`): every frame, at DEBUG only, because frames carry RFID
+#: idTags and meter values.
 wire_log = logging.getLogger("drivers.ocpp.wire")
+
+
+def _short(value: object, limit: int = 120) -> str:
+    """A peer-supplied value for a log line: repr (no raw newlines or escapes), cut to ``limit``."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class LogLimiter:
+    """Logs the first event of each cause at once, then at most one line per ``interval`` s with the count of
+    those it held back. At most ``max_causes`` causes are remembered (least recently seen forgotten first), so
+    invented charge point ids cannot grow it."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 60.0,
+        max_causes: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.max_causes = max_causes
+        self.clock = clock
+        self._causes: OrderedDict[str, tuple[float, int]] = OrderedDict()  # cause -> (next allowed, held back)
+
+    def __call__(self, level: int, cause: str, msg: str, *args: object, exc_info: bool = False) -> bool:
+        """Log ``msg % args`` unless ``cause`` was logged less than ``interval`` ago; True when logged."""
+        now = self.clock()
+        next_at, held = self._causes.pop(cause, (0.0, 0))
+        if now < next_at:
+            self._causes[cause] = (next_at, held + 1)
+            return False
+        self._causes[cause] = (now + self.interval, 0)
+        while len(self._causes) > self.max_causes:
+            self._causes.popitem(last=False)
+        if held:
+            msg, args = msg + " (+%d more in the last %ds)", (*args, held, int(self.interval))
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+
+class _WireLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger handed to the ocpp library. Its INFO lines (every frame received and sent) go to DEBUG; its
+    ``exception()`` for a call our handler refused (an OCPPError: the CALLERROR it sends) becomes one line with
+    the cause, rate-limited, instead of a traceback that quotes the whole payload. A handler bug (any other
+    exception) keeps its traceback, rate-limited too."""
+
+    def __init__(self, handler: ChargePointHandler) -> None:
+        super().__init__(wire_log, {})
+        self.handler = handler
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.log(logging.DEBUG, msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        err = sys.exc_info()[1]
+        request = args[0] if args else None
+        action = str(getattr(request, "action", "?"))
+        unique_id = str(getattr(request, "unique_id", "?"))
+        if isinstance(err, oe.OCPPError):
+            self.handler.log_refused(action, unique_id, err)
+            return
+        self.handler.central.log_limited(
+            logging.ERROR,
+            f"bug:{self.handler.id}:{action}",
+            "%s: %s (uid %s) failed in the handler: %s",
+            _short(self.handler.id),
+            _short(action, 40),
+            _short(unique_id, 40),
+            err.__class__.__name__,
+            exc_info=True,
+        )
 
 
 @dataclass(slots=True)
@@ -135,7 +215,7 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
     """One websocket connection of one charge point; the handlers answer what the charge point sends."""
 
     def __init__(self, cp_id: str, connection: ServerConnection, central: CentralSystem) -> None:
-        super().__init__(cp_id, connection, response_timeout=central.response_timeout, logger=wire_log)
+        super().__init__(cp_id, connection, response_timeout=central.response_timeout, logger=_WireLog(self))
         self.central = central
         self.state = central.state(cp_id)
         self.device_prefix = _DEVICE_UNSAFE.sub("_", cp_id)
@@ -150,7 +230,14 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
             frame = parse_frame(raw_msg)
         except FrameError as err:
             self.state.counts[f"callerror:{err.code}"] += 1
-            log.warning("%s: malformed frame (%s): %s", self.id, err.code, err.detail)
+            self.central.log_limited(
+                logging.WARNING,
+                f"frame:{self.id}:{err.code}",
+                "%s: malformed frame refused: %s: %s",
+                _short(self.id),
+                err.code,
+                _short(err.detail),
+            )
             if err.unique_id is not None:
                 await self._send(json.dumps([4, err.unique_id, err.code, err.detail[:255], {}]))
             return
@@ -163,11 +250,27 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
         self._wire[frame.unique_id] = frame.payload
         try:
             await self._handle_call(msg)
-        except oe.OCPPError as error:
+        except oe.OCPPError as error:  # raised before any handler ran: unknown action, or not one we receive
             self.state.counts[f"callerror:{error.code}"] += 1
+            self.log_refused(frame.action, frame.unique_id, error)
             await self._send(msg.create_call_error(error).to_json())
         finally:
             self._wire.pop(frame.unique_id, None)
+
+    def log_refused(self, action: str, unique_id: str, error: oe.OCPPError) -> None:
+        """One line per refused call with the CALLERROR's code and cause, rate-limited per charger, action, code."""
+        cause = error.details.get("cause") if isinstance(error.details, dict) else None
+        self.central.log_limited(
+            logging.WARNING,
+            f"call:{self.id}:{action}:{error.code}",
+            "%s: refused %s (uid %s): %s: %s%s",
+            _short(self.id),
+            _short(action, 40),
+            _short(unique_id, 40),
+            error.code,
+            _short(error.description),
+            f" [{_short(cause, 60)}]" if cause else "",
+        )
 
     @contextlib.contextmanager
     def _as_callerror(self) -> Iterator[None]:
@@ -183,12 +286,6 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
     def _payload(self, unique_id: str) -> dict[str, Any]:
         return self._wire.get(unique_id, {})
 
-    def _admit(self) -> None:
-        """Data from a charge point outside the allow-list is refused (OCPP 1.6: Pending means 'not yet')."""
-        if not self.central.admitted(self.id):
-            self.state.counts["callerror:SecurityError"] += 1
-            raise oe.SecurityError(description="charge point not accepted by this central system")
-
     def _note(self, quirks: tuple[str, ...] | list[str], skipped: tuple[str, ...] = ()) -> None:
         for q in quirks:
             self.state.counts[f"quirk:{q}"] += 1
@@ -199,19 +296,17 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
 
     @handles(Action.boot_notification)
     async def on_boot_notification(self, call_unique_id: str, **_: Any) -> call_result.BootNotification:
-        """Accepted, or Pending for a charge point outside a configured allow-list; both with the interval."""
+        """Accepted, with the heartbeat interval (a charge point outside the allow-list never gets this far)."""
         p = self._payload(call_unique_id)
         with self._as_callerror():
             self.state.vendor = require_str(p, "chargePointVendor", max_len=64)
             self.state.model = require_str(p, "chargePointModel", max_len=64)
         self.state.firmware = optional_str(p, "firmwareVersion")
-        accepted = self.central.admitted(self.id)
-        self.state.registration = "Accepted" if accepted else "Pending"
+        self.state.registration = "Accepted"
         return call_result.BootNotification(
             current_time=iso_now(self.central.clock()),
-            # OCPP 1.6: with Accepted, interval is the heartbeat interval; with Pending, the retry interval.
-            interval=self.central.heartbeat_s,
-            status=RegistrationStatus.accepted if accepted else RegistrationStatus.pending,
+            interval=self.central.heartbeat_s,  # OCPP 1.6: with Accepted, the heartbeat interval
+            status=RegistrationStatus.accepted,
         )
 
     @handles(Action.heartbeat)
@@ -224,7 +319,6 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
     @handles(Action.status_notification)
     async def on_status_notification(self, call_unique_id: str, **_: Any) -> call_result.StatusNotification:
         """Connector status and error code (connector 0 = the whole charge point)."""
-        self._admit()
         with self._as_callerror():
             st = parse_status(self._payload(call_unique_id), self.central.clock())
         self.state.connectors[st.connector] = {
@@ -241,7 +335,6 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
     @handles(Action.authorize)
     async def on_authorize(self, call_unique_id: str, **_: Any) -> call_result.Authorize:
         """Accepted for a household tag (or any tag when no list is configured), Invalid otherwise."""
-        self._admit()
         with self._as_callerror():
             tag = require_str(self._payload(call_unique_id), "idTag")
         return call_result.Authorize(id_tag_info=IdTagInfo(status=self.central.authorize(tag)))
@@ -253,7 +346,6 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
         OCPP 1.6: the central system always returns a transactionId, even for a tag it does not accept; the
         charge point then stops the transaction itself.
         """
-        self._admit()
         p = self._payload(call_unique_id)
         quirks: list[str] = []
         with self._as_callerror():
@@ -272,7 +364,6 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
     @handles(Action.stop_transaction)
     async def on_stop_transaction(self, call_unique_id: str, **_: Any) -> call_result.StopTransaction:
         """Close the session; ``transactionData`` (meter values of the transaction) becomes Readings too."""
-        self._admit()
         p = self._payload(call_unique_id)
         quirks: list[str] = []
         now = self.central.clock()
@@ -311,7 +402,6 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
     @handles(Action.meter_values)
     async def on_meter_values(self, call_unique_id: str, **_: Any) -> call_result.MeterValues:
         """Every measurand is accepted; the mapped ones become Readings (see :mod:`drivers.ocpp.normalise`)."""
-        self._admit()
         with self._as_callerror():
             connector, tx, batch = normalise_meter_values_payload(
                 self._payload(call_unique_id),
@@ -353,11 +443,22 @@ class ChargePointHandler(_ChargePoint):  # type: ignore[misc]  # the ocpp librar
 Clock = Callable[[], float]
 
 
+def is_any_address(host: str) -> bool:
+    """True for a wildcard address (``0.0.0.0``, ``::``, or ``""`` for asyncio): listening on every interface."""
+    if not host.strip("[]"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
 class CentralSystem:
     """The central system: websocket server, per-charger state, the sessions store and a Readings queue.
 
-    ``allow``: charge point ids that are Accepted (None: every charge point). ``tags``: household RFID tags
-    (None: any tag). ``credentials``: charge point id -> password for HTTP Basic auth (None: no auth).
+    ``allow``: the charge point ids that may connect (any other is refused at the handshake with HTTP 404; empty:
+    none). ``security_profile``: 1 (default) requires HTTP Basic auth with ``credentials[id]`` as the password
+    (401 otherwise); 0 connects an allowed id without a password. ``tags``: household RFID tags (None: any tag).
     """
 
     def __init__(
@@ -365,19 +466,29 @@ class CentralSystem:
         store: SessionStore,
         *,
         subject: str,
-        allow: frozenset[str] | None = None,
-        tags: frozenset[str] | None = None,
+        allow: Collection[str],
         credentials: Mapping[str, str] | None = None,
+        security_profile: int = 1,
+        tags: frozenset[str] | None = None,
         heartbeat_s: int = 300,
         clock: Clock = time.time,
         queue_size: int = 10_000,
         response_timeout: float = 30.0,
+        log_interval: float = 60.0,
     ) -> None:
+        if security_profile not in (0, 1):
+            raise ValueError(f"security profile {security_profile} is not supported here (0 or 1)")
+        keys = dict(credentials or {})
+        missing = sorted(set(allow) - set(keys))
+        if security_profile >= 1 and missing:
+            raise ValueError(f"security profile 1 needs a key for every allowed charge point: {', '.join(missing)}")
         self.store = store
         self.subject = subject
-        self.allow = allow
+        self.allow = frozenset(allow)
+        self.security_profile = security_profile
+        # compared as bytes: hmac.compare_digest refuses str with non-ASCII characters (a peer could send them)
+        self._keys = {cp: key.encode("utf-8") for cp, key in keys.items() if cp in self.allow}
         self.tags = tags
-        self.credentials = dict(credentials) if credentials is not None else None
         self.heartbeat_s = heartbeat_s
         self.clock = clock
         self.response_timeout = response_timeout
@@ -388,12 +499,9 @@ class CentralSystem:
         self.connections: dict[str, ChargePointHandler] = {}
         self._counters: dict[str, MonotonicCounter] = {}
         self._server: Server | None = None
+        self.log_limited = LogLimiter(log, interval=log_interval)
 
     # -- policy -----------------------------------------------------------------------------------------------
-
-    def admitted(self, cp_id: str) -> bool:
-        """Whether a charge point's data is accepted (allow-list)."""
-        return self.allow is None or cp_id in self.allow
 
     def authorize(self, tag: str | None) -> AuthorizationStatus:
         """Local authorisation: the household's tags (OCPP 1.6 idTag, case-sensitive CiString20)."""
@@ -427,26 +535,44 @@ class CentralSystem:
     # -- websocket server -------------------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        m = _PATH.match(request.path)
+        """Admission before the websocket upgrade: path, allow-list (404), then HTTP Basic auth (401)."""
+        m = _PATH.fullmatch(request.path)
         if m is None:
-            self.rejected["path"] += 1
-            return connection.respond(HTTPStatus.NOT_FOUND, "expected /ocpp/<charge-point-id>\n")
+            return self._refuse(connection, "path", HTTPStatus.NOT_FOUND, request.path[:80])
         cp_id = unquote(m.group(1))
-        if self.credentials is not None:
-            ok = False
-            try:
-                user, password = parse_authorization_basic(request.headers["Authorization"])
-                expected = self.credentials.get(cp_id)
-                # Security profile 1: username = charge point id, password = AuthorizationKey.
-                ok = expected is not None and user == cp_id and hmac.compare_digest(expected, password)
-            except (KeyError, InvalidHeader):
-                ok = False
-            if not ok:
-                self.rejected["auth"] += 1
-                response = connection.respond(HTTPStatus.UNAUTHORIZED, "invalid credentials\n")
-                response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
-                return response
+        if cp_id not in self.allow:
+            # the same answer as a wrong path: an unknown id learns nothing about which ids exist
+            return self._refuse(connection, "unknown_charge_point", HTTPStatus.NOT_FOUND, cp_id)
+        if self.security_profile >= 1 and not self._authenticated(cp_id, request):
+            response = self._refuse(connection, "auth", HTTPStatus.UNAUTHORIZED, cp_id)
+            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+            return response
         return None
+
+    def _authenticated(self, cp_id: str, request: Request) -> bool:
+        """Security profile 1: HTTP Basic with username = charge point id, password = its AuthorizationKey."""
+        try:
+            user, password = parse_authorization_basic(request.headers["Authorization"])
+        except (KeyError, InvalidHeader):  # missing, repeated (MultipleValuesError is a KeyError) or malformed
+            return False
+        expected = self._keys.get(cp_id)
+        if expected is None:  # pragma: no cover - every allowed id has a key under profile 1
+            return False
+        password_ok = hmac.compare_digest(expected, password.encode("utf-8", "surrogateescape"))
+        return password_ok and user == cp_id
+
+    def _refuse(self, connection: ServerConnection, cause: str, status: HTTPStatus, who: str) -> Response:
+        self.rejected[cause] += 1
+        self.log_limited(
+            logging.WARNING,
+            f"refused:{cause}",
+            "refused a charge point before the websocket upgrade: %s (%d %s) for %s",
+            cause,
+            status.value,
+            status.phrase,
+            _short(who, 80),
+        )
+        return connection.respond(status, f"{status.phrase}\n")
 
     @staticmethod
     def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -459,7 +585,7 @@ class CentralSystem:
         raise NegotiationError(f"unsupported subprotocols {', '.join(offered)}; this central system speaks ocpp1.6")
 
     async def _handler(self, ws: ServerConnection) -> None:
-        m = _PATH.match(ws.request.path if ws.request else "")
+        m = _PATH.fullmatch(ws.request.path if ws.request else "")
         if m is None:  # pragma: no cover - refused in _process_request
             return
         cp_id = unquote(m.group(1))
@@ -488,7 +614,17 @@ class CentralSystem:
                 state.connected = False
 
     async def start(self, host: str = "127.0.0.1", port: int = 9000) -> int:
-        """Listen; returns the bound port (pass 0 for a free one)."""
+        """Listen on ``host`` only; returns the bound port (pass 0 for a free one). Says so when the setup is open."""
+        if is_any_address(host):
+            log.warning("OCPP central system listens on every interface (%r), not only the charger LAN", host)
+        if self.security_profile == 0:
+            log.warning(
+                "OCPP security profile 0: chargers connect without a password; anyone on the LAN who knows an "
+                "allowed charge point id (%d allowed) can send its data",
+                len(self.allow),
+            )
+        if not self.allow:
+            log.warning("OCPP allow-list is empty: every charge point will be refused (404)")
         self._server = await serve(
             self._handler,
             host,
@@ -518,6 +654,8 @@ class CentralSystem:
         """Per-charger health plus the server's own counters."""
         return {
             "listening": self._server is not None,
+            "security_profile": self.security_profile,
+            "allowed": sorted(self.allow),
             "chargers": {k: v.as_dict() for k, v in sorted(self.chargers.items())},
             "rejected": dict(self.rejected),
             "queue": self.readings.qsize(),

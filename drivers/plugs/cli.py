@@ -1,5 +1,6 @@
 """Plug CLI commands: ``kyojo decode plug`` (mounted by the lead via :func:`register`) and the ``app`` group
-where ``kyojo pair plugs`` will live (today: ``discovered``, which lists what the driver recorded)."""
+(not mounted yet): ``discovered`` lists what the driver recorded, ``lan-broker-config`` renders the home's LAN
+Mosquitto (see :mod:`drivers.plugs.broker`)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,25 @@ def discovered(
             continue
         rows.extend(doc.get("seen", []) if isinstance(doc, dict) else [])
     typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+
+
+@app.command("lan-broker-config")
+def lan_broker_config(
+    spec: Annotated[Path, typer.Argument(help="TOML: listen, port, conf_dir, gateway, zigbee2mqtt, [[plugs]]")],
+    out: Annotated[Path, typer.Option(help="directory for mosquitto.conf, passwd and acl (0600)")],
+) -> None:
+    """Render the home's LAN Mosquitto: no anonymous clients, each plug writes only its own topics (docs/LAN.md)."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from drivers.plugs.broker import BrokerConfError, LanBrokerSpec, render_lan_broker_conf
+
+    try:
+        parsed = LanBrokerSpec.model_validate(tomllib.loads(spec.read_text(encoding="utf-8")))
+        written = render_lan_broker_conf(parsed).write(out)
+    except (OSError, tomllib.TOMLDecodeError, ValidationError, BrokerConfError) as err:
+        raise typer.BadParameter(f"{spec}: {err}") from None
+    for path in written:
+        typer.echo(str(path))
+    typer.echo(f"copy them to {parsed.conf_dir} (mosquitto.conf to /etc/mosquitto/conf.d/kyojo-lan.conf)", err=True)

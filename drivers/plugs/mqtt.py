@@ -8,8 +8,13 @@ Subscriptions: Tasmota ``tele/+/+``, ``stat/+/+`` (default FullTopic ``%prefix%/
 ``tasmota/discovery/+/config``; Shelly Gen1 ``shellies/#``; Shelly Gen2+ ``+/events/rpc``, ``+/status/+``,
 ``+/online``; Zigbee2MQTT ``<base>/#``; plus ``extra_topics`` for custom FullTopics or Shelly topic prefixes.
 
-Counters and discovery records are saved to ``state_path`` (JSON) on stop and every ``save_every_s``, so a
-restart neither re-counts energy nor forgets which plugs announced themselves.
+Counters and discovery records are saved to ``state_path`` (JSON, written to a temporary file, fsynced, renamed,
+directory fsynced) on stop and at most every ``save_every_s``, so a restart neither re-counts energy nor forgets
+which plugs announced themselves, and a power cut leaves the old file or the new one. The file stays small:
+:class:`~drivers.plugs.session.PlugSession` remembers at most 256 unpaired plugs.
+
+Only paired plugs produce Readings (see :mod:`drivers.plugs.session`); the broker itself should refuse anonymous
+clients and let each plug write only its own topics (:mod:`drivers.plugs.broker`, docs/LAN.md).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -30,7 +34,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from drivers.base import Clock, Reading
-from drivers.plugs.session import PlugSession
+from drivers.plugs.pairing import write_durably
+from drivers.plugs.session import LogLimiter, PlugSession
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,7 @@ class PlugsDriver:
         self.connects = 0
         self.dropped = 0
         self.last_error: str | None = None
+        self._log_limited = LogLimiter(log)  # paho's thread
         self._queue: asyncio.Queue[tuple[str, bytes, float]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         if state_path is not None:
@@ -94,30 +100,32 @@ class PlugsDriver:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as err:
-            log.warning("ignoring unreadable plug state %s: %s", path, err)
+            log.warning("ignoring unreadable plug state %s: %s", path, err.__class__.__name__)
             return
         if isinstance(doc, dict) and isinstance(doc.get("counters"), dict):
             self.session.restore_counters(doc["counters"])
+        if isinstance(doc, dict) and isinstance(doc.get("seen"), list):
+            self.session.restore_seen(doc["seen"])
 
     def save_state(self) -> None:
-        """Write counters and the plugs seen to ``state_path`` atomically (what ``pair plugs`` reads)."""
+        """Write counters and the plugs seen to ``state_path`` atomically and durably (what ``pair plugs`` reads)."""
         if self.state_path is None:
             return
         doc = {
             "driver": self.device_id,
             "saved_at": time.time(),
             "counters": self.session.counters_state(),
-            "seen": [s.to_dict() for s in sorted(self.session.seen.values(), key=lambda s: s.device)],
+            "seen": [s.to_dict() for s in self.session.records()],
         }
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        write_durably(self.state_path, json.dumps(doc, indent=1).encode("utf-8"))
 
     # -- paho callbacks (paho's thread) -----------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self.last_error = f"connect refused: {reason}"
+            self._log_limited(
+                logging.WARNING, "connect", "%s: the LAN broker refused the login: %s", self.device_id, reason
+            )
             return
         self.connected = True
         self.connects += 1
@@ -158,6 +166,14 @@ class PlugsDriver:
         )
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
+        else:
+            log.warning(
+                "%s: no username for the LAN broker %s:%s; a broker that lets anyone in lets anyone on the LAN "
+                "publish a plug's readings (docs/LAN.md)",
+                self.device_id,
+                self.host,
+                self.port,
+            )
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
@@ -196,6 +212,7 @@ class PlugsDriver:
             "readings_emitted": s.readings_out,
             "dropped": self.dropped,
             "parse_errors": dict(s.errors),
+            "ignored": dict(s.ignored),
             "last_error": self.last_error or s.last_error,
             "states": {k: dict(v) for k, v in s.states.items()},
             "unpaired": [u.device for u in s.unpaired()],

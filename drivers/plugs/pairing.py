@@ -2,41 +2,79 @@
 ``<data_dir>/plug-appliances.json`` next to the driver's discovery records (``plugs-<id>.json``).
 
 The agent merges this file with the ``appliances`` table of its config (the config wins on a conflict), so
-pairing a new plug needs no config edit, only an agent restart.
+pairing a new plug needs no config edit, only an agent restart. This table is the plugs driver's allow-list:
+a plug in neither produces no Readings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from drivers.base import KyojoError
+from drivers.base import KyojoError, valid_id
+from drivers.plugs.session import valid_key
+
+log = logging.getLogger(__name__)
 
 FILE = "plug-appliances.json"
-_KEY = re.compile(r"^(tasmota|shelly|z2m):\S{1,128}$")
-_APPLIANCE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
+#: an appliance name is an identifier of at most 32 characters (the device id is ``<household>-<appliance>``)
+MAX_APPLIANCE = 32
 
 
 class PairingError(KyojoError, ValueError):
     """A plug key or appliance name the pairing cannot accept."""
 
 
+def valid_appliance(name: object) -> bool:
+    """Whether ``name`` can name an appliance (full match: ``"kettle\\n"`` is not one)."""
+    return valid_id(name) and len(str(name)) <= MAX_APPLIANCE
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash or power cut leaves the old content or the new, whole:
+    a temporary file (0600) written and fsynced, renamed over ``path``, then the directory fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # makes the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
 def load(data_dir: Path) -> dict[str, str]:
+    """The paired plugs; entries that are not a plug key and an appliance name are skipped (with a warning)."""
     path = data_dir / FILE
     if not path.exists():
         return {}
     doc = json.loads(path.read_text(encoding="utf-8"))
-    return {str(k): str(v) for k, v in doc.get("appliances", {}).items()}
+    table = doc.get("appliances") if isinstance(doc, dict) else None
+    if not isinstance(table, dict):
+        table = {}
+    out = {k: v for k, v in table.items() if valid_key(k) and valid_appliance(v)}
+    if len(out) != len(table):
+        log.warning("%s: skipped %d entries that are not a plug key and an appliance name", path, len(table) - len(out))
+    return out
 
 
 def save(data_dir: Path, mapping: dict[str, str]) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = data_dir / (FILE + ".tmp")
-    tmp.write_text(json.dumps({"version": 1, "appliances": dict(sorted(mapping.items()))}, indent=1), encoding="utf-8")
-    os.replace(tmp, data_dir / FILE)
+    doc = {"version": 1, "appliances": dict(sorted(mapping.items()))}
+    write_durably(data_dir / FILE, json.dumps(doc, indent=1).encode("utf-8"))
 
 
 def seen(data_dir: Path) -> list[dict[str, Any]]:
@@ -55,9 +93,9 @@ def seen(data_dir: Path) -> list[dict[str, Any]]:
 
 def accept(data_dir: Path, key: str, appliance: str, configured: dict[str, str]) -> dict[str, str]:
     """Name the appliance behind plug ``key``; refuses unknown formats and a second plug for one appliance."""
-    if not _KEY.match(key):
+    if not valid_key(key):
         raise PairingError(f"{key!r}: a plug key starts with tasmota:, shelly: or z2m: (see `kyojo pair plugs`)")
-    if not _APPLIANCE.match(appliance):
+    if not valid_appliance(appliance):
         raise PairingError(f"{appliance!r}: appliance names are letters, digits, '_', '.', '-' (max 32)")
     mapping = load(data_dir)
     taken = {a: k for k, a in {**mapping, **configured}.items() if k != key}

@@ -8,19 +8,84 @@
   (:class:`~drivers.counter.MonotonicCounter`), keeping the raw value in ``extra["raw_energy_wh"]``;
 - records online / relay states, discovery announcements and plugs seen but not paired (for ``pair plugs``);
 - counts parse errors by reason.
+
+Only paired plugs (``kyojo pair plugs --accept`` or the config's ``appliances``) produce Readings: anyone on the
+LAN can publish a plug's topic, so a reading from an unknown key is only remembered for discovery. That memory is
+bounded: at most ``max_unpaired`` (256) unpaired plugs, the least recently heard forgotten first, keys of at most
+128 printable characters, announcement fields cut to 64; energy counters and relay states are kept for paired
+plugs only. A flood of invented ids costs neither memory nor disk beyond that.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from drivers.base import ParseError, Reading
 from drivers.counter import MonotonicCounter
 from drivers.plugs.parse import Announcement, Decoded, decode
+
+log = logging.getLogger(__name__)
+
+#: unpaired plugs remembered for ``kyojo pair plugs`` (least recently heard forgotten first)
+MAX_UNPAIRED = 256
+#: longest native key kept (``kyojo pair plugs --accept`` takes the same)
+MAX_KEY = 128
+_MAX_FIELD = 64
+_FAMILIES = ("tasmota:", "shelly:", "z2m:")
+
+
+def valid_key(key: object) -> bool:
+    """A native plug key worth remembering: a family prefix, then 1-128 printable characters (no control
+    characters: keys end up in files and on terminals)."""
+    return (
+        isinstance(key, str)
+        and key.startswith(_FAMILIES)
+        and 0 < len(key.partition(":")[2]) <= MAX_KEY
+        and key.isprintable()
+    )
+
+
+def _field(value: object) -> str:
+    """An announcement field from the network, made safe to store and print."""
+    text = value if isinstance(value, str) else str(value)
+    return "".join(c for c in text[: _MAX_FIELD * 2] if c.isprintable())[:_MAX_FIELD]
+
+
+class LogLimiter:
+    """Logs the first event of each cause at once, then at most one line per ``interval`` s with the count of
+    those held back; at most ``max_causes`` causes are remembered (least recently seen forgotten first)."""
+
+    def __init__(
+        self,
+        logger: logging.Logger = log,
+        interval: float = 60.0,
+        max_causes: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.max_causes = max_causes
+        self.clock = clock
+        self._causes: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def __call__(self, level: int, cause: str, msg: str, *args: object) -> bool:
+        now = self.clock()
+        next_at, held = self._causes.pop(cause, (0.0, 0))
+        if now < next_at:
+            self._causes[cause] = (next_at, held + 1)
+            return False
+        self._causes[cause] = (now + self.interval, 0)
+        while len(self._causes) > self.max_causes:
+            self._causes.popitem(last=False)
+        if held:
+            msg, args = msg + " (+%d more in the last %ds)", (*args, held, int(self.interval))
+        self.logger.log(level, msg, *args)
+        return True
 
 
 @dataclass(slots=True)
@@ -42,6 +107,18 @@ class Seen:
         """JSON-ready form (what ``pair plugs`` reads)."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, doc: object) -> Seen | None:
+        """A record saved by :meth:`to_dict` (None when it is not one: the file is checked like the network)."""
+        if not isinstance(doc, dict) or not valid_key(doc.get("device")):
+            return None
+        try:
+            first, last = float(doc.get("first_seen", 0.0)), float(doc.get("last_seen", 0.0))
+        except (TypeError, ValueError):
+            return None
+        texts = {k: _field(doc.get(k, "")) for k in ("family", "model", "mac", "ip", "name", "firmware")}
+        return cls(doc["device"], first_seen=first, last_seen=last, **texts)
+
 
 @dataclass(slots=True)
 class PlugSession:
@@ -49,19 +126,26 @@ class PlugSession:
 
     ``appliances`` maps native keys (``tasmota:pow1``, ``shelly:shellyplug-s-C45BBE/0``, ``z2m:kettle``) to
     appliance names; a reading's device becomes ``f"{household}-{appliance}"``. Readings of unpaired plugs are
-    dropped (and the plug recorded in :attr:`seen`).
+    dropped, counted in ``ignored["unpaired"]``, and the plug remembered in :attr:`heard` (bounded LRU).
     """
 
     household: str
     appliances: Mapping[str, str]
     z2m_base: str = "zigbee2mqtt"
+    max_unpaired: int = MAX_UNPAIRED
     counters: dict[str, MonotonicCounter] = field(default_factory=dict)
     states: dict[str, dict[str, bool]] = field(default_factory=dict)
+    #: paired plugs heard from (bounded by ``appliances``)
     seen: dict[str, Seen] = field(default_factory=dict)
+    #: unpaired plugs heard from, least recently heard first (at most ``max_unpaired``)
+    heard: OrderedDict[str, Seen] = field(default_factory=OrderedDict)
     errors: Counter[str] = field(default_factory=Counter)
+    #: messages (or parts of them) not turned into Readings: ``unpaired``, ``bad_key``, ``forgotten``
+    ignored: Counter[str] = field(default_factory=Counter)
     messages: int = 0
     readings_out: int = 0
     last_error: str | None = None
+    log_limited: LogLimiter = field(default_factory=LogLimiter)
 
     def device_id(self, key: str) -> str | None:
         """The agent's device id for a native key (None when the plug is not paired)."""
@@ -78,25 +162,35 @@ class PlugSession:
         except ParseError as err:
             self.errors[err.reason] += 1
             self.last_error = str(err)[:200]
+            self.log_limited(logging.WARNING, f"parse:{err.reason}", "plug message refused: %r", self.last_error)
             return []
         return self.apply(dec, now)
 
     def apply(self, dec: Decoded, now: float) -> list[Reading]:
-        """Record a decoded message's states/announcements and return its mapped readings."""
+        """Record a decoded message's states/announcements and return the readings of paired plugs."""
         for ann in dec.announcements:
             self._record(ann.device, dec.family, now, ann)
         for st in dec.states:
-            self._record(st.device, dec.family, now)
-            self.states.setdefault(st.device, {})[st.key] = st.value
+            if self._record(st.device, dec.family, now):
+                self.states.setdefault(st.device, {})[st.key] = st.value
         out: list[Reading] = []
         for r in dec.readings:
-            self._record(r.device, dec.family, now)
+            if not self._record(r.device, dec.family, now):
+                continue
+            dev = self.device_id(r.device)
+            assert dev is not None
             if r.metric == "energy":
                 r = self._monotonic(r)
-            dev = self.device_id(r.device)
-            if dev is None:
-                continue
             out.append(Reading(dev, self.household, r.metric, r.value, r.unit, r.ts, {**r.extra, "native": r.device}))
+        unpaired = len(dec.readings) - len(out)
+        if unpaired:
+            self.ignored["unpaired"] += unpaired
+            self.log_limited(
+                logging.INFO,
+                "unpaired",
+                "readings of plugs that are not paired are ignored (%d unpaired heard; `kyojo pair plugs`)",
+                len(self.heard),
+            )
         self.readings_out += len(out)
         return out
 
@@ -106,25 +200,56 @@ class PlugSession:
         extra = {**r.extra, "raw_energy_wh": repr(r.value), "resets": str(counter.resets)}
         return Reading(r.device, r.subject, r.metric, round(value, 6), r.unit, r.ts, extra)
 
-    def _record(self, key: str, family: str, now: float, ann: Announcement | None = None) -> None:
-        s = self.seen.get(key)
-        if s is None:
-            s = self.seen[key] = Seen(key, family, now, now, paired_as=self.appliances.get(key))
+    def _record(self, key: str, family: str, now: float, ann: Announcement | None = None) -> bool:
+        """Note that ``key`` was heard; True when it is a paired plug (whose data may be used)."""
+        paired = key in self.appliances
+        if paired:
+            s = self.seen.get(key)
+            if s is None:
+                s = self.seen[key] = Seen(key, family, now, now, paired_as=self.appliances[key])
+        elif not valid_key(key):
+            self.ignored["bad_key"] += 1
+            self.log_limited(logging.WARNING, "bad_key", "plug key refused (control characters or too long)")
+            return False
+        else:
+            s = self.heard.pop(key, None) or Seen(key, family, now, now)
+            self.heard[key] = s  # most recently heard last
+            while len(self.heard) > self.max_unpaired:
+                self.heard.popitem(last=False)
+                self.ignored["forgotten"] += 1
         s.last_seen = now
         if ann is not None:
-            s.model, s.mac, s.ip, s.name, s.firmware = ann.model, ann.mac, ann.ip, ann.name, ann.firmware
+            s.model, s.mac, s.ip = _field(ann.model), _field(ann.mac), _field(ann.ip)
+            s.name, s.firmware = _field(ann.name), _field(ann.firmware)
+        return paired
 
     def unpaired(self) -> list[Seen]:
-        """Plugs heard from that the config does not map to an appliance."""
-        return sorted((s for s in self.seen.values() if s.paired_as is None), key=lambda s: s.device)
+        """Plugs heard from that are not paired (at most ``max_unpaired``), by key."""
+        return sorted(self.heard.values(), key=lambda s: s.device)
+
+    def records(self) -> list[Seen]:
+        """Every plug heard from, paired or not, by key (what the driver saves for ``pair plugs``)."""
+        return sorted([*self.seen.values(), *self.heard.values()], key=lambda s: s.device)
+
+    def restore_seen(self, records: Iterable[object]) -> None:
+        """Load saved discovery records (checked like the network; the newest ``max_unpaired`` unpaired kept)."""
+        loaded = [s for s in (Seen.from_dict(r) for r in records) if s is not None]
+        for s in sorted(loaded, key=lambda s: s.last_seen):
+            if s.device in self.appliances:
+                s.paired_as = self.appliances[s.device]
+                self.seen.setdefault(s.device, s)
+            elif s.device not in self.heard:
+                self.heard[s.device] = s
+        while len(self.heard) > self.max_unpaired:
+            self.heard.popitem(last=False)
 
     def counters_state(self) -> dict[str, dict[str, Any]]:
         """Energy counter state per native key (persisted by the driver across restarts)."""
         return {k: c.to_dict() for k, c in self.counters.items()}
 
     def restore_counters(self, state: Mapping[str, Any]) -> None:
-        """Load :meth:`counters_state` output; malformed entries are ignored."""
+        """Load :meth:`counters_state` output for paired plugs; other and malformed entries are ignored."""
         for key, value in state.items():
-            if isinstance(key, str) and isinstance(value, dict):
+            if isinstance(key, str) and key in self.appliances and isinstance(value, dict):
                 counter = self.counters.setdefault(key, MonotonicCounter())
                 counter.restore(value)

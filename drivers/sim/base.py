@@ -17,13 +17,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import Reading, reading
+from drivers.base import ID_PATTERN, Reading, reading, valid_id
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-#: Device ids the platform accepts (same pattern as the wire contract's identifiers).
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+#: Device ids the platform accepts: :data:`drivers.base.ID_PATTERN` (kept for callers that match with it; the
+#: simulators check with :func:`drivers.base.valid_id`, a full match).
+DEVICE_ID_RE = re.compile(ID_PATTERN)
 
 DAY_S = 86_400.0
 HOUR_S = 3_600.0
@@ -148,9 +149,9 @@ class BaseSimulator(ABC):
     metrics: tuple[str, ...] = ()
 
     def __init__(self, device_id: str, subject: str, seed: int, *, tz_offset_h: float = JST_OFFSET_H) -> None:
-        if not DEVICE_ID_RE.fullmatch(device_id):
+        if not valid_id(device_id):
             raise ValueError(f"invalid device id {device_id!r}")
-        if not DEVICE_ID_RE.fullmatch(subject):
+        if not valid_id(subject):
             raise ValueError(f"invalid subject {subject!r}")
         self.device_id = device_id
         self.subject = subject

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from drivers.base import ID_PATTERN
+
 if TYPE_CHECKING:
     from drivers.base import Driver
     from drivers.registry import BuildContext
@@ -21,7 +23,7 @@ class Config(BaseModel):
 
     kind: Literal["sim"]
     profile: Literal["household", "truck"]
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    id: str = Field(pattern=ID_PATTERN)
     seed: int = 0
     persons: list[str] = Field(default_factory=lambda: ["p1", "p2"])
     only: list[str] | None = Field(
