@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from drivers.base import Reading
+from drivers.base import MAX_POWER_W, Reading
 
 if TYPE_CHECKING:
     from drivers.base import Clock, Driver
@@ -61,6 +61,9 @@ class Config(BaseModel):
     )
     heartbeat_interval: timedelta = timedelta(minutes=5)
     db: Path | None = Field(default=None, description="sessions file (default: <data_dir>/ocpp-<id>.db)")
+    max_power_w: float = Field(
+        default=MAX_POWER_W["ev_charger"], gt=0, description="per connector: register growth above it is a glitch"
+    )
 
     @field_validator("charge_points")
     @classmethod
@@ -110,6 +113,7 @@ def make_central(config: Config, db_path: Path, clock: Clock | None = None) -> C
         credentials=creds,
         heartbeat_s=int(config.heartbeat_interval.total_seconds()),
         clock=clock.now if clock is not None else time.time,
+        max_power_w=config.max_power_w,
     )
 
 
@@ -145,7 +149,7 @@ class OcppDriver:
     def health(self) -> Mapping[str, object]:
         """Per-charger health: connected, last heartbeat, connector status, current transaction, counters."""
         if self.central is None:
-            return {"listening": False, "chargers": {}}
+            return {"listening": False, "chargers": {}, "counters": {}}
         return self.central.health()
 
 

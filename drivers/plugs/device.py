@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from drivers.base import MAX_POWER_W
+
 if TYPE_CHECKING:
     from drivers.base import Driver
     from drivers.registry import BuildContext
@@ -47,6 +49,9 @@ class Config(BaseModel):
     appliances: dict[str, str] = Field(default_factory=dict)
     z2m_base: str = Field(default="zigbee2mqtt", pattern=r"^[^#+/\s][^#+\s]*$")
     extra_topics: list[str] = Field(default_factory=list, description="more subscriptions (custom FullTopics)")
+    max_power_w: float = Field(
+        default=MAX_POWER_W["plug"], gt=0, description="per outlet/relay: counter growth above it is a glitch"
+    )
 
     @field_validator("appliances")
     @classmethod
@@ -70,7 +75,7 @@ def build(config: Config, ctx: BuildContext) -> list[Driver]:
 
     # plugs paired with ``kyojo pair plugs``, then the config's own table (which wins on a conflict)
     appliances = {**load(ctx.data_dir), **config.appliances}
-    session = PlugSession(config.household, appliances, z2m_base=config.z2m_base)
+    session = PlugSession(config.household, appliances, z2m_base=config.z2m_base, max_power_w=config.max_power_w)
     return [
         PlugsDriver(
             config.id,

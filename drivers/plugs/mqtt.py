@@ -196,6 +196,7 @@ class PlugsDriver:
             "readings_emitted": s.readings_out,
             "dropped": self.dropped,
             "parse_errors": dict(s.errors),
+            "counters": s.counter_causes(),
             "last_error": self.last_error or s.last_error,
             "states": {k: dict(v) for k, v in s.states.items()},
             "unpaired": [u.device for u in s.unpaired()],
