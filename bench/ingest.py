@@ -389,9 +389,15 @@ def main() -> None:
             pub.loop_start()
             for g in range(GATEWAYS):
                 gw = f"gw-{g:03d}"
-                rec = ConsentRecord(gateway=gw, id="c1", subject=f"hh-{gw}", purpose="community-energy",
-                                    categories=["energy"], status=ConsentStatus.ACTIVE,  # type: ignore[list-item]
-                                    given_at=datetime(2023, 1, 1, tzinfo=UTC))  # fmt: skip  (before T0)
+                rec = ConsentRecord(
+                    gateway=gw,
+                    id="c1",
+                    subject=f"hh-{gw}",
+                    purpose="community-energy",
+                    categories=["energy"],
+                    status=ConsentStatus.ACTIVE,  # type: ignore[list-item]
+                    given_at=datetime(2023, 1, 1, tzinfo=UTC),
+                )  # fmt: skip  (before T0)
                 pub.publish(consent_topic(gw, "c1"), rec.model_dump_json(), qos=1, retain=True).wait_for_publish(10)
             pub.disconnect()
             pub.loop_stop()

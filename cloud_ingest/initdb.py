@@ -24,6 +24,21 @@ Idempotent: :func:`init_db` reads ``SHOW RETENTION POLICIES``/``SHOW CONTINUOUS 
 alters or replaces what differs; a second run changes nothing and returns an empty list of changes.
 :func:`backfill` runs the same SELECT ... INTO over an explicit range (CQs only ever look at the last hours).
 
+Existing data: a query that names no retention policy reads the database's *default* RP only. Making ``raw``
+the default of a database whose current default (``autogen`` on a database someone wrote to before init-db)
+holds points would hide those points from every such query (dashboards, the analyst queries), so
+:func:`init_db` refuses with :class:`InitDbError`. With ``migrate=True`` (``--migrate``) it first copies them
+into ``raw`` (created without DEFAULT): ``SELECT * INTO <db>.raw.:MEASUREMENT FROM <db>.<old>./.*/ WHERE
+<chunk> GROUP BY *`` (``GROUP BY *`` keeps tags as tags; field types are kept) in bounded time chunks, each
+verified by ``count(*)`` per measurement and field (the copy has at least as many values as the source), then
+switches the default, then verifies every chunk again and copies what was written to the old default in
+between. Points older than ``raw``'s duration cannot be written to it: they stay in the old RP and are reported.
+The old RP keeps its copies until the operator drops it (``DROP RETENTION POLICY``) once satisfied.
+
+Every identifier in a statement (database, retention policies, CQ names, measurements) goes through
+:func:`_ident`: double-quoted with backslash and ``"`` escaped, so an operator-supplied name is a name, never
+InfluxQL.
+
 The ingester's operational stats also live here (:class:`IngestStatsPoints`): measurement ``kyojo_ingest``
 (tags ``instance``; fields ``received``, ``written``, ``rejected_total`` — cumulative per process —,
 ``lag_ms``, ``pending_points``, ``write_errors``, and ``gateways_online`` when the ingester knows it) and
@@ -37,6 +52,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -46,7 +62,7 @@ import typer
 
 from cloud_ingest.analyst import InfluxQL, QueryError
 from cloud_ingest.lineproto import line
-from drivers.base import METRICS, Category, Kind
+from drivers.base import METRICS, Category, Kind, KyojoError
 
 CQ_PREFIX = "kyojo_"
 
@@ -81,7 +97,12 @@ class Layout:
         return f"{CQ_PREFIX}1h_{metric}"
 
 
+class InitDbError(KyojoError, RuntimeError):
+    """init-db would hide existing points, or could not verify their copy; the default RP was not switched."""
+
+
 def _ident(name: str) -> str:
+    """An InfluxQL identifier: double-quoted, ``\\`` and ``"`` escaped (the InfluxQL scanner's string escapes)."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -129,8 +150,20 @@ def _rows(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def init_db(client: InfluxQL, layout: Layout | None = None) -> list[str]:
-    """Create or correct the database, retention policies and CQs; return what changed (empty: nothing)."""
+def init_db(
+    client: InfluxQL,
+    layout: Layout | None = None,
+    *,
+    migrate: bool = False,
+    chunk_hours: float = 6.0,
+    now_ms: int | None = None,
+) -> list[str]:
+    """Create or correct the database, retention policies and CQs; return what changed (empty: nothing).
+
+    Raises :class:`InitDbError` when making ``raw`` the default would hide points in the current default RP,
+    unless ``migrate`` (then they are copied first, ``chunk_hours`` of data per statement; ``now_ms`` is the
+    time that ``raw``'s duration counts back from, default now).
+    """
     layout = layout or Layout()
     db = _ident(layout.db)
     changes: list[str] = []
@@ -139,6 +172,27 @@ def init_db(client: InfluxQL, layout: Layout | None = None) -> list[str]:
         client.query(f"CREATE DATABASE {db}")
         changes.append(f"created database {layout.db}")
     have = {r["name"]: r for r in _rows(client.query(f"SHOW RETENTION POLICIES ON {db}"))}
+    old_default = next((name for name, r in have.items() if r["default"]), None)
+    moving: _Move | None = None
+    if old_default is not None and old_default != layout.raw_rp and _has_points(client, layout.db, old_default):
+        if not migrate:
+            raise InitDbError(
+                f"database {layout.db!r}: its default retention policy {old_default!r} holds points, and making "
+                f"{layout.raw_rp!r} the default would hide them from every query that names no retention policy "
+                f"(dashboards, analyst queries). Nothing was changed. Re-run with --migrate to copy them into "
+                f"{layout.raw_rp!r} first (in time chunks, verified by count), or move them yourself."
+            )
+        raw_spec = f"DURATION {f'{layout.raw_days}d' if layout.raw_days else 'INF'} REPLICATION 1"
+        cur = have.get(layout.raw_rp)
+        if cur is None:  # created without DEFAULT: the old default keeps taking writes until the copy is verified
+            client.query(f"CREATE RETENTION POLICY {_ident(layout.raw_rp)} ON {db} {raw_spec}")
+            changes.append(f"created retention policy {layout.raw_rp} ({layout.raw_days}d)")
+        elif _seconds(str(cur["duration"])) != layout.raw_days * 86400:
+            client.query(f"ALTER RETENTION POLICY {_ident(layout.raw_rp)} ON {db} {raw_spec}")
+            changes.append(f"altered retention policy {layout.raw_rp} ({layout.raw_days}d)")
+        have = {r["name"]: r for r in _rows(client.query(f"SHOW RETENTION POLICIES ON {db}"))}
+        moving = _Move(layout, old_default, max(1, int(chunk_hours * 3_600_000)), now_ms)
+        moving.sync(client)  # everything there now, verified, before anything depends on it
     for rp, days, default in (
         (layout.raw_rp, layout.raw_days, True),
         (layout.rollup_rp, layout.rollup_days, False),
@@ -152,6 +206,9 @@ def init_db(client: InfluxQL, layout: Layout | None = None) -> list[str]:
         elif _seconds(str(cur["duration"])) != days * 86400 or (default and not cur["default"]):
             client.query(f"ALTER RETENTION POLICY {_ident(rp)} ON {db} {spec}")
             changes.append(f"altered retention policy {rp} ({days}d{', default' if default else ''})")
+    if moving is not None:
+        moving.sync(client)  # points written to the old default between the copy and the switch
+        changes += moving.report()
     existing = {
         r["name"]: r["query"]
         for r in _rows(client.query("SHOW CONTINUOUS QUERIES"))
@@ -176,6 +233,102 @@ def init_db(client: InfluxQL, layout: Layout | None = None) -> list[str]:
             client.query(statement)
             changes.append(f"replaced continuous query {name}")
     return changes
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Moving the points of the old default retention policy into raw
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _has_points(client: InfluxQL, db: str, rp: str) -> bool:
+    """Whether any measurement of ``db.rp`` holds a point (one row per measurement at most)."""
+    return bool(client.query(f"SELECT * FROM {_ident(db)}.{_ident(rp)}./.*/ LIMIT 1"))  # noqa: S608 - names
+
+
+def _edge_ms(client: InfluxQL, db: str, rp: str, *, last: bool) -> int | None:
+    """Time (ms) of the first (or last) point in ``db.rp`` over all measurements; None when empty."""
+    order = " ORDER BY time DESC" if last else ""
+    rows = _rows(client.query(f"SELECT * FROM {_ident(db)}.{_ident(rp)}./.*/{order} LIMIT 1"))  # noqa: S608
+    times = [int(r["time"]) for r in rows]
+    return (max(times) if last else min(times)) if times else None
+
+
+def _counts(client: InfluxQL, db: str, rp: str, where: str) -> dict[tuple[str, str], int]:
+    """Values per (measurement, field) in ``db.rp`` matching ``where``."""
+    out: dict[tuple[str, str], int] = {}
+    for r in _rows(client.query(f"SELECT count(*) FROM {_ident(db)}.{_ident(rp)}./.*/ WHERE {where}")):  # noqa: S608
+        for col, n in r.items():
+            if col.startswith("count_") and n:
+                out[(str(r["_name"]), col.removeprefix("count_"))] = int(n)
+    return out
+
+
+def _points(counts: Mapping[tuple[str, str], int]) -> int:
+    """Points behind per-field counts: per measurement, its most counted field (every point has that field)."""
+    per: dict[str, int] = {}
+    for (m, _), n in counts.items():
+        per[m] = max(per.get(m, 0), n)
+    return sum(per.values())
+
+
+@dataclass
+class _Move:
+    """Copies ``layout.db.source`` into ``layout.db.raw`` chunk by chunk; :meth:`sync` is idempotent."""
+
+    layout: Layout
+    source: str
+    chunk_ms: int
+    now_ms: int | None
+    copied: int = 0
+    chunks: int = 0
+    left: int = 0
+
+    def sync(self, client: InfluxQL) -> None:
+        """Copy each chunk whose copy has fewer values than the source; verify it, or raise InitDbError."""
+        db, src, dst = self.layout.db, self.source, self.layout.raw_rp
+        first, last = _edge_ms(client, db, src, last=False), _edge_ms(client, db, src, last=True)
+        if first is None or last is None:
+            return
+        start = first
+        if self.layout.raw_days:
+            # raw drops writes older than its duration ("points beyond retention policy"); a minute of margin
+            now = int(time.time() * 1000) if self.now_ms is None else self.now_ms
+            cutoff = now - self.layout.raw_days * 86_400_000 + 60_000
+            self.left = _points(_counts(client, db, src, f"time < {cutoff}ms"))
+            start = max(start, cutoff)
+        a = start - start % self.chunk_ms
+        while a <= last:
+            b = a + self.chunk_ms
+            where = f"time >= {max(a, start)}ms AND time < {b}ms"
+            want = _counts(client, db, src, where)
+            if want and not self._enough(client, want, where):
+                client.query(
+                    f"SELECT * INTO {_ident(db)}.{_ident(dst)}.:MEASUREMENT FROM {_ident(db)}.{_ident(src)}./.*/ "  # noqa: S608
+                    f"WHERE {where} GROUP BY *"
+                )
+                if not self._enough(client, want, where):
+                    raise InitDbError(
+                        f"copying {src!r} into {dst!r} for {where} left fewer values in {dst!r} than in {src!r} "
+                        f"(source {want}); {src!r} keeps every point, re-run init-db --migrate to retry"
+                    )
+                self.chunks += 1
+                self.copied += _points(want)
+            a = b
+
+    def _enough(self, client: InfluxQL, want: Mapping[tuple[str, str], int], where: str) -> bool:
+        have = _counts(client, self.layout.db, self.layout.raw_rp, where)
+        return all(have.get(k, 0) >= n for k, n in want.items())
+
+    def report(self) -> list[str]:
+        """What the move did, for the list of changes."""
+        src, dst = self.source, self.layout.raw_rp
+        out = [
+            f"copied {self.copied} points from retention policy {src} into {dst} ({self.chunks} chunks, "
+            f"verified by count); {src} keeps its copies until you drop it"
+        ]
+        if self.left:
+            out.append(f"left {self.left} points older than {dst}'s {self.layout.raw_days}d in {src}")
+        return out
 
 
 def backfill(client: InfluxQL, since_ms: int, until_ms: int, layout: Layout | None = None) -> dict[str, int]:
@@ -257,6 +410,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         community_days: Annotated[int, typer.Option(help="keep community rollups this many days")] = 5 * 365,
         backfill_hours: Annotated[float, typer.Option(help="also roll up the last N hours now")] = 0.0,
+        migrate: Annotated[
+            bool,
+            typer.Option(help="copy the points of the current default retention policy into raw before switching"),
+        ] = False,
+        migrate_chunk_hours: Annotated[
+            float, typer.Option(min=0.01, help="--migrate copies this many hours of data per statement")
+        ] = 6.0,
     ) -> None:
         """Create the database, retention policies and continuous queries (idempotent; prints the changes)."""
         import time
@@ -267,12 +427,12 @@ def register(app: typer.Typer) -> None:
         layout = Layout(**kwargs)
         client = InfluxQL(influx_url, influx_db)
         try:
-            changes = init_db(client, layout)
+            changes = init_db(client, layout, migrate=migrate, chunk_hours=migrate_chunk_hours)
             filled: dict[str, int] = {}
             if backfill_hours > 0:
                 now = int(time.time() * 1000)
                 filled = backfill(client, now - int(backfill_hours * 3_600_000), now, layout)
-        except QueryError as err:
+        except (QueryError, InitDbError) as err:
             typer.echo(str(err), err=True)
             raise typer.Exit(1) from err
         typer.echo(json.dumps({"changes": changes, "backfilled": filled}))

@@ -32,10 +32,33 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MetricSpec:
+    """A metric's fixed unit, category and aggregation.
+
+    ``max_rate`` (counters only): the most the counter can physically grow per second, in ``unit`` per second
+    (Wh/s for energy), i.e. the largest device family's power ceiling (:data:`MAX_POWER_W`) / 3600. Both the
+    gateway (:mod:`drivers.counter`) and the cloud read it through :func:`plausible_delta`; None: no ceiling.
+    """
+
     unit: str
     category: Category
     kind: Kind = Kind.GAUGE
+    max_rate: float | None = None
 
+
+#: Generous ceilings on the power (W) one device of a family can deliver, so that a counter delta above
+#: ``ceiling x elapsed`` is a glitch, not energy. Each is well above what the family can draw, since a
+#: wrong ceiling holds real readings (counted, energy lost), while a loose one only lets a glitch through that
+#: is still bounded:
+#:
+#: - ``plug``: one metered outlet or relay. Japanese outlets are 15 A x 100 V = 1.5 kW, EU/UK outlets 16 A x
+#:   230 V = 3.7 kW, and the largest Tasmota metering relay (Sonoff POW R3) switches 25 A: 25 A x 240 V = 6 kW.
+#: - ``meter``: a whole home or small site. A Japanese low-voltage contract is at most 60 A x 200 V = 12 kVA
+#:   (lighting) or 50 kVA (low-voltage power), an EU three-phase 63 A supply 43 kW; B-route meters and clamp
+#:   meters (Shelly EM/3EM) stay on low-voltage supplies: 100 kW.
+#: - ``ev_charger``: DC fast chargers reach 350-400 kW per outlet (CCS, ABB Terra 360); 500 kW covers them.
+MAX_POWER_W: Mapping[str, float] = {"plug": 6_000.0, "meter": 100_000.0, "ev_charger": 500_000.0}
+
+_HOUR_S = 3600.0
 
 #: Units are fixed per metric (DESIGN.md) so nothing downstream converts twice.
 METRICS: Mapping[str, MetricSpec] = {
@@ -52,11 +75,11 @@ METRICS: Mapping[str, MetricSpec] = {
     "body_fat": MetricSpec("%", Category.HEALTH),
     "battery_level": MetricSpec("%", Category.DEVICE),
     "power": MetricSpec("W", Category.ENERGY),
-    "energy": MetricSpec("Wh", Category.ENERGY, Kind.COUNTER),
+    "energy": MetricSpec("Wh", Category.ENERGY, Kind.COUNTER, MAX_POWER_W["meter"] / _HOUR_S),
     "voltage": MetricSpec("V", Category.ENERGY),
     "current": MetricSpec("A", Category.ENERGY),
     "ev_power": MetricSpec("W", Category.EV),
-    "ev_energy": MetricSpec("Wh", Category.EV, Kind.COUNTER),
+    "ev_energy": MetricSpec("Wh", Category.EV, Kind.COUNTER, MAX_POWER_W["ev_charger"] / _HOUR_S),
     "soc": MetricSpec("%", Category.EV),
     "latitude": MetricSpec("deg", Category.MOBILITY),
     "longitude": MetricSpec("deg", Category.MOBILITY),
@@ -75,6 +98,23 @@ _ID_FULL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 def valid_id(value: object) -> bool:
     """True when ``value`` is a str that is an identifier as a whole (no trailing newline, no prefix match)."""
     return isinstance(value, str) and _ID_FULL.fullmatch(value) is not None
+
+
+def plausible_delta(metric: str, delta: float, seconds: float) -> bool:
+    """Whether a counter may have grown by ``delta`` (the metric's unit) in ``seconds``.
+
+    False for an unknown metric, a non-finite or negative delta (a counter never decreases: a decrease is a
+    reset or a glitch, see :mod:`drivers.counter`), a negative or non-finite time, or more than the metric's
+    ``max_rate`` x ``seconds`` (what the largest device family's supply could deliver in that time). A metric
+    without ``max_rate`` bounds nothing. Register resolution is the caller's to add: over a one-minute window
+    at the 100 kW ceiling the bound is 1.7 kWh, far above any register step.
+    """
+    spec = METRICS.get(metric)
+    if spec is None or not (math.isfinite(delta) and math.isfinite(seconds)) or delta < 0 or seconds < 0:
+        return False
+    if spec.max_rate is None:
+        return True
+    return delta <= spec.max_rate * seconds * (1.0 + 1e-9)
 
 
 #: mmol/L -> mg/dL for glucose (molar mass 180.16 g/mol).

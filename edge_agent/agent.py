@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,18 @@ class Agent:
             "inflight": pub.inflight,
             "drivers": len(self.drivers),
             "driver_errors": dict(self.driver_errors),
+            "counters": self._counter_causes(),
         }
+
+    def _counter_causes(self) -> dict[str, Any]:
+        """Energy counters' roll-overs, resets and held readings by cause, per driver that keeps counters
+        (``health()["counters"]``, see drivers/counter.py): a held reading is dropped, so this is where it shows."""
+        out: dict[str, Any] = {}
+        for d in self.drivers:
+            counters = d.health().get("counters")
+            if isinstance(counters, Mapping) and counters:
+                out[d.device_id] = dict(counters)
+        return out
 
     def write_status(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

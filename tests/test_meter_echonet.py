@@ -107,8 +107,8 @@ def test_meter_energy_units_coefficient_and_rollover() -> None:
     # 0xD3 coefficient 2, 0xD7 6 digits, 0xE1 0x01 = 0.1 kWh; E0 999990 -> 999990 x 2 x 0.1 kWh
     dec.readings(_res(2, (0xD3, "00000002"), (0xD7, "06"), (0xE1, "01")), 0.0)
     values = []
-    for i, count in enumerate((999_990, 999_999, 5, 5)):
-        rs = dec.readings(_res(3 + i, (0xE0, count.to_bytes(4, "big").hex())), float(i))
+    for i, count in enumerate((999_990, 999_999, 5, 5)):  # polled every 2 min: 1.8 kWh in 2 min is 54 kW
+        rs = dec.readings(_res(3 + i, (0xE0, count.to_bytes(4, "big").hex())), 120.0 * i)
         values.append(rs[0].value)
     assert values == [199_998_000.0, 199_999_800.0, 200_001_000.0, 200_001_000.0]  # wrapped at 10**6, no dip
     assert rs[0].extra == {"raw_count": "5", "rollovers": "1"}

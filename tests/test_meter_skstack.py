@@ -150,12 +150,17 @@ def test_session_expiry_with_module_reauth(emulated: tuple[Emulator, str, Scenar
 
 
 class FastClock:
-    """Wall time, but poll-interval sleeps last only a moment."""
+    """Wall time plus every poll interval slept so far, but each sleep lasts only a moment: polls are
+    ``poll_interval_s`` apart on this clock, as the counter's rate check expects of a real meter."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
 
     def now(self) -> float:
-        return time.time()
+        return time.time() + self.skipped
 
     async def sleep(self, seconds: float) -> None:
+        self.skipped += seconds
         await asyncio.sleep(0.01)
 
 
@@ -232,3 +237,53 @@ def test_build_from_config_reads_through_pty(emulated: tuple[Emulator, str, Scen
     r = asyncio.run(asyncio.wait_for(first(), 20))
     assert (r.device, r.subject, r.metric, r.value) == ("home1-meter", "home1", "power", 504.0)
     assert "SKSCAN 2 FFFFFFFF 6" in emu.commands and emu.commands[-1] == "SKTERM"
+
+
+class RereadMeter:
+    """The demo's meter (0.01 kWh units, 8 digits: wraps at 1 GWh) whose third 0xE0 answer is the register one
+    count below the second, as a re-read or late answer gives; the setup Gets answer 0xD3/0xD7/0xE1."""
+
+    def __init__(self) -> None:
+        self.counts = [1_888_000, 1_888_001, 1_888_000, 1_888_002, 1_888_003, 1_888_004]
+
+    def edt(self, epc: int) -> bytes | None:
+        table = {0xD3: (1).to_bytes(4, "big"), 0xD7: b"\x08", 0xE1: b"\x02", 0xE7: (250).to_bytes(4, "big")}
+        if epc == 0xE0:
+            return self.counts[0].to_bytes(4, "big")
+        return table.get(epc)
+
+    def after_get(self, epcs: tuple[int, ...]) -> None:
+        if 0xE0 in epcs and len(self.counts) > 1:
+            self.counts.pop(0)
+
+    def first_inf(self) -> bytes | None:
+        return None
+
+
+def test_driver_reread_through_pty_does_not_spike() -> None:
+    """End to end over the pty: a re-read one count lower is held (counted as ``backwards``), not taken for a
+    roll-over by the 10**8 modulus; energy rises by the 40 Wh the register really counted."""
+    from drivers.meter.emulator import PtyEmulator
+
+    async def run(port: str) -> tuple[list[float], BRouteMeter]:
+        drv = BRouteMeter(
+            "home1-meter", "home1", port_factory=lambda: open_port(port), rbid=RBID, password=PWD,
+            clock=FastClock(), poll_interval_s=10.0, command_timeout_s=2.0,
+            session_options={"join_timeout_s": 2.0, "response_timeout_s": 1.0, "rejoin_grace_s": 0.2},
+        )  # fmt: skip
+        energy: list[float] = []
+        agen = drv.readings()
+        try:
+            async for r in agen:
+                if r.metric == "energy":
+                    energy.append(r.value)
+                if len(energy) == 5:
+                    break
+        finally:
+            await agen.aclose()
+        return energy, drv
+
+    with PtyEmulator(model=RereadMeter()) as emu:
+        energy, drv = asyncio.run(asyncio.wait_for(run(emu.path), 20))
+    assert energy == [18_880_000.0, 18_880_010.0, 18_880_020.0, 18_880_030.0, 18_880_040.0]
+    assert drv.polls == 6 and drv.health()["counters"] == {"home1-meter": {"backwards": 1}}

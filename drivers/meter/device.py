@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from drivers.base import MAX_POWER_W
+
 if TYPE_CHECKING:
     from drivers.base import Driver
     from drivers.registry import BuildContext
@@ -44,6 +46,9 @@ class Config(BaseModel):
     scan_durations: tuple[int, ...] = (4, 5, 6, 7, 8)
     rejoin_grace: timedelta = timedelta(seconds=10)
     response_timeout: timedelta = timedelta(seconds=10)
+    max_power_w: float = Field(
+        default=MAX_POWER_W["meter"], gt=0, description="supply ceiling: register growth above it is a glitch"
+    )
 
     @field_validator("rbid")
     @classmethod
@@ -98,6 +103,7 @@ def build(config: Config, ctx: BuildContext) -> list[Driver]:
             poll_interval_s=config.poll_interval.total_seconds(),
             export=config.export,
             tz_offset_h=config.tz_offset_h,
+            max_power_w=config.max_power_w,
             session_options={
                 "scan_durations": config.scan_durations,
                 "rejoin_grace_s": config.rejoin_grace.total_seconds(),

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, TypeVar
 
-from drivers.base import Clock, ParseError, Reading
+from drivers.base import MAX_POWER_W, Clock, ParseError, Reading
 from drivers.meter.skstack import BRouteSession, SerialLike, SkStack, SkStackError
 from drivers.meter.smartmeter import MeterDecoder
 
@@ -46,6 +46,7 @@ class BRouteMeter:
         tz_offset_h: float = 9.0,
         session_options: Mapping[str, Any] | None = None,
         command_timeout_s: float = 5.0,
+        max_power_w: float = MAX_POWER_W["meter"],
     ) -> None:
         self.device_id = device_id
         self.subject = subject
@@ -58,6 +59,7 @@ class BRouteMeter:
         self.tz_offset_h = tz_offset_h
         self._session_options = dict(session_options or {})
         self._command_timeout_s = command_timeout_s
+        self.max_power_w = max_power_w
         self.session: BRouteSession | None = None
         self.decoder: MeterDecoder | None = None
         self.polls = 0
@@ -87,7 +89,13 @@ class BRouteMeter:
         port = await self._call(self._port_factory)
         sk = SkStack(port, timeout=self._command_timeout_s)
         session = BRouteSession(sk, self._rbid, self._password, **self._session_options)
-        decoder = MeterDecoder(self.device_id, self.subject, tz_offset_h=self.tz_offset_h, export=self.export)
+        decoder = MeterDecoder(
+            self.device_id, self.subject, tz_offset_h=self.tz_offset_h, export=self.export, max_power_w=self.max_power_w
+        )
+        if (old := self.decoder) is not None:
+            # A restarted session reads the same register: keep its base, total and counts, so a roll-over
+            # seen before the restart is not undone and a stale first answer is still held.
+            decoder.normal, decoder.reverse, decoder.last_energy_ts = old.normal, old.reverse, old.last_energy_ts
         self.session, self.decoder = session, decoder
         epcs = (*POLL_EPCS, EXPORT_EPC) if self.export else POLL_EPCS
         try:
@@ -127,6 +135,16 @@ class BRouteMeter:
         finally:
             sk.close()
 
+    def counter_causes(self) -> dict[str, dict[str, int]]:
+        """Energy registers' roll-overs, resets and held readings by cause (:mod:`drivers.counter`), per device."""
+        d = self.decoder
+        if d is None:
+            return {}
+        out = {self.device_id: dict(d.normal.causes)}
+        if self.export:
+            out[f"{self.device_id}-export"] = dict(d.reverse.causes)
+        return out
+
     def health(self) -> Mapping[str, object]:
         """Session state and counters (no secrets)."""
         s, d = self.session, self.decoder
@@ -148,5 +166,6 @@ class BRouteMeter:
             "digits": d.digits if d else None,
             "polls": self.polls,
             "readings_emitted": self.emitted,
+            "counters": self.counter_causes(),
             "last_ts": self.last_ts,
         }

@@ -3,7 +3,10 @@
 The meter's cumulative registers need three properties to mean anything: 0xD3 coefficient, 0xE1 unit and 0xD7
 effective digits (the register wraps at ``10**digits``). :class:`MeterDecoder` remembers them from any frame
 that carries them (the driver asks for them once after joining), converts 0xE0 to Wh and keeps it monotonic
-across the roll-over with :class:`drivers.counter.MonotonicCounter` (raw count kept in ``extra``).
+across the roll-over with :class:`drivers.counter.MonotonicCounter` (raw count kept in ``extra``). The
+counters work in register counts: their rate ceiling is ``max_power_w`` converted to counts per second, with
+one count of slack (the register is truncated to its unit). A held register value (a re-read, a late answer,
+an impossible jump: see :mod:`drivers.counter`) gives no energy reading.
 
 Device ids: ``<id>`` for power (0xE7) and energy bought (0xE0); ``<id>-r`` / ``<id>-t`` for the R / T phase
 currents (0xE8: the raw store keys series by device + metric, so two phases need two devices); ``<id>-export``
@@ -16,7 +19,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import Reading
+from drivers.base import MAX_POWER_W, Reading
 from drivers.counter import MonotonicCounter
 from drivers.meter.echonet import (
     ESV,
@@ -88,7 +91,8 @@ def describe(frame: Frame) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class MeterDecoder:
-    """Turns frames from one smart meter into Readings. ``tz_offset_h``: the meter's local time (JST = 9)."""
+    """Turns frames from one smart meter into Readings. ``tz_offset_h``: the meter's local time (JST = 9);
+    ``max_power_w``: the supply's ceiling (:data:`drivers.base.MAX_POWER_W`), which bounds register growth."""
 
     device: str
     subject: str
@@ -97,6 +101,7 @@ class MeterDecoder:
     coefficient: int = 1
     unit_kwh: float | None = None
     digits: int | None = None
+    max_power_w: float = MAX_POWER_W["meter"]
     normal: MonotonicCounter = field(default_factory=MonotonicCounter)
     reverse: MonotonicCounter = field(default_factory=MonotonicCounter)
     last_energy_ts: float | None = None
@@ -148,10 +153,16 @@ class MeterDecoder:
     def _energy(self, device: str, counter: MonotonicCounter, count: int, ts: float) -> list[Reading]:
         if self.unit_kwh is None:
             return []  # not convertible yet: the driver asks for 0xD3/0xD7/0xE1 before polling
-        cumulative = counter.update(float(count))
+        wh_per_count = self.coefficient * self.unit_kwh * 1000.0
+        counter.max_rate = self.max_power_w / 3600.0 / wh_per_count if wh_per_count > 0 else None
+        counter.slack = 1.0
+        counter.can_reset = False  # 0xE0/0xE3 only wrap at 10**digits; a meter is replaced, never reset
+        cumulative = counter.update(float(count), ts)
+        if counter.held:
+            return []
         if device == self.device:
             self.last_energy_ts = ts
-        extra = {"raw_count": str(count), "rollovers": str(counter.resets)}
+        extra = {"raw_count": str(count), "rollovers": str(counter.causes.get("rollover", 0))}
         return [self._r(device, "energy", self._wh(cumulative), ts, extra)]
 
     def _fixed(self, fixed: FixedTimeEnergy) -> list[Reading]:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from drivers.base import ID_PATTERN, KyojoError, Reading
+from drivers.base import ID_PATTERN, MAX_POWER_W, KyojoError, Reading
 
 if TYPE_CHECKING:
     from drivers.base import Clock, Driver
@@ -88,6 +88,9 @@ class Config(BaseModel):
     tags: list[str] | None = Field(default=None, description="household RFID idTags (None: any tag)")
     heartbeat_interval: timedelta = timedelta(minutes=5)
     db: Path | None = Field(default=None, description="sessions file (default: <data_dir>/ocpp-<id>.db)")
+    max_power_w: float = Field(
+        default=MAX_POWER_W["ev_charger"], gt=0, description="per connector: register growth above it is a glitch"
+    )
 
     @field_validator("charge_points")
     @classmethod
@@ -182,6 +185,7 @@ def make_central(
         tags=frozenset(config.tags) if config.tags is not None else None,
         heartbeat_s=int(config.heartbeat_interval.total_seconds()),
         clock=clock.now if clock is not None else time.time,
+        max_power_w=config.max_power_w,
     )
 
 
@@ -227,7 +231,7 @@ class OcppDriver:
     def health(self) -> Mapping[str, object]:
         """Per-charger health: connected, last heartbeat, connector status, current transaction, counters."""
         if self.central is None:
-            return {"listening": False, "chargers": {}}
+            return {"listening": False, "chargers": {}, "counters": {}}
         return self.central.health()
 
 

@@ -50,7 +50,7 @@ from websockets.headers import parse_authorization_basic
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from drivers.base import ParseError, Reading
+from drivers.base import MAX_POWER_W, ParseError, Reading
 from drivers.counter import MonotonicCounter
 from drivers.ocpp.normalise import normalise_meter_values, normalise_meter_values_payload, summarise
 from drivers.ocpp.protocol import (
@@ -475,6 +475,7 @@ class CentralSystem:
         queue_size: int = 10_000,
         response_timeout: float = 30.0,
         log_interval: float = 60.0,
+        max_power_w: float = MAX_POWER_W["ev_charger"],
     ) -> None:
         if security_profile not in (0, 1):
             raise ValueError(f"security profile {security_profile} is not supported here (0 or 1)")
@@ -483,6 +484,7 @@ class CentralSystem:
         if security_profile >= 1 and missing:
             raise ValueError(f"security profile 1 needs a key for every allowed charge point: {', '.join(missing)}")
         self.store = store
+        self.max_power_w = max_power_w
         self.subject = subject
         self.allow = frozenset(allow)
         self.security_profile = security_profile
@@ -514,16 +516,25 @@ class CentralSystem:
         return self.chargers.setdefault(cp_id, ChargerState(cp_id))
 
     def emit(self, readings: tuple[Reading, ...]) -> None:
-        """Queue Readings; ev_energy made monotonic per device (registers that restart per session)."""
+        """Queue Readings; ev_energy made monotonic per device (registers that restart per session), bounded by
+        ``max_power_w``; a held register value (replayed, impossible: :mod:`drivers.counter`) is not queued."""
         for r in readings:
             if r.metric == "ev_energy":
                 counter = self._counters.get(r.device)
                 if counter is None:
-                    counter = self._counters[r.device] = MonotonicCounter(tolerance=0.5)
+                    # slack 100 Wh: some chargers report the register in kWh with one decimal
+                    counter = MonotonicCounter(tolerance=0.5, max_rate=self.max_power_w / 3600.0, slack=100.0)
+                    self._counters[r.device] = counter
                     saved = self.store.counter(r.device)
                     if saved:
                         counter.restore(saved)
-                value = counter.update(r.value)
+                try:
+                    value = counter.update(r.value, r.ts)
+                except ParseError as err:  # normalise refuses negative registers already; counted all the same
+                    self.rejected[err.reason] += 1
+                    continue
+                if counter.held:
+                    continue
                 self.store.save_counter(r.device, counter.to_dict())
                 extra = {**r.extra, "register": f"{r.value:g}"}
                 r = Reading(r.device, r.subject, r.metric, value, r.unit, r.ts, extra)
@@ -658,6 +669,7 @@ class CentralSystem:
             "allowed": sorted(self.allow),
             "chargers": {k: v.as_dict() for k, v in sorted(self.chargers.items())},
             "rejected": dict(self.rejected),
+            "counters": {k: dict(c.causes) for k, c in sorted(self._counters.items()) if c.causes},
             "queue": self.readings.qsize(),
             "dropped": self.dropped,
         }

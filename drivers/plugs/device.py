@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from drivers.base import ID_PATTERN, KyojoError, valid_id
+from drivers.base import ID_PATTERN, MAX_POWER_W, KyojoError, valid_id
 from drivers.plugs.pairing import valid_appliance
 from drivers.plugs.session import valid_key
 
@@ -55,6 +55,9 @@ class Config(BaseModel):
     appliances: dict[str, str] = Field(default_factory=dict)
     z2m_base: str = Field(default="zigbee2mqtt", pattern=r"^[^#+/\s][^#+\s]*$")
     extra_topics: list[str] = Field(default_factory=list, description="more subscriptions (custom FullTopics)")
+    max_power_w: float = Field(
+        default=MAX_POWER_W["plug"], gt=0, description="per outlet/relay: counter growth above it is a glitch"
+    )
 
     @field_validator("appliances")
     @classmethod
@@ -100,7 +103,7 @@ def build(config: Config, ctx: BuildContext) -> list[Driver]:
 
     # plugs paired with ``kyojo pair plugs``, then the config's own table (which wins on a conflict)
     appliances = {**load(ctx.data_dir), **config.appliances}
-    session = PlugSession(config.household, appliances, z2m_base=config.z2m_base)
+    session = PlugSession(config.household, appliances, z2m_base=config.z2m_base, max_power_w=config.max_power_w)
     return [
         PlugsDriver(
             config.id,

@@ -213,6 +213,7 @@ class PlugsDriver:
             "dropped": self.dropped,
             "parse_errors": dict(s.errors),
             "ignored": dict(s.ignored),
+            "counters": s.counter_causes(),
             "last_error": self.last_error or s.last_error,
             "states": {k: dict(v) for k, v in s.states.items()},
             "unpaired": [u.device for u in s.unpaired()],

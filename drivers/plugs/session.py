@@ -5,7 +5,9 @@
 - maps native device keys (``tasmota:pow1``) to appliances from the config and renames readings to the
   household's device ids (``home1-kettle``, the same ids the simulator uses), with the household as subject;
 - turns each plug's raw energy counter into a monotonic cumulative ``energy`` reading
-  (:class:`~drivers.counter.MonotonicCounter`), keeping the raw value in ``extra["raw_energy_wh"]``;
+  (:class:`~drivers.counter.MonotonicCounter`), keeping the raw value in ``extra["raw_energy_wh"]``; a held
+  counter value (a replayed or impossible one, see :mod:`drivers.counter`) gives no energy reading, and the
+  causes are counted per plug (:meth:`PlugSession.counter_causes`);
 - records online / relay states, discovery announcements and plugs seen but not paired (for ``pair plugs``);
 - counts parse errors by reason.
 
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from drivers.base import ParseError, Reading
+from drivers.base import MAX_POWER_W, ParseError, Reading
 from drivers.counter import MonotonicCounter
 from drivers.plugs.parse import Announcement, Decoded, decode
 
@@ -127,12 +129,15 @@ class PlugSession:
     ``appliances`` maps native keys (``tasmota:pow1``, ``shelly:shellyplug-s-C45BBE/0``, ``z2m:kettle``) to
     appliance names; a reading's device becomes ``f"{household}-{appliance}"``. Readings of unpaired plugs are
     dropped, counted in ``ignored["unpaired"]``, and the plug remembered in :attr:`heard` (bounded LRU).
+    ``max_power_w`` bounds how fast an outlet's or relay's counter can grow; Shelly EM/3EM clamp channels
+    (``.../emeter:<n>``) measure a whole supply and get the meter's ceiling instead.
     """
 
     household: str
     appliances: Mapping[str, str]
     z2m_base: str = "zigbee2mqtt"
     max_unpaired: int = MAX_UNPAIRED
+    max_power_w: float = MAX_POWER_W["plug"]
     counters: dict[str, MonotonicCounter] = field(default_factory=dict)
     states: dict[str, dict[str, bool]] = field(default_factory=dict)
     #: paired plugs heard from (bounded by ``appliances``)
@@ -174,15 +179,19 @@ class PlugSession:
             if self._record(st.device, dec.family, now):
                 self.states.setdefault(st.device, {})[st.key] = st.value
         out: list[Reading] = []
+        unpaired = 0
         for r in dec.readings:
             if not self._record(r.device, dec.family, now):
+                unpaired += 1
                 continue
             dev = self.device_id(r.device)
             assert dev is not None
             if r.metric == "energy":
-                r = self._monotonic(r)
+                mono = self._monotonic(r)
+                if mono is None:  # held by the counter (replayed or impossible), counted there
+                    continue
+                r = mono
             out.append(Reading(dev, self.household, r.metric, r.value, r.unit, r.ts, {**r.extra, "native": r.device}))
-        unpaired = len(dec.readings) - len(out)
         if unpaired:
             self.ignored["unpaired"] += unpaired
             self.log_limited(
@@ -194,9 +203,24 @@ class PlugSession:
         self.readings_out += len(out)
         return out
 
-    def _monotonic(self, r: Reading) -> Reading:
-        counter = self.counters.setdefault(r.device, MonotonicCounter())
-        value = counter.update(r.value)
+    def _counter(self, key: str) -> MonotonicCounter:
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.counters[key] = MonotonicCounter()
+        watts = MAX_POWER_W["meter"] if "/emeter:" in key else self.max_power_w
+        # 10 Wh of slack: Zigbee2MQTT reports kWh with two decimals, the coarsest register of the family.
+        counter.max_rate, counter.slack = watts / 3600.0, 10.0
+        return counter
+
+    def _monotonic(self, r: Reading) -> Reading | None:
+        counter = self._counter(r.device)
+        try:
+            value = counter.update(r.value, r.ts)
+        except ParseError as err:  # the parsers already refuse negative counters; counted like theirs
+            self.errors[err.reason] += 1
+            return None
+        if counter.held:
+            return None
         extra = {**r.extra, "raw_energy_wh": repr(r.value), "resets": str(counter.resets)}
         return Reading(r.device, r.subject, r.metric, round(value, 6), r.unit, r.ts, extra)
 
@@ -243,6 +267,10 @@ class PlugSession:
         while len(self.heard) > self.max_unpaired:
             self.heard.popitem(last=False)
 
+    def counter_causes(self) -> dict[str, dict[str, int]]:
+        """Per native key, the energy counter's roll-overs, resets and held readings by cause."""
+        return {k: dict(c.causes) for k, c in sorted(self.counters.items()) if c.causes}
+
     def counters_state(self) -> dict[str, dict[str, Any]]:
         """Energy counter state per native key (persisted by the driver across restarts)."""
         return {k: c.to_dict() for k, c in self.counters.items()}
@@ -251,5 +279,4 @@ class PlugSession:
         """Load :meth:`counters_state` output for paired plugs; other and malformed entries are ignored."""
         for key, value in state.items():
             if isinstance(key, str) and key in self.appliances and isinstance(value, dict):
-                counter = self.counters.setdefault(key, MonotonicCounter())
-                counter.restore(value)
+                self._counter(key).restore(value)
