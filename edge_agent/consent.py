@@ -287,6 +287,8 @@ class ConsentStore:
             expires_at=None if c.expires_at is None else datetime.fromtimestamp(c.expires_at / 1000, tz=UTC),
             withdrawn_at=None if c.withdrawn_at is None else datetime.fromtimestamp(c.withdrawn_at / 1000, tz=UTC),
         )
+        # signed with the key registered at enrollment: the cloud takes no record it cannot trace to this gateway
+        cloud = cloud.model_copy(update={"sig": self.keys.sign(cloud.signing_bytes())})
         seq = meta_add(self.conn, "seq", 1)
         self.conn.execute(
             "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 1, NULL, 0, ?)",

@@ -306,8 +306,9 @@ def ingest_acls(name: str, group: str) -> list[Acl]:
     """An ingester connection (``<ingester>`` for data, ``<ingester>-consents`` for consent records).
 
     Data only through the secret shared subscription; consent records unshared (every ingester needs all of
-    them); its own sync topic; and the audit anchors it derives from the batches' audit heads. It may NOT write
-    erasure receipts (only the eraser may) nor any gateway topic.
+    them); its own sync topic; and the audit anchors it derives from the batches' audit heads (written, and read
+    back at start to seed its check of each gateway's heads). It may NOT write erasure receipts (only the eraser
+    may) nor any gateway topic.
     """
     check_share_group(group)
     return [
@@ -316,6 +317,7 @@ def ingest_acls(name: str, group: str) -> list[Acl]:
         *_read(f"{TOPIC_ROOT}/+/consent/+"),
         *_read(f"{TOPIC_ROOT}/_ingest/sync/{name}"),
         Acl(SEND, f"{TOPIC_ROOT}/_ingest/sync/{name}"),
+        *_read(f"{TOPIC_ROOT}/+/anchor"),
         Acl(SEND, f"{TOPIC_ROOT}/+/anchor"),
     ]
 

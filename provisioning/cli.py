@@ -111,10 +111,18 @@ def _request(ident: str, code: str | None, state_dir: Path, role: pki.Role, rene
         else:
             if not code:
                 raise pki.PkiError("--code is required for a first enrollment (ask the operator: `enroll`)")
-            csr = pki.create_request(state_dir, ident, code, role)
+            signing_key = None
+            if role is pki.Role.GATEWAY:
+                # the consent-signing key the agent uses (made here if new; <state_dir> is the agent's data_dir)
+                from edge_agent.identity import load_keys
+
+                signing_key = load_keys(state_dir).public_key_b64()
+            csr = pki.create_request(state_dir, ident, code, role, signing_key=signing_key)
     except (pki.PkiError, FileNotFoundError) as err:
         raise _fail(err) from err
-    typer.echo(f"CSR written to {csr}; take it to the CA host: kyojo provision sign {csr.name} --expect {ident}")
+    typer.echo(
+        f"CSR written to {csr}; on the CA host: kyojo provision sign {csr.name} --ca-dir <ca-dir> --expect {ident}"
+    )
 
 
 @app.command("gateway")
@@ -222,6 +230,21 @@ def crl(ca_dir: CaDir) -> None:
     ca = _ca(ca_dir)
     path = ca.write_crl()
     typer.echo(f"{path} (valid {ca.lifetimes.crl_days} days)")
+
+
+@app.command("gateway-keys")
+def gateway_keys(
+    ca_dir: CaDir,
+    out: Annotated[Path | None, typer.Option(help="write the JSON here (default: print it)")] = None,
+) -> None:
+    """The gateways' consent-signing keys registered at enrollment: the cloud's ``gateway_keys`` file."""
+    ca = _ca(ca_dir)
+    text = json.dumps(ca.gateway_keys(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out} ({len(ca.gateway_keys())} gateways): set gateway_keys = {str(out)!r} on the cloud")
 
 
 @app.command("list")

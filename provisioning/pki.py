@@ -274,11 +274,17 @@ def _tls_dir(state_dir: Path) -> Path:
     return path
 
 
-def create_request(state_dir: Path, ident: str, code: str, role: Role = Role.GATEWAY) -> Path:
+def create_request(
+    state_dir: Path, ident: str, code: str, role: Role = Role.GATEWAY, *, signing_key: str | None = None
+) -> Path:
     """Generate the identity key on this machine and a CSR for ``ident`` bound to the enrollment ``code``.
 
     Files under ``<state_dir>/tls/``: ``identity.key`` (0600, kept; an existing key is reused so a lost CSR
     can be re-made) and ``identity.csr`` (public; this is what goes to the CA host). Returns the CSR path.
+
+    ``signing_key``: a gateway's Ed25519 consent-signing public key (base64 of the 32 raw bytes). It travels in
+    the CSR as a subjectAltName URI (:data:`SIGNING_KEY_URI`), covered by the CSR's signature, so registering it
+    at the CA needs no second step and cannot be swapped in transit; the CA records it in ``gateway_keys.json``.
     """
     _check_id(ident)
     tls = _tls_dir(state_dir)
@@ -289,15 +295,48 @@ def create_request(state_dir: Path, ident: str, code: str, role: Role = Role.GAT
         key = _new_key()
         write_private(key_path, _key_pem(key))
     mac = _enroll_mac(code.strip().upper(), ident, _spki(key.public_key()))
-    csr = (
+    builder = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(_subject(ident, role))
         .add_attribute(AttributeOID.CHALLENGE_PASSWORD, f"enroll:{mac}".encode())
-        .sign(key, hashes.SHA256())
     )
+    if signing_key is not None:
+        _check_signing_key(signing_key)
+        uri = x509.UniformResourceIdentifier(SIGNING_KEY_URI + signing_key)
+        builder = builder.add_extension(x509.SubjectAlternativeName([uri]), critical=False)
+    csr = builder.sign(key, hashes.SHA256())
     csr_path = tls / CSR_NAME
     _write_public(csr_path, csr.public_bytes(serialization.Encoding.PEM))
     return csr_path
+
+
+#: subjectAltName URI prefix of a gateway's consent-signing key in its enrollment CSR
+SIGNING_KEY_URI = "urn:kyojo:signing-key:ed25519:"
+#: the CA's registry of gateway signing keys, ``{gateway: base64 key}``, for the cloud's ``gateway_keys`` setting
+GATEWAY_KEYS_NAME = "gateway_keys.json"
+
+
+def _check_signing_key(value: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError as err:
+        raise PkiError("signing key is not base64") from err
+    if len(raw) != 32:
+        raise PkiError("signing key must be 32 bytes (Ed25519)")
+    return raw
+
+
+def _csr_signing_key(csr: x509.CertificateSigningRequest) -> str | None:
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    keys = [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SIGNING_KEY_URI)]
+    if len(keys) != 1:
+        raise PkiError("a CSR names at most one signing key") if keys else PkiError("unexpected subjectAltName")
+    value = keys[0].removeprefix(SIGNING_KEY_URI)
+    _check_signing_key(value)
+    return value
 
 
 def create_renewal_request(state_dir: Path) -> Path:
@@ -517,7 +556,34 @@ class CertificateAuthority:
             role = self._check_renewal(cn, proof_s.removeprefix("renew:"), _spki(pub), now)
         else:
             raise PkiError("unknown proof in the CSR's challengePassword")
-        return self._issue(cn, role, pub, now).public_bytes(serialization.Encoding.PEM)
+        signing_key = _csr_signing_key(csr)
+        if signing_key is not None and role is not Role.GATEWAY:
+            raise PkiError("only a gateway registers a consent-signing key")
+        cert = self._issue(cn, role, pub, now)
+        if signing_key is not None:
+            self.register_signing_key(cn, signing_key)
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def gateway_keys_path(self) -> Path:
+        """``gateway_keys.json``: what the cloud services read as ``gateway_keys``."""
+        return self.ca_dir / GATEWAY_KEYS_NAME
+
+    def gateway_keys(self) -> dict[str, str]:
+        """Registered consent-signing keys by gateway."""
+        try:
+            doc = json.loads(self.gateway_keys_path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): str(v) for k, v in doc.items()}
+
+    def register_signing_key(self, gateway: str, key_b64: str) -> None:
+        """Record (or, at a re-enrollment, replace) a gateway's consent-signing key."""
+        _check_id(gateway)
+        _check_signing_key(key_b64)
+        keys = self.gateway_keys()
+        keys[gateway] = key_b64
+        _write_public(self.gateway_keys_path, json.dumps(dict(sorted(keys.items())), indent=2).encode())
 
     def _consume_enrollment(self, cn: str, mac: str, spki: bytes, now: dt.datetime) -> Role:
         path = self._enroll_path(cn)

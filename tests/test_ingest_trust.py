@@ -73,6 +73,7 @@ def test_a_flood_of_retained_consents_neither_blocks_start_nor_loses_data(
         with Ingester(cfg) as ing:
             pub.publish(agg_topic(victim, "energy"), orjson.dumps(batch_doc(victim, n=3)))
             assert wait_for(lambda: ing.stats()["written"] == 3)
+            assert wait_for(lambda: not ing.stats()["consents_loading"])
             assert ing.wait_idle()
             st = ing.stats()
         assert st["rejected"].get("unknown_consent", 0) == 0  # the victim's message waited for its consent
@@ -97,6 +98,7 @@ def test_invented_devices_and_subjects_are_capped_per_gateway(
             for i, item in enumerate(doc["items"]):
                 item["device"] = f"fake-{seq}-{i}"
             pub.publish(agg_topic(gw, "energy"), orjson.dumps(doc))
+        assert wait_for(lambda: ing.stats()["received"] == 10)
         assert ing.wait_idle()
         st = ing.stats()
     pub.close()
@@ -114,18 +116,19 @@ def test_a_pseudonym_first_seen_from_another_gateway_is_refused_and_never_overwr
     pub.publish(*consent(attacker, subject="hh-victim"), retain=True)  # names the victim's (visible) pseudonym
     with Ingester(settings(mosquitto, influxdb, influx_db)) as ing:
         pub.publish(agg_topic(victim, "energy"), orjson.dumps(batch_doc(victim, n=2, subject="hh-victim")))
-        assert ing.wait_idle()
+        assert wait_for(lambda: ing.stats()["written"] == 2)
         forged = batch_doc(attacker, n=2, subject="hh-victim")
         for item in forged["items"]:
             item["mean"] = 99999.0
         pub.publish(agg_topic(attacker, "energy"), orjson.dumps(forged))
+        assert wait_for(lambda: ing.stats()["received"] == 2)
         assert ing.wait_idle()
         st = ing.stats()
     # a fresh ingester has no memory of first sight: the forged points are written, but as the attacker's own
     # series (its household tag), so the victim's points keep their values
     with Ingester(settings(mosquitto, influxdb, influx_db)) as fresh:
         pub.publish(agg_topic(attacker, "energy"), orjson.dumps(forged))
-        assert fresh.wait_idle()
+        assert wait_for(lambda: fresh.stats()["written"] == 2)
     pub.close()
     assert st["rejected"] == {"foreign_subject": 1}
     scope = Scope()
@@ -158,7 +161,7 @@ def test_audit_heads_going_back_are_flagged_and_anchored_back_to_the_gateway(
             # the log was cut back to entry 12 and goes on: the next batch names an older entry
             pub.publish(agg_topic(gw, "energy"), orjson.dumps(batch_doc(gw, seq=2, audit_head=f"13:{HEAD_B}")))
             assert wait_for(lambda: any(a.conflicts == 1 for a in seen))
-            assert ing.wait_idle()
+            assert wait_for(lambda: ing.stats()["written"] == 6)
             st = ing.stats()
     finally:
         sub.loop_stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import stat
 from pathlib import Path
 
@@ -210,8 +211,30 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         app, ["broker-config", "--ca-dir", str(ca_dir), "--out-dir", str(tmp_path / "etc"), "--ingest", "ingest-1"]
     )
     assert res.exit_code == 0, res.output
-    assert "user ingest-1" in (tmp_path / "etc" / "kyojo.acl").read_text()
+    assert "ingest:ingest-1" in (tmp_path / "etc" / "dynamic-security.json").read_text()
     assert "group = 'kyojo-ingest-" in res.output
     assert run(app, ["revoke", "gw-9", "--ca-dir", str(ca_dir)]).exit_code == 0
     assert run(app, ["crl", "--ca-dir", str(ca_dir)]).exit_code == 0
     assert '"state": "revoked"' in run(app, ["list", "--ca-dir", str(ca_dir)]).output
+
+
+def test_enrollment_registers_the_gateways_consent_signing_key(tmp_path: Path) -> None:
+    """The agent's Ed25519 key rides in the enrollment CSR (covered by its signature); the CA records it for the
+    cloud, which then checks every consent record's signature against it (issue 14 finding 6)."""
+    from edge_agent.identity import load_keys
+
+    ca = pki.init_ca(tmp_path / "ca")
+    code = ca.enroll("gw-k", pki.Role.GATEWAY)
+    key = load_keys(tmp_path / "pi").public_key_b64()
+    csr = pki.create_request(tmp_path / "pi", "gw-k", code, signing_key=key)
+    ca.sign_csr(csr.read_bytes(), expected_id="gw-k")
+    assert ca.gateway_keys() == {"gw-k": key}
+    # a service identity may not register one; a malformed key is refused before anything is issued
+    code = ca.enroll("ingest-k", pki.Role.INGEST)
+    csr = pki.create_request(tmp_path / "svc", "ingest-k", code, pki.Role.INGEST, signing_key=key)
+    with pytest.raises(pki.PkiError, match="only a gateway"):
+        ca.sign_csr(csr.read_bytes())
+    with pytest.raises(pki.PkiError, match="32 bytes"):
+        pki.create_request(tmp_path / "pi2", "gw-x", "CODE", signing_key="AAAA")
+    res = CliRunner().invoke(app, ["gateway-keys", "--ca-dir", str(tmp_path / "ca")])
+    assert res.exit_code == 0 and json.loads(res.output) == {"gw-k": key}
