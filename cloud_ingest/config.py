@@ -81,6 +81,9 @@ class IngestSettings(BaseSettings):
     #: seconds start() gives the retained consent snapshot before opening the data connection anyway (messages
     #: whose consent is not loaded yet then wait, unacknowledged, until the snapshot completes)
     snapshot_wait: float = Field(default=5.0, ge=0)
+    #: seconds a message waits for its consent record (which travels on another connection and may come later)
+    #: once the snapshot is complete, before it is rejected as ``unknown_consent``
+    consent_wait: float = Field(default=5.0, ge=0)
     #: seconds between audit anchors published back to a gateway (retained, kyojo/v1/<gw>/anchor)
     anchor_interval: float = Field(default=10.0, ge=0)
 

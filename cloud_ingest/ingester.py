@@ -28,9 +28,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,32 @@ class _Consent:
     given_ms: int = 0  # data must not start before the consent was given
     end_ms: int | None = None  # ... nor end after it was withdrawn or expired
     min_window_s: int = 0  # the purpose's granularity: no finer window may be stored
+
+
+#: MQTT message as the ingester handles it: (topic, payload, mid, qos, dup)
+_Msg = tuple[str, bytes | bytearray | memoryview, int, int, bool]
+
+def _due(p: _Parked, *, now: float) -> bool:
+    return p.deadline <= now
+
+
+#: at most this many messages of one gateway wait for their consent record at a time
+_MAX_PARKED_PER_GATEWAY = 200
+
+
+@dataclass(slots=True)
+class _Parked:
+    """A message that names a consent the ingester has not heard of yet.
+
+    The consent record and the data travel on two connections, so a gateway's first batch can overtake its
+    consent record. Rejecting it would acknowledge, and so lose, accepted data; it waits instead (unacknowledged,
+    bounded per gateway) until the record arrives, or ``consent_wait`` seconds after the snapshot is complete.
+    """
+
+    deadline: float  # monotonic; counted only once the snapshot is complete
+    gen: int
+    key: tuple[str, str]  # (gateway, consent)
+    msg: _Msg
 
 
 @dataclass(slots=True)
@@ -179,7 +206,9 @@ class Ingester:
         #: first sight of each subject/device pseudonym: the gateway that named it first owns it in this process
         self._owners: dict[str, str] = {}
         self._snapshot_done = False
-        self._parked: list[tuple[int, tuple[str, bytes | bytearray | memoryview, int, int, bool]]] = []
+        #: messages whose consent record has not arrived yet (see :meth:`_park`)
+        self._parked: list[_Parked] = []
+        self._parked_per_gw: Counter[str] = Counter()
         self._capacity_blocked = ""
         self._capacity_errors = 0
         self._audit_conflicts = 0
@@ -280,6 +309,7 @@ class Ingester:
             log.warning("no gateway_keys: consent record signatures are not checked")
         self._thread = threading.Thread(target=self._writer_loop, name="kyojo-ingest-writer", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._reap_parked, name="kyojo-ingest-parked", daemon=True).start()
         deadline = time.monotonic() + timeout
 
         cclient = self._new_client(self._consent_client_id, manual_ack=False, consent=True)
@@ -433,6 +463,11 @@ class Ingester:
                 "slow_path": self._decoder.slow_hits,
             }
 
+    def consent_ids(self, gateway: str) -> list[str]:
+        """The consent records of ``gateway`` this ingester holds (sorted): what it would accept data under."""
+        with self._cond:
+            return sorted(cid for gw, cid in self._consents if gw == gateway)
+
     # -- MQTT callbacks: consent connection (its own network thread) --------------------------------------
     def _refused(self, what: str, rc: Any) -> None:
         self._fatal = f"{what}: {rc}"
@@ -480,7 +515,8 @@ class Ingester:
                         if gw is not None:
                             gw.consents.discard(key[1])
                     self._snapshot_done = True
-                    parked, self._parked = self._parked, []
+                    # what waited for the snapshot is judged now; what still lacks its record waits on
+                    parked = self._take_parked(lambda _p: True)
                 self._consents_evt.set()
                 self._unpark(parked)
             return
@@ -576,6 +612,7 @@ class Ingester:
         msgs: Sequence[tuple[str, bytes | bytearray | memoryview, int, int, bool]],
         *,
         count_received: bool = True,
+        final: bool = False,
     ) -> None:
         """Decode and check a list of messages (one socket read), then queue the good ones under one lock."""
         decode = self._decoder.decode
@@ -591,13 +628,10 @@ class Ingester:
                 continue
             cause = check(d, now)
             if cause is not None:
-                if cause[0] == "unknown_consent" and not self._snapshot_done:
-                    with self._cond:
-                        if not self._snapshot_done:
-                            # a copy: the lean client reuses its receive buffer
-                            self._parked.append((gen, (topic, bytes(payload), mid, qos, _dup)))
-                            continue
-                    cause = check(d, now)  # the snapshot completed meanwhile
+                if cause[0] == "unknown_consent" and not final:
+                    if self._park(gen, d, (topic, payload, mid, qos, _dup)):
+                        continue
+                    cause = check(d, now)  # the record arrived meanwhile, or too many wait already
                 if cause is not None:
                     self._reject(cause[0], cause[1], mid, qos, bad_acks)
                     continue
@@ -749,16 +783,22 @@ class Ingester:
             end_ms=int(min(ends).timestamp() * 1000) if ends else None,
             min_window_s=rules.min_window_s,
         )
+        key = (rec.gateway, rec.id)
         with self._cond:
             state = self._gateways.get(rec.gateway)
             if state is None:
                 state = self._gateways[rec.gateway] = _Gateway()
+            waiting: list[_Parked] = []
             if rec.id not in state.consents and len(state.consents) >= self.settings.max_consents_per_gateway:
                 over = True
             else:
                 over = False
                 state.consents.add(rec.id)
-                self._consents[(rec.gateway, rec.id)] = entry
+                self._consents[key] = entry
+                if self._parked_per_gw[rec.gateway]:
+                    waiting = self._take_parked(lambda p: p.key == key)
+        if waiting:
+            self._unpark(waiting)
         if over:
             self._count_consent_reject(
                 "consent_record_cap", f"{rec.gateway} has {self.settings.max_consents_per_gateway} consent records"
@@ -832,15 +872,48 @@ class Ingester:
             self._rejected[cause] = self._rejected.get(cause, 0) + 1
         self._rlog(logging.WARNING, cause, detail)
 
-    def _unpark(self, parked: list[tuple[int, tuple[str, bytes | bytearray | memoryview, int, int, bool]]]) -> None:
-        """Judge the messages that waited for the consent snapshot, per connection generation, in order."""
-        if not parked:
-            return
-        by_gen: dict[int, list[tuple[str, bytes | bytearray | memoryview, int, int, bool]]] = {}
-        for gen, msg in parked:
-            by_gen.setdefault(gen, []).append(msg)
+    def _park(self, gen: int, d: Decoded, msg: _Msg) -> bool:
+        """Keep a message whose consent is not known yet; False when it cannot wait (record known now, or the
+        gateway already has too many waiting)."""
+        key = (d.gateway, d.consent)
+        with self._cond:
+            if key in self._consents or self._parked_per_gw[d.gateway] >= _MAX_PARKED_PER_GATEWAY:
+                return False
+            topic, payload, mid, qos, dup = msg
+            deadline = time.monotonic() + self.settings.consent_wait
+            # a copy of the payload: the lean client reuses its receive buffer
+            self._parked.append(_Parked(deadline, gen, key, (topic, bytes(payload), mid, qos, dup)))
+            self._parked_per_gw[d.gateway] += 1
+            self._last_activity = time.monotonic()
+            return True
+
+    def _take_parked(self, pick: Callable[[_Parked], bool]) -> list[_Parked]:
+        """Remove and return the parked messages ``pick`` selects (caller holds the lock)."""
+        taken = [p for p in self._parked if pick(p)]
+        if taken:
+            self._parked = [p for p in self._parked if not pick(p)]
+            for p in taken:
+                self._parked_per_gw[p.key[0]] -= 1
+        return taken
+
+    def _unpark(self, parked: list[_Parked], *, final: bool = False) -> None:
+        """Judge waiting messages again, per connection generation, in arrival order."""
+        by_gen: dict[int, list[_Msg]] = {}
+        for p in parked:
+            by_gen.setdefault(p.gen, []).append(p.msg)
         for gen, msgs in by_gen.items():
-            self._handle_many(gen, msgs, count_received=False)
+            self._handle_many(gen, msgs, count_received=False, final=final)
+
+    def _reap_parked(self) -> None:
+        """Background: messages whose consent never came are rejected ``consent_wait`` s after the snapshot."""
+        while not self._stop_evt.wait(0.2):
+            now = time.monotonic()
+            with self._cond:
+                if not self._snapshot_done:
+                    continue
+                due = self._take_parked(partial(_due, now=now))
+            if due:
+                self._unpark(due, final=True)
 
     # -- writer thread ------------------------------------------------------------------------------------
     def _take_batch(self) -> tuple[list[str], list[tuple[int, int, int]], int] | None:

@@ -153,6 +153,7 @@ def settings(
         influx_db=db,
         session_expiry=kw.pop("session_expiry", 60),
         batch_interval=kw.pop("batch_interval", timedelta(milliseconds=50)),
+        consent_wait=kw.pop("consent_wait", 0.5),  # unknown consents are refused after half a second here
         **kw,
     )
 

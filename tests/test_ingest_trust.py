@@ -76,9 +76,10 @@ def test_a_flood_of_retained_consents_neither_blocks_start_nor_loses_data(
             assert wait_for(lambda: not ing.stats()["consents_loading"])
             assert ing.wait_idle()
             st = ing.stats()
+            kept = ing.consent_ids(flood)
         assert st["rejected"].get("unknown_consent", 0) == 0  # the victim's message waited for its consent
         assert st["rejected"]["consent_record_cap"] == 1500 - 100  # the flood is bounded per gateway
-        assert st["consents_known"] == 100 + 1
+        assert len(kept) == 100  # (the session's broker also holds other tests' records: count this gateway's)
     finally:
         retained(pub, [(consent_topic(flood, f"c{i}"), b"") for i in range(1500)])
         pub.close()
