@@ -31,8 +31,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cloud_ingest.config import IngestSettings, TrustError
@@ -85,6 +85,7 @@ class _Consent:
 
 #: MQTT message as the ingester handles it: (topic, payload, mid, qos, dup)
 _Msg = tuple[str, bytes | bytearray | memoryview, int, int, bool]
+
 
 def _due(p: _Parked, *, now: float) -> bool:
     return p.deadline <= now

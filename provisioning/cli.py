@@ -87,7 +87,7 @@ def ca_init(
 def enroll(
     ident: Annotated[str, typer.Argument(help="planned gateway (or service) id = certificate CN")],
     ca_dir: CaDir,
-    role: Annotated[pki.Role, typer.Option(help="gateway or ingest")] = pki.Role.GATEWAY,
+    role: Annotated[pki.Role, typer.Option(help="gateway, ingest, eraser or admin")] = pki.Role.GATEWAY,
     ttl_minutes: Annotated[int | None, typer.Option(min=1, help="code lifetime (default from the CA)")] = None,
 ) -> None:
     """Open a one-time enrollment for IDENT and print the code for the installer."""
@@ -142,11 +142,17 @@ def service(
     ident: Annotated[str, typer.Argument(help="service identity, e.g. ingest-1 (one per MQTT connection)")],
     code: Annotated[str | None, typer.Option(help="one-time enrollment code from the operator")] = None,
     state_dir: StateDir = _DEFAULT_STATE,
+    role: Annotated[
+        pki.Role, typer.Option(help="ingest, eraser or admin: must be the role the operator enrolled it with")
+    ] = pki.Role.INGEST,
     renew: Annotated[bool, typer.Option()] = False,
     force: Annotated[bool, typer.Option()] = False,
 ) -> None:
-    """On an ingester host: like `gateway`, for an ingest identity."""
-    _request(ident, code, state_dir, pki.Role.INGEST, renew, force)
+    """On a cloud host: like `gateway`, for a service identity (an ingester, its consent connection, the eraser,
+    the broker admin)."""
+    if role is pki.Role.GATEWAY:
+        raise _fail(pki.PkiError("a gateway enrolls with `kyojo provision gateway` on the Pi"))
+    _request(ident, code, state_dir, role, renew, force)
 
 
 @app.command("install")

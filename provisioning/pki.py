@@ -551,6 +551,14 @@ class CertificateAuthority:
             raise PkiError("the CSR carries no enrollment proof (challengePassword)") from err
         proof_s = proof.decode() if isinstance(proof, bytes) else str(proof)
         if proof_s.startswith("enroll:"):
+            asked = csr.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+            planned = self._planned_role(cn)
+            if asked and planned is not None and str(asked[0].value) != planned.value:
+                # refused before the code is used: the operator enrolls again with the right --role
+                raise PkiError(
+                    f"{cn!r} was enrolled as {planned.value} but its CSR asks for {asked[0].value!s}: "
+                    f"enroll it again with --role {asked[0].value!s}"
+                )
             role = self._consume_enrollment(cn, proof_s.removeprefix("enroll:"), _spki(pub), now)
         elif proof_s.startswith("renew:"):
             role = self._check_renewal(cn, proof_s.removeprefix("renew:"), _spki(pub), now)
@@ -584,6 +592,13 @@ class CertificateAuthority:
         keys = self.gateway_keys()
         keys[gateway] = key_b64
         _write_public(self.gateway_keys_path, json.dumps(dict(sorted(keys.items())), indent=2).encode())
+
+    def _planned_role(self, cn: str) -> Role | None:
+        """The role of ``cn``'s open enrollment (None: none open)."""
+        try:
+            return Role(json.loads(self._enroll_path(cn).read_text())["role"])
+        except (FileNotFoundError, KeyError, ValueError):
+            return None
 
     def _consume_enrollment(self, cn: str, mac: str, spki: bytes, now: dt.datetime) -> Role:
         path = self._enroll_path(cn)

@@ -238,3 +238,17 @@ def test_enrollment_registers_the_gateways_consent_signing_key(tmp_path: Path) -
         pki.create_request(tmp_path / "pi2", "gw-x", "CODE", signing_key="AAAA")
     res = CliRunner().invoke(app, ["gateway-keys", "--ca-dir", str(tmp_path / "ca")])
     assert res.exit_code == 0 and json.loads(res.output) == {"gw-k": key}
+
+
+def test_a_csr_for_another_role_than_enrolled_is_refused_without_using_the_code(tmp_path: Path) -> None:
+    """An ingester enrolled without --role used to become a gateway identity whose name could never be reused."""
+    ca = pki.init_ca(tmp_path / "ca")
+    code = ca.enroll("ingest-9")  # the operator forgot --role ingest
+    csr = pki.create_request(tmp_path / "svc", "ingest-9", code, pki.Role.INGEST)
+    with pytest.raises(pki.PkiError, match="enroll it again with --role ingest"):
+        ca.sign_csr(csr.read_bytes())
+    assert ca.identities(pki.Role.GATEWAY) == [] and ca.identities(pki.Role.INGEST) == []
+    code = ca.enroll("ingest-9", pki.Role.INGEST)  # the name is still free
+    csr = pki.create_request(tmp_path / "svc", "ingest-9", code, pki.Role.INGEST)
+    ca.sign_csr(csr.read_bytes())
+    assert ca.identities(pki.Role.INGEST) == ["ingest-9"]
