@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import orjson
 
 from cloud_ingest.lineproto import LineBuilder, event_lines, fields_text
-from drivers.base import METRICS, Category
+from drivers.base import METRICS, Category, plausible_delta
 from edge_agent.wire import MAX_ITEMS, MAX_PAYLOAD_BYTES, AggregateBatch, decode_batch, decode_events
 
 # fullmatch, not the contract's ``^...$``: Python's ``$`` also matches before a trailing newline, pydantic's
@@ -304,8 +304,8 @@ class BatchDecoder:
                 return None
             if vmax is not None and (vmax := _num(vmax)) is None:
                 return None
-            if delta is not None and (delta := _num(delta)) is None:
-                return None
+            if delta is not None and ((delta := _num(delta)) is None or not plausible_delta(metric, delta, window_s)):
+                return None  # not sure: the contract decides (an implausible delta is refused there)
             append(f"{head} {fields_text(count, window_s, mean, vmin, vmax, last, delta)} {start}")
         return Decoded(
             gateway=gateway,

@@ -163,6 +163,9 @@ class Agent:
             "drivers": len(self.drivers),
             "driver_errors": dict(self.driver_errors),
             "counters": self._counter_causes(),
+            "counter_steps_held": dict(self.pipeline.held),
+            "receipts_refused": dict(pub.receipts_refused),
+            "anchor_problem": pub.anchor_problem,
         }
 
     def _counter_causes(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS series(
 CREATE TABLE IF NOT EXISTS raw(ts INTEGER NOT NULL, series INTEGER NOT NULL, value REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS raw_ts ON raw(ts);
 CREATE TABLE IF NOT EXISTS watermark(category TEXT PRIMARY KEY, next_start INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counter_last(series INTEGER PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS counter_last(series INTEGER PRIMARY KEY, value REAL NOT NULL, ts INTEGER);
 CREATE TABLE IF NOT EXISTS consents(
     id TEXT PRIMARY KEY, subject TEXT NOT NULL, purpose TEXT NOT NULL, categories TEXT NOT NULL,
     status TEXT NOT NULL, given_at INTEGER NOT NULL, expires_at INTEGER, withdrawn_at INTEGER,
@@ -58,6 +58,8 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(SCHEMA + audit.SCHEMA)
+    if "ts" not in {row[1] for row in conn.execute("PRAGMA table_info(counter_last)")}:
+        conn.execute("ALTER TABLE counter_last ADD COLUMN ts INTEGER")  # a database from before the time was kept
     if audit.counters_behind(conn):  # read first: most opens need no write lock
         with tx(conn):
             audit.catch_up_counters(conn)

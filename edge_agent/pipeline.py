@@ -16,13 +16,13 @@ import hashlib
 import logging
 import sqlite3
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
-from drivers.base import METRICS, Category, Event, Kind, Reading
+from drivers.base import METRICS, Category, Event, Kind, Reading, plausible_delta
 from edge_agent import audit
 from edge_agent.config import AgentConfig
 from edge_agent.consent import (
@@ -36,7 +36,15 @@ from edge_agent.consent import (
 )
 from edge_agent.db import meta_add, tx
 from edge_agent.identity import GatewayKeys, load_keys
-from edge_agent.wire import AggregateBatch, AggregateItem, EventBatch, EventItem, agg_topic, event_topic
+from edge_agent.wire import (
+    MAX_SPAN_S,
+    AggregateBatch,
+    AggregateItem,
+    EventBatch,
+    EventItem,
+    agg_topic,
+    event_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +67,56 @@ class SeriesKey:
     metric: str
 
 
-def aggregate_series(
-    key: SeriesKey, start_ms: int, window_s: int, values: Sequence[float], prev_counter: float | None
-) -> AggregateItem:
-    """Summarise one series over one window. ``values`` are in time order; ``prev_counter`` is the counter's
-    last value before this window (None for a series' first window).
+def counter_delta(
+    metric: str,
+    values: Sequence[float],
+    times_ms: Sequence[int] | None,
+    prev: float | None,
+    prev_ms: int | None,
+    held: Counter[str] | None = None,
+) -> float:
+    """What a counter grew by over ``values`` (after ``prev``, the last value before them).
 
-    Counters: ``delta`` sums the increases between consecutive values, starting from ``prev_counter``; a value
-    below its predecessor is a counter reset (device reboot), counted as an increase from zero.
+    The drivers already make device counters monotonic (:mod:`drivers.counter`: roll-over, reset, re-read and
+    glitch told apart), so this is the last guard before anything leaves: a step down adds nothing (state was
+    lost, e.g. a restart after a roll-over), and a step up faster than the metric's physical ceiling
+    (:func:`drivers.base.plausible_delta`) adds nothing either; both are counted in ``held`` by cause. Either
+    way the value becomes the new base, so one bad reading costs at most its own step.
+    """
+    delta = 0.0
+    for i, v in enumerate(values):
+        t = times_ms[i] if times_ms is not None else None
+        if prev is not None:
+            step = v - prev
+            if step < 0:
+                if held is not None:
+                    held["counter_backwards"] += 1
+            elif t is not None and prev_ms is not None and not plausible_delta(metric, step, (t - prev_ms) / 1000):
+                if held is not None:
+                    held["counter_implausible"] += 1
+            else:
+                delta += step
+        prev, prev_ms = v, t
+    return delta
+
+
+def aggregate_series(
+    key: SeriesKey,
+    start_ms: int,
+    window_s: int,
+    values: Sequence[float],
+    prev_counter: float | None,
+    *,
+    times_ms: Sequence[int] | None = None,
+    prev_ms: int | None = None,
+    held: Counter[str] | None = None,
+) -> AggregateItem:
+    """Summarise one series over one window. ``values`` are in time order (``times_ms``, when known, theirs);
+    ``prev_counter`` is the counter's last value before this window (None for a series' first window) and
+    ``prev_ms`` its time.
+
+    Counters: ``delta`` is :func:`counter_delta`; when it reaches back beyond the window (the previous reading is
+    older than the window start), ``span_s`` says how far, so the cloud can check it against the physical ceiling.
     """
     common = {
         "metric": key.metric,
@@ -78,13 +128,13 @@ def aggregate_series(
         "last": values[-1],
     }
     if METRICS[key.metric].kind is Kind.COUNTER:
-        delta = 0.0
-        prev = prev_counter
-        for v in values:
-            if prev is not None:
-                delta += v - prev if v >= prev else v
-            prev = v
-        return AggregateItem.model_validate({**common, "delta": delta})
+        delta = counter_delta(key.metric, values, times_ms, prev_counter, prev_ms, held)
+        doc: dict[str, object] = {**common, "delta": delta}
+        if prev_ms is not None and prev_ms < start_ms and times_ms:
+            span = -(-(times_ms[-1] - prev_ms) // 1000)  # ceil, seconds
+            if span > window_s:
+                doc["span_s"] = min(span, MAX_SPAN_S)
+        return AggregateItem.model_validate(doc)
     return AggregateItem.model_validate(
         {**common, "mean": sum(values) / len(values), "min": min(values), "max": max(values)}
     )
@@ -124,6 +174,8 @@ class Pipeline:
         self.catalog = catalog or default_catalog()
         self.consents = ConsentStore(conn, self.gateway, self.keys, self.catalog)
         self.stats = PipelineStats()
+        #: counter steps kept out of released deltas, by cause (see :func:`counter_delta`)
+        self.held: Counter[str] = Counter()
         self._series: dict[SeriesKey, int] = {
             SeriesKey(d, s, m): i for i, d, s, m in conn.execute("SELECT id, device, subject, metric FROM series")
         }
@@ -381,19 +433,26 @@ class Pipeline:
     def _release(self, category: Category, win_s: int, rows: list[tuple[int, int, float]], now_ms: int) -> int:
         win_ms = win_s * 1000
         by_id = {sid: key for key, sid in self._series.items()}
-        grouped: dict[tuple[int, int], list[float]] = defaultdict(list)  # (series, window start) -> values
+        grouped: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)  # (series, start) -> (ts, v)
         for ts, sid, value in rows:
-            grouped[(sid, ts // win_ms * win_ms)].append(value)
-        counters = {int(s): float(v) for s, v in self.conn.execute("SELECT series, value FROM counter_last")}
+            grouped[(sid, ts // win_ms * win_ms)].append((ts, value))
+        counters = {
+            int(s): (float(v), None if t is None else int(t))
+            for s, v, t in self.conn.execute("SELECT series, value, ts FROM counter_last")
+        }
         consents = [c for c in self.active_consents() if category in c.effective_categories(self.catalog)]
         per_consent: dict[str, list[AggregateItem]] = defaultdict(list)
         by_consent = {c.id: c for c in consents}
-        counter_updates: dict[int, float] = {}
-        for (sid, start), values in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        counter_updates: dict[int, tuple[float, int]] = {}
+        for (sid, start), points in sorted(grouped.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             key = by_id[sid]
-            item = aggregate_series(key, start, win_s, values, counters.get(sid))
+            values = [v for _, v in points]
+            prev, prev_ms = counters.get(sid, (None, None))
+            item = aggregate_series(
+                key, start, win_s, values, prev, times_ms=[t for t, _ in points], prev_ms=prev_ms, held=self.held
+            )
             if METRICS[key.metric].kind is Kind.COUNTER:
-                counters[sid] = counter_updates[sid] = values[-1]
+                counters[sid] = counter_updates[sid] = (values[-1], points[-1][0])
             self.stats.aggregates += 1
             allowed = [c for c in consents if c.subject == key.subject and c.covers(start, start + win_ms)]
             if not allowed:
@@ -410,9 +469,9 @@ class Pipeline:
                     )
                 )
         self.conn.executemany(
-            "INSERT INTO counter_last(series, value) VALUES(?, ?) "
-            "ON CONFLICT(series) DO UPDATE SET value = excluded.value",
-            counter_updates.items(),
+            "INSERT INTO counter_last(series, value, ts) VALUES(?, ?, ?) "
+            "ON CONFLICT(series) DO UPDATE SET value = excluded.value, ts = excluded.ts",
+            [(sid, v, t) for sid, (v, t) in counter_updates.items()],
         )
         queued = 0
         max_items = self.config.aggregation.max_items_per_message

@@ -29,13 +29,14 @@ from typing import Annotated, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.base import ID_PATTERN, METRICS, Category, KyojoError
+from drivers.base import ID_PATTERN, METRICS, Category, KyojoError, plausible_delta
 from drivers.base import valid_id as valid_id
 
 SCHEMA_VERSION = 1
 TOPIC_ROOT = "kyojo/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_ITEMS = 2000
+MAX_SPAN_S = 30 * 86_400
 
 Ident = Annotated[str, Field(pattern=ID_PATTERN)]
 #: ``"<n>:<64 hex>"``: an audit entry number and its hash (see the module docstring)
@@ -74,11 +75,20 @@ class AggregateItem(_Msg):
     max: float | None = None
     last: float
     delta: float | None = None
+    #: seconds the counter ``delta`` covers when more than the window (from the counter's previous reading,
+    #: e.g. after the device was out of reach); at most 30 days
+    span_s: int | None = Field(default=None, gt=0, le=MAX_SPAN_S)
 
     @model_validator(mode="after")
     def _known_metric(self) -> AggregateItem:
         if self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}")
+        if self.delta is not None:
+            seconds = max(self.window_s, self.span_s or 0)
+            if not plausible_delta(self.metric, self.delta, seconds):
+                # a counter never decreases, and never grows faster than any supply could deliver (a 1 GWh
+                # "roll-over" in a minute is a gateway bug, not energy): refused, not stored
+                raise ValueError(f"implausible {self.metric} delta {self.delta!r} over {seconds}s")
         return self
 
 

@@ -232,6 +232,8 @@ def _bad_messages(gw: str) -> list[tuple[str, str, bytes]]:
     health_in_energy["items"][0]["metric"] = "heart_rate"
     two_subjects = batch_doc(gw)
     two_subjects["items"][1]["subject"] = "hh-2"
+    spike = batch_doc(gw, metric="energy")
+    spike["items"][0]["delta"] = 1e9  # the demo's 1 GWh "roll-over" in one minute: no supply delivers that
     fine = batch_doc(gw)
     fine["items"][0]["window_s"] = 10
     big = batch_doc(gw, audit_head="x" * 10)
@@ -256,6 +258,7 @@ def _bad_messages(gw: str) -> list[tuple[str, str, bytes]]:
         # the purpose's minute windows
         ("consent_time", topic, orjson.dumps(batch_doc(gw, start=1_600_000_000_000))),
         ("consent_granularity", topic, orjson.dumps(fine)),
+        ("invalid", topic, orjson.dumps(spike)),
         ("invalid", topic, orjson.dumps(unknown_metric)),
         ("metric_category", topic, orjson.dumps(health_in_energy)),
         ("invalid", topic, dump(items=[])),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from edge_agent import consent
 from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.db import connect
 from edge_agent.pipeline import Pipeline, SeriesKey, aggregate_series
-from edge_agent.wire import AggregateBatch, ConsentRecord, decode_batch
+from edge_agent.wire import AggregateBatch, AggregateItem, ConsentRecord, decode_batch
 
 T0 = 1_717_200_000.0  # 2024-06-01T00:00:00Z, a window boundary for every window length
 
@@ -54,7 +55,27 @@ def test_counter_delta_uses_previous_window_and_survives_reset() -> None:
     assert aggregate_series(key, 0, 60, [100.0, 101.5, 103.0], 99.0).delta == pytest.approx(4.0)
     assert aggregate_series(key, 0, 60, [100.0, 103.0], None).delta == pytest.approx(3.0)
     # the plug rebooted between 103 and 1: 103-99 before the reset, then 1 and 2 from zero
-    assert aggregate_series(key, 0, 60, [103.0, 1.0, 2.0], 99.0).delta == pytest.approx(6.0)
+    # a step down is no energy (the drivers already tell resets from glitches; state lost since is not energy)
+    held: Counter[str] = Counter()
+    assert aggregate_series(key, 0, 60, [103.0, 1.0, 2.0], 99.0, held=held).delta == pytest.approx(5.0)
+    assert held == {"counter_backwards": 1}
+
+
+def test_counter_steps_faster_than_any_supply_are_held_and_long_gaps_say_their_span() -> None:
+    """The demo's 1 GWh spike could not leave the gateway again: a step beyond the physical ceiling adds nothing
+    (issue 22 item 1), and a delta reaching back before the window carries ``span_s`` for the cloud's check."""
+    key = SeriesKey("m", "s", "energy")
+    held: Counter[str] = Counter()
+    times = [10_000, 20_000, 30_000]
+    spike = aggregate_series(key, 0, 60, [1_000.0, 1_000_001_000.0, 1_000_001_001.0], 999.0,
+                             times_ms=times, prev_ms=0, held=held)  # fmt: skip
+    assert spike.delta == pytest.approx(2.0) and held == {"counter_implausible": 1}
+    # 3 kWh since a reading two hours earlier is plausible, but only over those two hours
+    late = aggregate_series(key, 7_200_000, 60, [4_000.0], 1_000.0, times_ms=[7_230_000], prev_ms=30_000)
+    assert late.delta == pytest.approx(3_000.0) and late.span_s == 7_200
+    assert AggregateItem.model_validate(late.model_dump()).delta == 3_000.0
+    with pytest.raises(ValueError, match="implausible"):  # without its span the cloud would refuse it
+        AggregateItem.model_validate(late.model_dump() | {"span_s": None})
 
 
 def test_default_deny_nothing_leaves_without_consent(tmp_path: Path) -> None:
