@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 
 UNITS_DIR = Path(__file__).resolve().parents[1] / "systemd"
-UNITS = {"kyojo-agent.service": "kyojo-agent.service", "kyojo-ingest@.service": "kyojo-ingest@1.service"}
+UNITS = {
+    "kyojo-agent.service": "kyojo-agent.service",
+    "kyojo-ingest@.service": "kyojo-ingest@1.service",
+    "kyojo-eraser.service": "kyojo-eraser.service",
+}
 MAX_EXPOSURE = 2.5
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
