@@ -742,8 +742,14 @@ class Ingester:
             acks.append(mid)  # a bad message will not get better: acknowledge it so it is not redelivered
 
     def _handle_consent(self, topic: str, payload: bytes) -> None:
+        try:
+            self._take_consent(topic, payload)
+        finally:  # counted once handled, so a caller that sees the count move sees the record's effect
+            with self._cond:
+                self._consent_updates += 1
+
+    def _take_consent(self, topic: str, payload: bytes) -> None:
         with self._cond:
-            self._consent_updates += 1
             cgen = self._cgen
         try:
             gateway, _kind, consent_id = parse_topic(topic)

@@ -550,9 +550,12 @@ def test_7_the_cloud_enforces_the_consents_terms(world: World) -> None:
     for seq, items in enumerate((early, fine, ok), 1):
         assert evil.puback(agg_topic(ATTACKER, "energy"), batch(ATTACKER, "t1", "community-energy", "energy",
                                                                 items, seq)) == 0  # fmt: skip
-    # withdrawn at given + 5 min: a window after that is refused even if it arrives before the record
+    wait_for(lambda: ing.stats()["received"] == 3, what="the first three batches judged")
+    # withdrawn at given + 5 min: nothing more is taken under it
+    updates = ing.stats()["consent_updates"]
     withdrawn = rec | {"status": ConsentStatus.WITHDRAWN, "withdrawn_at": given + timedelta(minutes=5)}
     assert evil.puback(consent_topic(ATTACKER, "t1"), signed(w.attacker_keys, **withdrawn), retain=True) == 0
+    wait_for(lambda: ing.stats()["consent_updates"] > updates, what="the withdrawal heard")
     late = [item("power", "s-1", "m", t_given + 600_000, mean=1.0)]
     assert evil.puback(agg_topic(ATTACKER, "energy"), batch(ATTACKER, "t1", "community-energy", "energy", late, 4)) == 0
     wait_for(lambda: ing.stats()["received"] == 4, what="all four batches judged")
