@@ -70,8 +70,11 @@ def line(
 ) -> str:
     """A generic point as one line. Tags are sorted by key; ``None`` and non-finite fields are skipped.
 
-    Raises ValueError when no field is left (a point needs at least one field).
+    Raises ValueError when no field is left (a point needs at least one field), and for a measurement that starts
+    with ``#``: such a line is a comment to InfluxDB, so the point would vanish without an error.
     """
+    if measurement.startswith("#"):
+        raise ValueError(f"measurement {measurement!r}: a line starting with '#' is a comment in line protocol")
     head = escape_measurement(measurement)
     for key in sorted(tags):
         head += f",{escape_tag(key)}={escape_tag(tags[key])}"
