@@ -26,7 +26,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from drivers.base import Reading
-from drivers.ocpp.server import CentralSystem, LogLimiter
+from drivers.logs import LogLimiter
+from drivers.ocpp.server import CentralSystem
 from drivers.ocpp.sessions import SessionStore
 
 FIXTURES = Path(__file__).parent / "data" / "ocpp" / "session_fixtures.jsonl"

@@ -29,7 +29,7 @@ import logging
 import re
 import sys
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +52,7 @@ from websockets.typing import Subprotocol
 
 from drivers.base import MAX_POWER_W, ParseError, Reading
 from drivers.counter import MonotonicCounter
+from drivers.logs import LogLimiter
 from drivers.ocpp.normalise import normalise_meter_values, normalise_meter_values_payload, summarise
 from drivers.ocpp.protocol import (
     CALL,
@@ -106,40 +107,6 @@ def _short(value: object, limit: int = 120) -> str:
     """A peer-supplied value for a log line: repr (no raw newlines or escapes), cut to ``limit``."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-class LogLimiter:
-    """Logs the first event of each cause at once, then at most one line per ``interval`` s with the count of
-    those it held back. At most ``max_causes`` causes are remembered (least recently seen forgotten first), so
-    invented charge point ids cannot grow it."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval: float = 60.0,
-        max_causes: int = 256,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.max_causes = max_causes
-        self.clock = clock
-        self._causes: OrderedDict[str, tuple[float, int]] = OrderedDict()  # cause -> (next allowed, held back)
-
-    def __call__(self, level: int, cause: str, msg: str, *args: object, exc_info: bool = False) -> bool:
-        """Log ``msg % args`` unless ``cause`` was logged less than ``interval`` ago; True when logged."""
-        now = self.clock()
-        next_at, held = self._causes.pop(cause, (0.0, 0))
-        if now < next_at:
-            self._causes[cause] = (next_at, held + 1)
-            return False
-        self._causes[cause] = (now + self.interval, 0)
-        while len(self._causes) > self.max_causes:
-            self._causes.popitem(last=False)
-        if held:
-            msg, args = msg + " (+%d more in the last %ds)", (*args, held, int(self.interval))
-        self.logger.log(level, msg, *args, exc_info=exc_info)
-        return True
 
 
 class _WireLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -34,8 +34,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from drivers.base import Clock, Reading
+from drivers.logs import LogLimiter
 from drivers.plugs.pairing import write_durably
-from drivers.plugs.session import LogLimiter, PlugSession
+from drivers.plugs.session import PlugSession
 
 log = logging.getLogger(__name__)
 

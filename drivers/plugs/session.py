@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from drivers.base import MAX_POWER_W, ParseError, Reading
 from drivers.counter import MonotonicCounter
+from drivers.logs import LogLimiter
 from drivers.plugs.parse import Announcement, Decoded, decode
 
 log = logging.getLogger(__name__)
@@ -56,38 +57,6 @@ def _field(value: object) -> str:
     """An announcement field from the network, made safe to store and print."""
     text = value if isinstance(value, str) else str(value)
     return "".join(c for c in text[: _MAX_FIELD * 2] if c.isprintable())[:_MAX_FIELD]
-
-
-class LogLimiter:
-    """Logs the first event of each cause at once, then at most one line per ``interval`` s with the count of
-    those held back; at most ``max_causes`` causes are remembered (least recently seen forgotten first)."""
-
-    def __init__(
-        self,
-        logger: logging.Logger = log,
-        interval: float = 60.0,
-        max_causes: int = 64,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.max_causes = max_causes
-        self.clock = clock
-        self._causes: OrderedDict[str, tuple[float, int]] = OrderedDict()
-
-    def __call__(self, level: int, cause: str, msg: str, *args: object) -> bool:
-        now = self.clock()
-        next_at, held = self._causes.pop(cause, (0.0, 0))
-        if now < next_at:
-            self._causes[cause] = (next_at, held + 1)
-            return False
-        self._causes[cause] = (now + self.interval, 0)
-        while len(self._causes) > self.max_causes:
-            self._causes.popitem(last=False)
-        if held:
-            msg, args = msg + " (+%d more in the last %ds)", (*args, held, int(self.interval))
-        self.logger.log(level, msg, *args)
-        return True
 
 
 @dataclass(slots=True)
@@ -150,7 +119,7 @@ class PlugSession:
     messages: int = 0
     readings_out: int = 0
     last_error: str | None = None
-    log_limited: LogLimiter = field(default_factory=LogLimiter)
+    log_limited: LogLimiter = field(default_factory=lambda: LogLimiter(log, max_causes=64))
 
     def device_id(self, key: str) -> str | None:
         """The agent's device id for a native key (None when the plug is not paired)."""
