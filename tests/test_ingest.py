@@ -306,12 +306,21 @@ def test_consent_withdrawal_and_clearing_take_effect(
     gw = new_gw()
     topic = agg_topic(gw, "energy")
     pub.publish(*consent(gw), retain=True)
+    # consent records and data travel on two connections with no order between them: each step waits for the
+    # ingester to have taken the previous one
     with Ingester(settings(mosquitto, influxdb, influx_db)) as ing:
         pub.publish(topic, orjson.dumps(batch_doc(gw, seq=0)))
+        assert wait_for(lambda: ing.stats()["written"] == 3)
+        updates = ing.stats()["consent_updates"]
         pub.publish(*consent(gw, status=ConsentStatus.WITHDRAWN), retain=True)
+        assert wait_for(lambda: ing.stats()["consent_updates"] > updates)
         pub.publish(topic, orjson.dumps(batch_doc(gw, seq=1)))
+        assert wait_for(lambda: ing.stats()["received"] == 2)
+        updates = ing.stats()["consent_updates"]
         pub.publish(consent_topic(gw, "c1"), b"", retain=True)  # empty retained payload: record cleared
+        assert wait_for(lambda: ing.stats()["consent_updates"] > updates)
         pub.publish(topic, orjson.dumps(batch_doc(gw, seq=2)))
+        assert wait_for(lambda: ing.stats()["received"] == 3)
         assert ing.wait_idle()
         st = ing.stats()
     assert st["written"] == 3
