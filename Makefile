@@ -27,7 +27,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 typecheck: venv
-	$(BIN)/mypy edge_agent cloud_ingest drivers provisioning models firmware_tests
+	$(BIN)/mypy kyojo edge_agent cloud_ingest drivers provisioning models firmware_tests
 
 unit: services
 	$(BIN)/pytest
