@@ -24,9 +24,10 @@ demo: services
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: venv
-	$(BIN)/mypy edge_agent cloud_ingest drivers provisioning models firmware_tests
+	$(BIN)/mypy kyojo edge_agent cloud_ingest drivers provisioning models firmware_tests
 
 unit: services
 	$(BIN)/pytest

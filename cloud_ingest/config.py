@@ -15,7 +15,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from drivers.base import KyojoError
+from kyojo.contract.errors import KyojoError
 
 
 class TrustError(KyojoError, ValueError):

@@ -1,6 +1,6 @@
 """Decoding aggregate messages into line protocol: a fast path, and the contract as the fallback.
 
-``edge_agent.wire.decode_batch`` (pydantic) is the single definition of a valid message. Validating with it
+``kyojo.contract.wire.decode_batch`` (pydantic) is the single definition of a valid message. Validating with it
 and then building lines from the models costs ~60 us for a 10-item message, which alone would cap an ingester
 near 16k messages/s before paho's own cost. The fast path here parses the JSON once (orjson), checks a
 *subset* of what the contract accepts with plain Python, and builds the lines in the same pass.
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import orjson
 
 from cloud_ingest.lineproto import LineBuilder, event_lines, fields_text
-from drivers.base import METRICS, Category, plausible_delta
-from edge_agent.wire import MAX_ITEMS, MAX_PAYLOAD_BYTES, AggregateBatch, decode_batch, decode_events
+from kyojo.contract.vocab import METRICS, Category, plausible_delta
+from kyojo.contract.wire import MAX_ITEMS, MAX_PAYLOAD_BYTES, AggregateBatch, decode_batch, decode_events
 
 # fullmatch, not the contract's ``^...$``: Python's ``$`` also matches before a trailing newline, pydantic's
 # (Rust) regex does not; fullmatch is the stricter of the two, which is what a fast path may be.

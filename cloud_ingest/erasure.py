@@ -35,8 +35,8 @@ from paho.mqtt.properties import Properties
 from cloud_ingest.config import IngestSettings
 from cloud_ingest.scope import HOUSEHOLD_TAG, Scope
 from cloud_ingest.trust import GatewayKeys
-from drivers.base import KyojoError
-from edge_agent.wire import ConsentRecord, ConsentStatus, ErasureReceipt, WireError, decode_consent, receipt_topic
+from kyojo.contract.errors import KyojoError
+from kyojo.contract.wire import ConsentRecord, ConsentStatus, ErasureReceipt, WireError, decode_consent, receipt_topic
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from cloud_ingest.mqtt5 import Connack, Message
 from cloud_ingest.scope import Scope
 from cloud_ingest.trust import AuditTrail, GatewayKeys, PurposeRules, load_purpose_rules
 from cloud_ingest.writer import InfluxV1Writer, InfluxV2Writer, RetryPolicy, WriteError, Writer
-from edge_agent.wire import (
+from kyojo.contract.wire import (
     AuditAnchor,
     ConsentStatus,
     WireError,

@@ -62,14 +62,15 @@ import typer
 
 from cloud_ingest.analyst import InfluxQL, QueryError
 from cloud_ingest.lineproto import line
-from drivers.base import METRICS, Category, Kind, KyojoError
+from kyojo.contract.errors import KyojoError
+from kyojo.contract.vocab import METRICS, Category, Kind
 
 CQ_PREFIX = "kyojo_"
 
 
 def shortest_notice_days() -> int:
-    """The shortest ``retention_days`` of any purpose in the catalog (edge_agent/purposes.json)."""
-    doc = json.loads(resources.files("edge_agent").joinpath("purposes.json").read_text(encoding="utf-8"))
+    """The shortest ``retention_days`` of any purpose in the catalog (kyojo/contract/purposes.json)."""
+    doc = json.loads(resources.files("kyojo.contract").joinpath("purposes.json").read_text(encoding="utf-8"))
     return min(int(p["retention_days"]) for p in doc["purposes"].values())
 
 

@@ -24,7 +24,7 @@ import math
 from collections.abc import Mapping
 
 from cloud_ingest.scope import Scope
-from edge_agent.wire import AggregateBatch, AggregateItem, EventBatch
+from kyojo.contract.wire import AggregateBatch, AggregateItem, EventBatch
 
 _MEAS_TABLE = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
 _TAG_TABLE = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})

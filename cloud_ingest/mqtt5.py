@@ -32,7 +32,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from drivers.base import KyojoError
+from kyojo.contract.errors import KyojoError
 
 # packet types (§2.1.2)
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7

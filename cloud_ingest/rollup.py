@@ -51,7 +51,7 @@ from cloud_ingest.erasure import InfluxV1Admin, _lit, ident
 from cloud_ingest.lineproto import escape_measurement, escape_tag
 from cloud_ingest.scope import HOUSEHOLD_TAG
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # an event attribute name (edge_agent.wire.EventItem.attrs)
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # an event attribute name (kyojo.contract.wire.EventItem.attrs)
 
 
 @dataclass

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from drivers.base import valid_id
-from edge_agent.wire import ConsentRecord
+from kyojo.contract.vocab import valid_id
+from kyojo.contract.wire import ConsentRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +32,9 @@ class PurposeRules:
 
 
 def load_purpose_rules(path: Path | None = None) -> dict[str, PurposeRules]:
-    """Purpose -> rules from a catalog file (default: the catalog the gateways ship, edge_agent/purposes.json)."""
+    """Purpose -> rules from a catalog file (default: the catalog the gateways ship, kyojo/contract/purposes.json)."""
     if path is None:
-        text = resources.files("edge_agent").joinpath("purposes.json").read_text(encoding="utf-8")
+        text = resources.files("kyojo.contract").joinpath("purposes.json").read_text(encoding="utf-8")
     else:
         text = path.read_text(encoding="utf-8")
     doc = json.loads(text)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
-from drivers.base import KyojoError
+from kyojo.contract.errors import KyojoError
 
 log = logging.getLogger(__name__)
 

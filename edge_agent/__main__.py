@@ -1,3 +1,3 @@
-from edge_agent.cli import main
+from kyojo.cli import main
 
 main()

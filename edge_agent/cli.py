@@ -1,6 +1,7 @@
-"""``kyojo``: one command line for installers, households, operators and analysts.
+"""The gateway's commands of ``kyojo``: agent, consent, audit, decode, alerts, pair, doctor, demo.
 
-Sub-command groups import their heavy dependencies only when they run, so ``kyojo --help`` is instant on a Pi.
+The root command (:mod:`kyojo.cli`) mounts them lazily next to the other parts' commands; this module imports no
+cloud, provisioning or model code. Sub-commands import their heavy dependencies only when they run.
 """
 
 from __future__ import annotations
@@ -20,22 +21,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cloud_ingest import analyst, initdb
-from cloud_ingest.cli import app as ingest_app
 from drivers.base import KyojoError
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
 from drivers.ble.cli import register as register_ble
 from drivers.ble.pair import app as pair_app
-from drivers.gnss.cli import app as gnss_app
 from drivers.meter.cli import register as register_echonet
-from drivers.ocpp.cli import app as ocpp_app
 from drivers.plugs.cli import register as register_plug
-from models.cli import app as models_app
-from provisioning.cli import app as provision_app
 
-app = typer.Typer(help="Kyojo: opt-in edge data platform.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Kyojo on the gateway: agent, household and installer commands.", no_args_is_help=True, add_completion=False
+)
 agent_app = typer.Typer(help="Run and inspect the gateway agent.", no_args_is_help=True)
 consent_app = typer.Typer(help="Give, withdraw and list consents (household).", no_args_is_help=True)
 audit_app = typer.Typer(help="See and check everything that left the home (household).", no_args_is_help=True)
@@ -47,13 +44,6 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(decode_app, name="decode")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(pair_app, name="pair", help="Pair BLE health devices and assign them to a person (household).")
-app.add_typer(gnss_app, name="gnss", help="GNSS receivers on garbage trucks (replay captures).")
-app.add_typer(provision_app, name="provision", help="City CA, gateway identities, broker config (installers).")
-app.add_typer(models_app, name="models")
-app.add_typer(ocpp_app, name="ocpp", help="EV chargers: the local OCPP 1.6J central system (installers).")
-analyst.register(app)
-initdb.register(ingest_app)
-app.add_typer(ingest_app, name="ingest")
 
 register_ble(decode_app)
 register_plug(decode_app)
@@ -483,4 +473,5 @@ def demo(
 
 
 def main() -> None:
+    """The gateway's commands alone (``kyojo`` itself is :func:`kyojo.cli.main`)."""
     app()

@@ -84,9 +84,9 @@ class Catalog:
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
-    """Read a purpose catalog (default: the one shipped with the agent, edge_agent/purposes.json)."""
+    """Read a purpose catalog (default: the one shipped with the agent, kyojo/contract/purposes.json)."""
     if path is None:
-        text = resources.files("edge_agent").joinpath("purposes.json").read_text(encoding="utf-8")
+        text = resources.files("kyojo.contract").joinpath("purposes.json").read_text(encoding="utf-8")
     else:
         text = path.read_text(encoding="utf-8")
     doc = json.loads(text)

@@ -56,8 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.base import valid_id
-from edge_agent.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT
+from kyojo.contract.vocab import valid_id
+from kyojo.contract.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT
 from provisioning import pki
 
 __all__ = [

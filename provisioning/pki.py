@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
-from drivers.base import ID_PATTERN, valid_id
+from kyojo.contract.vocab import ID_PATTERN, valid_id
 
 __all__ = [
     "CertificateAuthority",

@@ -629,7 +629,7 @@ def test_11_operator_flags_and_identifiers_cannot_smuggle_anything(world: World)
     ing = w.ingester()
     from typer.testing import CliRunner
 
-    from edge_agent.cli import app
+    from kyojo.cli import app
 
     victim_db = f"keep_{uuid.uuid4().hex[:6]}"
     w.influxdb.query(f'CREATE DATABASE "{victim_db}"')

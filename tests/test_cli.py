@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from edge_agent.cli import app
 from edge_agent.db import connect
+from kyojo.cli import COMMANDS, app
 
 runner = CliRunner()
 
@@ -75,3 +78,29 @@ def test_help_lists_the_command_groups() -> None:
     assert code == 0
     for group in ("agent", "consent", "ingest", "demo"):
         assert group in out
+
+
+def test_help_imports_no_part() -> None:
+    """``kyojo --help`` lists every command from the root's table without importing the parts (issue 15)."""
+    probe = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from kyojo.cli import app\n"
+        "out = CliRunner().invoke(app, ['--help']).output\n"
+        "assert 'ingest' in out and 'consent' in out, out\n"
+        "parts = ('edge_agent', 'drivers', 'models', 'cloud_ingest', 'provisioning', 'firmware_tests')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(parts)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_root_table_help_is_each_commands_own() -> None:
+    """The short help ``kyojo --help`` shows (static) is the help the mounted command defines."""
+    group = typer.main.get_group(app)
+    ctx = typer.Context(group)
+    for name, (mount, short_help) in COMMANDS.items():
+        cmd = typer.main.get_group(mount()).get_command(ctx, name)
+        assert cmd is not None, name
+        assert cmd.help == short_help, name
+    assert group.list_commands(ctx) == list(COMMANDS)

@@ -43,12 +43,12 @@ from drivers.gnss.truck import load_collection_points
 from drivers.sim.base import local_day
 from edge_agent import consent
 from edge_agent.agent import Agent
-from edge_agent.cli import app as kyojo_app
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
 from edge_agent.identity import load_keys
 from edge_agent.pipeline import Pipeline
 from edge_agent.wire import decode_events
+from kyojo.cli import app as kyojo_app
 from models.rules.processor import Config as HealthConfig
 from models.rules.processor import HealthProcessor
 from provisioning.local import InfluxDB, Mosquitto

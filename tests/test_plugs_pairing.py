@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from drivers.clock import SystemClock
 from drivers.plugs import device
 from drivers.registry import BuildContext
-from edge_agent.cli import app
+from kyojo.cli import app
 
 runner = CliRunner()
 

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 import drivers.sim as sim
 from drivers.base import Category, reading
-from edge_agent.cli import app
 from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.db import connect
 from edge_agent.pipeline import Pipeline
 from edge_agent.wire import decode_events
+from kyojo.cli import app
 from models.nilm.processor import Config as NilmConfig
 from models.nilm.processor import NilmProcessor
 from models.rules.processor import Config as HealthConfig

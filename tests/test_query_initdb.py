@@ -174,7 +174,7 @@ def test_cli_refuses_then_migrates(influxdb: InfluxDB, influx_db: str) -> None:
     """``kyojo ingest init-db``: exit 1 with the reason on stderr, then ``--migrate`` prints what it did."""
     from typer.testing import CliRunner
 
-    from edge_agent.cli import app
+    from kyojo.cli import app
 
     now = int(time.time() * 1000) // MINUTE * MINUTE
     influxdb.write_lines(aggregates(now - 5 * MINUTE, 3), influx_db)

@@ -91,7 +91,7 @@ def test_cli_rollup_prints_buckets_and_summary(influxdb: InfluxDB, influx_db: st
 
     from typer.testing import CliRunner
 
-    from edge_agent.cli import app
+    from kyojo.cli import app
 
     hour = int(time.time() * 1000) // H * H - H  # the last complete hour
     lines = [
@@ -185,7 +185,7 @@ def test_cli_rollup_events_iterates_the_alert_kinds(influxdb: InfluxDB, influx_d
 
     from typer.testing import CliRunner
 
-    from edge_agent.cli import app
+    from kyojo.cli import app
 
     seed_alerts(influxdb, influx_db)
     until = datetime.fromtimestamp((WEEK0 + 2 * W) / 1000, tz=UTC).isoformat()

@@ -1,4 +1,4 @@
-"""``kyojo gnss``: tools for GNSS receivers (mounted by ``edge_agent.cli`` as the ``gnss`` group).
+"""``kyojo gnss``: tools for GNSS receivers (mounted by ``kyojo.cli`` as the ``gnss`` group).
 
 ``kyojo gnss replay <capture>`` decodes a captured NMEA stream exactly as the serial driver would and prints
 one JSON object per fix, then one summary line (``{"summary": {...}}``) with the counts of sentences, fixes

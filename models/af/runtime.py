@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from drivers.base import Reading
+from kyojo.contract.vocab import Reading
 from models.af.data import STEP_BEATS, WINDOW_BEATS
 from models.af.features import window_features
 from models.af.model import AfModel

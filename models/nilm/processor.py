@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.base import Category, Reading
+from kyojo.contract.vocab import Category, Reading
 from models.nilm.runtime import NilmRuntime, to_readings
 
 if TYPE_CHECKING:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from drivers.base import Reading, reading
+from kyojo.contract.vocab import Reading, reading
 from models.nilm.data import STEP_S
 from models.nilm.model import NilmModels
 from models.nilm.windows import fill_windows

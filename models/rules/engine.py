@@ -23,7 +23,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from drivers.base import Reading
+from kyojo.contract.vocab import Reading
 from models.rules.alert import Alert, EpisodeTracker, Persistence, Severity, State
 from models.rules.profile import JAPAN, RulesProfile
 

@@ -1,6 +1,6 @@
 """``[[processors]] kind = "health"``: guideline rules and the AF rhythm model on the gateway's health Readings.
 
-Each alert update (opened, escalated, closed) becomes an :class:`drivers.base.Event` of kind ``alert.<kind>``,
+Each alert update (opened, escalated, closed) becomes an :class:`kyojo.contract.vocab.Event` of kind ``alert.<kind>``,
 category ``health``: it is kept on the gateway (``kyojo alerts list``) and leaves only under the person's
 preventive-care consent, as a summary (kind, severity, times, the evidence's count/min/max/mean, the rule's
 source, the model version). Raw readings and RR series never leave.
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from drivers.base import Category, Event, Reading
+from kyojo.contract.vocab import Category, Event, Reading
 from models.rules.alert import Alert, Severity
 from models.rules.engine import RulesEngine
 from models.rules.profile import INTERNATIONAL, JAPAN

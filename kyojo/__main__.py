@@ -1,0 +1,3 @@
+from kyojo.cli import main
+
+main()

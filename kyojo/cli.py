@@ -1,0 +1,153 @@
+"""``kyojo``: the root command. It mounts each part's sub-app lazily.
+
+``kyojo --help`` lists the commands from the static table :data:`COMMANDS` without importing any part, and a
+command's module is imported only when that command runs: ``kyojo consent list`` does not import the ingester,
+and ``kyojo ingest run`` does not import the gateway's models. Each entry names a *mount*: a function in this
+module that returns a Typer app holding the command under the same name, so the command (its options, help and
+sub-commands) is the one its part defines, unchanged.
+
+Adding a command: add its mount below and a row to :data:`COMMANDS` (``tests/test_cli.py`` checks that the
+table's help is the command's own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+if TYPE_CHECKING:
+    from typer._click import Command
+
+
+def _edge() -> typer.Typer:
+    """The gateway's commands (agent, consent, audit, decode, alerts, pair, doctor, demo)."""
+    from edge_agent.cli import app
+
+    return app
+
+
+def _query() -> typer.Typer:
+    from cloud_ingest import analyst
+
+    app = typer.Typer()
+    analyst.register(app)
+    return app
+
+
+def _gnss() -> typer.Typer:
+    from drivers.gnss.cli import app as gnss_app
+
+    app = typer.Typer()
+    app.add_typer(gnss_app, name="gnss", help=COMMANDS["gnss"][1])
+    return app
+
+
+def _provision() -> typer.Typer:
+    from provisioning.cli import app as provision_app
+
+    app = typer.Typer()
+    app.add_typer(provision_app, name="provision", help=COMMANDS["provision"][1])
+    return app
+
+
+def _models() -> typer.Typer:
+    from models.cli import app as models_app
+
+    app = typer.Typer()
+    app.add_typer(models_app, name="models")
+    return app
+
+
+def _ocpp() -> typer.Typer:
+    from drivers.ocpp.cli import app as ocpp_app
+
+    app = typer.Typer()
+    app.add_typer(ocpp_app, name="ocpp", help=COMMANDS["ocpp"][1])
+    return app
+
+
+def _ingest() -> typer.Typer:
+    from cloud_ingest import initdb
+    from cloud_ingest.cli import app as ingest_app
+
+    if not any(c.name == "init-db" for c in ingest_app.registered_commands):
+        initdb.register(ingest_app)
+    app = typer.Typer()
+    app.add_typer(ingest_app, name="ingest")
+    return app
+
+
+#: command -> (mount, short help shown by ``kyojo --help``), in the order ``--help`` lists them.
+COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
+    "query": (_query, "Run one of the dashboards' canned queries (``kyojo query list`` shows them)."),
+    "doctor": (
+        _edge,
+        "One-screen acceptance summary for the installer: clock, disk, broker, certificate, serial, Bluetooth.",
+    ),
+    "demo": (
+        _edge,
+        "Start broker, database, two gateways with simulated devices and the ingester; show live progress.",
+    ),
+    "agent": (_edge, "Run and inspect the gateway agent."),
+    "consent": (_edge, "Give, withdraw and list consents (household)."),
+    "audit": (_edge, "See and check everything that left the home (household)."),
+    "decode": (_edge, "Decode captured payloads, as a device sends them (installers)."),
+    "alerts": (_edge, "Health alerts on this gateway (household)."),
+    "pair": (_edge, "Pair BLE health devices and assign them to a person (household)."),
+    "gnss": (_gnss, "GNSS receivers on garbage trucks (replay captures)."),
+    "provision": (_provision, "City CA, gateway identities, broker config (installers)."),
+    "models": (_models, "On-gateway models: evaluation with the protocols of their model cards."),
+    "ocpp": (_ocpp, "EV chargers: the local OCPP 1.6J central system (installers)."),
+    "ingest": (_ingest, "Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB."),
+}
+
+
+class LazyGroup(TyperGroup):
+    """A group whose commands come from :data:`COMMANDS`, imported only when one is resolved to run.
+
+    While the group's own help is being written, commands are stand-ins carrying the table's help, so listing
+    them imports nothing.
+    """
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self._listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        mount, short_help = entry
+        if self._listing:
+            return TyperCommand(name=cmd_name, help=short_help)
+        cmd = typer.main.get_group(mount()).get_command(ctx, cmd_name)
+        if cmd is not None:
+            self.commands[cmd_name] = cmd
+        return cmd
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+app = typer.Typer(cls=LazyGroup, help="Kyojo: opt-in edge data platform.", no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def _root() -> None:
+    """Kyojo: opt-in edge data platform."""
+
+
+def main() -> None:
+    app()

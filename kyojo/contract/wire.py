@@ -1,0 +1,361 @@
+"""The wire contract between gateway and cloud: the ONE module both sides import.
+
+Topics (``<gw>`` is the gateway id, which must equal the payload's ``gateway`` and, with mTLS, the
+certificate's identity)::
+
+    kyojo/v1/<gw>/agg/<category>          AggregateBatch, QoS 1, not retained
+    kyojo/v1/<gw>/event/<category>        EventBatch (pickups, alerts), QoS 1, not retained
+    kyojo/v1/<gw>/consent/<consent_id>    ConsentRecord, QoS 1, retained (empty payload clears it)
+    kyojo/v1/<gw>/status                  GatewayStatus, retained; also the MQTT last will
+    kyojo/v1/<gw>/receipt/<consent_id>    ErasureReceipt, cloud -> gateway, QoS 1, retained
+    kyojo/v1/<gw>/anchor                  AuditAnchor, cloud -> gateway, QoS 1, retained: the newest audit head
+                                          the cloud holds for this gateway
+
+A batch's ``audit_head`` is ``"<n>:<sha256 hex>"``: entry ``n`` of the gateway's hash-chained audit log and its
+hash. The cloud keeps the highest one per gateway; a later batch with a lower ``n`` (a truncated log) or another
+hash at a known ``n`` (a rewritten log) is flagged, and the anchor travels back so the household's own
+``kyojo audit verify`` checks the local log against what the cloud saw.
+
+Payloads are JSON (UTF-8), at most :data:`MAX_PAYLOAD_BYTES`. A receiver checks ``v`` first and refuses a
+schema version it does not know.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kyojo.contract.errors import KyojoError
+from kyojo.contract.vocab import ID_PATTERN, METRICS, Category, plausible_delta
+from kyojo.contract.vocab import valid_id as valid_id
+
+__all__ = [
+    "AUDIT_HEAD_PATTERN",
+    "MAX_ITEMS",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_SPAN_S",
+    "SCHEMA_VERSION",
+    "TOPIC_ROOT",
+    "AggregateBatch",
+    "AggregateItem",
+    "AttrValue",
+    "AuditAnchor",
+    "ConsentRecord",
+    "ConsentStatus",
+    "ErasureReceipt",
+    "EventBatch",
+    "EventItem",
+    "GatewayStatus",
+    "Ident",
+    "WireError",
+    "agg_topic",
+    "anchor_topic",
+    "consent_topic",
+    "decode_batch",
+    "decode_consent",
+    "decode_events",
+    "event_topic",
+    "parse_audit_head",
+    "parse_topic",
+    "receipt_topic",
+    "status_topic",
+    "valid_id",
+]
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = "kyojo/v1"
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_ITEMS = 2000
+MAX_SPAN_S = 30 * 86_400
+
+Ident = Annotated[str, Field(pattern=ID_PATTERN)]
+#: ``"<n>:<64 hex>"``: an audit entry number and its hash (see the module docstring)
+AUDIT_HEAD_PATTERN = r"^[0-9]{1,19}:[0-9a-f]{64}$"
+
+
+class WireError(KyojoError, ValueError):
+    """A message that breaks the contract; ``cause`` is a stable counter label."""
+
+    def __init__(self, cause: str, detail: str = "") -> None:
+        self.cause = cause
+        self.detail = detail
+        super().__init__(f"{cause}: {detail}" if detail else cause)
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AggregateItem(_Msg):
+    """One window of one series. ``start`` is the window start in epoch milliseconds (UTC).
+
+    Gauges carry count/mean/min/max/last; counters (energy) carry ``delta`` over the window and ``last``.
+    The cloud stores the item as one point keyed by (metric, gateway, subject, device, purpose, start), so a
+    redelivered item overwrites itself instead of doubling.
+    """
+
+    metric: str
+    subject: Ident
+    device: Ident
+    start: int = Field(ge=0)
+    window_s: int = Field(gt=0, le=86_400)
+    count: int = Field(ge=1)
+    mean: float | None = None
+    min: float | None = None
+    max: float | None = None
+    last: float
+    delta: float | None = None
+    #: seconds the counter ``delta`` covers when more than the window (from the counter's previous reading,
+    #: e.g. after the device was out of reach); at most 30 days
+    span_s: int | None = Field(default=None, gt=0, le=MAX_SPAN_S)
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> AggregateItem:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}")
+        if self.delta is not None:
+            seconds = max(self.window_s, self.span_s or 0)
+            if not plausible_delta(self.metric, self.delta, seconds):
+                # a counter never decreases, and never grows faster than any supply could deliver (a 1 GWh
+                # "roll-over" in a minute is a gateway bug, not energy): refused, not stored
+                raise ValueError(f"implausible {self.metric} delta {self.delta!r} over {seconds}s")
+        return self
+
+
+class AggregateBatch(_Msg):
+    """What a gateway releases: aggregates of one category, for one purpose, under one consent."""
+
+    v: Literal[1] = 1
+    gateway: Ident
+    seq: int = Field(ge=0)
+    sent: int = Field(ge=0, description="epoch ms when the batch was queued")
+    consent: Ident
+    purpose: Ident
+    category: Category
+    audit_head: str | None = Field(default=None, max_length=128)
+    items: list[AggregateItem] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+AttrValue = Annotated[str, Field(max_length=200)] | float | int | bool
+
+
+class EventItem(_Msg):
+    """One event: a pickup, an alert. Stored by the cloud keyed by (kind, subject, device, at, id)."""
+
+    id: Ident
+    kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
+    subject: Ident
+    device: Ident
+    at: int = Field(ge=0, description="epoch ms")
+    severity: Literal["info", "warning", "urgent"] = "info"
+    attrs: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")], AttrValue] = Field(
+        default_factory=dict, max_length=32
+    )
+
+
+class EventBatch(_Msg):
+    """Events of one category, for one purpose, under one consent."""
+
+    v: Literal[1] = 1
+    gateway: Ident
+    seq: int = Field(ge=0)
+    sent: int = Field(ge=0)
+    consent: Ident
+    purpose: Ident
+    category: Category
+    audit_head: str | None = Field(default=None, max_length=128)
+    events: list[EventItem] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+class ConsentStatus(StrEnum):
+    ACTIVE = "active"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+
+
+class ConsentRecord(_Msg):
+    """The part of a consent the cloud needs to enforce it. Travels retained on its own topic."""
+
+    v: Literal[1] = 1
+    gateway: Ident
+    id: Ident
+    subject: Ident
+    purpose: Ident
+    categories: list[Category] = Field(min_length=1)
+    status: ConsentStatus
+    given_at: datetime
+    expires_at: datetime | None = None
+    withdrawn_at: datetime | None = None
+    #: Ed25519 signature (base64) by the gateway's signing key over :meth:`signing_bytes`; the cloud checks it
+    #: against the key registered at enrollment
+    sig: str | None = Field(default=None, max_length=200)
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers: canonical JSON of every field but ``sig``."""
+        doc = self.model_dump(mode="json", exclude={"sig"})
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+    def active_at(self, when: datetime) -> bool:
+        if self.status is not ConsentStatus.ACTIVE:
+            return False
+        return self.expires_at is None or when < self.expires_at
+
+
+class ErasureReceipt(_Msg):
+    """The cloud's confirmation that it erased what it held under a withdrawn consent."""
+
+    v: Literal[1] = 1
+    gateway: Ident
+    consent: Ident
+    subject: Ident  # the per-purpose pseudonym the cloud knows
+    purpose: Ident
+    points_erased: int = Field(ge=0)
+    remaining: int = Field(ge=0, description="points still matching after the delete: 0 when verified")
+    erased_at: datetime
+    store: str = Field(max_length=200, description="where it was erased, e.g. influxdb:kyojo")
+
+
+class AuditAnchor(_Msg):
+    """The newest audit head the cloud holds for a gateway (cloud -> gateway, retained).
+
+    ``n``/``hash``: the entry the gateway last vouched for in a batch. ``conflicts``: how many times the cloud
+    saw this gateway go back (a lower ``n``) or change the hash of an entry it already had: non-zero means the
+    log was truncated or rewritten after it was anchored.
+    """
+
+    v: Literal[1] = 1
+    gateway: Ident
+    n: int = Field(ge=1)
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    seen_at: datetime
+    conflicts: int = Field(default=0, ge=0)
+    #: the batch number (``seq``) that carried this head
+    seq: int | None = Field(default=None, ge=0)
+
+
+def parse_audit_head(value: str | None) -> tuple[int, str] | None:
+    """``"<n>:<hash>"`` -> (n, hash); None for a missing or old-style (hash-only) head."""
+    if not value or ":" not in value:
+        return None
+    n_text, _, digest = value.partition(":")
+    if not n_text.isdigit() or len(digest) != 64 or n_text.startswith("0"):
+        return None
+    try:
+        int(digest, 16)
+    except ValueError:
+        return None
+    return int(n_text), digest
+
+
+class GatewayStatus(_Msg):
+    v: Literal[1] = 1
+    gateway: Ident
+    online: bool
+    at: int = Field(ge=0)
+    detail: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+def agg_topic(gateway: str, category: Category | str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/agg/{Category(category).value}"
+
+
+def event_topic(gateway: str, category: Category | str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/event/{Category(category).value}"
+
+
+def consent_topic(gateway: str, consent_id: str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/consent/{consent_id}"
+
+
+def receipt_topic(gateway: str, consent_id: str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/receipt/{consent_id}"
+
+
+def anchor_topic(gateway: str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/anchor"
+
+
+def status_topic(gateway: str) -> str:
+    return f"{TOPIC_ROOT}/{gateway}/status"
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """Split ``kyojo/v1/<gw>/<kind>/<rest>`` into (gateway, kind, rest); raise WireError otherwise."""
+    parts = topic.split("/", 4)
+    if len(parts) < 4 or parts[0] != "kyojo" or parts[1] != "v1":
+        raise WireError("bad_topic", topic[:200])
+    rest = parts[4] if len(parts) == 5 else ""
+    return parts[2], parts[3], rest
+
+
+_M = TypeVar("_M", AggregateBatch, EventBatch, ConsentRecord)
+
+
+def _decode(topic: str, payload: bytes, kind: str, model: type[_M]) -> tuple[_M, str, str]:
+    """Size, topic kind, JSON, schema version, model: the checks every message type shares."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    gateway, got_kind, rest = parse_topic(topic)
+    if got_kind != kind:
+        raise WireError("bad_topic", topic[:200])
+    doc = _load_versioned(payload)
+    try:
+        msg = model.model_validate(doc)
+    except ValueError as err:
+        raise WireError("invalid", _short(err)) from err
+    return msg, gateway, rest
+
+
+_B = TypeVar("_B", AggregateBatch, EventBatch)
+
+
+def _decode_stream(topic: str, payload: bytes, kind: str, model: type[_B]) -> _B:
+    """A batch (aggregates or events): its gateway and category must be the topic's."""
+    batch, gateway, rest = _decode(topic, payload, kind, model)
+    if batch.gateway != gateway:
+        raise WireError("gateway_mismatch", f"topic {gateway!r} != payload {batch.gateway!r}")
+    category = batch.category.value
+    if rest != category:
+        raise WireError("category_mismatch", f"topic {rest!r} != payload {category!r}")
+    return batch
+
+
+def decode_batch(topic: str, payload: bytes) -> AggregateBatch:
+    """Validate one aggregate message against its topic. Raises WireError with a stable cause."""
+    return _decode_stream(topic, payload, "agg", AggregateBatch)
+
+
+def decode_events(topic: str, payload: bytes) -> EventBatch:
+    """Validate one event message against its topic. Raises WireError with a stable cause."""
+    return _decode_stream(topic, payload, "event", EventBatch)
+
+
+def decode_consent(topic: str, payload: bytes) -> ConsentRecord:
+    """Validate one retained consent record; its topic must name its gateway and id."""
+    record, gateway, rest = _decode(topic, payload, "consent", ConsentRecord)
+    if record.gateway != gateway or record.id != rest:
+        raise WireError("gateway_mismatch", f"topic {topic!r} does not match record {record.id!r}")
+    return record
+
+
+def _load_versioned(payload: bytes) -> dict[str, object]:
+    """Parse JSON once and check the schema version before anything else."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as err:
+        raise WireError("bad_json", str(err)[:200]) from err
+    if not isinstance(doc, dict):
+        raise WireError("invalid", "payload is not a JSON object")
+    version = doc.get("v")
+    if version != SCHEMA_VERSION:
+        raise WireError("schema_version", f"v={version!r}, this side speaks v{SCHEMA_VERSION}")
+    return doc
+
+
+def _short(err: ValueError) -> str:
+    text = str(err).replace("\n", " ")
+    return text[:300]
