@@ -707,7 +707,13 @@ class Ingester:
         return self._claim(gw, d.subjects, d.devices)
 
     def _claim(self, gw: str, subjects: frozenset[str], devices: frozenset[str]) -> tuple[str, str] | None:
-        """Record (first sight) and cap the pseudonyms a gateway names; (cause, detail) when over or foreign."""
+        """Cap the pseudonyms a gateway names, and hold each subject pseudonym to the gateway that named it first
+        (in this process); (cause, detail) when over the cap or foreign.
+
+        Subjects only: a subject pseudonym is what a dashboard shows and what a hostile gateway would borrow.
+        Device names are only capped: the household tag already keeps every gateway's series apart, and device
+        names may repeat across homes where a gateway does not pseudonymise them (refusing those would lose data).
+        """
         s = self.settings
         with self._cond:
             state = self._gateways.get(gw)
@@ -721,16 +727,17 @@ class Ingester:
                 new = [n for n in names if n not in mine]
                 if not new:
                     continue
-                for name in new:
-                    owner = owners.get(f"{kind}:{name}")
-                    if owner is not None and owner != gw:
-                        return f"foreign_{kind}", f"{gw} names {kind} {name} first seen from another gateway"
+                if kind == "subject":
+                    for name in new:
+                        owner = owners.get(name)
+                        if owner is not None and owner != gw:
+                            return "foreign_subject", f"{gw} names subject {name} first seen from another gateway"
                 if len(mine) + len(new) > cap:
                     return f"gateway_cap_{kind}s", f"{gw} would have {len(mine) + len(new)} {kind}s (cap {cap})"
                 mine.update(new)
-                if len(owners) < 2_000_000:  # a bound on memory; the household tag keeps series apart regardless
+                if kind == "subject" and len(owners) < 2_000_000:  # bounded; the household tag separates anyway
                     for name in new:
-                        owners[f"{kind}:{name}"] = gw
+                        owners[name] = gw
         return None
 
     def _reject(self, cause: str, detail: str, mid: int, qos: int, acks: list[int]) -> None:
