@@ -61,6 +61,14 @@ def _models() -> typer.Typer:
     return app
 
 
+def _plugs() -> typer.Typer:
+    from drivers.plugs.cli import app as plugs_app
+
+    app = typer.Typer()
+    app.add_typer(plugs_app, name="plugs", help=COMMANDS["plugs"][1])
+    return app
+
+
 def _ocpp() -> typer.Typer:
     from drivers.ocpp.cli import app as ocpp_app
 
@@ -100,6 +108,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "gnss": (_gnss, "GNSS receivers on garbage trucks (replay captures)."),
     "provision": (_provision, "City CA, gateway identities, broker config (installers)."),
     "models": (_models, "On-gateway models: evaluation with the protocols of their model cards."),
+    "plugs": (_plugs, "Smart plugs on the home's LAN broker: what was heard, the LAN broker's config."),
     "ocpp": (_ocpp, "EV chargers: the local OCPP 1.6J central system (installers)."),
     "ingest": (_ingest, "Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB."),
 }

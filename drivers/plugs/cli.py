@@ -1,5 +1,5 @@
 """Plug CLI commands: ``kyojo decode plug`` (mounted by the lead via :func:`register`) and the ``app`` group
-(not mounted yet): ``discovered`` lists what the driver recorded, ``lan-broker-config`` renders the home's LAN
+(``kyojo plugs ...``): ``discovered`` lists what the driver recorded, ``lan-broker-config`` renders the home's LAN
 Mosquitto (see :mod:`drivers.plugs.broker`)."""
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import typer
 from drivers.base import ParseError, reading_json
 from drivers.plugs.parse import decode
 
-app = typer.Typer(help="Smart plugs on the local MQTT broker.", no_args_is_help=True)
+app = typer.Typer(
+    help="Smart plugs on the home's LAN broker: what was heard, the LAN broker's config.", no_args_is_help=True
+)
 
 
 def _payload_bytes(payload: Any) -> bytes:
