@@ -61,7 +61,7 @@ from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
 
-from edge_agent.wire import ConsentRecord, ConsentStatus, agg_topic, consent_topic  # noqa: E402
+from kyojo.contract.wire import ConsentRecord, ConsentStatus, agg_topic, consent_topic  # noqa: E402
 from provisioning.local import InfluxDB, Mosquitto  # noqa: E402
 
 ITEMS = 10

@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drivers.base import reading  # noqa: E402
+from kyojo.contract.vocab import reading  # noqa: E402
 from models.nilm.data import load_csv  # noqa: E402
 from models.nilm.metrics import co_predict  # noqa: E402
 from models.nilm.model import MODEL_DIR, NilmModels  # noqa: E402

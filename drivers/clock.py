@@ -20,7 +20,7 @@ class ScaledClock:
     """Simulated time starting at ``start`` and running ``speed`` times faster than the wall clock.
 
     ``speed=3600`` passes one simulated hour per real second. Sleeps are scaled the same way, so drivers and
-    the agent written against :class:`drivers.base.Clock` behave the same as in real time, only faster.
+    the agent written against :class:`kyojo.contract.vocab.Clock` behave the same as in real time, only faster.
     """
 
     def __init__(self, start: float, speed: float = 1.0) -> None:

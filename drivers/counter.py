@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from drivers.base import ParseError
+from kyojo.contract.vocab import ParseError
 
 #: Causes counted in :attr:`MonotonicCounter.causes` (``invalid``: a raw value no register holds).
 CAUSES = ("rollover", "reset", "backwards", "jump", "rebased", "invalid")
@@ -59,7 +59,7 @@ class MonotonicCounter:
     ``modulus``: the raw value at which the counter wraps to 0 (None: it only ever resets to 0).
     ``tolerance``: a decrease up to this much is rounding noise (held, not counted).
     ``max_rate``: the most the raw counter can grow per second (caller's unit/s; None: no rate bound), from the
-    device family's power ceiling (:data:`drivers.base.MAX_POWER_W`).
+    device family's power ceiling (:data:`kyojo.contract.vocab.MAX_POWER_W`).
     ``slack``: added to every rate bound: the register's resolution (a truncated register can be one step
     ahead of the energy really delivered), and the timing jitter between reading and timestamp.
     ``confirm``: how many consecutive, mutually consistent held readings make a new base.

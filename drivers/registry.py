@@ -7,18 +7,21 @@ Each registered module defines:
   gateway's config file is loaded, like everything else in it);
 - ``build(config, ctx: BuildContext) -> list[Driver]``: the drivers for that entry (one entry may stand for
   several devices, e.g. a simulated household).
+
+Processors (``[[processors]]``: health, nilm, truck) are the agent's, registered in :mod:`edge_agent.processors`;
+they take :class:`BuildContext` from here so that drivers never import the agent.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any
 
-from drivers.base import Clock, Driver, Event, KyojoError, Reading
+from kyojo.contract.errors import KyojoError
+from kyojo.contract.vocab import Clock, Driver
 
 KINDS: dict[str, str] = {
     "sim": "drivers.sim.device",
@@ -30,12 +33,12 @@ KINDS: dict[str, str] = {
 }
 
 
-#: processors: consume the Readings of a gateway and produce Events (pickups, alerts). Same module contract:
-#: ``Config`` and ``build(config, ctx) -> Processor``.
-PROCESSORS: dict[str, str] = {
-    "truck": "drivers.gnss.processor",
-    "health": "models.rules.processor",
-    "nilm": "models.nilm.processor",
+#: Test doubles that stand in for a kind's hardware when an entry asks for them, ``(kind, backend) ->
+#: "module:function"`` building that entry's drivers. They live in ``drivers/sim`` and depend on the family, never
+#: the reverse: the family's own ``build`` does not know them (import-linter checks that production families never
+#: import ``drivers.sim``), and existing configs (``kind = "ble"``, ``backend = "virtual"``) keep working.
+DOUBLES: dict[tuple[str, str], str] = {
+    ("ble", "virtual"): "drivers.sim.wire.ble:build_virtual",
 }
 
 
@@ -43,23 +46,9 @@ class UnknownKind(KyojoError, ValueError):
     """A device entry names a kind no module is registered for."""
 
 
-class Processor(Protocol):
-    """Turns the gateway's Readings into Events (alerts, pickups) or derived Readings (estimates).
-
-    ``feed`` gets each batch of new readings. A processor whose derived Readings describe the past sets
-    ``category`` and ``lag_s``, and the agent keeps that category's windows open that much longer.
-    """
-
-    name: str
-
-    def feed(self, readings: Sequence[Reading]) -> Sequence[Event | Reading]: ...
-
-    def health(self) -> Mapping[str, object]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class BuildContext:
-    """What a driver may need from the agent besides its own config."""
+    """What a driver (or a processor) may need from the agent besides its own config."""
 
     gateway_id: str
     clock: Clock
@@ -83,23 +72,11 @@ def validate(entry: Any) -> Any:
     return module_for(entry["kind"]).Config.model_validate(entry)
 
 
-def validate_processor(entry: Any) -> Any:
-    """Validate one ``[[processors]]`` entry with its kind's model."""
-    if hasattr(entry, "kind") and not isinstance(entry, dict):
-        return entry
-    if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
-        raise UnknownKind("every [[processors]] entry needs a string 'kind'")
-    path = PROCESSORS.get(entry["kind"])
-    if path is None:
-        raise UnknownKind(f"unknown processor kind {entry['kind']!r}; known kinds: {', '.join(sorted(PROCESSORS))}")
-    return importlib.import_module(path).Config.model_validate(entry)
-
-
-def build_processor(entry: Any, ctx: BuildContext) -> Processor:
-    processor: Processor = importlib.import_module(PROCESSORS[entry.kind]).build(entry, ctx)
-    return processor
-
-
 def build(entry: Any, ctx: BuildContext) -> list[Driver]:
+    """The drivers of one validated ``[[devices]]`` entry (a registered test double when the entry asks for one)."""
+    double = DOUBLES.get((entry.kind, str(getattr(entry, "backend", ""))))
+    if double is not None:
+        module, _, func = double.partition(":")
+        return list(getattr(importlib.import_module(module), func)(entry, ctx))
     drivers: list[Driver] = module_for(entry.kind).build(entry, ctx)
     return drivers

@@ -18,12 +18,13 @@ from typing import Any
 
 from drivers import registry
 from drivers.backoff import Backoff
-from drivers.base import Clock, Driver, Event, KyojoError, Reading
 from drivers.clock import ScaledClock, SystemClock
+from edge_agent import processors as processor_kinds
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.db import connect, meta_get
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
+from kyojo.contract.vocab import Clock, Driver, Event, KyojoError, Reading
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Agent:
         self.check_identity()
         self.publisher = Publisher(config)
         ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
-        self.processors = [registry.build_processor(p, ctx) for p in config.processors]
+        self.processors = [processor_kinds.build(p, ctx) for p in config.processors]
         for proc in self.processors:
             lag = getattr(proc, "lag_s", 0.0)
             if lag:

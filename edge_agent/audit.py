@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from edge_agent.wire import AuditAnchor
+from kyojo.contract.wire import AuditAnchor
 
 GENESIS = "0" * 64
 

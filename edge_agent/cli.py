@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from drivers.base import KyojoError
+from kyojo.contract.vocab import KyojoError
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentConfig
+from drivers.ble import pair as ble_pair
 from drivers.ble.cli import register as register_ble
 from drivers.ble.pair import app as pair_app
 from drivers.meter.cli import register as register_echonet
@@ -44,6 +45,22 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(decode_app, name="decode")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(pair_app, name="pair", help="Pair BLE health devices and assign them to a person (household).")
+
+
+def pairing_site(config: Path) -> ble_pair.Site:
+    """What ``kyojo pair`` needs from the gateway config: the data dir and the BLE devices it lists."""
+    from edge_agent.config import load_config
+
+    cfg = load_config(config)
+    configured = {
+        str(getattr(dev, "address", "")).upper(): str(dev.id)
+        for dev in cfg.devices
+        if getattr(dev, "kind", None) == "ble"
+    }
+    return ble_pair.Site(data_dir=cfg.gateway.data_dir, configured=configured)
+
+
+ble_pair.use_site_loader(pairing_site)
 
 register_ble(decode_app)
 register_plug(decode_app)

@@ -15,8 +15,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from drivers import registry
-from drivers.base import Category, KyojoError
-from edge_agent.wire import Ident
+from edge_agent import processors as processor_kinds
+from kyojo.contract.vocab import Category, KyojoError
+from kyojo.contract.wire import Ident
 
 
 class ConfigError(KyojoError, ValueError):
@@ -107,7 +108,7 @@ class SimClockSection(_Section):
 #: a ``[[devices]]`` entry, validated by the model its kind registers in ``drivers.registry``
 DeviceConfig = Annotated[Any, BeforeValidator(registry.validate)]
 #: a ``[[processors]]`` entry (Readings in, Events out), validated the same way
-ProcessorConfig = Annotated[Any, BeforeValidator(registry.validate_processor)]
+ProcessorConfig = Annotated[Any, BeforeValidator(processor_kinds.validate)]
 
 
 class AgentConfig(_Section):

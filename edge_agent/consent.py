@@ -38,12 +38,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from drivers.base import Category, KyojoError
 from edge_agent import audit
 from edge_agent.config import AgentConfig
 from edge_agent.db import meta_add, tx
 from edge_agent.identity import GatewayKeys, load_keys
-from edge_agent.wire import ConsentRecord, ConsentStatus, ErasureReceipt, consent_topic, receipt_topic, valid_id
+from kyojo.contract.vocab import Category, KyojoError
+from kyojo.contract.wire import ConsentRecord, ConsentStatus, ErasureReceipt, consent_topic, receipt_topic, valid_id
 
 RECORD_SHAPE = "ISO/IEC TS 27560:2023 (consent record information structure), Kantara Consent Receipt v1.1"
 

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from drivers import sim
-from drivers.base import Clock
 from drivers.meter.emulator import PWD, RBID, PtyEmulator
 from drivers.sim.energy import Meter, Plug
 from drivers.sim.gnss import GarbageTruck
@@ -60,6 +59,7 @@ from drivers.sim.wire.plugs import PlugEmitter, appliances, household_plugs
 from edge_agent import consent
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.db import connect
+from kyojo.contract.vocab import Clock
 from provisioning.local import LocalStack, Mosquitto, ensure_installed
 
 DB = "kyojo"

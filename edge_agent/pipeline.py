@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from drivers.base import METRICS, Category, Event, Kind, Reading, plausible_delta
 from edge_agent import audit
 from edge_agent.config import AgentConfig
 from edge_agent.consent import (
@@ -36,7 +35,8 @@ from edge_agent.consent import (
 )
 from edge_agent.db import meta_add, tx
 from edge_agent.identity import GatewayKeys, load_keys
-from edge_agent.wire import (
+from kyojo.contract.vocab import METRICS, Category, Event, Kind, Reading, plausible_delta
+from kyojo.contract.wire import (
     MAX_SPAN_S,
     AggregateBatch,
     AggregateItem,
@@ -80,7 +80,7 @@ def counter_delta(
     The drivers already make device counters monotonic (:mod:`drivers.counter`: roll-over, reset, re-read and
     glitch told apart), so this is the last guard before anything leaves: a step down adds nothing (state was
     lost, e.g. a restart after a roll-over), and a step up faster than the metric's physical ceiling
-    (:func:`drivers.base.plausible_delta`) adds nothing either; both are counted in ``held`` by cause. Either
+    (:func:`kyojo.contract.vocab.plausible_delta`) adds nothing either; both are counted in ``held`` by cause. Either
     way the value becomes the new base, so one bad reading costs at most its own step.
     """
     delta = 0.0

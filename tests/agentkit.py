@@ -14,8 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from drivers.base import Clock, Reading, reading
 from edge_agent.config import AgentConfig
+from kyojo.contract.vocab import Clock, Reading, reading
 
 T0 = 1_717_200_000.0  # 2024-06-01T00:00:00Z
 

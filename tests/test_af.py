@@ -14,8 +14,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from drivers.base import Reading, reading
 from drivers.sim import HeartRateStrap
+from kyojo.contract.vocab import Reading, reading
 from models.af import AfModel, AfMonitor, evaluate, load_dir, load_record, make_windows, window_features
 from models.af.cli import register
 from models.af.data import RecordFormatError, Windows

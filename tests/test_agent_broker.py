@@ -13,7 +13,7 @@ from drivers.clock import ScaledClock
 from edge_agent import audit, consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
-from edge_agent.wire import decode_batch
+from kyojo.contract.wire import decode_batch
 from provisioning.local import Mosquitto
 from tests.agentkit import T0, Collector, RampDriver, agent_config, run_agent_in_thread
 

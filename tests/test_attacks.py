@@ -45,13 +45,13 @@ from cloud_ingest.erasure import Eraser
 from cloud_ingest.ingester import Ingester
 from cloud_ingest.rollup import RollupConfig, run_rollup
 from cloud_ingest.scope import Scope, new_key, parse_key
-from drivers.base import Category
 from drivers.clock import ScaledClock
 from edge_agent import audit, consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
 from edge_agent.identity import GatewayKeys, load_keys
-from edge_agent.wire import (
+from kyojo.contract.vocab import Category
+from kyojo.contract.wire import (
     ConsentRecord,
     ConsentStatus,
     ErasureReceipt,

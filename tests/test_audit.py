@@ -22,15 +22,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from typer.testing import CliRunner
 
-from drivers.base import reading
 from edge_agent import audit, consent
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
 from edge_agent.identity import load_keys
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
-from edge_agent.wire import AuditAnchor, ErasureReceipt, anchor_topic, receipt_topic
 from kyojo.cli import app
+from kyojo.contract.vocab import reading
+from kyojo.contract.wire import AuditAnchor, ErasureReceipt, anchor_topic, receipt_topic
 from provisioning.local import Mosquitto
 from tests.agentkit import agent_config
 

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from drivers.base import ParseError
 from drivers.ble import convert, gatt, ieee11073
 from drivers.ble.cli import register
 from drivers.ble.errors import BadLength, BleParseError, Inconsistent, TrailingBytes, Truncated, UnknownCharacteristic
 from drivers.ble.ieee11073 import Special
+from kyojo.contract.vocab import ParseError
 
 VECTORS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "data/ble/vectors.json").read_text())
 

@@ -23,8 +23,11 @@ from drivers.ble.driver import BleDriver
 from drivers.ble.transport import BleBackend
 from drivers.ble.virtual import VirtualAir
 from drivers.registry import BuildContext
+from edge_agent.cli import pairing_site
 from tests.test_ble_records import glucose, glucose_values
 from tests.test_ble_transport import Collector, RealClock, _until, run
+
+pair.use_site_loader(pairing_site)  # what the agent's CLI does when it mounts `kyojo pair`
 
 METER = "C0:00:00:00:02:01"
 STRAP = "C0:00:00:00:02:02"

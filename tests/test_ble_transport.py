@@ -19,7 +19,6 @@ import pydantic
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.base import Reading
 from drivers.ble import gatt
 from drivers.ble.convert import to_readings
 from drivers.ble.device import Config, build
@@ -29,6 +28,7 @@ from drivers.ble.profiles import PROFILES
 from drivers.ble.transport import Link, SharedScanner
 from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
+from kyojo.contract.vocab import Reading
 
 VECTORS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "data/ble/vectors.json").read_text())
 
@@ -36,7 +36,7 @@ PROFILE_OF = {sub.uuid: p.name for p in PROFILES.values() for sub in p.subscript
 
 
 class RealClock:
-    """drivers.base.Clock on the event loop's real time."""
+    """kyojo.contract.vocab.Clock on the event loop's real time."""
 
     def now(self) -> float:
         return time.time()

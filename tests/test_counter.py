@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import MAX_POWER_W, METRICS, KyojoError, plausible_delta
 from drivers.counter import CounterError, MonotonicCounter
 from drivers.meter.echonet import CONTROLLER, ESV, SMART_METER, Frame, Property
 from drivers.meter.smartmeter import MeterDecoder
 from drivers.plugs.mqtt import PlugsDriver
 from drivers.plugs.session import PlugSession
 from edge_agent.agent import Agent
+from kyojo.contract.vocab import MAX_POWER_W, METRICS, KyojoError, plausible_delta
 from tests.agentkit import T0, agent_config
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from drivers.base import METRICS, Reading
 from edge_agent import consent
 from edge_agent.config import load_config
 from edge_agent.db import connect
 from edge_agent.identity import load_keys
+from kyojo.contract.vocab import METRICS, Reading
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc
 from tests.test_e2e import influx_points, truth, wait_for

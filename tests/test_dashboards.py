@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cloud_ingest import analyst
-from drivers.base import METRICS, Category
+from kyojo.contract.vocab import METRICS, Category
 
 ROOT = Path(__file__).resolve().parent.parent
 DASH = ROOT / "dashboards"

@@ -35,10 +35,7 @@ from cloud_ingest import analyst, initdb
 from cloud_ingest.erasure import InfluxV1Admin
 from cloud_ingest.lineproto import event_lines
 from cloud_ingest.rollup import RollupConfig, run_rollup
-from drivers.base import METRICS, Category, Reading, reading
 from drivers.clock import ScaledClock
-from drivers.gnss.processor import Config as TruckConfig
-from drivers.gnss.processor import TruckProcessor
 from drivers.gnss.truck import load_collection_points
 from drivers.sim.base import local_day
 from edge_agent import consent
@@ -47,10 +44,13 @@ from edge_agent.config import AgentConfig
 from edge_agent.db import connect
 from edge_agent.identity import load_keys
 from edge_agent.pipeline import Pipeline
-from edge_agent.wire import decode_events
+from edge_agent.processors.health import Config as HealthConfig
+from edge_agent.processors.health import HealthProcessor
+from edge_agent.processors.truck import Config as TruckConfig
+from edge_agent.processors.truck import TruckProcessor
 from kyojo.cli import app as kyojo_app
-from models.rules.processor import Config as HealthConfig
-from models.rules.processor import HealthProcessor
+from kyojo.contract.vocab import METRICS, Category, Reading, reading
+from kyojo.contract.wire import decode_events
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 

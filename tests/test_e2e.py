@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 import drivers.sim as sim
-from drivers.base import METRICS, Kind, Reading
 from drivers.clock import ScaledClock
 from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
 from edge_agent.identity import GatewayKeys, load_keys
+from kyojo.contract.vocab import METRICS, Kind, Reading
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 

@@ -12,13 +12,13 @@ import pytest
 
 import drivers.sim as sim
 from drivers.clock import ScaledClock
-from drivers.gnss.processor import Config as TruckConfig
-from drivers.gnss.processor import TruckProcessor
 from drivers.gnss.truck import load_collection_points
 from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
 from edge_agent.identity import load_keys
+from edge_agent.processors.truck import Config as TruckConfig
+from edge_agent.processors.truck import TruckProcessor
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 from tests.test_e2e import wait_for

@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import drivers.sim as sim
-from drivers.gnss.processor import Config, TruckProcessor
 from drivers.gnss.truck import load_collection_points
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
 from edge_agent.pipeline import Pipeline
-from edge_agent.wire import decode_events
+from edge_agent.processors.truck import Config, TruckProcessor
+from kyojo.contract.wire import decode_events
 
 POINTS = Path(sim.__file__).parent / "data" / "collection_points.geojson"
 SHIFT = 1_717_196_400.0 + 3600  # 2024-06-01 08:00 JST + 1 h: the truck is on its round

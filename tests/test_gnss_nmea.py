@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import ParseError
 from drivers.gnss.nmea import (
     GBS,
     GGA,
@@ -33,6 +32,7 @@ from drivers.gnss.nmea import (
     parse_sentence,
     strip_capture_header,
 )
+from kyojo.contract.vocab import ParseError
 
 # --- one real sentence per type, with the full expected object (sources: tests/data/nmea/*.log) ------------
 

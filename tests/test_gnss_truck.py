@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from drivers.base import METRICS
 from drivers.clock import SystemClock
 from drivers.gnss import device
 from drivers.gnss.nmea import Fix, NmeaReader, strip_capture_header
@@ -30,6 +29,7 @@ from drivers.gnss.truck import (
 from drivers.registry import BuildContext
 from drivers.sim import DEFAULT_ROUTE, GarbageTruck
 from drivers.sim.base import local_day
+from kyojo.contract.vocab import METRICS
 
 T0 = 1_717_369_200.0  # 2024-06-03 08:00 JST, a shift start
 HOUR = 3600

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from cloud_ingest.lineproto import LineBuilder, escape_measurement, escape_tag, line, quote_string
 from cloud_ingest.scope import Scope
 from cloud_ingest.writer import InfluxV1Writer, InfluxV2Writer, RetryPolicy, WriteError, write_with_retry
-from edge_agent.wire import AggregateBatch
+from kyojo.contract.wire import AggregateBatch
 from provisioning.local import InfluxDB
 
 # ------------------------------------------------------------------------------------------------------------

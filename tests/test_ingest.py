@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_ingest.config import IngestSettings
 from cloud_ingest.ingester import Ingester
 from cloud_ingest.scope import Scope
-from edge_agent.wire import MAX_PAYLOAD_BYTES, ConsentRecord, ConsentStatus, agg_topic, consent_topic
+from kyojo.contract.wire import MAX_PAYLOAD_BYTES, ConsentRecord, ConsentStatus, agg_topic, consent_topic
 from provisioning.local import InfluxDB, Mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx]

@@ -1,4 +1,4 @@
-"""The ingester's fast path never accepts what the contract (edge_agent.wire.decode_batch) refuses, and builds
+"""The ingester's fast path never accepts what the contract (kyojo.contract.wire.decode_batch) refuses, and builds
 the same lines as the slow path when both accept."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloud_ingest.decode import BatchDecoder
-from edge_agent.wire import WireError, decode_batch
+from kyojo.contract.wire import WireError, decode_batch
 
 TOPIC = "kyojo/v1/gw-1/agg/energy"
 

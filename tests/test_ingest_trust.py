@@ -16,7 +16,7 @@ import pytest
 from cloud_ingest.ingester import Ingester
 from cloud_ingest.scope import Scope
 from cloud_ingest.trust import AuditTrail
-from edge_agent.wire import AuditAnchor, agg_topic, anchor_topic, consent_topic
+from kyojo.contract.wire import AuditAnchor, agg_topic, anchor_topic, consent_topic
 from provisioning.local import InfluxDB, Mosquitto
 from tests.test_ingest import Publisher, batch_doc, consent, new_gw, settings, wait_for
 

@@ -24,7 +24,6 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from pydantic import ValidationError
 
-from drivers.base import Reading
 from drivers.ble import device as ble_device
 from drivers.gnss import device as gnss_device
 from drivers.ocpp import device as ocpp_device
@@ -41,6 +40,7 @@ from drivers.plugs.mqtt import PlugsDriver
 from drivers.plugs.session import MAX_UNPAIRED, PlugSession
 from drivers.sim import device as sim_device
 from drivers.sim.health import HeartRateStrap
+from kyojo.contract.vocab import Reading
 from provisioning.local import CustomMosquitto, Mosquitto, free_port
 
 PW = {

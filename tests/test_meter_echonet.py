@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import ParseError, Reading
 from drivers.meter.echonet import (
     CONTROLLER,
     EOJ,
@@ -30,6 +29,7 @@ from drivers.meter.echonet import (
 )
 from drivers.meter.skstack import parse_line
 from drivers.meter.smartmeter import MeterDecoder, describe
+from kyojo.contract.vocab import ParseError, Reading
 
 #: An ERXUDP line in the BP35A1 format carrying a Get_Res with 0xE7 = 0x000001F8 (504 W). Constructed from
 #: the BP35A1 reference's ERXUDP layout and the ECHONET Lite frame format, not captured from a meter.

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import pytest
 import serial
 
-from drivers.base import Reading
 from drivers.meter.driver import BRouteMeter
 from drivers.meter.echonet import ESV
 from drivers.meter.emulator import METER_IP, METER_MAC, PWD, RBID, Emulator, Scenario
 from drivers.meter.skstack import BRouteSession, JoinFailed, NoMeterFound, SkStack, SkStackError
+from kyojo.contract.vocab import Reading
 
 
 @pytest.fixture

@@ -14,13 +14,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from drivers.base import Reading, reading
 from drivers.sim import Meter, Plug
+from edge_agent.processors.nilm import to_readings
+from kyojo.contract.vocab import Reading, reading
 from models.nilm.cli import register
 from models.nilm.data import APPLIANCES, NilmDataError, Series, load_csv, write_csv
 from models.nilm.metrics import appliance_metrics, co_predict, evaluate, f1_on, fit_baselines
 from models.nilm.model import MODEL_DIR, NilmModels, residual_mains
-from models.nilm.runtime import MODEL_SOURCE, PLUG_SOURCE, NilmRuntime, minute_of, to_readings
+from models.nilm.runtime import MODEL_SOURCE, PLUG_SOURCE, NilmRuntime, minute_of
 from models.nilm.windows import MAX_MISSING_FRACTION, fill_windows, series_windows
 
 DATA = Path(__file__).parent / "data" / "nilm"

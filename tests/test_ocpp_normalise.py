@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import ParseError, Reading
 from drivers.ocpp.normalise import (
     QUIRKS,
     normalise_meter_values,
@@ -19,6 +18,7 @@ from drivers.ocpp.normalise import (
     parse_timestamp,
 )
 from drivers.ocpp.protocol import CALL, FrameError, parse_frame
+from kyojo.contract.vocab import ParseError, Reading
 
 FIXTURES = Path(__file__).parent / "data" / "ocpp" / "session_fixtures.jsonl"
 RECEIVED = 1_800_000_000.0  # 2027-01-15: after every fixture timestamp

@@ -25,10 +25,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
-from drivers.base import Reading
 from drivers.logs import LogLimiter
 from drivers.ocpp.server import CentralSystem
 from drivers.ocpp.sessions import SessionStore
+from kyojo.contract.vocab import Reading
 
 FIXTURES = Path(__file__).parent / "data" / "ocpp" / "session_fixtures.jsonl"
 OCPP16 = [Subprotocol("ocpp1.6")]

@@ -9,12 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from drivers.base import reading
 from edge_agent import consent
 from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.db import connect
 from edge_agent.pipeline import Pipeline, SeriesKey, aggregate_series
-from edge_agent.wire import AggregateBatch, AggregateItem, ConsentRecord, decode_batch
+from kyojo.contract.vocab import reading
+from kyojo.contract.wire import AggregateBatch, AggregateItem, ConsentRecord, decode_batch
 
 T0 = 1_717_200_000.0  # 2024-06-01T00:00:00Z, a window boundary for every window length
 

@@ -12,12 +12,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from drivers.base import Reading
 from drivers.clock import SystemClock
 from drivers.plugs import device as plugs_device
 from drivers.plugs.mqtt import PlugsDriver
 from drivers.plugs.session import PlugSession
 from drivers.registry import BuildContext
+from kyojo.contract.vocab import Reading
 from provisioning.local import Mosquitto
 
 pytestmark = pytest.mark.broker

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.base import ParseError, Reading, reading
 from drivers.counter import MonotonicCounter
 from drivers.plugs.parse import REASONS, Announcement, StateChange, decode
 from drivers.plugs.session import PlugSession
+from kyojo.contract.vocab import ParseError, Reading, reading
 
 DATA = Path(__file__).parent / "data" / "plugs"
 TS = 1_762_082_665.0

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from drivers.base import Category, reading
 from edge_agent import audit, consent
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
 from edge_agent.identity import load_keys, verify_signature
 from edge_agent.pipeline import Pipeline
-from edge_agent.wire import decode_batch, parse_audit_head
 from kyojo.cli import app
+from kyojo.contract.vocab import Category, reading
+from kyojo.contract.wire import decode_batch, parse_audit_head
 
 T0 = 1_717_200_000.0
 runner = CliRunner()

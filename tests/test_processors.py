@@ -10,16 +10,16 @@ import pytest
 from typer.testing import CliRunner
 
 import drivers.sim as sim
-from drivers.base import Category, reading
 from edge_agent.config import AgentConfig, ConfigError, load_config
 from edge_agent.db import connect
 from edge_agent.pipeline import Pipeline
-from edge_agent.wire import decode_events
+from edge_agent.processors.health import Config as HealthConfig
+from edge_agent.processors.health import HealthProcessor
+from edge_agent.processors.nilm import Config as NilmConfig
+from edge_agent.processors.nilm import NilmProcessor
 from kyojo.cli import app
-from models.nilm.processor import Config as NilmConfig
-from models.nilm.processor import NilmProcessor
-from models.rules.processor import Config as HealthConfig
-from models.rules.processor import HealthProcessor
+from kyojo.contract.vocab import Category, reading
+from kyojo.contract.wire import decode_events
 from provisioning.local import Mosquitto
 
 T0 = 1_717_200_000.0  # 2024-06-01 09:00 JST

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from drivers.base import Reading
+from kyojo.contract.vocab import Reading
 from models.rules import INTERNATIONAL, JAPAN, Alert, RulesEngine, RulesProfile, Severity
 
 #: 2024-01-01 00:00 local time in Japan (UTC+9); INTERNATIONAL uses UTC, so add 9 h there for the same clock.

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.base import METRICS, Reading
 from drivers.clock import ScaledClock
 from drivers.sim import (
     DEVICE_ID_RE,
@@ -33,6 +32,7 @@ from drivers.sim import (
     initial_bearing_deg,
     truck,
 )
+from kyojo.contract.vocab import METRICS, Reading
 
 JST = dt.timezone(dt.timedelta(hours=9))
 #: local midnight, Monday 2025-06-02 JST

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from drivers import sim
-from drivers.base import Driver, Reading
 from drivers.clock import ScaledClock
 from drivers.gnss.nmea import GGA, KNOT_MPS, VTG, NmeaDecoder, parse_sentence
 from drivers.meter.emulator import PWD, RBID
@@ -45,6 +44,7 @@ from drivers.sim.wire.plugs import (
     plug_state,
     wait_connected,
 )
+from kyojo.contract.vocab import Driver, Reading
 from provisioning.local import Mosquitto
 
 HOME = "home-001"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.wire import (
+from kyojo.contract.wire import (
     MAX_PAYLOAD_BYTES,
     WireError,
     agg_topic,
@@ -109,8 +109,8 @@ def test_random_topics_only_ever_raise_wire_error(topic: str) -> None:
 
 @pytest.mark.parametrize("bad", ["gw-1\n", "\ngw-1", "gw 1", "gw/1", "_gw", "g" * 65, "gw-1\x00"])
 def test_identifiers_match_as_a_whole(bad: str) -> None:
-    """One identifier rule everywhere (drivers.base.valid_id / ID_PATTERN): a trailing newline is no id."""
-    from drivers.base import valid_id
+    """One identifier rule everywhere (kyojo.contract.vocab.valid_id / ID_PATTERN): a trailing newline is no id."""
+    from kyojo.contract.vocab import valid_id
     from provisioning import pki
 
     assert not valid_id(bad)

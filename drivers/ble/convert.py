@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from drivers.base import GLUCOSE_MMOL_TO_MGDL, METRICS, Reading
 from drivers.ble.gatt import (
     BatteryLevel,
     BloodPressureMeasurement,
@@ -26,6 +25,7 @@ from drivers.ble.gatt import (
     WeightMeasurement,
 )
 from drivers.ble.ieee11073 import Number, Special
+from kyojo.contract.vocab import GLUCOSE_MMOL_TO_MGDL, METRICS, Reading
 
 #: 1 kPa in mmHg
 KPA_TO_MMHG = 7.50062

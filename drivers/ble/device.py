@@ -12,7 +12,9 @@ Example (gateway TOML)::
 
 ``backend = "virtual"`` (demos and tests only, needs the development dependency Bumble): no radio; the agent
 process runs a Bumble virtual peripheral played by the heart-rate strap simulator (device ``id``, ``subject``,
-``sim_seed``) and reads it through the same bleak/Link/BleDriver code; see :mod:`drivers.sim.wire.ble`.
+``sim_seed``) and reads it through the same bleak/Link/BleDriver code; see :mod:`drivers.sim.wire.ble`. That
+test double is registered by :data:`drivers.registry.DOUBLES` and built there: this family never imports the
+simulators.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.base import ID_PATTERN as ID_PATTERN  # re-exported: drivers.ble.pair and .paired import it here
 from drivers.ble.profiles import ProfileName
+from kyojo.contract.vocab import ID_PATTERN as ID_PATTERN  # re-exported: drivers.ble.pair and .paired import it here
 
 if TYPE_CHECKING:
-    from drivers.base import Driver
     from drivers.ble.transport import BleBackend, SharedScanner
     from drivers.registry import BuildContext
+    from kyojo.contract.vocab import Driver
 
 #: a BD_ADDR (Linux, Windows) or a CoreBluetooth peripheral UUID (macOS)
 ADDRESS_PATTERN = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$"
@@ -85,12 +87,11 @@ def shared_scanner(backend: BleBackend | None = None) -> SharedScanner:
 def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = None) -> list[Driver]:
     """One :class:`~drivers.ble.driver.BleDriver`; ``backend`` swaps bleak's backend (tests, virtual devices).
 
-    ``config.backend == "virtual"``: a :class:`drivers.sim.wire.ble.VirtualBleDriver` (demo/test backend).
+    ``config.backend == "virtual"`` is a test double that :func:`drivers.registry.build` builds from
+    ``drivers.sim`` (:data:`drivers.registry.DOUBLES`); it never reaches this function.
     """
-    if config.backend == "virtual":
-        from drivers.sim.wire.ble import build_virtual
-
-        return list(build_virtual(config, ctx))
+    if config.backend != "bleak":
+        raise ValueError(f"backend {config.backend!r} is a test double: build it with drivers.registry.build")
     from drivers.backoff import Backoff
     from drivers.ble.driver import BleDriver
     from drivers.ble.profiles import PROFILES, STORING_PROFILES

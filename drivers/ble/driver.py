@@ -8,12 +8,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from drivers.base import Clock, Reading
 from drivers.ble import gatt
 from drivers.ble.convert import to_readings
 from drivers.ble.errors import BleParseError
 from drivers.ble.records import RecordLog
 from drivers.ble.transport import Link
+from kyojo.contract.vocab import Clock, Reading
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ QUEUE_MAX = 1000
 
 
 class BleDriver:
-    """``drivers.base.Driver`` for one BLE health device.
+    """``kyojo.contract.vocab.Driver`` for one BLE health device.
 
     ``subject`` receives the Readings. A device shared by several people reports a User ID (BPM, weight,
     body composition); with ``user_subjects`` set, a value whose User ID is not in the map is held back

@@ -1,9 +1,9 @@
-"""The errors of the BLE parsers: one base (:class:`BleParseError`, a :class:`drivers.base.ParseError`) and a
+"""The errors of the BLE parsers: one base (:class:`BleParseError`, a :class:`kyojo.contract.errors.ParseError`) and a
 subclass per cause, each with the byte ``offset`` where decoding stopped."""
 
 from __future__ import annotations
 
-from drivers.base import ParseError
+from kyojo.contract.vocab import ParseError
 
 
 class BleParseError(ParseError):

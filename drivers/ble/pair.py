@@ -1,6 +1,8 @@
 """``kyojo pair``: find, pair, assign and forget the household's BLE health devices.
 
-Mount with ``app.add_typer(pair.app, name="pair")``. Commands (all take ``--config``, the gateway config):
+Mount with ``app.add_typer(pair.app, name="pair")`` after :func:`use_site_loader` (the agent's CLI does both: the
+gateway config is the agent's, and pairing sees only the :class:`Site` it reads from it). Commands (all take
+``--config``, the gateway config):
 
 - ``scan``: nearby devices advertising a supported health service (name, address, profile, RSSI);
 - ``add ADDRESS --person NAME [--profile P] [--id ID] [--bond auto|always|never]``: find the device,
@@ -25,7 +27,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,12 +39,12 @@ from bleak import BleakClient
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError, BleakError, BleakGATTProtocolError
 
-from drivers.base import KyojoError
 from drivers.ble import gatt, paired
 from drivers.ble.device import ID_PATTERN
 from drivers.ble.errors import UnknownCharacteristic
 from drivers.ble.profiles import PROFILES, Profile, ProfileName
 from drivers.ble.transport import BleBackend, SharedScanner
+from kyojo.contract.vocab import KyojoError
 
 # ------------------------------------------------------------------------------------------------------------
 # Errors and exit codes
@@ -310,14 +312,34 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _data_dir(config: Path) -> tuple[Path, Any]:
-    from edge_agent.config import load_config
+@dataclass(frozen=True, slots=True)
+class Site:
+    """What pairing needs from the gateway's config, which belongs to the agent: where the gateway keeps its data
+    (the paired-devices file goes there) and the BLE devices its config already lists (upper-case address -> id)."""
 
+    data_dir: Path
+    configured: Mapping[str, str]
+
+
+#: Reads the gateway config at ``--config`` into a :class:`Site` (raising :class:`KyojoError` when it is bad).
+#: The agent's CLI (``edge_agent/cli.py``), which owns the config format, sets it with :func:`use_site_loader`
+#: when it mounts :data:`app`; drivers never import the agent.
+_site_loader: Callable[[Path], Site] | None = None
+
+
+def use_site_loader(loader: Callable[[Path], Site]) -> None:
+    """Tell pairing how to read the gateway config (the agent's CLI does this when it mounts ``kyojo pair``)."""
+    global _site_loader
+    _site_loader = loader
+
+
+def _site(config: Path) -> Site:
+    if _site_loader is None:
+        raise _fail("kyojo pair needs the gateway's config reader (mount it from the agent's CLI)", EXIT_USAGE)
     try:
-        cfg = load_config(config)
+        return _site_loader(config)
     except KyojoError as err:
         raise _fail(str(err), EXIT_USAGE) from err
-    return cfg.gateway.data_dir, cfg
 
 
 def _load(data_dir: Path) -> list[paired.PairedDevice]:
@@ -349,7 +371,7 @@ def scan_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """List nearby health devices (address, RSSI, name, profile); paired ones are marked."""
-    data_dir, _ = _data_dir(config)
+    data_dir = _site(config).data_dir
     known = {d.address.upper(): d for d in _load(data_dir)}
     found: list[Nearby] = _run(lambda backend: scan(backend, timeout))
     if as_json:
@@ -401,14 +423,14 @@ def add_cmd(
     _check_ident(person, "person")
     if device_id is not None:
         _check_ident(device_id, "--id")
-    data_dir, cfg = _data_dir(config)
+    site = _site(config)
+    data_dir = site.data_dir
     devices = _load(data_dir)
     address = address.upper()
     if (old := paired.find(devices, address)) is not None:
         raise _fail(f"{address} is already paired as {old.id} for {old.subject}; `kyojo pair remove` it first", 2)
-    for dev in cfg.devices:
-        if getattr(dev, "kind", None) == "ble" and str(getattr(dev, "address", "")).upper() == address:
-            raise _fail(f"{address} is already configured in {config} as {dev.id}", EXIT_USAGE)
+    if (configured_id := site.configured.get(address)) is not None:
+        raise _fail(f"{address} is already configured in {config} as {configured_id}", EXIT_USAGE)
     if device_id is not None and any(d.id == device_id for d in devices):
         raise _fail(f"device id {device_id!r} is taken", EXIT_USAGE)
 
@@ -427,7 +449,7 @@ def add_cmd(
 @app.command("list")
 def list_cmd(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
     """List the paired devices and whom they belong to."""
-    data_dir, _ = _data_dir(config)
+    data_dir = _site(config).data_dir
     devices = _load(data_dir)
     if as_json:
         typer.echo(json.dumps([d.model_dump(mode="json") for d in devices], ensure_ascii=False))
@@ -450,7 +472,7 @@ def remove_cmd(
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Forget a paired device (its stored measurements on the gateway are kept)."""
-    data_dir, _ = _data_dir(config)
+    data_dir = _site(config).data_dir
     devices = _load(data_dir)
     entry = paired.find(devices, address)
     if entry is None:

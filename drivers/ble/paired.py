@@ -28,9 +28,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from drivers.base import KyojoError
 from drivers.ble.device import ADDRESS_PATTERN, ID_PATTERN, Config
 from drivers.ble.profiles import ProfileName
+from kyojo.contract.vocab import KyojoError
 
 #: file name of the registry inside the gateway's data dir
 REGISTRY_FILE = "ble-devices.json"

@@ -25,10 +25,10 @@ from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
 from drivers.backoff import Backoff
-from drivers.base import Clock
 from drivers.ble import gatt, racp
 from drivers.ble.profiles import Subscription
 from drivers.ble.records import RecordLog
+from kyojo.contract.vocab import Clock
 
 log = logging.getLogger(__name__)
 

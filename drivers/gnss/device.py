@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drivers.base import ID_PATTERN, Clock, Reading, reading
 from drivers.gnss.nmea import Fix
 from drivers.gnss.truck import Position, Thinner
+from kyojo.contract.vocab import ID_PATTERN, Clock, Reading, reading
 
 if TYPE_CHECKING:
-    from drivers.base import Driver
     from drivers.registry import BuildContext
+    from kyojo.contract.vocab import Driver
 
 #: rates a receiver may be configured to (the auto-detection probes the first four)
 BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from drivers.base import ParseError
 from drivers.gnss.nmea import Fix
+from kyojo.contract.vocab import ParseError
 
 #: gpsd TPV status -> GGA-style quality (1 GPS, 2 DGPS, 4 RTK, 5 float RTK, 6 estimated)
 _STATUS_QUALITY = {0: 1, 1: 1, 2: 2, 3: 4, 4: 5, 5: 6, 6: 6}

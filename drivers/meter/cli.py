@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from drivers.base import ParseError, reading_json
 from drivers.meter.echonet import decode_frame
 from drivers.meter.skstack import RxUdp, parse_line
 from drivers.meter.smartmeter import MeterDecoder, describe
+from kyojo.contract.vocab import ParseError, reading_json
 
 
 def decode_echonet(

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from drivers.base import MAX_POWER_W
+from kyojo.contract.vocab import MAX_POWER_W
 
 if TYPE_CHECKING:
-    from drivers.base import Driver
     from drivers.registry import BuildContext
+    from kyojo.contract.vocab import Driver
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 

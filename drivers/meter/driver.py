@@ -1,4 +1,4 @@
-"""``BRouteMeter``: the async :class:`drivers.base.Driver` for a smart meter behind a Wi-SUN module.
+"""``BRouteMeter``: the async :class:`kyojo.contract.vocab.Driver` for a smart meter behind a Wi-SUN module.
 
 The SKSTACK session is blocking serial I/O, so each step (open, poll) runs in a worker thread while the event
 loop stays free; between polls the driver sleeps on the injected clock. Stopping (cancel / ``aclose``) aborts
@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, TypeVar
 
-from drivers.base import MAX_POWER_W, Clock, ParseError, Reading
 from drivers.meter.skstack import BRouteSession, SerialLike, SkStack, SkStackError
 from drivers.meter.smartmeter import MeterDecoder
+from kyojo.contract.vocab import MAX_POWER_W, Clock, ParseError, Reading
 
 log = logging.getLogger(__name__)
 

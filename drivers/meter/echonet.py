@@ -7,7 +7,7 @@ Frame (ECHONET Lite specification, Part 2, format 1)::
 
 For the SetGet services (ESV 0x6E / 0x7E / 0x5E) the set list (OPCSet + properties) is followed by the get list
 (OPCGet + properties). Multi-byte integers are big-endian. Nothing here does I/O; errors are
-:class:`drivers.base.ParseError` with a stable reason.
+:class:`kyojo.contract.errors.ParseError` with a stable reason.
 
 Smart meter properties (Appendix "Detailed Requirements for ECHONET Device objects", class 0x0288, as used on
 the Japanese B-route):
@@ -38,7 +38,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from drivers.base import ParseError
+from kyojo.contract.vocab import ParseError
 
 __all__ = [
     "CONTROLLER",

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from drivers.base import KyojoError, ParseError
 from drivers.meter.echonet import ESV, SMART_METER, Frame, decode_frame, get_request
+from kyojo.contract.vocab import KyojoError, ParseError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.base import MAX_POWER_W, Reading
 from drivers.counter import MonotonicCounter
 from drivers.meter.echonet import (
     ESV,
@@ -33,6 +32,7 @@ from drivers.meter.echonet import (
     parse_instant_power,
     parse_unit,
 )
+from kyojo.contract.vocab import MAX_POWER_W, Reading
 
 #: ESVs whose property list carries values from the meter.
 VALUE_SERVICES = frozenset({ESV.GET_RES, ESV.GET_SNA, ESV.INF, ESV.INFC})
@@ -92,7 +92,7 @@ def describe(frame: Frame) -> dict[str, Any]:
 @dataclass(slots=True)
 class MeterDecoder:
     """Turns frames from one smart meter into Readings. ``tz_offset_h``: the meter's local time (JST = 9);
-    ``max_power_w``: the supply's ceiling (:data:`drivers.base.MAX_POWER_W`), which bounds register growth."""
+    ``max_power_w``: the supply's ceiling (:data:`kyojo.contract.vocab.MAX_POWER_W`), which bounds register growth."""
 
     device: str
     subject: str

@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from drivers.base import reading_json
+from kyojo.contract.vocab import reading_json
 
 app = typer.Typer(help="OCPP 1.6J chargers: the gateway's local central system.", no_args_is_help=True)
 

@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from drivers.base import ID_PATTERN, MAX_POWER_W, KyojoError, Reading
+from kyojo.contract.vocab import ID_PATTERN, MAX_POWER_W, KyojoError, Reading
 
 if TYPE_CHECKING:
-    from drivers.base import Clock, Driver
     from drivers.ocpp.server import CentralSystem
     from drivers.registry import BuildContext
+    from kyojo.contract.vocab import Clock, Driver
 
 log = logging.getLogger(__name__)
 

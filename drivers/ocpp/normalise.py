@@ -1,7 +1,7 @@
 """Sans-IO normaliser: OCPP 1.6 ``meterValue`` lists (MeterValues, StopTransaction ``transactionData``) -> Readings.
 
 Input is the wire payload (camelCase JSON already decoded, no I/O, no asyncio). Output is Readings in the fixed
-units of ``drivers.base``: ``ev_energy`` Wh (the Energy.Active.Import.Register, cumulative), ``ev_power`` W,
+units of ``kyojo.contract.vocab``: ``ev_energy`` Wh (the Energy.Active.Import.Register, cumulative), ``ev_power`` W,
 ``current`` A, ``voltage`` V, ``soc`` %. Everything a parser can't make sense of raises :class:`ParseError` and
 nothing else; a single unusable sampled value is skipped (and counted), it never sinks the whole message.
 
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from drivers.base import ParseError, Reading, reading
+from kyojo.contract.vocab import ParseError, Reading, reading
 
 #: Accepted deviations from OCPP 1.6, by the name counted in health; value = what is seen and what we do.
 QUIRKS: Mapping[str, str] = {

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.base import ParseError
 from drivers.ocpp.normalise import parse_int, parse_timestamp
+from kyojo.contract.vocab import ParseError
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_UNIQUE_ID = 36

@@ -50,7 +50,6 @@ from websockets.headers import parse_authorization_basic
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from drivers.base import MAX_POWER_W, ParseError, Reading
 from drivers.counter import MonotonicCounter
 from drivers.logs import LogLimiter
 from drivers.ocpp.normalise import normalise_meter_values, normalise_meter_values_payload, summarise
@@ -67,6 +66,7 @@ from drivers.ocpp.protocol import (
     require_timestamp,
 )
 from drivers.ocpp.sessions import SessionStore
+from kyojo.contract.vocab import MAX_POWER_W, ParseError, Reading
 
 log = logging.getLogger(__name__)
 

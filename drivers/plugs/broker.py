@@ -37,7 +37,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from drivers.base import ID_PATTERN, KyojoError, valid_id
+from kyojo.contract.vocab import ID_PATTERN, KyojoError, valid_id
 
 #: ``mosquitto_passwd`` 2.0's PBKDF2 iteration count. The passwords here are random (:func:`new_password`), so
 #: more iterations would not make them harder to guess; they would make every CONNECT (and a flood of wrong ones)

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from drivers.base import ParseError, reading_json
 from drivers.plugs.parse import decode
+from kyojo.contract.vocab import ParseError, reading_json
 
 app = typer.Typer(
     help="Smart plugs on the home's LAN broker: what was heard, the LAN broker's config.", no_args_is_help=True

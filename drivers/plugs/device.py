@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from drivers.base import ID_PATTERN, MAX_POWER_W, KyojoError, valid_id
 from drivers.plugs.pairing import valid_appliance
 from drivers.plugs.session import valid_key
+from kyojo.contract.vocab import ID_PATTERN, MAX_POWER_W, KyojoError, valid_id
 
 if TYPE_CHECKING:
-    from drivers.base import Driver
     from drivers.registry import BuildContext
+    from kyojo.contract.vocab import Driver
 
 
 class PlugsConfigError(KyojoError, ValueError):

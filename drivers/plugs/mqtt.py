@@ -33,10 +33,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from drivers.base import Clock, Reading
 from drivers.logs import LogLimiter
 from drivers.plugs.pairing import write_durably
 from drivers.plugs.session import PlugSession
+from kyojo.contract.vocab import Clock, Reading
 
 log = logging.getLogger(__name__)
 

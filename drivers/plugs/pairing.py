@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from drivers.base import KyojoError, valid_id
 from drivers.plugs.session import valid_key
+from kyojo.contract.vocab import KyojoError, valid_id
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Sans-IO decoders for smart-plug MQTT messages: topic + payload bytes in, :class:`Decoded` out.
 
 Families and what each publishes (units as the devices send them; we normalise to the fixed units of
-:data:`drivers.base.METRICS`):
+:data:`kyojo.contract.vocab.METRICS`):
 
 - **Tasmota**: ``<prefix>/<topic>/<COMMAND>`` (FullTopic ``%prefix%/%topic%/`` by default, prefix ``tele`` or
   ``stat``). ``SENSOR`` / ``STATUS8`` / ``STATUS10`` carry an ``ENERGY`` object (``Power`` W, ``Voltage`` V,
@@ -28,7 +28,7 @@ Timestamps: every reading gets ``received_at`` (the gateway's clock). Device clo
 ``TotalStartTime``); Gen1 and Zigbee2MQTT send no time at all. The device's own time, when it sends one, is
 kept in ``Reading.extra["device_time"]``.
 
-Everything here raises only :class:`drivers.base.ParseError` on bad input, with one of :data:`REASONS`.
+Everything here raises only :class:`kyojo.contract.errors.ParseError` on bad input, with one of :data:`REASONS`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from drivers.base import ParseError, Reading, reading
+from kyojo.contract.vocab import ParseError, Reading, reading
 
 __all__ = [
     "FAMILIES",

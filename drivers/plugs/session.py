@@ -27,10 +27,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from drivers.base import MAX_POWER_W, ParseError, Reading
 from drivers.counter import MonotonicCounter
 from drivers.logs import LogLimiter
 from drivers.plugs.parse import Announcement, Decoded, decode
+from kyojo.contract.vocab import MAX_POWER_W, ParseError, Reading
 
 log = logging.getLogger(__name__)
 

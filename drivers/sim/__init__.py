@@ -1,4 +1,4 @@
-"""Deterministic, seeded simulators of every device family, producing :class:`drivers.base.Reading`.
+"""Deterministic, seeded simulators of every device family, producing :class:`kyojo.contract.vocab.Reading`.
 
 Each simulator's readings are a pure function of (seed, device id, time): ``readings_between(t0, t1)`` is
 split-invariant and reproducible, so tests can pass simulated hours in seconds (with

@@ -17,13 +17,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from drivers.base import ID_PATTERN, Reading, reading, valid_id
+from kyojo.contract.vocab import ID_PATTERN, Reading, reading, valid_id
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-#: Device ids the platform accepts: :data:`drivers.base.ID_PATTERN` (kept for callers that match with it; the
-#: simulators check with :func:`drivers.base.valid_id`, a full match).
+#: Device ids the platform accepts: :data:`kyojo.contract.vocab.ID_PATTERN` (kept for callers that match with it; the
+#: simulators check with :func:`kyojo.contract.vocab.valid_id`, a full match).
 DEVICE_ID_RE = re.compile(ID_PATTERN)
 
 DAY_S = 86_400.0

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.base import ID_PATTERN
+from kyojo.contract.vocab import ID_PATTERN
 
 if TYPE_CHECKING:
-    from drivers.base import Driver
     from drivers.registry import BuildContext
+    from kyojo.contract.vocab import Driver
 
 #: real seconds between two polls of a simulated driver (the simulated tick is this times the clock speed)
 SIM_POLL_S = 0.1

@@ -1,11 +1,11 @@
-"""``SimDriver``: runs any simulator as a :class:`drivers.base.Driver` on an injected clock."""
+"""``SimDriver``: runs any simulator as a :class:`kyojo.contract.vocab.Driver` on an injected clock."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
-from drivers.base import Clock, Reading
 from drivers.sim.base import Simulator
+from kyojo.contract.vocab import Clock, Reading
 
 
 class SimDriver:

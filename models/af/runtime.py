@@ -89,15 +89,19 @@ class AfMonitor:
         return s
 
     def process(self, r: Reading) -> list[Alert]:
-        """Feed one reading; returns the AF alerts it opened or closed."""
+        """Feed one reading; returns the AF alerts it opened or closed (other metrics than ``rr_interval``: none)."""
         if r.metric != "rr_interval":
             return []
-        s = self._stream(r.subject)
-        if s.last_ts is not None and (r.ts <= s.last_ts - 1e-9 or r.ts - s.last_ts > self.max_beat_gap_s):
+        return self.push(r.subject, r.ts, r.value)
+
+    def push(self, person: str, ts: float, rr_ms: float) -> list[Alert]:
+        """Feed one RR interval (ms) of ``person`` beating at ``ts``; returns the AF alerts it opened or closed."""
+        s = self._stream(person)
+        if s.last_ts is not None and (ts <= s.last_ts - 1e-9 or ts - s.last_ts > self.max_beat_gap_s):
             s.rr.clear()
             s.since_decision = 0
-        s.last_ts = r.ts if s.last_ts is None else max(s.last_ts, r.ts)
-        s.rr.append(r.value)
+        s.last_ts = ts if s.last_ts is None else max(s.last_ts, ts)
+        s.rr.append(rr_ms)
         s.since_decision += 1
         if len(s.rr) < WINDOW_BEATS or s.since_decision < STEP_BEATS:
             return []
@@ -111,7 +115,7 @@ class AfMonitor:
         state: State = "on" if p >= self.on_threshold else "clear" if p < self.off_threshold else "between"
         assert s.tracker is not None
         return s.tracker.step(
-            r.ts,
+            ts,
             state,
             p,
             severity=Severity.ADVISORY,

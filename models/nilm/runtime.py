@@ -1,8 +1,8 @@
 """Streaming disaggregation over the meter's power Readings: one inference per appliance per minute.
 
 Feed every Reading to :meth:`NilmRuntime.push` (non-``power`` metrics and unknown devices are ignored); it returns
-the :class:`Estimate` objects that became available. :func:`to_readings` turns them into ``power`` (W) and
-``energy`` (Wh, cumulative) Readings marked as estimated.
+the :class:`Estimate` objects that became available. The agent's processor (``edge_agent/processors/nilm.py``)
+turns them into ``power`` (W) and ``energy`` (Wh, cumulative) Readings marked as estimated.
 
 Timing and binning
     A power Reading at ``ts`` is the mean over the interval ending at ``ts`` (the meter and plug convention), so it
@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from kyojo.contract.vocab import Reading, reading
+from kyojo.contract.vocab import Reading
 from models.nilm.data import STEP_S
 from models.nilm.model import NilmModels
 from models.nilm.windows import fill_windows
@@ -200,18 +200,3 @@ class NilmRuntime:
             out.append(Estimate(name, float(self._ts[c] + STEP_S), value, self.energy_wh[name], source))
         self.stats["estimates"] += len(out)
         return out
-
-
-def to_readings(estimates: Iterable[Estimate], device_prefix: str, subject: str) -> list[Reading]:
-    """``power`` and ``energy`` Readings for estimates, device ``{device_prefix}.nilm.{appliance}``.
-
-    ``extra`` marks them: ``estimated="true"``, ``source`` (``nilm-model`` or ``plug``), ``appliance``.
-    """
-    out: list[Reading] = []
-    for e in estimates:
-        dev = f"{device_prefix}.nilm.{e.appliance}"
-        extra = {"estimated": "true", "source": e.source, "appliance": e.appliance}
-        for metric, value in (("power", e.power_w), ("energy", e.energy_wh)):
-            r = reading(dev, subject, metric, value, e.ts)
-            out.append(Reading(r.device, r.subject, r.metric, r.value, r.unit, r.ts, extra))
-    return out

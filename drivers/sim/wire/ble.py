@@ -27,9 +27,9 @@ import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from drivers.base import Clock, Reading
 from drivers.ble import gatt
 from drivers.sim.health import HeartRateStrap
+from kyojo.contract.vocab import Clock, Reading
 
 if TYPE_CHECKING:
     from drivers.ble.device import Config
@@ -163,5 +163,5 @@ class VirtualBleDriver:
 
 
 def build_virtual(config: Config, ctx: BuildContext) -> list[VirtualBleDriver]:
-    """The drivers of a ``backend = "virtual"`` entry (called by :func:`drivers.ble.device.build`)."""
+    """The drivers of a ``backend = "virtual"`` entry (called by :func:`drivers.registry.build`, see ``DOUBLES``)."""
     return [VirtualBleDriver(config, ctx)]

@@ -19,7 +19,7 @@ from pathlib import Path
 class AnchoredClock:
     """Simulated time ``sim_at`` at wall time ``wall_at`` (POSIX s), running ``speed`` times faster than real time.
 
-    Implements :class:`drivers.base.Clock`. Uses ``time.time()`` (not monotonic time) because the anchor is
+    Implements :class:`kyojo.contract.vocab.Clock`. Uses ``time.time()`` (not monotonic time) because the anchor is
     shared between processes.
     """
 

@@ -21,10 +21,10 @@ import struct
 
 import numpy as np
 
-from drivers.base import Clock
 from drivers.meter.echonet import UNIT_KWH
 from drivers.meter.emulator import PtyEmulator, Scenario
 from drivers.sim.energy import Meter
+from kyojo.contract.vocab import Clock
 
 
 class SimulatedMeter:

@@ -24,8 +24,8 @@ from collections import defaultdict
 from types import TracebackType
 from typing import Self
 
-from drivers.base import Clock
 from drivers.sim.gnss import GarbageTruck
+from kyojo.contract.vocab import Clock
 
 KNOT_MPS = 1852.0 / 3600.0
 #: decimals of the minutes in the position fields

@@ -38,9 +38,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from drivers.base import Clock
 from drivers.sim.base import DAY_S, HOUR_S
 from drivers.sim.energy import Plug
+from kyojo.contract.vocab import Clock
 
 log = logging.getLogger(__name__)
 

@@ -91,7 +91,7 @@ class HealthProcessor:
         for r in sorted((r for r in readings if r.category is Category.HEALTH), key=lambda r: r.ts):
             alerts = self.engine.process(r)
             if self.af is not None and r.metric == "rr_interval":
-                alerts += self.af.process(r)
+                alerts += self.af.push(r.subject, r.ts, r.value)
             out.extend(alert_event(a) for a in alerts)
         self.alerts += len(out)
         return out

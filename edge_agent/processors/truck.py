@@ -2,7 +2,7 @@
 
 Groups the gateway's latitude/longitude/speed Readings of one GNSS device by timestamp into positions, runs
 :class:`drivers.gnss.truck.TruckTracker` (dwell detection, matching to the collection points of a GeoJSON file)
-and turns each pickup into an :class:`drivers.base.Event` (category ``mobility``), released under the municipal
+and turns each pickup into an :class:`kyojo.contract.vocab.Event` (category ``mobility``), released under the municipal
 operator's waste-collection consent. The route progress after each pickup travels in the event's attributes, so
 households can see whether their street has been collected.
 """
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drivers.base import Category, Event, Reading
 from drivers.gnss.truck import CollectionPoint, Position, StopDetector, TruckTracker, load_collection_points
+from kyojo.contract.vocab import Category, Event, Reading
 
 if TYPE_CHECKING:
     from drivers.registry import BuildContext

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kyojo.contract.vocab import Category, Reading
-from models.nilm.runtime import NilmRuntime, to_readings
+from kyojo.contract.vocab import Category, Reading, reading
+from models.nilm.runtime import Estimate, NilmRuntime
 
 if TYPE_CHECKING:
     from drivers.registry import BuildContext
@@ -34,6 +34,21 @@ class Config(BaseModel):
     meter: str = Field(description="device id of the whole-home meter")
     subject: str = Field(description="the household (subject of the energy consent)")
     plugs: dict[str, str] = Field(default_factory=dict, description="plug device id -> appliance it powers")
+
+
+def to_readings(estimates: Iterable[Estimate], device_prefix: str, subject: str) -> list[Reading]:
+    """``power`` and ``energy`` Readings for estimates, device ``{device_prefix}.nilm.{appliance}``.
+
+    ``extra`` marks them: ``estimated="true"``, ``source`` (``nilm-model`` or ``plug``), ``appliance``.
+    """
+    out: list[Reading] = []
+    for e in estimates:
+        dev = f"{device_prefix}.nilm.{e.appliance}"
+        extra = {"estimated": "true", "source": e.source, "appliance": e.appliance}
+        for metric, value in (("power", e.power_w), ("energy", e.energy_wh)):
+            r = reading(dev, subject, metric, value, e.ts)
+            out.append(Reading(r.device, r.subject, r.metric, r.value, r.unit, r.ts, extra))
+    return out
 
 
 class NilmProcessor:
