@@ -1,0 +1,186 @@
+"""Running a canned query outside Grafana: macro substitution (:func:`render`, :func:`auto_interval`), a small
+InfluxQL HTTP client (:class:`InfluxQL`), :func:`run_query` and the table/CSV/JSON output of a :class:`Result`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cloud_ingest.analysis.registry import DEFAULT_VARS, QUERIES
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_NICE = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
+
+
+def auto_interval(since_ms: int, until_ms: int, max_points: int = 300) -> str:
+    """Grafana-like ``$__interval``: a round interval giving at most ``max_points`` buckets, at least 1m."""
+    want = max(60.0, (until_ms - since_ms) / 1000 / max_points)
+    for s in _NICE:
+        if s >= want:
+            return _duration(s)
+    return f"{math.ceil(want / 604800)}w"
+
+
+def _duration(seconds: int) -> str:
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+_VAR_RE = re.compile(r"^[A-Za-z0-9_.\-*|()\\^$]*$")
+
+
+def render(
+    statement: str,
+    since_ms: int,
+    until_ms: int,
+    interval: str | None = None,
+    variables: Mapping[str, str] | None = None,
+) -> str:
+    """Substitute Grafana's macros and the dashboard variables in one statement."""
+    values = {**DEFAULT_VARS, **(variables or {})}
+    text = statement.replace("$timeFilter", f"time >= {since_ms}ms AND time <= {until_ms}ms")
+    text = text.replace("$__interval", interval or auto_interval(since_ms, until_ms))
+    for key, value in values.items():
+        if not _VAR_RE.match(value):
+            raise ValueError(f"variable {key}={value!r}: only a tag-value regex is allowed")
+        text = text.replace(f"${key}", value)
+    return text
+
+
+class QueryError(RuntimeError):
+    """InfluxDB refused a query or could not be reached."""
+
+
+@dataclass
+class Result:
+    """A query result as rows: ``columns`` = time, tag keys, field names (in that order)."""
+
+    name: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def series(self) -> dict[tuple[str, ...], list[list[Any]]]:
+        """Rows grouped by their tag values (the columns between time and the fields)."""
+        out: dict[tuple[str, ...], list[list[Any]]] = {}
+        for row in self.rows:
+            out.setdefault(tuple(str(v) for v in row[1 : 1 + len(self.tags)]), []).append(row)
+        return out
+
+    tags: list[str] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+
+
+class InfluxQL:
+    """A minimal InfluxQL client over the v1 query API (InfluxDB 1.x; 2.x/3.x through their v1 compatibility).
+
+    ``token`` is sent as ``Authorization: Token <token>`` (2.x, 3.x, and 1.8+ as ``user:password``).
+    """
+
+    def __init__(self, url: str, db: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        self.url, self.db, self.token, self.timeout = url.rstrip("/"), db, token, timeout
+
+    def query(self, statement: str) -> list[dict[str, Any]]:
+        """Run one statement (POST /query, epoch ms); return its ``series`` list (empty when nothing matched)."""
+        body = urllib.parse.urlencode({"db": self.db, "q": statement, "epoch": "ms"}).encode()
+        req = urllib.request.Request(f"{self.url}/query", data=body, method="POST")  # noqa: S310 - http(s) URL
+        req.add_header("Content-Type", "application/x-www-form-urlencoded")
+        if self.token:
+            req.add_header("Authorization", f"Token {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - http(s) URL
+                doc = json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            raise QueryError(f"InfluxDB {err.code}: {err.read()[:300]!r}") from err
+        except OSError as err:
+            raise QueryError(f"InfluxDB unreachable at {self.url}: {err}") from err
+        if "error" in doc:
+            raise QueryError(f"InfluxQL error: {doc['error']}")
+        series: list[dict[str, Any]] = []
+        for result in doc.get("results", []):
+            if "error" in result:
+                raise QueryError(f"InfluxQL error: {result['error']}")
+            series.extend(result.get("series", []))
+        return series
+
+
+def run_query(
+    client: InfluxQL,
+    name: str,
+    since_ms: int,
+    until_ms: int,
+    *,
+    interval: str | None = None,
+    variables: Mapping[str, str] | None = None,
+) -> Result:
+    """Run a canned query; its statements are merged on (time, tags) like Grafana's Merge transformation."""
+    q = QUERIES[name]
+    tags: list[str] = []
+    fields: list[str] = []
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for statement in q.statements:
+        for s in client.query(render(statement, since_ms, until_ms, interval, variables)):
+            stags = dict(s.get("tags") or {})
+            if "$m" in q.alias:
+                stags = {"measurement": s.get("name", ""), **stags}
+            for key in stags:
+                if key not in tags:
+                    tags.append(key)
+            cols = s["columns"]
+            for c in cols[1:]:
+                if c not in fields:
+                    fields.append(c)
+            for values in s.get("values", []):
+                rec = dict(zip(cols, values, strict=True))
+                key = (rec["time"], *sorted(stags.items()))
+                merged.setdefault(key, {"time": rec["time"], **stags}).update(
+                    {c: v for c, v in rec.items() if c != "time" and v is not None}
+                )
+    rows = [
+        [rec["time"], *(rec.get(t, "") for t in tags), *(rec.get(f) for f in fields)]
+        for _, rec in sorted(merged.items(), key=lambda kv: (*(str(x) for x in kv[0][1:]), kv[0][0]))
+    ]
+    return Result(name, ["time", *tags, *fields], rows, tags, fields)
+
+
+def _iso(ms: Any) -> str:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def format_result(result: Result, fmt: str) -> str:
+    """Render a result as ``table`` (aligned text), ``csv`` or ``json`` (a list of objects)."""
+    if fmt == "json":
+        docs = [dict(zip(result.columns, [_iso(r[0]), *r[1:]], strict=True)) for r in result.rows]
+        return json.dumps(docs, indent=1)
+    rows = [[_iso(r[0]), *r[1:]] for r in result.rows]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(result.columns)
+        writer.writerows(rows)
+        return buf.getvalue()
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}")
+    cells = [result.columns] + [[_cell(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(result.columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
