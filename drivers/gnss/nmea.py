@@ -6,7 +6,7 @@ re-exported from here:
 - :mod:`drivers.gnss.nmea_sentences`: limits, :class:`Reject` reasons, the :class:`NmeaError` family and the
   frozen sentence types.
 - :func:`parse_sentence` (:mod:`drivers.gnss.nmea_parse`) turns one line (``$GPGGA,...*hh``) into a frozen
-  sentence object, or raises an :class:`NmeaError` (a :class:`drivers.base.ParseError`) whose ``reason`` is one
+  sentence object, or raises an :class:`NmeaError` (a :class:`kyojo.contract.errors.ParseError`) whose ``reason`` is one
   of :class:`Reject`.
 - :class:`NmeaDecoder` (:mod:`drivers.gnss.nmea_framing`) takes arbitrary byte chunks as they come off a serial
   line (binary noise, run-together and truncated sentences, CR, LF or CRLF) and returns the sentences it could

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from enum import StrEnum
 
-from drivers.base import ParseError
+from kyojo.contract.errors import ParseError
 
 #: longest line (bytes, without CR LF) the decoder still tries to parse; longer runs are junk
 MAX_SENTENCE = 256

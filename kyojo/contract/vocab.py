@@ -1,7 +1,7 @@
 """The one vocabulary every part speaks: ``Reading``, ``Event``, the fixed unit of each metric, identifiers.
 
 This module imports only the standard library so a parser can depend on it without pulling in I/O. Moved here
-from ``drivers/base.py`` (now a re-export kept only for ``drivers/gnss/nmea.py``) so that the cloud never needs
+from the old ``drivers/base.py`` (removed) so that the cloud never needs
 gateway code; the error types live in :mod:`kyojo.contract.errors`.
 """
 
