@@ -58,6 +58,7 @@ from typing import Any
 
 from kyojo.contract.vocab import valid_id
 from kyojo.contract.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT
+from kyojo.runtime.files import atomic_write
 from provisioning import pki
 
 __all__ = [
@@ -485,10 +486,7 @@ def write_broker_files(out_dir: Path, files: Sequence[BrokerFile], owner: str | 
             if ids is not None:
                 os.chown(path, *ids)
         else:
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            tmp.write_bytes(f.data)
-            tmp.chmod(0o644)
-            os.replace(tmp, path)
+            atomic_write(path, f.data, mode=0o644, exact=True)
         written.append(path)
     return written
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kyojo.runtime.files import atomic_write_text, fsync_dir
+
 __all__ = [
     "GateResult",
     "ModelLockError",
@@ -97,23 +99,9 @@ def release_dir(root: Path, version: str) -> Path:
     return _releases(root) / _check_version(version)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically and durably (temp file + fsync + rename + directory fsync)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
 
 
 def _switch_link(link: Path, target: str) -> None:
@@ -127,7 +115,7 @@ def _switch_link(link: Path, target: str) -> None:
         tmp.unlink()
     os.symlink(target, tmp)
     os.replace(tmp, link)
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)
 
 
 def _link_version(root: Path, name: str) -> str | None:
@@ -366,7 +354,7 @@ def install(
                 },
             )
             (rel / INCOMPLETE).unlink()
-            _fsync_dir(rel)
+            fsync_dir(rel)
         except BaseException:
             shutil.rmtree(rel, ignore_errors=True)
             raise
@@ -446,7 +434,7 @@ def rollback(root: Path, reason: str = "rolled back by the operator") -> str:
             raise ReleaseError(f"previous and current are both {target}: nothing to roll back")
         _switch(root, target, remember_previous=False)
         (root / PREVIOUS).unlink()
-        _fsync_dir(root)
+        fsync_dir(root)
         _record(root, target, previous=None, rolled_back_from=bad, reason=reason)
         if bad is not None and (_releases(root) / bad).is_dir():
             (_releases(root) / bad / FAILED).write_text(f"{dt.datetime.now(dt.UTC).isoformat()} {reason}\n")

@@ -38,6 +38,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from kyojo.contract.vocab import ID_PATTERN, KyojoError, valid_id
+from kyojo.runtime.files import atomic_write_text
 
 #: ``mosquitto_passwd`` 2.0's PBKDF2 iteration count. The passwords here are random (:func:`new_password`), so
 #: more iterations would not make them harder to guess; they would make every CONNECT (and a flood of wrong ones)
@@ -203,13 +204,7 @@ class LanBrokerConf:
         written = []
         for name, text in (("mosquitto.conf", self.mosquitto_conf), ("passwd", self.passwd), ("acl", self.acl)):
             path = out_dir / name
-            tmp = out_dir / f".{name}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write_text(path, text, mode=0o600)
             written.append(path)
         return written
 
