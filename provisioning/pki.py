@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
+from kyojo.contract.errors import KyojoError
 from kyojo.contract.vocab import ID_PATTERN, valid_id
 from kyojo.runtime.files import atomic_write
 
@@ -77,7 +78,7 @@ _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
 _CODE_LEN = 10
 
 
-class PkiError(ValueError):
+class PkiError(KyojoError, ValueError):
     """A refused operation: bad CSR, wrong or expired code, CN mismatch, unknown serial, unsafe files."""
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kyojo.contract.errors import KyojoError
 from kyojo.runtime.files import atomic_write_text, fsync_dir
 
 __all__ = [
@@ -74,7 +75,7 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _START_SLACK_S = 0.2
 
 
-class ReleaseError(RuntimeError):
+class ReleaseError(KyojoError, RuntimeError):
     """A release operation was refused (bad version, missing release, nothing to roll back to, ...)."""
 
 
