@@ -163,55 +163,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
 def onnx_metadata(raw: bytes) -> dict[str, str]:
-    """``metadata_props`` of an ONNX ModelProto (field 14: key=1, value=2), read without onnx/onnxruntime.
+    """``metadata_props`` of an ONNX model, as onnxruntime reads them (``get_modelmeta().custom_metadata_map``,
+    as :class:`models.af.model.AfModel` does). A file onnxruntime cannot load gives {}.
 
-    Only the top level is walked; the graph (field 7) is skipped by its length. Anything unparsable gives {}.
+    onnxruntime is imported here, not at module level, so the release commands that hash no model do not pay for it.
     """
-    out: dict[str, str] = {}
-    pos = 0
+    import onnxruntime as ort
+
     try:
-        while pos < len(raw):
-            key, pos = _varint(raw, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = _varint(raw, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                size, pos = _varint(raw, pos)
-                body = raw[pos : pos + size]
-                pos += size
-                if number == 14:
-                    entry: dict[int, str] = {}
-                    p = 0
-                    while p < len(body):
-                        k, p = _varint(body, p)
-                        n, p = _varint(body, p)
-                        entry[k >> 3] = body[p : p + n].decode("utf-8", "replace")
-                        p += n
-                    if 1 in entry:
-                        out[entry[1]] = entry.get(2, "")
-            else:
-                return out
-    except ValueError:
-        return out
-    return out
+        session = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime's own types (InvalidProtobuf, Fail, ...) derive from Exception only
+        return {}
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def _model_version(path: Path, sha: str) -> str:
