@@ -12,9 +12,9 @@ Gen2+) and Zigbee2MQTT all log in to MQTT with a username and password, so this 
   writes nothing.
 
 Mosquitto facts this relies on: ``acl_file`` checks PUBLISH (and message delivery) per user, never SUBSCRIBE
-(DESIGN.md); a will message is checked like a publish; an MQTT v3.1.1 publisher is not told when a publish is
-refused (v5 gets reason 0x87), the message is just not delivered. Topics use explicit ``user`` blocks, never
-``%c`` (a client picks its own client id).
+(docs/ARCHITECTURE.md, "Pitfalls measured"); a will message is checked like a publish; an MQTT v3.1.1 publisher is
+not told when a publish is refused (v5 gets reason 0x87), the message is just not delivered. Topics use explicit
+``user`` blocks, never ``%c`` (a client picks its own client id).
 
 What each family publishes (and so what its account may write):
 
