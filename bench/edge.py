@@ -1,8 +1,8 @@
 """Edge benchmark: the whole agent for a typical home, in real time, CPU share of one core and peak RSS.
 
-Typical home (DESIGN.md): 4 wearables at 1 Hz (heart-rate straps with RR intervals), 10 smart plugs, 1 whole-home
-meter, 1 EV charger, all simulated on the wall clock, with every consent granted so the whole path runs (raw
-store, windows, gate, outbox, MQTT publish to a real Mosquitto started here).
+Typical home (docs/ARCHITECTURE.md, "Pitfalls measured"): 4 wearables at 1 Hz (heart-rate straps with RR intervals),
+10 smart plugs, 1 whole-home meter, 1 EV charger, all simulated on the wall clock, with every consent granted so the
+whole path runs (raw store, windows, gate, outbox, MQTT publish to a real Mosquitto started here).
 
 Baseline, in the same process tree: a process that imports the same modules and keeps an idle MQTT v5
 connection to the same broker, so the ratio shows what the agent's own work costs on top of the interpreter.

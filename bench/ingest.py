@@ -121,7 +121,7 @@ def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]], publishers
         infos = []
         for topic, payload in part:
             info = c.publish(topic, payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:  # e.g. MQTT_ERR_QUEUE_SIZE: never ignore (DESIGN.md)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:  # e.g. MQTT_ERR_QUEUE_SIZE: never ignore (docs/ARCHITECTURE.md)
                 raise RuntimeError(f"publish rc={info.rc}")
             infos.append(info)
             if len(infos) >= 20_000:  # stay far below paho's 65,535 message ids in flight

@@ -1,7 +1,8 @@
 """A lean MQTT v5 subscriber for the ingester's data connection (the codec is :mod:`cloud_ingest.mqtt5`).
 
 Why not paho here: paho parses each packet with several small reads and builds a ``Properties`` object and an
-``MQTTMessage`` per PUBLISH, which caps it near 8-9k QoS 1 messages/s per process on this machine (DESIGN.md).
+``MQTTMessage`` per PUBLISH, which caps it near 8-9k QoS 1 messages/s per process on this machine
+(docs/ARCHITECTURE.md, "Pitfalls measured").
 This client reads up to 256 KiB per ``recv``, parses every packet in it from one bytes object (payloads are
 memoryviews, no copies), hands them to the ingester as one list, and sends the PUBACKs of a whole written
 batch with one ``sendall``.

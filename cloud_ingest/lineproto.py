@@ -14,8 +14,8 @@ Line protocol facts this module relies on (InfluxDB 1.x and 2.x agree)::
 A point is identified by measurement + tag set + timestamp: writing the same point again overwrites its
 fields, which is what makes a redelivered MQTT message harmless.
 
-``influxdb_client.Point`` produces the same text but is 6-8x slower (DESIGN.md), so the ingester builds lines
-by hand and caches the escaped tag set per series.
+``influxdb_client.Point`` produces the same text but is 6-8x slower (docs/ARCHITECTURE.md, "Pitfalls measured"),
+so the ingester builds lines by hand and caches the escaped tag set per series.
 """
 
 from __future__ import annotations

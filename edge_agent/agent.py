@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from edge_agent.db import connect, meta_get
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
 from kyojo.contract.vocab import Clock, Driver, Event, KyojoError, Reading
+from kyojo.runtime.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,7 @@ class Agent:
         return out
 
     def write_status(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status()), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.status()), mode=0o644)
 
     def check_identity(self) -> None:
         """With mTLS the broker takes the certificate's CN as the identity: it must be this gateway's id."""

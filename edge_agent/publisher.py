@@ -4,7 +4,7 @@ One thread owns the paho client and its own database connection. It runs paho's 
 reconnects use full-jitter exponential backoff (paho's own reconnect loop has no jitter, and a city's gateways
 reconnecting in lock-step after a broker restart is a thundering herd).
 
-Facts this relies on (DESIGN.md "Pitfalls"):
+Facts this relies on (docs/ARCHITECTURE.md, "Pitfalls measured"):
 - MQTT v5, QoS 1: a refused publish comes back as a PUBACK reason code >= 0x80 (e.g. 0x87 not authorised);
   those rows move to the ``refused`` table and are counted, never retried in a loop.
 - paho's message ids are 16-bit and ``publish()`` reports a full queue only in ``rc``: in-flight messages are

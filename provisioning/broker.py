@@ -58,6 +58,7 @@ from typing import Any
 
 from kyojo.contract.vocab import valid_id
 from kyojo.contract.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT
+from kyojo.runtime.files import atomic_write
 from provisioning import pki
 
 __all__ = [
@@ -183,10 +184,10 @@ class BrokerSettings:
     dynsec_plugin: Path = DEBIAN_DYNSEC_PLUGIN
     #: Mosquitto disconnects a client that sends a bigger packet (and v5 clients are told the limit in CONNACK).
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
-    #: Per-client queue of QoS 1 messages beyond those in flight. Mosquitto's default (1000) silently drops
-    #: messages for a slow ingester after the gateway already got its PUBACK (DESIGN.md). The queue must hold
-    #: what arrives while an ingester session is away (its session expiry, 1 h by default): at 100 batches/s
-    #: that is 360k; above it messages are dropped *and logged* ("Outgoing messages are being dropped").
+    #: Per-client queue of QoS 1 messages beyond those in flight. Mosquitto's default (1000) silently drops messages
+    #: for a slow ingester after the gateway already got its PUBACK (docs/ARCHITECTURE.md, "Pitfalls measured"). The
+    #: queue must hold what arrives while an ingester session is away (its session expiry, 1 h by default): at 100
+    #: batches/s that is 360k; above it messages are dropped *and logged* ("Outgoing messages are being dropped").
     max_queued_messages: int = 500_000
     #: ... and a memory bound on the same queue (per client): 1 GiB.
     max_queued_bytes: int = 1024 * 1024 * 1024
@@ -485,10 +486,7 @@ def write_broker_files(out_dir: Path, files: Sequence[BrokerFile], owner: str | 
             if ids is not None:
                 os.chown(path, *ids)
         else:
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            tmp.write_bytes(f.data)
-            tmp.chmod(0o644)
-            os.replace(tmp, path)
+            atomic_write(path, f.data, mode=0o644, exact=True)
         written.append(path)
     return written
 

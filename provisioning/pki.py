@@ -28,7 +28,6 @@ no ``/``, ``+`` or ``#`` that could escape an ACL pattern.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -48,7 +47,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
+from kyojo.contract.errors import KyojoError
 from kyojo.contract.vocab import ID_PATTERN, valid_id
+from kyojo.runtime.files import atomic_write
 
 __all__ = [
     "CertificateAuthority",
@@ -77,7 +78,7 @@ _CODE_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
 _CODE_LEN = 10
 
 
-class PkiError(ValueError):
+class PkiError(KyojoError, ValueError):
     """A refused operation: bad CSR, wrong or expired code, CN mismatch, unknown serial, unsafe files."""
 
 
@@ -155,29 +156,13 @@ def _check_id(name: str) -> str:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600 (created so, never chmod-ed after the fact)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    """Write ``data`` to ``path`` atomically and durably with mode 0600 (created so, never chmod-ed after the fact)."""
+    atomic_write(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
-    """Write a public file (certificate, CRL, CSR) atomically with mode 0644."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+    """Write a public file (certificate, CRL, CSR) atomically and durably with mode 0644."""
+    atomic_write(path, data, mode=0o644, exact=True)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

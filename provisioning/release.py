@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kyojo.contract.errors import KyojoError
+from kyojo.runtime.files import atomic_write_text, fsync_dir
+
 __all__ = [
     "GateResult",
     "ModelLockError",
@@ -72,7 +75,7 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _START_SLACK_S = 0.2
 
 
-class ReleaseError(RuntimeError):
+class ReleaseError(KyojoError, RuntimeError):
     """A release operation was refused (bad version, missing release, nothing to roll back to, ...)."""
 
 
@@ -97,23 +100,9 @@ def release_dir(root: Path, version: str) -> Path:
     return _releases(root) / _check_version(version)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically and durably (temp file + fsync + rename + directory fsync)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", mode=0o644)
 
 
 def _switch_link(link: Path, target: str) -> None:
@@ -127,7 +116,7 @@ def _switch_link(link: Path, target: str) -> None:
         tmp.unlink()
     os.symlink(target, tmp)
     os.replace(tmp, link)
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)
 
 
 def _link_version(root: Path, name: str) -> str | None:
@@ -174,55 +163,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
 def onnx_metadata(raw: bytes) -> dict[str, str]:
-    """``metadata_props`` of an ONNX ModelProto (field 14: key=1, value=2), read without onnx/onnxruntime.
+    """``metadata_props`` of an ONNX model, as onnxruntime reads them (``get_modelmeta().custom_metadata_map``,
+    as :class:`models.af.model.AfModel` does). A file onnxruntime cannot load gives {}.
 
-    Only the top level is walked; the graph (field 7) is skipped by its length. Anything unparsable gives {}.
+    onnxruntime is imported here, not at module level, so the release commands that hash no model do not pay for it.
     """
-    out: dict[str, str] = {}
-    pos = 0
+    import onnxruntime as ort
+
     try:
-        while pos < len(raw):
-            key, pos = _varint(raw, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = _varint(raw, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                size, pos = _varint(raw, pos)
-                body = raw[pos : pos + size]
-                pos += size
-                if number == 14:
-                    entry: dict[int, str] = {}
-                    p = 0
-                    while p < len(body):
-                        k, p = _varint(body, p)
-                        n, p = _varint(body, p)
-                        entry[k >> 3] = body[p : p + n].decode("utf-8", "replace")
-                        p += n
-                    if 1 in entry:
-                        out[entry[1]] = entry.get(2, "")
-            else:
-                return out
-    except ValueError:
-        return out
-    return out
+        session = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime's own types (InvalidProtobuf, Fail, ...) derive from Exception only
+        return {}
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def _model_version(path: Path, sha: str) -> str:
@@ -366,7 +319,7 @@ def install(
                 },
             )
             (rel / INCOMPLETE).unlink()
-            _fsync_dir(rel)
+            fsync_dir(rel)
         except BaseException:
             shutil.rmtree(rel, ignore_errors=True)
             raise
@@ -446,7 +399,7 @@ def rollback(root: Path, reason: str = "rolled back by the operator") -> str:
             raise ReleaseError(f"previous and current are both {target}: nothing to roll back")
         _switch(root, target, remember_previous=False)
         (root / PREVIOUS).unlink()
-        _fsync_dir(root)
+        fsync_dir(root)
         _record(root, target, previous=None, rolled_back_from=bad, reason=reason)
         if bad is not None and (_releases(root) / bad).is_dir():
             (_releases(root) / bad / FAILED).write_text(f"{dt.datetime.now(dt.UTC).isoformat()} {reason}\n")

@@ -15,6 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from drivers.sim import HeartRateStrap
+from kyojo.contract.errors import KyojoError
 from kyojo.contract.vocab import Reading, reading
 from models.af import AfModel, AfMonitor, evaluate, load_dir, load_record, make_windows, window_features
 from models.af.cli import register
@@ -176,6 +177,23 @@ def test_eval_cli_rejects_a_directory_without_records(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, ["af", "--data", str(tmp_path)])
     assert result.exit_code == 2
+
+
+def test_a_corrupt_model_file_is_a_kyojo_error_and_one_line_from_the_cli(tmp_path: Path) -> None:
+    corrupt = tmp_path / "af_rr.onnx"
+    corrupt.write_bytes(DEFAULT_MODEL_PATH.read_bytes()[:200])  # truncated by a power cut or a bad copy
+    with pytest.raises(KyojoError, match="not a model onnxruntime can load"):
+        AfModel(corrupt)
+    app = typer.Typer()
+    register(app)
+
+    @app.command("noop")
+    def _noop() -> None: ...
+
+    result = CliRunner().invoke(app, ["af", "--data", str(DATA), "--model", str(corrupt)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # not the loader's exception
+    lines = [line for line in result.output.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not a model onnxruntime can load" in lines[0]
 
 
 # ---- runtime -----------------------------------------------------------------------------------------------------

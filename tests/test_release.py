@@ -428,7 +428,7 @@ def test_systemctl_show_output_is_parsed(monkeypatch: pytest.MonkeyPatch) -> Non
     assert seen[0][:3] == ["systemctl", "show", "kyojo-agent.service"] and "--timestamp=unix" in seen[0]
 
 
-def test_onnx_metadata_is_read_without_onnx() -> None:
+def test_onnx_metadata_is_read_by_onnxruntime() -> None:
     meta = rel.onnx_metadata(AF_MODEL.read_bytes())
     assert meta["version"] == "af_rr-1.0" and meta["threshold"]
     assert rel.onnx_metadata(b"\xff\xff\xff") == {}

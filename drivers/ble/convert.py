@@ -1,4 +1,5 @@
-"""Decoded characteristics -> Readings in the DESIGN.md vocabulary (units converted once, here).
+"""Decoded characteristics -> Readings in the contract's vocabulary (``kyojo.contract.vocab.METRICS``; units
+converted once, here).
 
 A value is forwarded as a Reading only when it is a measurement of the person: IEEE-11073 special values,
 physiologically implausible values, "measurement unsuccessful" markers, heart rate without skin contact,

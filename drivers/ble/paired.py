@@ -18,9 +18,7 @@ whether pairing keys were exchanged (the keys themselves live in the OS Bluetoot
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from drivers.ble.device import ADDRESS_PATTERN, ID_PATTERN, Config
 from drivers.ble.profiles import ProfileName
 from kyojo.contract.vocab import KyojoError
+from kyojo.runtime.files import atomic_write_text
 
 #: file name of the registry inside the gateway's data dir
 REGISTRY_FILE = "ble-devices.json"
@@ -86,13 +85,9 @@ def load(data_dir: Path) -> list[PairedDevice]:
 def save(data_dir: Path, devices: list[PairedDevice]) -> None:
     """Replace the registry atomically."""
     path = registry_path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     body = _File(devices=devices).model_dump(mode="json")
-    tmp.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with contextlib.suppress(OSError):
-        os.chmod(tmp, 0o640)  # who owns which device is household data
-    os.replace(tmp, path)
+    # who owns which device is household data: 0640
+    atomic_write_text(path, json.dumps(body, indent=2, ensure_ascii=False) + "\n", mode=0o640, exact=True)
 
 
 def find(devices: list[PairedDevice], address: str) -> PairedDevice | None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from kyojo.contract.errors import KyojoError
+
 RACP = 0x2A52
 
 
@@ -77,7 +79,7 @@ ATT_CCCD_IMPROPERLY_CONFIGURED = 0x81
 MAX_SEQUENCE = 0xFFFF
 
 
-class RacpError(ValueError):
+class RacpError(KyojoError, ValueError):
     """A RACP value that is not a well-formed request or response."""
 
 

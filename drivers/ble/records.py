@@ -22,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from collections import deque
 from pathlib import Path
 
 from drivers.ble.gatt import Decoded, GlucoseMeasurement
+from kyojo.runtime.files import atomic_write_text
 
 #: how many (time stamp, values) keys are remembered per device (a cuff stores at most ~100-200 records)
 KEEP_KEYS = 1024
@@ -83,7 +83,5 @@ class RecordLog:
     def _save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"last_sequence": self.last_sequence, "keys": list(self._keys)}), encoding="utf-8")
-        os.replace(tmp, self.path)
+        body = json.dumps({"last_sequence": self.last_sequence, "keys": list(self._keys)})
+        atomic_write_text(self.path, body, mode=0o644)

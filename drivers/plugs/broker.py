@@ -12,9 +12,9 @@ Gen2+) and Zigbee2MQTT all log in to MQTT with a username and password, so this 
   writes nothing.
 
 Mosquitto facts this relies on: ``acl_file`` checks PUBLISH (and message delivery) per user, never SUBSCRIBE
-(DESIGN.md); a will message is checked like a publish; an MQTT v3.1.1 publisher is not told when a publish is
-refused (v5 gets reason 0x87), the message is just not delivered. Topics use explicit ``user`` blocks, never
-``%c`` (a client picks its own client id).
+(docs/ARCHITECTURE.md, "Pitfalls measured"); a will message is checked like a publish; an MQTT v3.1.1 publisher is
+not told when a publish is refused (v5 gets reason 0x87), the message is just not delivered. Topics use explicit
+``user`` blocks, never ``%c`` (a client picks its own client id).
 
 What each family publishes (and so what its account may write):
 
@@ -38,6 +38,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from kyojo.contract.vocab import ID_PATTERN, KyojoError, valid_id
+from kyojo.runtime.files import atomic_write_text
 
 #: ``mosquitto_passwd`` 2.0's PBKDF2 iteration count. The passwords here are random (:func:`new_password`), so
 #: more iterations would not make them harder to guess; they would make every CONNECT (and a flood of wrong ones)
@@ -203,13 +204,7 @@ class LanBrokerConf:
         written = []
         for name, text in (("mosquitto.conf", self.mosquitto_conf), ("passwd", self.passwd), ("acl", self.acl)):
             path = out_dir / name
-            tmp = out_dir / f".{name}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic_write_text(path, text, mode=0o600)
             written.append(path)
         return written
 

@@ -8,15 +8,14 @@ a plug in neither produces no Readings.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from drivers.plugs.session import valid_key
 from kyojo.contract.vocab import KyojoError, valid_id
+from kyojo.runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +35,9 @@ def valid_appliance(name: object) -> bool:
 
 def write_durably(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a crash or power cut leaves the old content or the new, whole:
-    a temporary file (0600) written and fsynced, renamed over ``path``, then the directory fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # makes the rename itself durable
-    finally:
-        os.close(dir_fd)
+    a temporary file (0600) written and fsynced, renamed over ``path``, then the directory fsynced
+    (:func:`kyojo.runtime.files.atomic_write`)."""
+    atomic_write(path, data, mode=0o600)
 
 
 def load(data_dir: Path) -> dict[str, str]:

@@ -10,7 +10,6 @@ energy windows open that much longer. The cumulative estimated energy survives r
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kyojo.contract.vocab import Category, Reading, reading
+from kyojo.runtime.files import atomic_write_text
 from models.nilm.runtime import Estimate, NilmRuntime
 
 if TYPE_CHECKING:
@@ -71,9 +71,7 @@ class NilmProcessor:
         if not estimates:
             return []
         self.estimates += len(estimates)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.runtime.energy_wh), encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        atomic_write_text(self.state_path, json.dumps(self.runtime.energy_wh), mode=0o644)
         return to_readings(estimates, self.config.meter, self.config.subject)
 
     def health(self) -> Mapping[str, object]:

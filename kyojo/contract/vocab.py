@@ -85,7 +85,7 @@ MAX_POWER_W: Mapping[str, float] = {"plug": 6_000.0, "meter": 100_000.0, "ev_cha
 
 _HOUR_S = 3600.0
 
-#: Units are fixed per metric (DESIGN.md) so nothing downstream converts twice.
+#: Units are fixed per metric, here and only here, so nothing downstream converts twice.
 METRICS: Mapping[str, MetricSpec] = {
     "heart_rate": MetricSpec("bpm", Category.HEALTH),
     "rr_interval": MetricSpec("ms", Category.HEALTH),

@@ -33,12 +33,13 @@ def register(eval_app: typer.Typer) -> None:
         """Window-level AF detection metrics: sensitivity, specificity, ppv, f1, auroc, windows, af_windows."""
         from models.af.data import RecordFormatError, load_dir
         from models.af.evaluate import evaluate
-        from models.af.model import AfModel
+        from models.af.model import AfModel, ModelError
 
         try:
             records = load_dir(data)
-        except (FileNotFoundError, RecordFormatError) as err:
+            af_model = AfModel(model)
+        except (FileNotFoundError, RecordFormatError, ModelError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from err
-        result = evaluate(records, AfModel(model))
+        result = evaluate(records, af_model)
         typer.echo(json.dumps(result.as_dict(per_record=per_record)))

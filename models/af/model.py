@@ -14,13 +14,14 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from kyojo.contract.errors import KyojoError
 from models.af.features import FEATURE_NAMES
 
 #: The committed model, next to this file.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "af_rr.onnx"
 
 
-class ModelError(ValueError):
+class ModelError(KyojoError, ValueError):
     """The ONNX file is not an AF model this code can run (wrong features, missing metadata)."""
 
 
@@ -43,7 +44,10 @@ class AfModel:
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(raw, sess_options=opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(raw, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime's own types (InvalidProtobuf, Fail, ...) derive from Exception only
+            raise ModelError(f"{path}: not a model onnxruntime can load ({err})") from err
         meta = self.session.get_modelmeta().custom_metadata_map
         try:
             features = tuple(meta["features"].split(","))

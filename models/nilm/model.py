@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from kyojo.contract.errors import KyojoError
 from models.nilm.data import APPLIANCES, FloatArray
 from models.nilm.windows import fill_windows, series_windows
 
@@ -27,7 +28,7 @@ MANIFEST = "manifest.json"
 _BATCH = 4096
 
 
-class NilmModelError(RuntimeError):
+class NilmModelError(KyojoError, RuntimeError):
     """Missing, corrupt or inconsistent model files."""
 
 
@@ -101,7 +102,10 @@ class NilmModels:
                 raise NilmModelError(f"missing model file {path}")
             if verify and hashlib.sha256(blob).hexdigest() != e["sha256"]:
                 raise NilmModelError(f"{path}: sha256 does not match {MANIFEST}")
-            sess = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+            try:
+                sess = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+            except Exception as err:  # onnxruntime's own types derive from Exception only
+                raise NilmModelError(f"{path}: not a model onnxruntime can load ({err})") from err
             self.models[name] = ApplianceModel(name, int(e["window"]), float(e["max_w"]), path, sess)
 
     @property

@@ -1,10 +1,12 @@
 """The errors the local services raise: :class:`ServiceError` and its HTTP flavour :class:`InfluxDBError`."""
 
+from kyojo.contract.errors import KyojoError
+
 #: Lines of a service log quoted in a ServiceError.
 _LOG_TAIL_LINES = 20
 
 
-class ServiceError(RuntimeError):
+class ServiceError(KyojoError, RuntimeError):
     """A local service is missing, failed to start, or failed while running."""
 
 

@@ -24,8 +24,8 @@ class Mosquitto(_Service):
 
     ``max_queued_messages`` and ``max_inflight_messages`` default to 0 = unlimited: Mosquitto's own defaults
     (1000 and 20) silently drop QoS 1 messages to a subscriber that falls behind while the publisher got its
-    PUBACK (see DESIGN.md). Pass explicit limits to study that behaviour; ``dropped_messages()`` reads
-    the log.
+    PUBACK (docs/ARCHITECTURE.md, "Pitfalls measured"). Pass explicit limits to study that behaviour;
+    ``dropped_messages()`` reads the log.
     """
 
     name = "mosquitto"
