@@ -61,6 +61,23 @@ def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], floa
     return drivers, tick
 
 
+def certificate_identity(cert_path: Path) -> str:
+    """The CN of the gateway's certificate: the identity the broker uses as username and client id.
+
+    The agent's own reader (``cryptography``, imported only with mTLS) so that it needs nothing from provisioning,
+    which issues the certificate (``provisioning.pki.identity_of`` is the CA side's).
+    """
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(attrs) != 1:
+        raise ConfigError(f"certificate {cert_path}: the subject must have exactly one CN")
+    value = attrs[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
 class Agent:
     """Runs one gateway until ``stop`` is set. ``drivers`` overrides the configured devices (tests)."""
 
@@ -210,9 +227,7 @@ class Agent:
         tls = self.config.mqtt.tls
         if tls is None or tls.cert is None:
             return
-        from provisioning.pki import identity_of
-
-        cn = identity_of(tls.cert)
+        cn = certificate_identity(tls.cert)
         if cn != self.config.gateway.id:
             raise ConfigError(
                 f"certificate {tls.cert} is for {cn!r}, not this gateway {self.config.gateway.id!r}: "
@@ -224,7 +239,7 @@ class Agent:
         return time.monotonic() - self._last_flush < max(60.0, 10 * self.config.store.commit_interval.total_seconds())
 
     async def run(self, stop: asyncio.Event) -> None:
-        from provisioning import sdnotify
+        from kyojo.runtime import sdnotify
 
         self.publisher.start()
         watchdog = asyncio.get_running_loop().create_task(sdnotify.watchdog_task(self.healthy))
