@@ -128,7 +128,7 @@ def run(
     except ConnectionError as err:
         raise _fail(str(err), 1) from err
     _emit(ingester.stats(), event="started")
-    from provisioning import sdnotify
+    from kyojo.runtime import sdnotify
 
     sdnotify.ready(f"ingester {settings.client_id} subscribed")
     # the watchdog pings only while the process keeps reporting (the loop below runs)
@@ -219,7 +219,7 @@ def erasure(
     """
     from cloud_ingest.config import TrustError
     from cloud_ingest.erasure import Eraser
-    from provisioning import sdnotify
+    from kyojo.runtime import sdnotify
 
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -61,6 +61,23 @@ def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], floa
     return drivers, tick
 
 
+def certificate_identity(cert_path: Path) -> str:
+    """The CN of the gateway's certificate: the identity the broker uses as username and client id.
+
+    The agent's own reader (``cryptography``, imported only with mTLS) so that it needs nothing from provisioning,
+    which issues the certificate (``provisioning.pki.identity_of`` is the CA side's).
+    """
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(attrs) != 1:
+        raise ConfigError(f"certificate {cert_path}: the subject must have exactly one CN")
+    value = attrs[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
 class Agent:
     """Runs one gateway until ``stop`` is set. ``drivers`` overrides the configured devices (tests)."""
 
@@ -86,11 +103,12 @@ class Agent:
         ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
         self.processors = [processor_kinds.build(p, ctx) for p in config.processors]
         for proc in self.processors:
-            lag = getattr(proc, "lag_s", 0.0)
-            if lag:
-                cat = proc.category  # type: ignore[attr-defined]
-                self.pipeline.category_grace_s[cat] = max(self.pipeline.category_grace_s.get(cat, 0.0), lag)
+            if proc.lag_s and proc.category is not None:
+                cat = proc.category
+                self.pipeline.category_grace_s[cat] = max(self.pipeline.category_grace_s.get(cat, 0.0), proc.lag_s)
         self.driver_errors: dict[str, int] = {}
+        #: drivers the supervisor stopped after an unexpected exception: device id -> the exception (status)
+        self.drivers_stopped: dict[str, str] = {}
         self._buffer: list[Reading] = []
         self._started = time.time()
         self._last_flush = time.monotonic()
@@ -99,6 +117,7 @@ class Agent:
         self._buffer.append(r)
 
     async def _run_driver(self, driver: Driver) -> None:
+        """Supervise one driver. It never raises (except when cancelled), so one driver cannot stop the others."""
         backoff = Backoff(1.0, 60.0)
         while True:
             try:
@@ -108,11 +127,29 @@ class Agent:
                 return  # a driver that ends on its own (a replay) is done
             except asyncio.CancelledError:
                 raise
-            except (KyojoError, OSError, ValueError) as err:
-                self.driver_errors[driver.device_id] = self.driver_errors.get(driver.device_id, 0) + 1
-                delay = backoff.next()
-                log.warning("driver %s failed (%s); restarting in %.1fs", driver.device_id, err, delay)
-                await asyncio.sleep(delay)
+            except Exception as err:  # every failure: _driver_failed is the one place that decides
+                delay = self._driver_failed(driver, err, backoff)
+                if delay is None:
+                    return
+                await self.clock.sleep(delay)
+
+    def _driver_failed(self, driver: Driver, err: Exception, backoff: Backoff) -> float | None:
+        """Decide what a driver's failure means: the delay before restarting it, or None to stop it for good.
+
+        Expected I/O and parse failures (:class:`KyojoError`, :class:`OSError`, :class:`ValueError`) are retried
+        with backoff (simulated seconds, on the injected clock). Anything else is a bug: it is logged once with
+        its traceback, and that driver alone stops and shows in ``status()["drivers_stopped"]``; the other
+        drivers and the publisher keep running. Both count in ``driver_errors``.
+        """
+        device = driver.device_id
+        self.driver_errors[device] = self.driver_errors.get(device, 0) + 1
+        if isinstance(err, (KyojoError, OSError, ValueError)):
+            delay = backoff.next()
+            log.warning("driver %s failed (%s); restarting in %.1fs", device, err, delay)
+            return delay
+        self.drivers_stopped[device] = f"{type(err).__name__}: {err}"
+        log.error("driver %s stopped by an unexpected error; the other drivers keep running", device, exc_info=err)
+        return None
 
     def flush(self) -> None:
         """Commit buffered readings, then close due windows (in that order: aggregates see committed rows)."""
@@ -163,6 +200,7 @@ class Agent:
             "inflight": pub.inflight,
             "drivers": len(self.drivers),
             "driver_errors": dict(self.driver_errors),
+            "drivers_stopped": dict(self.drivers_stopped),
             "counters": self._counter_causes(),
             "counter_steps_held": dict(self.pipeline.held),
             "receipts_refused": dict(pub.receipts_refused),
@@ -187,9 +225,7 @@ class Agent:
         tls = self.config.mqtt.tls
         if tls is None or tls.cert is None:
             return
-        from provisioning.pki import identity_of
-
-        cn = identity_of(tls.cert)
+        cn = certificate_identity(tls.cert)
         if cn != self.config.gateway.id:
             raise ConfigError(
                 f"certificate {tls.cert} is for {cn!r}, not this gateway {self.config.gateway.id!r}: "
@@ -201,7 +237,7 @@ class Agent:
         return time.monotonic() - self._last_flush < max(60.0, 10 * self.config.store.commit_interval.total_seconds())
 
     async def run(self, stop: asyncio.Event) -> None:
-        from provisioning import sdnotify
+        from kyojo.runtime import sdnotify
 
         self.publisher.start()
         watchdog = asyncio.get_running_loop().create_task(sdnotify.watchdog_task(self.healthy))

@@ -1,4 +1,4 @@
-"""The gateway's commands of ``kyojo``: agent, consent, audit, decode, alerts, pair, doctor, demo.
+"""The gateway's commands of ``kyojo``: agent, consent, audit, decode, alerts, pair, doctor.
 
 The root command (:mod:`kyojo.cli`) mounts them lazily next to the other parts' commands; this module imports no
 cloud, provisioning or model code. Sub-commands import their heavy dependencies only when they run.
@@ -469,24 +469,6 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     typer.echo(render(checks))
     if any(c.ok is False for c in checks):
         raise typer.Exit(1)
-
-
-@app.command("demo")
-def demo(
-    duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: Ctrl-C)")] = None,
-    speed: Annotated[float, typer.Option(help="simulated seconds per real second")] = 60.0,
-    workdir: Annotated[Path, typer.Option(help="where the demo keeps its data")] = Path(".kyojo/demo"),
-    verbose: bool = False,
-) -> None:
-    """Start broker, database, two gateways with simulated devices and the ingester; show live progress."""
-    from edge_agent.demo import run_demo
-
-    _setup_logging(verbose)
-    try:
-        summary = run_demo(workdir=workdir, duration=duration, speed=speed)
-    except KyojoError as err:
-        raise _fail(err) from err
-    typer.echo(json.dumps(summary))
 
 
 def main() -> None:

@@ -23,8 +23,15 @@ if TYPE_CHECKING:
 
 
 def _edge() -> typer.Typer:
-    """The gateway's commands (agent, consent, audit, decode, alerts, pair, doctor, demo)."""
+    """The gateway's commands (agent, consent, audit, decode, alerts, pair, doctor)."""
     from edge_agent.cli import app
+
+    return app
+
+
+def _demo() -> typer.Typer:
+    """The developer's stack (``kyojo/devstack/``): it starts every part, so it lives outside all of them."""
+    from kyojo.devstack.cli import app
 
     return app
 
@@ -96,7 +103,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
         "One-screen acceptance summary for the installer: clock, disk, broker, certificate, serial, Bluetooth.",
     ),
     "demo": (
-        _edge,
+        _demo,
         "Start broker, database, two gateways with simulated devices and the ingester; show live progress.",
     ),
     "agent": (_edge, "Run and inspect the gateway agent."),

@@ -17,7 +17,7 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "edge_agent",
+            "kyojo",
             "demo",
             "--duration",
             "12",

@@ -1,4 +1,4 @@
-"""provisioning.sdnotify against a real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+"""kyojo.runtime.sdnotify against a real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning import sdnotify
+from kyojo.runtime import sdnotify
 
 
 class FakeSystemd:

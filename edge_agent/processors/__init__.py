@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from drivers.registry import BuildContext, UnknownKind
-from kyojo.contract.vocab import Event, Reading
+from kyojo.contract.vocab import Category, Event, Reading
 
 PROCESSORS: dict[str, str] = {
     "truck": "edge_agent.processors.truck",
@@ -34,6 +34,14 @@ class Processor(Protocol):
     """
 
     name: str
+
+    @property
+    def category(self) -> Category | None:
+        """The category of the derived Readings whose windows wait ``lag_s`` longer (None: none derived)."""
+
+    @property
+    def lag_s(self) -> float:
+        """How far in the past the derived Readings lie, in simulated seconds (0: they describe the present)."""
 
     def feed(self, readings: Sequence[Reading]) -> Sequence[Event | Reading]: ...
 

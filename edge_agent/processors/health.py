@@ -76,6 +76,8 @@ def alert_event(alert: Alert) -> Event:
 
 class HealthProcessor:
     name = "health"
+    category: Category | None = None  # Events only, no derived Readings: no window waits for it
+    lag_s = 0.0
 
     def __init__(self, config: Config) -> None:
         self.engine = RulesEngine(JAPAN if config.profile == "japan" else INTERNATIONAL)

@@ -44,6 +44,8 @@ class TruckProcessor:
     """One tracker per GNSS device seen."""
 
     name = "truck"
+    category: Category | None = None  # Events only, no derived Readings: no window waits for it
+    lag_s = 0.0
 
     def __init__(self, config: Config, points: Sequence[CollectionPoint]) -> None:
         self.config = config

@@ -69,7 +69,7 @@ ANALYST_QUERY = (
 
 SEED = 7
 HOME = "home-001"
-COLLECTION_POINTS = Path(__file__).resolve().parent.parent / "drivers" / "sim" / "data" / "collection_points.geojson"
+COLLECTION_POINTS = Path(sim.__file__).resolve().parent / "data" / "collection_points.geojson"
 TRUCK = "truck-07"
 GATEWAYS = {
     HOME: {"profile": "home", "sim": "household", "persons": ["p1", "p2"]},
