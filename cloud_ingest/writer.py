@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 from kyojo.contract.errors import KyojoError
+from kyojo.runtime.backoff import jittered
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,8 @@ class InfluxV2Writer:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Jittered exponential backoff: ``initial * multiplier**n`` capped at ``maximum``, times U(1-jitter, 1).
+    """Jittered exponential backoff (:func:`kyojo.runtime.backoff.jittered`): ``initial * multiplier**n`` capped at
+    ``maximum``, times U(1-jitter, 1).
 
     ``attempts=None`` retries for ever (until the stop event is set).
     """
@@ -179,8 +180,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (0-based)."""
-        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
-        return base * (1.0 - self.jitter * random.random())
+        return jittered(attempt, self.initial, self.maximum, multiplier=self.multiplier, jitter=self.jitter)
 
 
 def write_with_retry(
