@@ -16,14 +16,10 @@ the broker lets write receipts. InfluxDB 1.x's HTTP API (tested here); a 2.x dep
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
 import logging
 import ssl
 import threading
 import time
-import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,9 +29,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud_ingest.config import IngestSettings
+from cloud_ingest.influx import InfluxError, InfluxV1Connection
+from cloud_ingest.influx import ident as ident  # re-exported: rollup and the tests quote with erasure.ident
 from cloud_ingest.scope import HOUSEHOLD_TAG, Scope
 from cloud_ingest.trust import GatewayKeys
-from kyojo.contract.errors import KyojoError
 from kyojo.contract.wire import ConsentRecord, ConsentStatus, ErasureReceipt, WireError, decode_consent, receipt_topic
 
 log = logging.getLogger(__name__)
@@ -43,12 +40,13 @@ log = logging.getLogger(__name__)
 LOG_MEASUREMENT = "kyojo_erasure"
 
 
-class EraseError(KyojoError, RuntimeError):
+class EraseError(InfluxError, RuntimeError):
     """InfluxDB refused or failed a query the erasure needs."""
 
 
 class InfluxV1Admin:
-    """The few InfluxQL statements erasure and rollups need, over the v1 HTTP API (one short connection per call).
+    """The few InfluxQL statements erasure and rollups need, over the v1 HTTP API (one short connection per call,
+    :class:`cloud_ingest.influx.InfluxV1Connection`).
 
     ``https://`` URLs use TLS (``ca`` to trust a private CA); ``username``/``password`` authenticate (InfluxDB
     ``auth-enabled``), sent as HTTP Basic.
@@ -64,15 +62,18 @@ class InfluxV1Admin:
         password: str | None = None,
         ca: str | None = None,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.https = parts.scheme == "https"
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 8086
+        self._http = InfluxV1Connection(
+            url,
+            username=username,
+            password=password,
+            ca=ca,
+            timeout=timeout,
+            keep_alive=False,
+            default_port=8086,
+            error=EraseError,
+        )
+        self.https, self.host, self.port = self._http.https, self._http.host, self._http.port
         self.db, self.timeout = db, timeout
-        self._auth = None
-        if username is not None:
-            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
-            self._auth = f"Basic {token}"
-        self._ssl = ssl.create_default_context(cafile=ca) if self.https else None
 
     @classmethod
     def from_settings(cls, settings: IngestSettings, timeout: float = 30.0) -> InfluxV1Admin:
@@ -88,25 +89,6 @@ class InfluxV1Admin:
             ca=ca,
         )
 
-    def _post(self, path: str, params: dict[str, str], body: bytes = b"") -> bytes:
-        conn: http.client.HTTPConnection
-        if self._ssl is not None:
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._ssl)
-        else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        headers = {"Authorization": self._auth} if self._auth else {}
-        try:
-            conn.request("POST", f"{path}?{urllib.parse.urlencode(params)}", body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        except OSError as err:
-            raise EraseError(f"InfluxDB unreachable: {err}") from err
-        finally:
-            conn.close()
-        if resp.status >= 300:
-            raise EraseError(f"InfluxDB {resp.status}: {data[:300]!r}")
-        return data
-
     def query(self, q: str) -> list[dict[str, Any]]:
         return self._query({"db": self.db, "q": q})
 
@@ -115,12 +97,7 @@ class InfluxV1Admin:
         return self._query({"db": self.db, "q": q, "epoch": "ms"})
 
     def _query(self, params: dict[str, str]) -> list[dict[str, Any]]:
-        doc = json.loads(self._post("/query", params))
-        results: list[dict[str, Any]] = doc.get("results", [])
-        for r in results:
-            if "error" in r:
-                raise EraseError(f"InfluxQL error: {r['error']}")
-        return results
+        return self._http.query(params)
 
     def retention_policies(self) -> list[str]:
         names: list[str] = []
@@ -145,13 +122,7 @@ class InfluxV1Admin:
         return total
 
     def write(self, line: str) -> None:
-        self._post("/write", {"db": self.db, "precision": "ms"}, line.encode())
-
-
-def ident(name: str) -> str:
-    """An InfluxQL identifier, double-quoted (``"`` and ``\\`` escaped): an operator's flag can name a
-    measurement, field or database, never smuggle a statement."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        self._http.post("/write", {"db": self.db, "precision": "ms"}, line.encode())
 
 
 def _lit(value: str) -> str:

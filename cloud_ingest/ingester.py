@@ -179,6 +179,7 @@ def make_writer(settings: IngestSettings) -> Writer:
         settings.influx_rp,
         username=settings.influx_username,
         password=settings.influx_password.get_secret_value() if settings.influx_password else None,
+        ca=str(settings.influx_ca) if settings.influx_ca else None,
         timeout=settings.influx_timeout,
     )
 

@@ -60,7 +60,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cloud_ingest.analyst import InfluxQL, QueryError
+from cloud_ingest.analysis.run import InfluxQL, QueryError
+from cloud_ingest.influx import ident
 from cloud_ingest.lineproto import line
 from kyojo.contract.errors import KyojoError
 from kyojo.contract.vocab import METRICS, Category, Kind
@@ -102,9 +103,7 @@ class InitDbError(KyojoError, RuntimeError):
     """init-db would hide existing points, or could not verify their copy; the default RP was not switched."""
 
 
-def _ident(name: str) -> str:
-    """An InfluxQL identifier: double-quoted, ``\\`` and ``"`` escaped (the InfluxQL scanner's string escapes)."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+_ident = ident  # the old private name
 
 
 def rollup_select(layout: Layout, metric: str, where: str = "") -> str:

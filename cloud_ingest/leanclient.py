@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import select
 import socket
 import ssl
@@ -41,6 +40,7 @@ from cloud_ingest.mqtt5 import (
     encode_pubacks,
     encode_subscribe,
 )
+from kyojo.runtime.backoff import jittered
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class LeanSubscriber:
             if self._stop.is_set():
                 return
             lo, hi = self._backoff
-            delay = min(hi, lo * 2 ** min(attempt, 16)) * (0.5 + 0.5 * random.random())
+            delay = jittered(attempt, lo, hi)  # uniform in [d/2, d], d = min(hi, lo * 2**attempt)
             attempt += 1
             log.warning("%s: %s; reconnecting in %.1fs", self.client_id, reason, delay)
             self._stop.wait(delay)

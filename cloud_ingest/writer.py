@@ -15,30 +15,24 @@ whose points were in the request.
 
 from __future__ import annotations
 
-import base64
-import http.client
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlencode, urlsplit
 
-from kyojo.contract.errors import KyojoError
+from cloud_ingest.influx import InfluxError, InfluxV1Connection, is_retriable
+from kyojo.runtime.backoff import jittered
 
 log = logging.getLogger(__name__)
 
 
-class WriteError(KyojoError):
-    """A write InfluxDB did not accept. ``retriable`` is True for 5xx, timeouts and connection errors."""
+class WriteError(InfluxError):
+    """A write InfluxDB did not accept. ``retriable`` is True for 5xx, 429, timeouts and connection errors."""
 
     def __init__(self, message: str, *, retriable: bool, status: int | None = None, body: str = "") -> None:
-        self.retriable = retriable
-        self.status = status
-        self.body = body
-        super().__init__(message)
+        super().__init__(message, status=status, body=body, retriable=retriable)
 
 
 class Writer(Protocol):
@@ -53,13 +47,13 @@ def classify(status: int, body: str) -> WriteError | None:
     """Map an HTTP status to None (success) or the WriteError to raise."""
     if 200 <= status < 300:
         return None
-    retriable = status >= 500 or status == 429  # 429: too many requests, explicitly "come back later"
     message = f"InfluxDB answered {status}: {body[:300]}"
-    return WriteError(message, retriable=retriable, status=status, body=body)
+    return WriteError(message, retriable=is_retriable(status), status=status, body=body)
 
 
 class InfluxV1Writer:
-    """Writes to the InfluxDB 1.x API (``/write``) over one keep-alive HTTP connection.
+    """Writes to the InfluxDB 1.x API (``/write``) over one keep-alive HTTP connection
+    (:class:`cloud_ingest.influx.InfluxV1Connection`).
 
     Not thread-safe: one writer per writing thread.
     """
@@ -72,57 +66,30 @@ class InfluxV1Writer:
         *,
         username: str | None = None,
         password: str | None = None,
+        ca: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+        self._http = InfluxV1Connection(
+            url, username=username, password=password, ca=ca, timeout=timeout, keep_alive=True, error=WriteError
+        )
         self.url = url
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._https else 80)
-        self._timeout = timeout
         query = {"db": db, "precision": "ms"}
         if rp:
             query["rp"] = rp
-        self._path = f"{parts.path.rstrip('/')}/write?{urlencode(query)}"
-        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if username is not None:
-            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
-        self._conn: http.client.HTTPConnection | None = None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self._timeout)
-        return self._conn
+        self._path = self._http.target("/write", query)
+        self._headers = {**self._http.headers, "Content-Type": "text/plain; charset=utf-8"}
 
     def write(self, body: bytes) -> None:
         """POST one body; raise WriteError unless InfluxDB answered 2xx."""
-        conn = self._connection()
-        try:
-            conn.request("POST", self._path, body=body, headers=self._headers)
-            resp = conn.getresponse()
-            text = resp.read().decode("utf-8", "replace")
-            status = resp.status
-        except TimeoutError as err:
-            self.close()
-            raise WriteError(f"timeout writing to {self.url}: {err}", retriable=True) from err
-        except (OSError, http.client.HTTPException) as err:
-            self.close()
-            raise WriteError(f"cannot write to {self.url}: {err!r}", retriable=True) from err
-        if resp.will_close:
-            self.close()
-        error = classify(status, text)
-        if error is not None:
-            raise error
+        status, data = self._http.request("POST", self._path, body, self._headers)
+        if not 200 <= status < 300:
+            error = classify(status, data.decode("utf-8", "replace"))
+            if error is not None:
+                raise error
 
     def close(self) -> None:
         """Close the keep-alive connection (the next write reconnects)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._http.close()
 
 
 class InfluxV2Writer:
@@ -166,7 +133,8 @@ class InfluxV2Writer:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Jittered exponential backoff: ``initial * multiplier**n`` capped at ``maximum``, times U(1-jitter, 1).
+    """Jittered exponential backoff (:func:`kyojo.runtime.backoff.jittered`): ``initial * multiplier**n`` capped at
+    ``maximum``, times U(1-jitter, 1).
 
     ``attempts=None`` retries for ever (until the stop event is set).
     """
@@ -179,8 +147,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (0-based)."""
-        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
-        return base * (1.0 - self.jitter * random.random())
+        return jittered(attempt, self.initial, self.maximum, multiplier=self.multiplier, jitter=self.jitter)
 
 
 def write_with_retry(

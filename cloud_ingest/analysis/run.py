@@ -9,15 +9,13 @@ import io
 import json
 import math
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from cloud_ingest.analysis.registry import DEFAULT_VARS, QUERIES
+from cloud_ingest.influx import InfluxError, InfluxV1Connection
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _NICE = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 604800)
@@ -60,7 +58,7 @@ def render(
     return text
 
 
-class QueryError(RuntimeError):
+class QueryError(InfluxError, RuntimeError):
     """InfluxDB refused a query or could not be reached."""
 
 
@@ -84,34 +82,25 @@ class Result:
 
 
 class InfluxQL:
-    """A minimal InfluxQL client over the v1 query API (InfluxDB 1.x; 2.x/3.x through their v1 compatibility).
+    """A minimal InfluxQL client over the v1 query API (InfluxDB 1.x; 2.x/3.x through their v1 compatibility),
+    one short :class:`cloud_ingest.influx.InfluxV1Connection` per query.
 
     ``token`` is sent as ``Authorization: Token <token>`` (2.x, 3.x, and 1.8+ as ``user:password``).
     """
 
     def __init__(self, url: str, db: str, *, token: str | None = None, timeout: float = 30.0) -> None:
         self.url, self.db, self.token, self.timeout = url.rstrip("/"), db, token, timeout
+        self._http: InfluxV1Connection | None = None  # built on first use: a bad URL fails the query, as before
 
     def query(self, statement: str) -> list[dict[str, Any]]:
         """Run one statement (POST /query, epoch ms); return its ``series`` list (empty when nothing matched)."""
-        body = urllib.parse.urlencode({"db": self.db, "q": statement, "epoch": "ms"}).encode()
-        req = urllib.request.Request(f"{self.url}/query", data=body, method="POST")  # noqa: S310 - http(s) URL
-        req.add_header("Content-Type", "application/x-www-form-urlencoded")
-        if self.token:
-            req.add_header("Authorization", f"Token {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - http(s) URL
-                doc = json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            raise QueryError(f"InfluxDB {err.code}: {err.read()[:300]!r}") from err
-        except OSError as err:
-            raise QueryError(f"InfluxDB unreachable at {self.url}: {err}") from err
-        if "error" in doc:
-            raise QueryError(f"InfluxQL error: {doc['error']}")
+        if self._http is None:
+            self._http = InfluxV1Connection(
+                self.url, token=self.token, timeout=self.timeout, keep_alive=False, error=QueryError
+            )
+        results = self._http.query({"db": self.db, "q": statement, "epoch": "ms"}, form=True)
         series: list[dict[str, Any]] = []
-        for result in doc.get("results", []):
-            if "error" in result:
-                raise QueryError(f"InfluxQL error: {result['error']}")
+        for result in results:
             series.extend(result.get("series", []))
         return series
 
