@@ -74,42 +74,35 @@ def run(
 
     The v2 token comes from KYOJO_INGEST_INFLUX_TOKEN or the config file, never from the command line.
     """
-    from pydantic import ValidationError
-
-    from cloud_ingest.config import load_settings
     from cloud_ingest.ingester import Ingester
 
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        settings = load_settings(
-            config,
-            broker_host=broker_host,
-            broker_port=broker_port,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            client_id=client_id,
-            group=group,
-            session_expiry=session_expiry,
-            receive_maximum=receive_maximum,
-            mqtt_client=mqtt_client,
-            influx_api=influx_api,
-            influx_url=influx_url,
-            influx_db=influx_db,
-            influx_rp=influx_rp,
-            influx_org=influx_org,
-            influx_bucket=influx_bucket,
-            batch_points=batch_points,
-            max_batch_points=max_batch_points,
-            batch_interval=timedelta(seconds=batch_interval) if batch_interval is not None else None,
-            max_pending_points=max_pending_points,
-            stats_interval=timedelta(seconds=stats_interval) if stats_interval is not None else None,
-        )
-    except (ValidationError, FileNotFoundError) as err:
-        typer.echo(f"invalid settings: {err}", err=True)
-        raise typer.Exit(2) from err
+    settings = _load(
+        config,
+        broker_host=broker_host,
+        broker_port=broker_port,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        client_id=client_id,
+        group=group,
+        session_expiry=session_expiry,
+        receive_maximum=receive_maximum,
+        mqtt_client=mqtt_client,
+        influx_api=influx_api,
+        influx_url=influx_url,
+        influx_db=influx_db,
+        influx_rp=influx_rp,
+        influx_org=influx_org,
+        influx_bucket=influx_bucket,
+        batch_points=batch_points,
+        max_batch_points=max_batch_points,
+        batch_interval=timedelta(seconds=batch_interval) if batch_interval is not None else None,
+        max_pending_points=max_pending_points,
+        stats_interval=timedelta(seconds=stats_interval) if stats_interval is not None else None,
+    )
 
     stop = threading.Event()
 

@@ -215,6 +215,7 @@ class Ingester:
         self._capacity_errors = 0
         self._audit_conflicts = 0
         self._anchors_sent = 0
+        self._anchor_dirty: set[str] = set()  # gateways whose anchor may have moved since it was last published
         self._interval = settings.batch_interval.total_seconds()
         self._batch_points = settings.batch_points
         self._max_pending = settings.max_pending_points
@@ -828,6 +829,7 @@ class Ingester:
         if state is None:
             state = self._gateways[d.gateway] = _Gateway()
         reason = state.trail.add(d.seq, head[0], head[1])
+        self._anchor_dirty.add(d.gateway)
         if reason is not None:
             self._audit_conflicts += 1
             self._rlog(logging.ERROR, "audit_conflict", f"{d.gateway}: {reason}")
@@ -840,13 +842,18 @@ class Ingester:
         now = time.monotonic()
         due: list[tuple[str, AuditAnchor]] = []
         with self._cond:
-            for gw, state in self._gateways.items():
+            # only gateways whose batches brought a head since (not every gateway after every write)
+            for gw in list(self._anchor_dirty):
+                state = self._gateways[gw]
                 head = state.trail.head
-                if head is None:
+                mark = (head[0], state.trail.conflicts) if head is not None else state.anchor_sent
+                if mark == state.anchor_sent:
+                    self._anchor_dirty.discard(gw)
                     continue
-                mark = (head[0], state.trail.conflicts)
-                if mark == state.anchor_sent or now - state.anchor_at < self.settings.anchor_interval:
-                    continue
+                if now - state.anchor_at < self.settings.anchor_interval:
+                    continue  # stays dirty: published at a later write
+                self._anchor_dirty.discard(gw)
+                assert head is not None
                 state.anchor_sent, state.anchor_at = mark, now
                 due.append(
                     (
