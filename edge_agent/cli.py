@@ -195,6 +195,7 @@ def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Optio
 
     with _gateway_db(config) as (_, conn):
         rows = consent.list_consents(conn)
+    cat = consent.default_catalog()
 
     def when(ms: int | None) -> str | None:
         return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
@@ -209,6 +210,7 @@ def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Optio
             "given_at": when(c.given_at),
             "expires_at": when(c.expires_at),
             "withdrawn_at": when(c.withdrawn_at),
+            "needs_renewal": c.needs_renewal(cat),
         }
         for c in rows
     ]
