@@ -33,5 +33,5 @@ def test_each_package_ships_its_licence_and_htmx_is_the_2x_line() -> None:
     packages = {(pkg, version) for _, _, pkg, version in rows}
     for pkg, version in packages:
         assert any(name.endswith(".LICENSE") and (p, v) == (pkg, version) for name, _, p, v in rows), pkg
-    assert {p: v for p, v in packages}["htmx.org"].startswith("2."), "see PROVENANCE.md: why htmx 2"
+    assert dict(packages)["htmx.org"].startswith("2."), "see PROVENANCE.md: why htmx 2"
     assert {p for p, _ in packages} == {"htmx.org", "htmx-ext-sse", "uplot", "axe-core"}
