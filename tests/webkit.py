@@ -517,7 +517,7 @@ def seeded_home(tmp_path_factory: pytest.TempPathFactory, mosquitto: Mosquitto) 
     h = Home(tmp_path_factory.mktemp("seeded-home"), mosquitto, speed=1.0)
     h.prepare()
     try:
-        seed_household(h.config, days=8, end=h.start_at)
+        seed_household(h.config_path, days=6, end=h.start_at)
         h.start_agent()
         yield h
     finally:
