@@ -369,18 +369,18 @@ class WebServer:
         self.stop()
 
 
-def pair_code(config_path: Path) -> str:
-    """A one-time pairing code from ``kyojo web pair-code -c CONFIG`` (its last word of output)."""
+def pair_code(config_path: Path, *, member: bool = False) -> str:
+    """A one-time pairing code from ``kyojo web pair-code -c CONFIG`` (its stdout: ``1234 5678``)."""
+    kyojo = Path(sys.executable).with_name("kyojo")
     out = subprocess.run(
-        [sys.executable, "-m", "kyojo.cli", "web", "pair-code", "-c", str(config_path)],
+        [str(kyojo), "web", "pair-code", "-c", str(config_path), *(["--member"] if member else [])],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
-    ).stdout
-    words = re.findall(r"\S+", out)
-    assert words, "kyojo web pair-code printed nothing"
-    return words[-1]
+    ).stdout.strip()
+    assert re.fullmatch(r"[0-9 ]{8,}", out), f"kyojo web pair-code printed {out!r}"
+    return out
 
 
 def sign_in(page: Page, web: WebServer, code: str | None = None) -> None:
