@@ -341,6 +341,7 @@ class WebServer:
 
     def __init__(self, config_path: Path, *, port: int | None = None) -> None:
         import uvicorn
+
         from edge_agent.web.app import create_app
 
         self.config_path = config_path

@@ -129,6 +129,11 @@ def test_filters_per_person_and_purpose(client: TestClient, gateway: Path) -> No
     assert len(care) == len(mine)
     assert client.get("/released?purpose=nonsense").status_code == 400
     assert client.get("/released?before=x").status_code == 400
+    sent = _shown(client, "show=sent")
+    assert sent and {s["kind"] for s in sent} == {"release_acked"}
+    assert len(sent) == sum(1 for _, k, _ in _all_entries(gateway) if k == "release_acked")
+    assert {s["kind"] for s in _shown(client, "show=consent")} == {"consent_given", "consent_withdrawn"}
+    assert client.get("/released?show=all-of-it").status_code == 400
 
 
 def test_verify_says_intact_in_words(client: TestClient) -> None:

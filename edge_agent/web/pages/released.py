@@ -69,11 +69,27 @@ class FilterError(KyojoError, ValueError):
     """A filter value the page does not offer."""
 
 
+#: the "show" filter: which kinds of entry (None: every entry)
+SHOW = {
+    "sent": ("release_acked",),
+    "consent": (
+        "consent_given",
+        "consent_renewed",
+        "consent_withdrawn",
+        "consent_expired",
+        "erasure_receipt",
+        "erasure_incomplete",
+    ),
+}
+SHOW_WORDS = {"sent": N_("what reached the city"), "consent": N_("consents and erasures")}
+
+
 @dataclass(frozen=True, slots=True)
 class Filters:
     person: str | None
     purpose: str | None
     before: int | None
+    show: str | None = None
 
     def sql(self) -> tuple[str, list[Any]]:
         where: list[str] = []
@@ -87,12 +103,16 @@ class Filters:
         if self.before is not None:
             where.append("n < ?")
             args.append(self.before)
+        if self.show:
+            kinds = SHOW[self.show]
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args.extend(kinds)
         return (" WHERE " + " AND ".join(where)) if where else "", args
 
     def query(self, **override: Any) -> str:
         from urllib.parse import urlencode
 
-        values = {"person": self.person, "purpose": self.purpose, "before": self.before, **override}
+        values = {"person": self.person, "purpose": self.purpose, "show": self.show, "before": self.before, **override}
         return urlencode({k: v for k, v in values.items() if v not in (None, "")})
 
 
@@ -103,11 +123,14 @@ def filters_of(request: Request, site: Site) -> Filters:
     before_text = q.get("before") or None
     if purpose is not None and purpose not in site.catalog.purposes:
         raise FilterError(f"unknown purpose {purpose!r}")
+    show = q.get("show") or None
+    if show is not None and show not in SHOW:
+        raise FilterError(f"unknown choice {show!r}")
     try:
         before = None if before_text is None else int(before_text)
     except ValueError as err:
         raise FilterError("before must be an entry number") from err
-    return Filters(person, purpose, before)
+    return Filters(person, purpose, before, show)
 
 
 def _rows(conn: sqlite3.Connection, f: Filters, limit: int | None) -> Iterator[Entry]:
@@ -231,6 +254,7 @@ def _page_context(request: Request, *, verdict: audit.Verdict | None = None) -> 
         "people": people,
         "gateway_id": site.config.gateway.id,
         "purposes": titles,
+        "shows": {k: gettext(request)(v) for k, v in SHOW_WORDS.items()},
         "total": total,
         "verdict": None if verdict is None else _verdict_words(verdict, _),
         "error": error,
@@ -261,7 +285,7 @@ async def export_csv(request: Request) -> Response:
     site = site_of(request)
     _ = gettext(request)
     f = filters_of(request, site)
-    f = Filters(f.person, f.purpose, None)
+    f = Filters(f.person, f.purpose, None, f.show)
     with site.agent_db() as conn:
         names = _names(site, conn, _)
         titles = _titles(site, lang_of(request))
