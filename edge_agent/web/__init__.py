@@ -1,0 +1,1 @@
+"""The household web app (issue 16)."""
