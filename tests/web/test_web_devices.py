@@ -1,0 +1,386 @@
+"""The devices page's scan/pair job service (edge_agent/web/pairing.py) against real parts.
+
+BLE: Bumble virtual peripherals (real advertising, LE connections, GATT discovery, SMP pairing) reached through
+``drivers.ble.pair.backend_factory``, the one substitution ``kyojo pair``'s own tests make. Plugs: the plug emulator
+(``drivers.sim.wire.plugs.PlugEmitter``, Tasmota JSON) publishing to a real Mosquitto that the gateway config names
+as the LAN broker; the scan listens with the agent's own plugs driver. Jobs are polled with a deadline, never slept on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bumble import pairing as bumble_pairing
+
+from drivers.ble import pair, paired
+from drivers.ble.transport import BleBackend
+from drivers.ble.virtual import VirtualAir
+from drivers.clock import SystemClock
+from drivers.plugs import pairing as plug_pairing
+from drivers.sim.energy import Plug
+from drivers.sim.wire.plugs import PlugEmitter, PlugWire, wait_connected
+from edge_agent.config import load_config
+from edge_agent.db import connect
+from edge_agent.pipeline import Pipeline
+from edge_agent.web.pairing import Job, PairingProblem, PairingService, ProblemKind, labels
+from kyojo.contract.vocab import Reading
+from provisioning.local import Mosquitto
+
+STRAP = "C0:00:00:00:16:01"
+CUFF = "C0:00:00:00:16:02"
+SHY = "C0:00:00:00:16:03"  # a cuff outside its pairing mode
+PINNED = "C0:00:00:00:16:04"  # a cuff whose pairing fails on the key check (what a wrong PIN does)
+ABSENT = "C0:00:00:00:16:09"
+HOME = "home-w"
+KETTLE_KEY = "tasmota:kettle_5A3C"
+
+
+class _WrongPin(bumble_pairing.PairingDelegate):
+    """The peripheral side rejects the key check: SMP "Confirm Value Failed", which a mistyped passkey gives."""
+
+    async def confirm(self, auto: bool = False) -> bool:
+        return False
+
+    async def compare_numbers(self, number: int, digits: int) -> bool:
+        return False
+
+
+@dataclass
+class Radio:
+    """What the virtual radio of the next pairing job holds (a fresh in-process radio per job, as per command)."""
+
+    devices: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    wrong_pin: set[str] = field(default_factory=set)
+    powered: bool = True
+
+
+@pytest.fixture
+def radio(monkeypatch: pytest.MonkeyPatch) -> Radio:
+    state = Radio()
+
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[BleBackend | None]:
+        air = VirtualAir()
+        try:
+            for address, profile, kw in state.devices:
+                p = await air.add(address, profile, **kw)  # type: ignore[arg-type]
+                if address in state.wrong_pin:
+                    p.device.pairing_config_factory = lambda _c: bumble_pairing.PairingConfig(delegate=_WrongPin())
+            air.powered = state.powered
+            yield air.backend()
+        finally:
+            await air.close()
+
+    monkeypatch.setattr(pair, "backend_factory", factory)
+    return state
+
+
+def write_config(tmp_path: Path, broker_port: int | None = None, extra: str = "") -> Path:
+    path = tmp_path / "agent.toml"
+    text = f'[gateway]\nid = "{HOME}"\ndata_dir = "data"\n'
+    if broker_port is not None:
+        text += (
+            f'[[devices]]\nkind = "plugs"\nid = "{HOME}-plugs"\nhousehold = "{HOME}"\nbroker_port = {broker_port}\n'
+            'appliances = { "tasmota:tv_plug" = "tv" }\n'
+        )
+    path.write_text(text + extra, encoding="utf-8")
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def web_db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(tmp_path / "web.db", isolation_level=None)
+    yield conn
+    conn.close()
+
+
+async def finished(job: Job, within: float = 20.0) -> Job:
+    deadline = time.monotonic() + within
+    while job.running:
+        assert time.monotonic() < deadline, f"job {job.what} still running after {within}s"
+        await asyncio.sleep(0.02)
+    return job
+
+
+async def until(cond: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < deadline, f"not within {within}s: {what}"
+        await asyncio.sleep(0.02)
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# scan
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_scan_reports_ble_devices_and_plugs_while_it_runs(
+    radio: Radio, tmp_path: Path, web_db: sqlite3.Connection, fresh_mosquitto: Mosquitto
+) -> None:
+    radio.devices = [(STRAP, "heart_rate", {"name": "Polar H10"}), (CUFF, "blood_pressure", {"name": "BP7000"})]
+    config = write_config(tmp_path, fresh_mosquitto.port)
+    plug = Plug(f"{HOME}-kettle", HOME, 7, appliance="kettle", period_s=1.0)
+    emitter = PlugEmitter([PlugWire(plug, "tasmota", "kettle_5A3C")], SystemClock(), port=fresh_mosquitto.port)
+
+    async def main() -> None:
+        service = PairingService(config, web_db, scan_s=4.0)
+        em = asyncio.create_task(emitter.run())
+        try:
+            await wait_connected(emitter)
+            job = service.start_scan()
+            assert service.start_scan() is job  # a second phone joins the running scan
+            # live progress: both straps and the plug show up before the scan's time is over
+            await until(lambda: {STRAP, CUFF, KETTLE_KEY} <= set(job.found), within=8.0, what="all three found")
+            assert job.running
+            assert 0.0 <= job.progress() < 1.0
+            await finished(job)
+        finally:
+            em.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await em
+        assert job.state == "done", job.problem
+        strap = job.found[STRAP]
+        assert (strap.kind, strap.name, strap.profiles) == ("ble", "Polar H10", ("heart_rate",))
+        assert isinstance(strap.rssi, int)
+        assert job.found[CUFF].profiles == ("blood_pressure",)
+        kettle = job.found[KETTLE_KEY]
+        assert (kettle.kind, kettle.family, kettle.paired_as) == ("plug", "tasmota", None)
+        assert [c.kind for c in job.candidates()][:2] == ["ble", "ble"]
+        assert job.plugs_note is None
+        # the web process listens only: the agent's discovery file is not written by it
+        assert not list((tmp_path / "data").glob("plugs-*.json"))
+
+    run(main())
+
+
+def test_scan_with_the_adapter_off_says_so_and_a_gateway_without_plugs_says_that(
+    radio: Radio, tmp_path: Path, web_db: sqlite3.Connection
+) -> None:
+    radio.devices = [(STRAP, "heart_rate", {})]
+    radio.powered = False
+    config = write_config(tmp_path)
+
+    async def main() -> None:
+        job = await finished(PairingService(config, web_db, scan_s=0.3).start_scan())
+        assert job.state == "failed"
+        assert job.problem is not None and job.problem.kind is ProblemKind.no_adapter
+        assert job.plugs_note is ProblemKind.no_plugs
+
+    run(main())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# pair, name, assign, remove
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_pair_a_strap_and_a_bonding_cuff_name_assign_and_remove(
+    radio: Radio, tmp_path: Path, web_db: sqlite3.Connection
+) -> None:
+    radio.devices = [
+        (STRAP, "heart_rate", {"name": "Polar H10"}),
+        (CUFF, "blood_pressure", {"name": "BP7000", "security": "bond"}),
+    ]
+    config = write_config(tmp_path)
+    data = tmp_path / "data"
+
+    async def main() -> None:
+        service = PairingService(config, web_db, find_within=3.0)
+        job = await finished(service.start_pair(STRAP.lower(), "p1", label="心拍ベルト"))
+        assert job.state == "done", job.problem
+        assert job.device_id == "heart-rate-p1"
+        with pytest.raises(PairingProblem) as busy:
+            service.start_pair(CUFF, "p2")  # fine: nothing runs now; this one is started
+            service.start_pair(SHY, "p2")  # ...and a second one while it runs is refused
+        assert busy.value.kind is ProblemKind.busy
+        cuff_job = service.running()
+        assert cuff_job is not None
+        await finished(cuff_job)
+        assert cuff_job.state == "done", cuff_job.problem
+
+        entries = {d.id: d for d in paired.load(data)}
+        assert set(entries) == {"heart-rate-p1", "blood-pressure-p2"}
+        assert entries["blood-pressure-p2"].bonded and not entries["heart-rate-p1"].bonded
+        assert (entries["heart-rate-p1"].address, entries["heart-rate-p1"].subject) == (STRAP, "p1")
+        # what the agent builds its drivers from
+        assert {c.id for c in paired.device_configs(data)} == {"heart-rate-p1", "blood-pressure-p2"}
+        assert labels(web_db) == {"heart-rate-p1": "心拍ベルト"}
+
+        # お父さんの血圧計: name it and give it to p1
+        await service.update("blood-pressure-p2", label="血圧計", person="p1")
+        assert paired.find(paired.load(data), CUFF).subject == "p1"  # type: ignore[union-attr]
+        views = {v.id: v for v in service.devices()}
+        assert views["blood-pressure-p2"].label == "血圧計"
+        assert views["blood-pressure-p2"].subject == "p1"
+        assert views["heart-rate-p1"].connection == "agent_down"  # no agent status in this test
+
+        with pytest.raises(PairingProblem) as bad:
+            await service.update("blood-pressure-p2", label="x" * 41)
+        assert bad.value.kind is ProblemKind.bad_input
+
+        assert await service.remove("blood-pressure-p2") is None  # the bond is forgotten too
+        assert [d.id for d in paired.load(data)] == ["heart-rate-p1"]
+        assert "blood-pressure-p2" not in labels(web_db)
+        with pytest.raises(PairingProblem) as gone:
+            await service.remove("blood-pressure-p2")
+        assert gone.value.kind is ProblemKind.not_found
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        (ABSENT, ProblemKind.out_of_range),
+        (SHY, ProblemKind.bonding_refused),
+        (PINNED, ProblemKind.pin_wrong),
+        (STRAP, ProblemKind.wrong_profile),
+    ],
+)
+def test_pairing_failures_are_classified(
+    radio: Radio, tmp_path: Path, web_db: sqlite3.Connection, address: str, kind: ProblemKind
+) -> None:
+    radio.devices = [
+        (STRAP, "heart_rate", {}),
+        (SHY, "blood_pressure", {"security": "bond", "pairing_mode": False}),
+        (PINNED, "blood_pressure", {"security": "bond"}),
+    ]
+    radio.wrong_pin = {PINNED}
+    config = write_config(tmp_path)
+
+    async def main() -> None:
+        service = PairingService(config, web_db, find_within=1.0)
+        profile = "glucose" if address == STRAP else None
+        job = await finished(service.start_pair(address, "p1", profile=profile))
+        assert job.state == "failed"
+        assert job.problem is not None
+        assert job.problem.kind is kind, job.problem
+        assert not paired.load(tmp_path / "data")
+
+    run(main())
+
+
+def test_already_paired_and_timeout_and_bad_input(radio: Radio, tmp_path: Path, web_db: sqlite3.Connection) -> None:
+    radio.devices = [(STRAP, "heart_rate", {})]
+    config = write_config(
+        tmp_path,
+        extra=f'[[devices]]\nkind = "ble"\nid = "cfg-strap"\naddress = "{CUFF}"\n'
+        'profile = "heart_rate"\nsubject = "p9"\n',
+    )
+
+    async def main() -> None:
+        service = PairingService(config, web_db, find_within=5.0, pair_timeout=0.3)
+        with pytest.raises(PairingProblem) as configured:
+            service.start_pair(CUFF, "p1")
+        assert configured.value.kind is ProblemKind.already_paired
+        # the whole pairing must end within pair_timeout: a device that is not there runs into it
+        job = await finished(service.start_pair(ABSENT, "p1"))
+        assert job.problem is not None and job.problem.kind is ProblemKind.timeout
+
+        service.pair_timeout = 20.0
+        await finished(service.start_pair(STRAP, "p1"))
+        with pytest.raises(PairingProblem) as again:
+            service.start_pair(STRAP, "p2")
+        assert again.value.kind is ProblemKind.already_paired
+        for args in (("not-an-address", "p1"), (ABSENT, "お父さん"), (ABSENT, "")):
+            with pytest.raises(PairingProblem) as bad:
+                service.start_pair(*args)
+            assert bad.value.kind is ProblemKind.bad_input
+        views = {v.id: v for v in service.devices()}
+        assert not views["cfg-strap"].removable
+        with pytest.raises(PairingProblem):
+            await service.remove("cfg-strap")
+
+    run(main())
+
+
+def test_plugs_pair_by_naming_the_appliance(tmp_path: Path, web_db: sqlite3.Connection) -> None:
+    config = write_config(tmp_path, broker_port=1)  # never connected to in this test
+
+    async def main() -> None:
+        service = PairingService(config, web_db)
+        device_id = await service.pair_plug(KETTLE_KEY, "kettle", label="電気ケトル")
+        assert device_id == f"{HOME}-kettle"
+        assert plug_pairing.load(tmp_path / "data") == {KETTLE_KEY: "kettle"}
+        with pytest.raises(PairingProblem) as taken:
+            await service.pair_plug("z2m:0x00158d0001", "tv")  # the config's tv plug has that appliance
+        assert taken.value.kind is ProblemKind.already_paired
+        with pytest.raises(PairingProblem) as bad:
+            await service.pair_plug("bogus", "fan")
+        assert bad.value.kind is ProblemKind.bad_input
+        views = {v.id: v for v in service.devices()}
+        assert (views[device_id].kind, views[device_id].label, views[device_id].removable) == (
+            "plug",
+            "電気ケトル",
+            True,
+        )
+        assert not views[f"{HOME}-tv"].removable
+        await service.remove(device_id)
+        assert plug_pairing.load(tmp_path / "data") == {}
+
+    run(main())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# what the page shows per device: last reading, battery, connection (from the agent's database and status)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_devices_show_last_reading_battery_and_connection(
+    radio: Radio, tmp_path: Path, web_db: sqlite3.Connection
+) -> None:
+    radio.devices = [(STRAP, "heart_rate", {}), (CUFF, "blood_pressure", {})]
+    config = write_config(tmp_path)
+    cfg = load_config(config)
+
+    async def main() -> None:
+        service = PairingService(config, web_db, find_within=3.0)
+        for address, person in ((STRAP, "p1"), (CUFF, "p2")):
+            job = await finished(service.start_pair(address, person))
+            assert job.state == "done", job.problem
+        now = time.time()
+        # the agent's own store and status writer's shapes: readings through the pipeline, links in status.json
+        conn = connect(cfg.db_path)
+        try:
+            Pipeline(conn, cfg).store(
+                [
+                    Reading("heart-rate-p1", "p1", "heart_rate", 64.0, "bpm", now - 30),
+                    Reading("heart-rate-p1", "p1", "heart_rate", 66.0, "bpm", now - 5),
+                    Reading("heart-rate-p1", "p1", "battery_level", 80.0, "%", now - 5),
+                ]
+            )
+        finally:
+            conn.close()
+        status = {
+            "at": now,
+            "drivers_stopped": {},
+            "links": {"heart-rate-p1": {"connected": True, "battery_level": 81, "last_seen": now, "last_error": None}},
+        }
+        cfg.status_path.write_text(json.dumps(status), encoding="utf-8")
+        views = {v.id: v for v in service.devices()}
+        strap = views["heart-rate-p1"]
+        assert (strap.connection, strap.battery) == ("connected", 81)
+        assert strap.last is not None and (strap.last.metric, strap.last.value) == ("heart_rate", 66.0)
+        assert abs(strap.last.ts - (now - 5)) < 0.01
+        cuff = views["blood-pressure-p2"]
+        assert (cuff.connection, cuff.battery, cuff.last) == ("waiting", None, None)  # the agent has not read it yet
+        status["at"] = now - 3600
+        cfg.status_path.write_text(json.dumps(status), encoding="utf-8")
+        assert {v.connection for v in service.devices()} == {"agent_down"}
+
+    run(main())
