@@ -105,6 +105,54 @@ class SimClockSection(_Section):
     start: float | None = None
 
 
+class WebTlsSection(_Section):
+    """HTTPS for the household page, e.g. with the gateway's own certificate (``/var/lib/kyojo/tls/identity.*``)."""
+
+    cert: Path
+    key: Path
+
+
+class WebSection(_Section):
+    """The household web app (``kyojo web serve``): where it listens and how long a sign-in lasts.
+
+    By default it listens on loopback and on every address of every interface except the uplink (the interface(s)
+    of the default route, or ``uplink`` when named), so the page is on the home LAN and never on the WAN. Naming
+    ``interfaces`` or ``addresses`` listens there only (loopback stays on unless ``loopback = false``); an
+    interface named in both ``interfaces`` and ``uplink`` is refused.
+    """
+
+    interfaces: list[str] = Field(default_factory=list, description="LAN interfaces to listen on, e.g. wlan0")
+    addresses: list[str] = Field(default_factory=list, description="addresses to listen on, e.g. 192.168.1.20")
+    uplink: list[str] = Field(default_factory=list, description="never listen here (default: the default route's)")
+    loopback: bool = True
+    port: int = Field(default=8080, ge=1, le=65535)
+    tls: WebTlsSection | None = None
+    session_idle: timedelta = Field(default=timedelta(days=90), description="a sign-in lasts this long unused")
+    code_ttl: timedelta = Field(default=timedelta(days=7), description="how long a pairing code stays valid")
+    max_failures: int = Field(default=5, ge=1, le=100, description="wrong codes from one address before lockout")
+    lockout: timedelta = Field(default=timedelta(minutes=15))
+
+    @field_validator("interfaces", "uplink")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or "/" in name or len(name) > 15:
+                raise ValueError(f"not a network interface name: {name!r}")
+        return value
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for addr in value:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError as err:
+                raise ValueError(f"not an IP address: {addr!r}") from err
+        return value
+
+
 #: a ``[[devices]]`` entry, validated by the model its kind registers in ``drivers.registry``
 DeviceConfig = Annotated[Any, BeforeValidator(registry.validate)]
 #: a ``[[processors]]`` entry (Readings in, Events out), validated the same way
@@ -118,6 +166,7 @@ class AgentConfig(_Section):
     store: StoreSection = StoreSection()
     outbox: OutboxSection = OutboxSection()
     clock: SimClockSection = SimClockSection()
+    web: WebSection = WebSection()
     devices: list[DeviceConfig] = Field(default_factory=list)
     processors: list[ProcessorConfig] = Field(default_factory=list)
 

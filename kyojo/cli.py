@@ -36,6 +36,15 @@ def _demo() -> typer.Typer:
     return app
 
 
+def _web() -> typer.Typer:
+    """The household web page (``edge_agent/web``)."""
+    from edge_agent.web.cli import app as web_app
+
+    app = typer.Typer()
+    app.add_typer(web_app, name="web", help=COMMANDS["web"][1])
+    return app
+
+
 def _query() -> typer.Typer:
     from cloud_ingest import analyst
 
@@ -112,6 +121,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "decode": (_edge, "Decode captured payloads, as a device sends them (installers)."),
     "alerts": (_edge, "Health alerts on this gateway (household)."),
     "pair": (_edge, "Pair BLE health devices and assign them to a person (household)."),
+    "web": (_web, "The household web page on the gateway."),
     "gnss": (_gnss, "GNSS receivers on garbage trucks (replay captures)."),
     "provision": (_provision, "City CA, gateway identities, broker config (installers)."),
     "models": (_models, "On-gateway models: evaluation with the protocols of their model cards."),

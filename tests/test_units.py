@@ -19,6 +19,7 @@ UNITS = {
     "kyojo-agent.service": "kyojo-agent.service",
     "kyojo-ingest@.service": "kyojo-ingest@1.service",
     "kyojo-eraser.service": "kyojo-eraser.service",
+    "kyojo-web.service": "kyojo-web.service",
 }
 MAX_EXPOSURE = 2.5
 ANALYZE = shutil.which("systemd-analyze")
