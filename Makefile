@@ -3,8 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Playwright (a dev dependency) drives Debian's chromium; it must never download a browser of its own
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: venv services demo test lint typecheck unit bench clean train-af train-nilm
+.PHONY: venv services demo test lint typecheck unit bench clean train-af train-nilm vendor-js
 
 venv: $(STAMP)
 
@@ -49,6 +51,10 @@ train-af: venv
 train-nilm: venv
 	$(BIN)/pip install --quiet -e '.[train]'
 	$(BIN)/python -m models.nilm.train
+
+# Re-fetch the vendored htmx, uPlot (and axe-core for the tests) from npm; see edge_agent/web/static/vendor/PROVENANCE.md
+vendor-js:
+	bash edge_agent/web/static/vendor/update.sh
 
 clean:
 	rm -rf .kyojo .mypy_cache .ruff_cache .pytest_cache
