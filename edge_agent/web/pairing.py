@@ -269,6 +269,7 @@ class Gateway:
     status_path: Path
     household: str
     plugs: tuple[Any, ...]  # the config's ``kind = "plugs"`` entries
+    ble: tuple[tuple[str, str, str, str], ...]  # the config's BLE devices: (id, address, profile, subject)
     plug_appliances: dict[str, str]  # from the config (wins over plug-appliances.json, as in the agent)
 
 
@@ -287,12 +288,18 @@ def load_gateway(config_path: Path) -> Gateway:
     for d in plugs:
         appliances |= dict(d.appliances)
     household = str(plugs[0].household) if plugs else cfg.gateway.id
+    ble = tuple(
+        (str(d.id), str(d.address).upper(), str(d.profile), str(d.subject))
+        for d in cfg.devices
+        if getattr(d, "kind", "") == "ble"
+    )
     return Gateway(
         ble_pair.Site(data_dir=cfg.gateway.data_dir, configured=configured),
         cfg.db_path,
         cfg.status_path,
         household,
         plugs,
+        ble,
         appliances,
     )
 
@@ -592,8 +599,8 @@ class PairingService:
         ] = []  # kind, id, key, model, subject, removable
         for d in self._ble_registry(gw):
             rows.append(("ble", d.id, d.address, d.profile, d.subject, True))
-        for address, dev_id in gw.site.configured.items():
-            rows.append(("ble", dev_id, address, None, "", False))
+        for dev_id, address, profile, subject in gw.ble:
+            rows.append(("ble", dev_id, address, profile, subject, False))
         plug_map = {**plug_pairing.load(gw.site.data_dir)}
         for key, appliance in {**plug_map, **gw.plug_appliances}.items():
             rows.append(

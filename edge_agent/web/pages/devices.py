@@ -18,8 +18,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edge_agent.web.site import site_of
-from edge_agent.web.templating import N_, gettext, render
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -27,6 +25,8 @@ from starlette.routing import BaseRoute, Route
 
 from edge_agent.web import household
 from edge_agent.web.pairing import DeviceView, Job, PairingProblem, PairingService, ProblemKind
+from edge_agent.web.site import site_of
+from edge_agent.web.templating import N_, gettext, render
 
 log = logging.getLogger(__name__)
 
