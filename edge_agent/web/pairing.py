@@ -171,10 +171,11 @@ class Job:
         return max(0.0, min(1.0, elapsed / self.duration_s)) if self.duration_s > 0 else 0.0
 
     def candidates(self) -> list[Candidate]:
-        """Health devices first (strongest signal first), then plugs by key."""
+        """New devices before those already added; health devices first (strongest signal first), then plugs."""
         ble = sorted((c for c in self.found.values() if c.kind == "ble"), key=lambda c: -(c.rssi or -999))
         plugs = sorted((c for c in self.found.values() if c.kind == "plug"), key=lambda c: c.key)
-        return [*ble, *plugs]
+        every = [*ble, *plugs]
+        return [c for c in every if c.paired_as is None] + [c for c in every if c.paired_as is not None]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -627,6 +628,8 @@ class PairingService:
             if battery is None and "battery_level" in readings:
                 battery = round(readings["battery_level"].value)
             shown = [r for m, r in readings.items() if m != "battery_level" and m != "energy"]
+            if kind == "plug" and "power" in readings:
+                shown = [readings["power"]]  # what a plug is for; its voltage and current are details
             newest = max(shown, key=lambda r: r.ts, default=None)
             out.append(
                 DeviceView(

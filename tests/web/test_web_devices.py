@@ -384,3 +384,165 @@ def test_devices_show_last_reading_battery_and_connection(
         assert {v.connection for v in service.devices()} == {"agent_down"}
 
     run(main())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the page in a real browser, against a live home (tests/webkit.py: agent, both brokers, emulators, Chromium)
+# ------------------------------------------------------------------------------------------------------------
+
+NEW_STRAP = "C0:4B:00:00:16:21"
+SHY_CUFF = "C0:4B:00:00:16:22"
+RICE_KEY = "tasmota:ricecooker_77"
+
+
+@contextlib.contextmanager
+def extra_plug(port: int) -> Iterator[PlugEmitter]:
+    """A plug nobody paired yet, publishing Tasmota telemetry every second on the home's LAN broker."""
+    import threading
+
+    plug = Plug("home-001-rice_cooker", "home-001", 11, appliance="kettle", period_s=1.0)
+    emitter = PlugEmitter([PlugWire(plug, "tasmota", "ricecooker_77")], SystemClock(), port=port)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(emitter.run())
+    thread = threading.Thread(target=lambda: loop.run_until_complete(asyncio.gather(task, return_exceptions=True)))
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(wait_connected(emitter), loop).result(15)
+        yield emitter
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(15)
+        loop.close()
+
+
+def _sign_in(page: Any, web: Any) -> None:
+    """tests/webkit.py's sign_in, clicking the sign-in form's own button (the first submit button on the page is
+    the header's language switch)."""
+    from tests.webkit import pair_code
+
+    page.goto(web.url + "/signin")
+    page.locator("input[name=code]").fill(pair_code(web.config_path))
+    page.locator("form[action='/signin'] button[type=submit]").click()
+    page.wait_for_url(lambda url: "/signin" not in url, timeout=15_000)
+
+
+def _axe(page: Any) -> list[Any]:
+    """tests/webkit.py's axe_violations, with axe-core put in through DevTools: the app's Content-Security-Policy
+    (script-src 'self') refuses the inline <script> that Playwright's add_script_tag makes."""
+    from tests.webkit import AXE, axe_violations
+
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE.read_text(encoding="utf-8"))
+    return axe_violations(page)
+
+
+def _found(page: Any, key: str) -> Any:
+    return page.locator(f'[data-testid=found][data-key="{key}"]')
+
+
+def _scan(page: Any, *keys: str) -> None:
+    page.get_by_test_id("scan").click()
+    for key in keys:
+        _found(page, key).wait_for(timeout=20_000)  # live: shown while the scan still runs
+    page.get_by_test_id("scan-done").wait_for(timeout=20_000)
+
+
+@pytest.mark.browser
+def test_phone_in_japanese_pairs_a_strap_and_a_plug_names_them_and_sees_readings(  # type: ignore[no-untyped-def]
+    radio: Radio, home, web, phone
+) -> None:
+    from tests.webkit import screenshot, wait_for
+
+    radio.devices = [
+        (NEW_STRAP, "heart_rate", {"name": "HRM-Pro"}),
+        (SHY_CUFF, "blood_pressure", {"name": "BP7000", "security": "bond", "pairing_mode": False}),
+    ]
+    app = web.server.config.app
+    app.state.pairing = PairingService(home.config_path, app.state.site.web_db, scan_s=4.0, find_within=4.0)
+    page = phone
+    _sign_in(page, web)
+    with extra_plug(home.lan.port):
+        page.goto(web.url + "/devices")
+        assert page.locator("h1").inner_text() == "機器"
+        # the installer's strap: connected, battery and its last reading, from the running agent
+        p1_strap = page.locator('[data-testid=device][data-device="home-001-p1-hr"]')
+        wait_for(
+            "the agent to read the installer's strap",
+            lambda: page.reload() or p1_strap.get_by_test_id("connection").get_attribute("data-state") == "connected",
+            60,
+            1.0,
+        )
+        assert "bpm" in p1_strap.get_by_test_id("last-reading").inner_text()
+        assert "%" in p1_strap.get_by_test_id("battery").inner_text()
+
+        # scan: the new strap, the cuff and the unpaired plug show up live; the home's own plugs are marked
+        _scan(page, NEW_STRAP, SHY_CUFF, RICE_KEY)
+        assert "心拍計" in _found(page, NEW_STRAP).inner_text()
+        assert "dBm" in _found(page, NEW_STRAP).inner_text()
+        assert _axe(page) == []
+        screenshot(page, "devices-scan-ja-phone")
+
+        # the plug: what it powers, a name
+        plug = _found(page, RICE_KEY)
+        plug.locator("select[name=appliance]").select_option("rice_cooker")
+        plug.locator("input[name=label]").fill("炊飯器")
+        plug.get_by_role("button", name="この機器を追加").click()
+        page.wait_for_url(web.url + "/devices")
+        rice = page.locator('[data-testid=device][data-device="home-001-rice_cooker"]')
+        assert rice.get_by_test_id("device-title").inner_text() == "炊飯器"
+
+        # the strap: a name, and a new person of the home (お父さん)
+        _scan(page, NEW_STRAP)
+        strap = _found(page, NEW_STRAP)
+        strap.locator("input[name=label]").fill("心拍ベルト")
+        strap.locator("select[name=person]").select_option("__new__")
+        strap.locator("input[name=person_name]").fill("お父さん")
+        strap.get_by_role("button", name="この機器を追加").click()
+        page.get_by_test_id("paired").wait_for(timeout=30_000)
+        new = page.locator('[data-testid=device][data-device^="heart-rate-"]')
+        assert new.get_by_test_id("device-title").inner_text() == "お父さんの心拍ベルト"
+        assert new.get_by_test_id("connection").get_attribute("data-state") == "waiting"
+
+        # an error in plain words, with what to do next
+        _scan(page, SHY_CUFF)
+        cuff = _found(page, SHY_CUFF)
+        cuff.locator("select[name=person]").select_option("__new__")
+        cuff.locator("input[name=person_name]").fill("お母さん")
+        cuff.get_by_role("button", name="この機器を追加").click()
+        problem = page.get_by_test_id("problem")
+        problem.wait_for(timeout=30_000)
+        assert problem.get_attribute("data-kind") == "bonding_refused"
+        assert "ペアリングモード" in problem.inner_text()
+        assert _axe(page) == []
+        screenshot(page, "devices-error-ja-phone")
+
+        # the agent picks the new devices up when it restarts (systemd/kyojo-agent-reload.path does that on a Pi)
+        home.stop_agent()
+        home.start_agent()
+        wait_for("the agent to read the new plug", lambda: "home-001-rice_cooker" in home.devices_reading(), 60, 0.5)
+        page.goto(web.url + "/devices")
+        assert rice.get_by_test_id("connection").get_attribute("data-state") == "listening"
+        assert "W" in rice.get_by_test_id("last-reading").inner_text()
+        assert _axe(page) == []
+        screenshot(page, "devices-ja-phone")
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("lang", ["ja", "en"])
+@pytest.mark.parametrize("kind", ["phone", "desktop"])
+def test_devices_page_screenshots_and_axe(home, web, browser, lang: str, kind: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.webkit import new_page, screenshot
+
+    ctx, page = new_page(browser, kind, lang=lang)
+    try:
+        _sign_in(page, web)
+        page.goto(web.url + "/devices")
+        if lang == "en":
+            page.get_by_test_id("lang-switch").click()
+            page.wait_for_url(web.url + "/devices")
+        assert page.locator("h1").inner_text() == {"ja": "機器", "en": "Devices"}[lang]
+        assert _axe(page) == []
+        if not (lang == "ja" and kind == "phone"):  # that one is taken with the paired devices above
+            screenshot(page, f"devices-{lang}-{kind}")
+    finally:
+        ctx.close()
