@@ -172,10 +172,15 @@ def _people(request: Request) -> list[household.Person]:
     return sorted([*people, *extra], key=lambda p: p.id)
 
 
+#: appliance ids (the plug's, as the config or the page named it) -> names for people
+APPLIANCE_NAMES: dict[str, str] = {**dict(APPLIANCES), "washer": N_("Washing machine")}
+
+
 def _title(request: Request, view: DeviceView, people: dict[str, str]) -> str:
-    """ "お父さんの血圧計" / "Father's blood pressure monitor"."""
+    """The device as people say it: "お父さんの血圧計"; a plug by what it powers ("冷蔵庫")."""
     _ = gettext(request)
-    what = view.label or (_(PROFILE_NAMES[view.model]) if view.model in PROFILE_NAMES else view.model or view.id)
+    names = PROFILE_NAMES if view.kind == "ble" else APPLIANCE_NAMES
+    what = view.label or (_(names[view.model]) if view.model in names else view.model or view.id)
     if view.kind == "ble" and view.subject:
         return _("%(person)s's %(device)s") % {"person": people.get(view.subject, view.subject), "device": what}
     return what
