@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -546,3 +547,59 @@ def test_devices_page_screenshots_and_axe(home, web, browser, lang: str, kind: s
             screenshot(page, f"devices-{lang}-{kind}")
     finally:
         ctx.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the routes, in process (Starlette's TestClient against the real app): guard, CSRF, htmx polling, no-JS flow
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_routes_need_a_session_and_csrf_and_polling_stops_when_the_job_ends(radio: Radio, tmp_path: Path) -> None:
+    from tests.web.appkit import make_client, sign_in
+    from tests.web.appkit import write_config as app_config
+
+    radio.devices = [(STRAP, "heart_rate", {"name": "Polar H10"})]
+    config = app_config(tmp_path)
+    with make_client(config) as client:
+        assert client.get("/devices").status_code in (303, 401, 403)  # a stranger sees the sign-in page only
+        token = sign_in(client)
+        client.app.state.pairing = PairingService(  # type: ignore[attr-defined]
+            config,
+            client.app.state.site.web_db,
+            scan_s=0.5,
+            find_within=3.0,  # type: ignore[attr-defined]
+        )
+        assert client.post("/devices/scan").status_code == 403  # no CSRF token
+        hx = {"HX-Request": "true", "X-CSRF-Token": token}
+        first = client.post("/devices/scan", headers=hx)
+        assert first.status_code == 200
+        job_id = re.search(r'hx-get="/devices/jobs/([^"]+)"', first.text).group(1)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 15
+        while 'hx-trigger="every 1s"' in (frag := client.get(f"/devices/jobs/{job_id}", headers=hx).text):
+            assert time.monotonic() < deadline, "the scan did not end"
+            time.sleep(0.1)
+        assert f'data-key="{STRAP}"' in frag and 'data-testid="pair-form"' in frag
+        assert client.get("/devices/jobs/nope", headers=hx).status_code == 286  # htmx: stop polling
+
+        # without JavaScript: plain form posts and redirects; the job page shows the result
+        r = client.post(
+            "/devices/pair",
+            data={
+                "csrf": token,
+                "kind": "ble",
+                "key": STRAP,
+                "person": "__new__",
+                "person_name": "お父さん",
+                "label": "心拍ベルト",
+            },
+        )
+        assert r.status_code == 303 and r.headers["location"].startswith("/devices?job=")
+        deadline = time.monotonic() + 15
+        while 'data-testid="paired"' not in (page := client.get(r.headers["location"]).text):
+            assert time.monotonic() < deadline, "pairing did not end"
+            time.sleep(0.1)
+        assert "お父さんの心拍ベルト" in page
+        again = client.post("/devices/pair", data={"csrf": token, "kind": "ble", "key": STRAP, "person": "p1"})
+        assert again.status_code == 400
+        assert 'data-kind="already_paired"' in again.text
+        assert "すでにこのゲートウェイに登録されています" in again.text
