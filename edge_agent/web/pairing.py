@@ -254,6 +254,7 @@ class DeviceView:
     last: LastReading | None
     removable: bool  # False for devices the installer put in the config
     last_error: str | None = None
+    ever_read: bool = False  # the gateway stored something from it, some time
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -607,7 +608,7 @@ class PairingService:
             rows.append(
                 ("plug", f"{gw.household}-{appliance}", key, appliance, gw.household, key not in gw.plug_appliances)
             )
-        last = _last_readings(gw.db_path, [r[1] for r in rows], since=self.clock() - 30 * 86400)
+        last, ever = _last_readings(gw.db_path, [r[1] for r in rows], since=self.clock() - 30 * 86400)
         out = []
         for kind, dev_id, key, model, subject, removable in rows:
             link = links.get(dev_id)
@@ -644,30 +645,54 @@ class PairingService:
                     newest,
                     removable,
                     error,
+                    dev_id in ever,
                 )
             )
         return out
 
 
-def _last_readings(db_path: Path, device_ids: list[str], *, since: float) -> dict[str, dict[str, LastReading]]:
-    """Device id -> metric -> its newest stored reading since ``since`` (read-only; none if no database yet)."""
+#: how long the page may spend finding last readings (the raw store has no index by series: a device that sent
+#: nothing lately would make SQLite walk the whole window)
+LAST_READING_BUDGET_S = 0.1
+
+
+def _last_readings(
+    db_path: Path, device_ids: list[str], *, since: float, budget_s: float = LAST_READING_BUDGET_S
+) -> tuple[dict[str, dict[str, LastReading]], set[str]]:
+    """Device id -> metric -> its newest stored reading since ``since``, and the devices with any series at all.
+
+    One backward walk of the ``ts`` index (newest first) that stops when every series is found or after
+    ``budget_s`` (a series not found by then shows as "nothing recently"). Read-only; nothing if no database yet.
+    """
     if not device_ids or not db_path.exists():
-        return {}
+        return {}, set()
+    out: dict[str, dict[str, LastReading]] = {}
     with _readonly(db_path) as conn:
         marks = ",".join("?" * len(device_ids))
-        series = conn.execute(
+        rows = conn.execute(
             f"SELECT id, device, metric FROM series WHERE device IN ({marks})",  # noqa: S608 (placeholders only)
             device_ids,
         ).fetchall()
-        out: dict[str, dict[str, LastReading]] = {}
-        lo = int(since * 1000)
-        for sid, device, metric in series:
-            row = conn.execute(
-                "SELECT ts, value FROM raw WHERE series = ? AND ts >= ? ORDER BY ts DESC LIMIT 1", (sid, lo)
-            ).fetchone()
-            if row is not None:
-                out.setdefault(device, {})[metric] = LastReading(metric, float(row[1]), row[0] / 1000)
-        return out
+        series = {int(sid): (str(dev), str(metric)) for sid, dev, metric in rows}
+        if not series:
+            return {}, set()
+        deadline = time.monotonic() + budget_s
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        marks = ",".join("?" * len(series))
+        cur = conn.execute(
+            f"SELECT series, ts, value FROM raw WHERE ts >= ? AND series IN ({marks}) ORDER BY ts DESC",  # noqa: S608
+            [int(since * 1000), *series],
+        )
+        left = set(series)
+        with contextlib.suppress(sqlite3.OperationalError):  # "interrupted": the budget is spent
+            for sid, ts, value in cur:
+                if sid in left:
+                    left.discard(sid)
+                    device, metric = series[sid]
+                    out.setdefault(device, {})[metric] = LastReading(metric, float(value), ts / 1000)
+                    if not left:
+                        break
+    return out, {dev for dev, _ in series.values()}
 
 
 @contextlib.contextmanager

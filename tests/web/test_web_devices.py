@@ -363,6 +363,8 @@ def test_devices_show_last_reading_battery_and_connection(
                     Reading("heart-rate-p1", "p1", "heart_rate", 64.0, "bpm", now - 30),
                     Reading("heart-rate-p1", "p1", "heart_rate", 66.0, "bpm", now - 5),
                     Reading("heart-rate-p1", "p1", "battery_level", 80.0, "%", now - 5),
+                    # the cuff was read once, long ago: "nothing recently", not "nothing yet"
+                    Reading("blood-pressure-p2", "p2", "systolic", 120.0, "mmHg", now - 40 * 86400),
                 ]
             )
         finally:
@@ -379,7 +381,8 @@ def test_devices_show_last_reading_battery_and_connection(
         assert strap.last is not None and (strap.last.metric, strap.last.value) == ("heart_rate", 66.0)
         assert abs(strap.last.ts - (now - 5)) < 0.01
         cuff = views["blood-pressure-p2"]
-        assert (cuff.connection, cuff.battery, cuff.last) == ("waiting", None, None)  # the agent has not read it yet
+        assert (cuff.connection, cuff.battery, cuff.last) == ("waiting", None, None)  # not in the agent's status
+        assert cuff.ever_read and strap.ever_read
         status["at"] = now - 3600
         cfg.status_path.write_text(json.dumps(status), encoding="utf-8")
         assert {v.connection for v in service.devices()} == {"agent_down"}
