@@ -341,6 +341,7 @@ class WebServer:
 
     def __init__(self, config_path: Path, *, port: int | None = None) -> None:
         import uvicorn
+
         from edge_agent.web.app import create_app
 
         self.config_path = config_path
@@ -387,7 +388,7 @@ def sign_in(page: Page, web: WebServer, code: str | None = None) -> None:
     """Sign ``page``'s context in: the pairing form of /signin with a fresh one-time code."""
     page.goto(web.url + "/signin")
     page.locator("input[name=code]").fill(code or pair_code(web.config_path))
-    page.locator("form button[type=submit], form input[type=submit]").first.click()
+    page.locator("form[action='/signin'] button[type=submit]").click()  # not the header's language button
     page.wait_for_url(lambda url: "/signin" not in url, timeout=15_000)
 
 
@@ -430,7 +431,8 @@ class Violation:
 def axe_violations(page: Page, *, impacts: tuple[str, ...] = ("serious", "critical")) -> list[Violation]:
     """Run axe-core (WCAG 2.x A/AA rules and best practices) on the page; the violations of these impacts."""
     if not page.evaluate("typeof window.axe !== 'undefined'"):
-        page.add_script_tag(path=str(AXE))
+        # through the DevTools protocol: the app's CSP (script-src 'self') refuses add_script_tag's inline script
+        page.evaluate(AXE.read_text(encoding="utf-8"))
     result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
     return [
         Violation(v["id"], v["impact"], v["help"], [", ".join(n["target"]) for n in v["nodes"]])

@@ -1,1 +1,1 @@
-"""The household web app (issue 16)."""
+"""The household web app on the gateway (``kyojo web serve``): see :mod:`edge_agent.web.app`."""
