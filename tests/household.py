@@ -11,8 +11,9 @@ EV charger) into a gateway database the way the running agent would have stored 
   ``nilm``: the ONNX appliance models) fed with them exactly as ``Agent.flush`` does -> ``store_events`` /
   derived estimate Readings; then ``close_windows`` and ``release_events`` (the consent gate, the outbox and the
   audit log); raw rows older than the retention period pruned daily, as the agent does;
-- a hypertensive-crisis reading for p1 two days before the end (the 119 rule) and a low-SpO2 episode for p2
-  (withheld: no consent), injected as device Readings, so the alerts come from the real rules engine;
+- hypertensive-crisis readings for p1 two days and 20 minutes before the end (the 119 rule; the second is still
+  open) and a low-SpO2 episode for p2 three days before (withheld: p2 gave no consent), injected as device
+  Readings, so the alerts come from the real rules engine;
 - optionally (``publish=True``) the real ``Publisher`` sends the outbox to the config's broker, so the audit log
   also holds the broker's acknowledgements; one alert is acknowledged through ``kyojo alerts ack``'s function.
 
@@ -76,7 +77,11 @@ def _injected(start: float, end: float) -> list[Reading]:
         for metric, value in (("systolic", 186.0), ("diastolic", 112.0), ("mean_arterial_pressure", 136.7)):
             out.append(reading(dev, "p1", metric, value, crisis))
         out.append(reading(dev, "p1", "pulse_rate", 88.0, crisis))
-    low = day0 - 3 * DAY + 3 * HOUR  # 03:00 JST
+    late = end - 20 * 60  # a second crisis 20 min before the end: still open when the page is looked at
+    if start <= late:
+        for metric, value in (("systolic", 184.0), ("diastolic", 108.0), ("mean_arterial_pressure", 133.3)):
+            out.append(reading(f"{HOME_ID}-p1-bp", "p1", metric, value, late))
+    low = spo2_episode(end)
     if start <= low and low + 20 * 60 < end:
         dev = f"{HOME_ID}-p2-spo2"
         for i in range(16):  # one a minute for 15 min at 86-88 %, then back to 95 %
@@ -84,9 +89,17 @@ def _injected(start: float, end: float) -> list[Reading]:
     return out
 
 
-def _keep(r: Reading, hr_every_s: int) -> bool:
+def spo2_episode(end: float) -> float:
+    """Start of p2's injected low-SpO2 episode: 03:00 JST three days before the end's day."""
+    day0 = (end + 9 * HOUR) // DAY * DAY - 9 * HOUR
+    return day0 - 3 * DAY + 3 * HOUR
+
+
+def _keep(r: Reading, hr_every_s: int, quiet: tuple[float, float]) -> bool:
     if r.metric == "rr_interval":
         return False
+    if r.device == f"{HOME_ID}-p2-spo2" and quiet[0] <= r.ts < quiet[1]:
+        return False  # the oximeter's own readings give way to the injected episode
     return not (r.metric == "heart_rate" and int(r.ts) % hr_every_s)
 
 
@@ -122,11 +135,12 @@ def seed_household(
         withdraw_at = start + days * DAY / 3
         sims = sim.household(HOME_ID, SEED, bp_profile="hypertensive")
         extra = sorted(_injected(start, end), key=lambda r: r.ts)
+        quiet = (spo2_episode(end), spo2_episode(end) + 16 * 60)
         t = start
         last_prune = start
         while t < end:
             nxt = min(t + HOUR, end)
-            batch = [r for s in sims for r in s.readings_between(t, nxt) if _keep(r, hr_every_s)]
+            batch = [r for s in sims for r in s.readings_between(t, nxt) if _keep(r, hr_every_s, quiet)]
             batch += [r for r in extra if t <= r.ts < nxt]
             batch.sort(key=lambda r: r.ts)
             stats.readings += pipeline.store(batch)

@@ -13,10 +13,10 @@
   pages, each in a context of its own that the fixture closes. ``sign_in(page, web, home)`` pairs the page's
   context with a one-time code from ``kyojo web pair-code`` (the first device becomes the admin).
 - :func:`axe_violations` runs axe-core (vendored, tests/web/vendor/) in the page and returns the serious and
-  critical violations; :func:`screenshot` writes ``docs/img/<name>.png``.
+  critical violations; :func:`screenshot` writes ``docs/img/<name>.png`` (with ``KYOJO_SCREENSHOTS=1``).
 
 Fixtures (registered for tests/web/ by tests/web/conftest.py): ``home`` (a live home for the module),
-``fresh_home`` (one per test), ``seeded_home`` (a home whose database holds a seeded month, see
+``fresh_home`` (one per test), ``seeded_home`` (for the session: a home whose database holds six seeded days, see
 tests/household.py, with the agent running on it), ``web`` / ``seeded_web``, ``browser``, ``phone``, ``desktop``.
 Every fixture stops what it started: Chromium, the Playwright driver, uvicorn, the agent, both brokers, the pty.
 """
@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -388,7 +390,7 @@ def sign_in(page: Page, web: WebServer, code: str | None = None) -> None:
     """Sign ``page``'s context in: the pairing form of /signin with a fresh one-time code."""
     page.goto(web.url + "/signin")
     page.locator("input[name=code]").fill(code or pair_code(web.config_path))
-    page.locator("form[action='/signin'] button[type=submit]").click()  # not the header's language button
+    page.locator('form[action="/signin"] [type=submit]').click()
     page.wait_for_url(lambda url: "/signin" not in url, timeout=15_000)
 
 
@@ -428,11 +430,16 @@ class Violation:
         return f"{self.impact} {self.id}: {self.help} at {', '.join(self.targets[:5])}"
 
 
+@functools.cache
+def _axe_source() -> str:
+    return AXE.read_text(encoding="utf-8") + "\n;void 0"
+
+
 def axe_violations(page: Page, *, impacts: tuple[str, ...] = ("serious", "critical")) -> list[Violation]:
     """Run axe-core (WCAG 2.x A/AA rules and best practices) on the page; the violations of these impacts."""
     if not page.evaluate("typeof window.axe !== 'undefined'"):
-        # through the DevTools protocol: the app's CSP (script-src 'self') refuses add_script_tag's inline script
-        page.evaluate(AXE.read_text(encoding="utf-8"))
+        # through the DevTools protocol, not a <script> tag: the app's CSP (script-src 'self') stays in force
+        page.evaluate(_axe_source())
     result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
     return [
         Violation(v["id"], v["impact"], v["help"], [", ".join(n["target"]) for n in v["nodes"]])
@@ -442,11 +449,18 @@ def axe_violations(page: Page, *, impacts: tuple[str, ...] = ("serious", "critic
 
 
 def screenshot(page: Page, name: str, *, full_page: bool = True) -> Path:
-    """Save ``docs/img/<name>.png`` (e.g. ``energy-ja-phone``) and return its path."""
-    IMG.mkdir(parents=True, exist_ok=True)
-    path = IMG / f"{name}.png"
+    """Save ``<name>.png`` (e.g. ``energy-ja-phone``): into docs/img/ when ``KYOJO_SCREENSHOTS=1`` (to refresh
+    the README's pictures), else into a scratch folder, so a test run leaves the checkout unchanged."""
+    folder = IMG if os.environ.get("KYOJO_SCREENSHOTS") == "1" else Path(tempfile.gettempdir()) / "kyojo-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page, animations="disabled")
     return path
+
+
+def set_lang(page: Page, web: WebServer, lang: str) -> None:
+    """Choose the page's language as the language switch does (the ``kyojo_lang`` cookie)."""
+    page.context.add_cookies([{"name": "kyojo_lang", "value": lang, "url": web.url}])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -511,12 +525,13 @@ def fresh_home(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Home]:
         yield h
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def seeded_home(tmp_path_factory: pytest.TempPathFactory, mosquitto: Mosquitto) -> Iterator[Home]:
     """A home whose database holds a seeded household month (tests/household.py), then the agent running on it."""
     from tests.household import seed_household
 
     h = Home(tmp_path_factory.mktemp("seeded-home"), mosquitto, speed=1.0)
+    # six days: p1's home blood pressure needs five days for its guideline, p2's SpO2 episode is three days back
     h.prepare()
     try:
         seed_household(h.config_path, days=6, end=h.start_at)
@@ -532,7 +547,7 @@ def web(home: Home) -> Iterator[WebServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def seeded_web(seeded_home: Home) -> Iterator[WebServer]:
     with WebServer(seeded_home.config_path) as server:
         yield server

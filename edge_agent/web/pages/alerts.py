@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from edge_agent.web.site import site_of
-from edge_agent.web.templating import gettext, render
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -25,6 +23,9 @@ from starlette.routing import BaseRoute, Route
 
 from edge_agent.db import tx
 from edge_agent.web import household
+from edge_agent.web.pages.energy import tz_offset_s
+from edge_agent.web.site import site_of
+from edge_agent.web.templating import gettext, render
 from kyojo.contract.vocab import METRICS
 
 #: how far back the per-person chart reaches (the raw store keeps 14 days by default)
@@ -122,7 +123,9 @@ def acknowledge(conn: sqlite3.Connection, alert_id: str, now_ms: int) -> bool:
     return True
 
 
-def measurements(conn: sqlite3.Connection, person: str, metrics: list[str], since_ms: int) -> dict[str, Any]:
+def measurements(
+    conn: sqlite3.Connection, person: str, metrics: list[str], since_ms: int, label: Callable[[str], str] = str
+) -> dict[str, Any]:
     """The person's raw values of ``metrics`` since ``since_ms``, thinned to at most MAX_POINTS per metric
     (bucket means), as one uPlot document (x in epoch s)."""
     series = [
@@ -151,13 +154,26 @@ def measurements(conn: sqlite3.Connection, person: str, metrics: list[str], sinc
     return {
         "x": [t // 1000 for t in xs],
         "series": [
-            {"label": m, "values": [None if t not in pts else round(pts[t], 1) for t in xs]}
+            {"label": label(m), "values": [None if t not in pts else round(pts[t], 1) for t in xs]}
             for m, pts in sorted(lines.items())
         ],
         "unit": METRICS[metrics[0]].unit if metrics and metrics[0] in METRICS else "",
         "bucket_s": 3600,
-        "points": True,
+        "tz_offset_s": tz_offset_s(),
     }
+
+
+def metric_label(_: Callable[[str], str], metric: str) -> str:
+    labels = {
+        "systolic": _("Systolic (upper)"),
+        "diastolic": _("Diastolic (lower)"),
+        "heart_rate": _("Heart rate"),
+        "spo2": _("Blood oxygen (SpO2)"),
+        "body_temperature": _("Body temperature"),
+        "glucose": _("Blood sugar"),
+        "rr_interval": _("Beat-to-beat interval"),
+    }
+    return labels.get(metric, metric)
 
 
 def advice(_: Callable[[str], str], view: AlertView) -> dict[str, Any]:
@@ -172,8 +188,9 @@ def advice(_: Callable[[str], str], view: AlertView) -> dict[str, Any]:
         "glucose": _("High blood sugar"),
         "af": _("Irregular heart rhythm (possible atrial fibrillation)"),
     }
-    call_119 = view.kind == "bp_crisis" or view.level == "urgent"
-    if call_119:
+    urgent = view.kind == "bp_crisis" or view.level == "urgent"
+    call_119 = urgent and view.state == "open"
+    if urgent:
         todo = _(
             "Sit down, rest for a few minutes and measure again. If it stays this high, see a doctor today. "
             "If there is chest pain, shortness of breath, a severe headache, numbness, weakness or trouble "
@@ -186,7 +203,14 @@ def advice(_: Callable[[str], str], view: AlertView) -> dict[str, Any]:
     else:
         todo = _("Keep measuring. If you are worried, talk to your family doctor.")
     if view.state == "closed":
-        todo = _("This has passed: the latest measurements are back in range.") + " " + todo
+        todo = _("This has passed: the latest measurements are back in range.") + " "
+        if urgent:
+            todo += _(
+                "If it happens again with chest pain, shortness of breath, a severe headache, numbness or "
+                "trouble speaking, call 119 at once; otherwise tell your doctor about it."
+            )
+        else:
+            todo += _("Tell your doctor about it at your next visit.")
     return {"title": titles.get(view.kind, view.kind), "todo": todo, "call_119": call_119}
 
 
@@ -208,7 +232,7 @@ async def alerts_page(request: Request) -> Response:
                 for m in COMPANIONS.get(v.metric, (v.metric,)):
                     if m and m not in metrics:
                         metrics.append(m)
-            chart = measurements(conn, p, metrics, since) if metrics else None
+            chart = measurements(conn, p, metrics, since, lambda m: metric_label(_, m)) if metrics else None
             if chart is not None:
                 chart["title"] = _("Measurements of the last %(days)d days") % {"days": HISTORY_DAYS}
                 chart["markers"] = [v.started_ms // 1000 for v in mine if v.started_ms >= since]

@@ -12,8 +12,8 @@ their confidence, judged from the model card's held-out-house evaluation (``mode
 - otherwise the number is shown with its confidence (the worst F1 on an unseen house: >= 0.7 high, >= 0.5
   medium, else low).
 
-Completed days are summarised once and cached (the raw rows of a past day do not change), so the week view reads
-only today's rows again.
+Settled hours are summarised once (one scan of the raw store's time index for every series) and cached: the rows
+of a past hour do not change, so a page reads only the last two hours again.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from edge_agent.web.site import site_of
-from edge_agent.web.templating import gettext, render
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from edge_agent.config import AgentConfig
+from edge_agent.web.site import site_of
+from edge_agent.web.templating import gettext, render
 
 RANGES = {"today": (1, 300), "week": (7, 3600)}  # days shown, bucket seconds
 #: the model card's "Known limits": not trustworthy in a Japanese home without local data or a plug
@@ -105,11 +105,14 @@ def setup_of(cfg: AgentConfig) -> EnergySetup:
 
 
 # -- reading the raw store ------------------------------------------------------------------------------------------
+#: one hour of every energy series: series id -> (bucket start ms -> mean, min value, max value)
+HourDoc = dict[int, tuple[dict[int, float], float, float]]
 _CACHE_LOCK = threading.Lock()
-_DAY_CACHE: OrderedDict[tuple[str, int, int, int], tuple[list[tuple[int, float]], float | None, float | None]] = (
-    OrderedDict()
-)
-_CACHE_MAX = 512
+_HOUR_CACHE: OrderedDict[tuple[str, int, int, frozenset[int]], HourDoc] = OrderedDict()
+_CACHE_MAX = 1024
+HOUR_MS = 3_600_000
+#: an hour is final (cached) once it ended this long ago: NILM estimates describe minutes up to ~62 min back
+SETTLED_MS = 2 * HOUR_MS
 
 
 def _energy_series(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
@@ -122,62 +125,67 @@ def _energy_series(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
     }
 
 
-def _day_summary(
-    conn: sqlite3.Connection, key_db: str, series: int, counter: int | None, start_ms: int, end_ms: int, bucket_s: int
-) -> tuple[list[tuple[int, float]], float | None, float | None]:
-    """Power bucket means and the energy counter's first and last value over [start, end)."""
-    buckets = [
-        (int(b) * bucket_s * 1000, float(v))
-        for b, v in conn.execute(
-            "SELECT ts / ? AS b, avg(value) FROM raw WHERE ts >= ? AND ts < ? AND series = ? GROUP BY b ORDER BY b",
-            (bucket_s * 1000, start_ms, end_ms, series),
-        )
-    ]
-    first = last = None
-    if counter is not None:
-        row = conn.execute(
-            "SELECT min(value), max(value) FROM raw WHERE ts >= ? AND ts < ? AND series = ?",
-            (start_ms, end_ms, counter),
-        ).fetchone()
-        if row and row[0] is not None:
-            first, last = float(row[0]), float(row[1])
-    return buckets, first, last
+def _hour(conn: sqlite3.Connection, ids: frozenset[int], start_ms: int, end_ms: int, bucket_s: int) -> HourDoc:
+    """One scan of [start, end) (the raw store's time index) for every series at once."""
+    marks = ",".join("?" * len(ids))
+    out: HourDoc = {}
+    for sid, b, mean, lo, hi in conn.execute(
+        f"SELECT series, ts / ?, avg(value), min(value), max(value) FROM raw "  # noqa: S608 - placeholders only
+        f"WHERE ts >= ? AND ts < ? AND series IN ({marks}) GROUP BY series, ts / ?",
+        (bucket_s * 1000, start_ms, end_ms, *sorted(ids), bucket_s * 1000),
+    ):
+        buckets, old_lo, old_hi = out.get(int(sid), ({}, float(lo), float(hi)))
+        buckets[int(b) * bucket_s * 1000] = float(mean)
+        out[int(sid)] = (buckets, min(old_lo, float(lo)), max(old_hi, float(hi)))
+    return out
 
 
-def summarise(
-    conn: sqlite3.Connection,
-    key_db: str,
-    series: int,
-    counter: int | None,
-    days: list[tuple[int, int]],
-    bucket_s: int,
-    now_ms: int,
-) -> tuple[list[tuple[int, float]], float | None]:
-    """Buckets and the energy used (Wh, the counter's growth) over the given days; past days come from the cache."""
-    points: list[tuple[int, float]] = []
-    lo: float | None = None
-    hi: float | None = None
-    for start_ms, end_ms in days:
-        key = (key_db, series * 1_000_003 + (counter or 0), start_ms, bucket_s)
-        done = end_ms < now_ms - 3_600_000  # an hour of slack for late rows (NILM estimates lag up to ~62 min)
-        hit = None
-        if done:
+def read_range(
+    conn: sqlite3.Connection, key_db: str, ids: frozenset[int], start_ms: int, end_ms: int, bucket_s: int, now_ms: int
+) -> HourDoc:
+    """Every series over [start, end), hour by hour; settled hours come from the cache (their rows do not change)."""
+    merged: HourDoc = {}
+    hour = start_ms // HOUR_MS * HOUR_MS
+    while hour < end_ms:
+        lo, hi = max(hour, start_ms), min(hour + HOUR_MS, end_ms)
+        key = (key_db, lo, bucket_s, ids)
+        settled = hi == hour + HOUR_MS and hi <= now_ms - SETTLED_MS
+        doc = None
+        if settled:
             with _CACHE_LOCK:
-                hit = _DAY_CACHE.get(key)
-        if hit is None:
-            hit = _day_summary(conn, key_db, series, counter, start_ms, end_ms, bucket_s)
-            if done:
+                doc = _HOUR_CACHE.get(key)
+                if doc is not None:
+                    _HOUR_CACHE.move_to_end(key)
+        if doc is None:
+            doc = _hour(conn, ids, lo, hi, bucket_s)
+            if settled:
                 with _CACHE_LOCK:
-                    _DAY_CACHE[key] = hit
-                    while len(_DAY_CACHE) > _CACHE_MAX:
-                        _DAY_CACHE.popitem(last=False)
-        buckets, first, last = hit
-        points += buckets
-        if first is not None and last is not None:
-            lo = first if lo is None else min(lo, first)
-            hi = last if hi is None else max(hi, last)
-    used = None if lo is None or hi is None else max(0.0, hi - lo)
-    return points, used
+                    _HOUR_CACHE[key] = doc
+                    while len(_HOUR_CACHE) > _CACHE_MAX:
+                        _HOUR_CACHE.popitem(last=False)
+        for sid, (buckets, vlo, vhi) in doc.items():
+            have = merged.get(sid)
+            if have is None:
+                merged[sid] = (dict(buckets), vlo, vhi)
+            else:
+                have[0].update(buckets)
+                merged[sid] = (have[0], min(have[1], vlo), max(have[2], vhi))
+        hour += HOUR_MS
+    return merged
+
+
+def _points(doc: HourDoc, sid: int | None) -> list[tuple[int, float]]:
+    if sid is None or sid not in doc:
+        return []
+    return sorted(doc[sid][0].items())
+
+
+def _used_kwh(doc: HourDoc, sid: int | None) -> float | None:
+    """What a cumulative energy counter (Wh) grew by over the range, in kWh."""
+    if sid is None or sid not in doc:
+        return None
+    _, lo, hi = doc[sid]
+    return max(0.0, hi - lo) / 1000
 
 
 def local_days(now: float, days: int) -> list[tuple[int, int]]:
@@ -204,7 +212,20 @@ def _chart(
         for t, v in pts:
             ys[index[t]] = round(v, 1)
         series.append({"label": label, "values": ys})
-    return {"title": title, "unit": unit, "x": [t // 1000 for t in xs], "series": series, "bucket_s": bucket_s}
+    return {
+        "title": title,
+        "unit": unit,
+        "x": [t // 1000 for t in xs],
+        "series": series,
+        "bucket_s": bucket_s,
+        "tz_offset_s": tz_offset_s(),
+    }
+
+
+def tz_offset_s() -> int:
+    """The gateway's UTC offset now (charts show the gateway's local time, as the rest of the page does)."""
+    offset = datetime.now().astimezone().utcoffset()
+    return 0 if offset is None else int(offset.total_seconds())
 
 
 def energy_view(conn: sqlite3.Connection, cfg: AgentConfig, key_db: str, now: float, rng: str) -> dict[str, Any]:
@@ -214,26 +235,26 @@ def energy_view(conn: sqlite3.Connection, cfg: AgentConfig, key_db: str, now: fl
     now_ms = int(now * 1000)
     setup = setup_of(cfg)
     ids = _energy_series(conn)
+    doc = read_range(conn, key_db, frozenset(ids.values()), days[0][0], days[-1][1], bucket_s, now_ms) if ids else {}
     meter_doc = None
     if setup.meter and (setup.meter, "power") in ids:
-        pts, used = summarise(
-            conn, key_db, ids[(setup.meter, "power")], ids.get((setup.meter, "energy")), days, bucket_s, now_ms
-        )
-        meter_doc = {"device": setup.meter, "points": pts, "kwh": None if used is None else used / 1000}
+        meter_doc = {
+            "device": setup.meter,
+            "points": _points(doc, ids[(setup.meter, "power")]),
+            "kwh": _used_kwh(doc, ids.get((setup.meter, "energy"))),
+        }
     plugs = []
     for (device, metric), sid in sorted(ids.items()):
         if metric != "power" or device == setup.meter or ".nilm." in device:
             continue
-        pts, used = summarise(conn, key_db, sid, ids.get((device, "energy")), days, bucket_s, now_ms)
-        last = pts[-1][1] if pts else None
-        name = device.removeprefix(f"{cfg.gateway.id}-")
+        pts = _points(doc, sid)
         plugs.append(
             {
                 "device": device,
-                "name": name,
+                "name": device.removeprefix(f"{cfg.gateway.id}-"),
                 "points": pts,
-                "kwh": None if used is None else used / 1000,
-                "last_w": last,
+                "kwh": _used_kwh(doc, ids.get((device, "energy"))),
+                "last_w": pts[-1][1] if pts else None,
             }
         )
     trust = model_trust()
@@ -248,15 +269,15 @@ def energy_view(conn: sqlite3.Connection, cfg: AgentConfig, key_db: str, now: fl
         level = "untrusted" if t is None else t.level(setup.japanese_home)
         if appliance in plugged:
             level = "plug"
-        pts, used = summarise(conn, key_db, sid, ids.get((device, "energy")), days, bucket_s, now_ms)
+        shown = level != "untrusted"
         estimates.append(
             {
                 "appliance": appliance,
                 "level": level,
                 "f1": None if t is None else t.f1_unseen,
                 "japan_caveat": bool(t and t.japan_caveat and setup.japanese_home),
-                "kwh": None if level == "untrusted" or used is None else used / 1000,
-                "points": [] if level == "untrusted" else pts,
+                "kwh": _used_kwh(doc, ids.get((device, "energy"))) if shown else None,
+                "points": _points(doc, sid) if shown else [],
             }
         )
     return {

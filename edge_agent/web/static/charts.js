@@ -15,8 +15,16 @@
     }
     var width = Math.max(240, box.clientWidth || fig.clientWidth - 24);
     var lang = document.documentElement.lang === "en" ? "en-US" : "ja-JP";
-    var series = [{}];
+    // the gateway's local time (as in the rest of the page), whatever the phone's time zone
+    var off = data.tz_offset_s || 0;
+    var tzDate = function (ts) {
+      var d = new Date((ts + off) * 1000);
+      return new Date(d.getTime() + d.getTimezoneOffset() * 60000);
+    };
     var values = [data.x];
+    var fmtFull = new Intl.DateTimeFormat(lang, {month: "numeric", day: "numeric", hour: "numeric", minute: "2-digit"});
+    var series = [{label: lang === "en-US" ? "Time" : "時刻",
+                   value: function (u, v) { return v == null ? "—" : fmtFull.format(tzDate(v)); }}];
     data.series.forEach(function (s, i) {
       series.push({label: s.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: false,
                    points: {show: data.x.length < 60}, value: function (u, v) {
@@ -32,8 +40,9 @@
       legend: {live: true},
       cursor: {drag: {x: false, y: false}},
       scales: {x: {time: true}},
+      tzDate: tzDate,
       axes: [
-        {values: function (u, ticks) { return ticks.map(function (t) { return fmt.format(new Date(t * 1000)); }); },
+        {values: function (u, ticks) { return ticks.map(function (t) { return fmt.format(tzDate(t)); }); },
          size: 40, space: 80},
         {label: data.unit, size: 56}
       ]
