@@ -156,6 +156,8 @@ def test_brute_force_is_locked_out(config: Path) -> None:
     assert r.status_code == 429
     assert "15" in r.text
     assert site.auth.open_codes() == 1
+    locked = client.get("/signin").text  # coming back later still says so, and the form is off
+    assert "間違ったコードが多すぎます。15 分後" in locked and 'id="code"' in locked and "disabled" in locked
     clock.t += 14 * 60
     assert client.post("/signin", data={"code": good, "csrf": token}).status_code == 429
     clock.t += 61
