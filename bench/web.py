@@ -119,6 +119,7 @@ def main() -> None:
                     meter_port=str(root / "home" / "meter-pty"),
                     speed=1.0,
                     start=time.time(),
+                    simulated=False,  # a real home's config: no simulated device, BLE through BlueZ
                 ),
                 encoding="utf-8",
             )
