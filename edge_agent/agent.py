@@ -205,7 +205,19 @@ class Agent:
             "counter_steps_held": dict(self.pipeline.held),
             "receipts_refused": dict(pub.receipts_refused),
             "anchor_problem": pub.anchor_problem,
+            "links": self._links(),
         }
+
+    def _links(self) -> dict[str, dict[str, Any]]:
+        """Per radio device, what the household's devices page shows: connected, battery, last seen, last error
+        (drivers whose ``health()`` reports a link: BLE today). No measurement values."""
+        keep = ("connected", "battery_level", "last_seen", "rssi", "last_error")
+        out: dict[str, dict[str, Any]] = {}
+        for d in self.drivers:
+            health = d.health()
+            if "connected" in health:
+                out[d.device_id] = {k: health.get(k) for k in keep}
+        return out
 
     def _counter_causes(self) -> dict[str, Any]:
         """Energy counters' roll-overs, resets and held readings by cause, per driver that keeps counters

@@ -195,6 +195,7 @@ def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Optio
 
     with _gateway_db(config) as (_, conn):
         rows = consent.list_consents(conn)
+    cat = consent.default_catalog()
 
     def when(ms: int | None) -> str | None:
         return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()
@@ -209,6 +210,7 @@ def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Optio
             "given_at": when(c.given_at),
             "expires_at": when(c.expires_at),
             "withdrawn_at": when(c.withdrawn_at),
+            "needs_renewal": c.needs_renewal(cat),
         }
         for c in rows
     ]
@@ -317,23 +319,12 @@ def audit_export(
     config: ConfigOpt = DEFAULT_CONFIG,
     out: Annotated[Path | None, typer.Option(help="file to write (default: stdout)")] = None,
 ) -> None:
-    """The whole log as JSON (entries, verdict, the gateway's public key), for the household to keep."""
-    from edge_agent import audit, consent
-    from edge_agent.identity import load_keys
+    """The whole log as JSON (entries, verdict, signed consents, the gateway's public key), signed by the gateway,
+    for the household to keep."""
+    from edge_agent.transparency import export_log
 
     with _gateway_db(config) as (cfg, conn):
-        verdict = audit.verify(conn)
-        doc = {
-            "gateway": cfg.gateway.id,
-            "exported_at": datetime.now(UTC).isoformat(),
-            "public_key": load_keys(cfg.gateway.data_dir).public_key_b64(),
-            "verify": verdict.as_dict(),
-            "consents": [consent.signed_record(conn, c.id) for c in consent.list_consents(conn)],
-            "entries": [
-                {"n": e.n, "at": e.when.isoformat(), "kind": e.kind, "body": e.body, "prev": e.prev, "hash": e.hash}
-                for e in audit.entries(conn)
-            ],
-        }
+        doc = export_log(cfg, conn)
     text = json.dumps(doc, ensure_ascii=False, indent=2)
     if out is None:
         typer.echo(text)

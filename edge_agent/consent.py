@@ -159,6 +159,14 @@ class Consent:
             return False
         return not purpose.categories <= self.categories or purpose.min_window_s < self.min_window_s
 
+    def narrowed(self, cat: Catalog) -> bool:
+        """The current catalog asks for less than was granted (fewer categories or coarser summaries): it applies
+        at once, and the household is only told."""
+        purpose = cat.purposes.get(self.purpose)
+        if purpose is None or self.status is not ConsentStatus.ACTIVE or self.needs_renewal(cat):
+            return False
+        return purpose.categories < self.categories or purpose.min_window_s > self.min_window_s
+
 
 def _ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
     lines = proc.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
     assert {"readings", "aggregates_sent", "points_written", "rejected"} <= set(summary)
+    # the household page was up, and its URL and one-time pairing code were printed
+    assert summary["household_page"].startswith("http://127.0.0.1:")
+    assert re.search(r"household page: http://127\.0\.0\.1:\d+/ +\(pairing code \d{4} \d{4};", proc.stdout)
     assert summary["readings"] > 1000
     assert summary["aggregates_sent"] > 50
     assert summary["aggregates_sent"] == summary["points_in_influxdb"]  # every aggregate sent is in InfluxDB once

@@ -43,7 +43,7 @@ from drivers.ble import gatt, paired
 from drivers.ble.device import ID_PATTERN
 from drivers.ble.errors import UnknownCharacteristic
 from drivers.ble.profiles import PROFILES, Profile, ProfileName
-from drivers.ble.transport import BleBackend, SharedScanner
+from drivers.ble.transport import BleBackend, SharedScanner, Sighting
 from kyojo.contract.vocab import KyojoError
 
 # ------------------------------------------------------------------------------------------------------------
@@ -80,6 +80,15 @@ class PairingRefused(PairError):
     exit_code = EXIT_PAIRING_REFUSED
 
 
+class PinRejected(PairingRefused):
+    """Pairing started but the keys did not match: a wrong PIN/passkey (SMP Confirm Value / Passkey Entry /
+    Numeric Comparison / DHKey Check Failed; BlueZ ``AuthenticationFailed``)."""
+
+
+class AlreadyPaired(PairError):
+    """The address (or the wanted device id) is already in the registry or in the gateway config."""
+
+
 class LinkFailed(PairError):
     exit_code = EXIT_LINK
 
@@ -88,6 +97,15 @@ class LinkFailed(PairError):
 _ADAPTER_DBUS = ("org.bluez.Error.NotReady", "org.freedesktop.DBus.Error.ServiceUnknown")
 # ATT errors by which a device says "pair with me first" (Core Vol 3 Part F 3.4.1.1)
 _NEEDS_BOND = {0x05, 0x0F, 0x0C}  # Insufficient Authentication, Insufficient Encryption, ...Key Size
+# How a stack reports that pairing ran but the two sides' keys differ (a wrong PIN): SMP reasons 0x01, 0x04, 0x0B,
+# 0x0C (Core Vol 3 Part H 3.5.5) as Bumble names them, and BlueZ's D-Bus error
+_WRONG_PIN = (
+    "PASSKEY_ENTRY_FAILED",
+    "CONFIRM_VALUE_FAILED",
+    "DHKEY_CHECK_FAILED",
+    "NUMERIC_COMPARISON_FAILED",
+    "org.bluez.Error.AuthenticationFailed",
+)
 
 NO_ADAPTER_HELP = (
     "no usable Bluetooth adapter: check that the Pi's Bluetooth is switched on "
@@ -155,16 +173,27 @@ class Nearby:
     services: tuple[str, ...]
 
 
-async def scan(backend: BleBackend | None, duration: float) -> list[Nearby]:
-    """Devices advertising any supported health service during ``duration`` seconds, strongest first."""
+def _nearby(address: str, s: Sighting) -> Nearby:
+    shorts = [_short(u) for u in s.service_uuids]
+    profiles = tuple(SERVICE_PROFILES[u] for u in shorts if u in SERVICE_PROFILES)
+    return Nearby(address, s.name, s.rssi, profiles, tuple(s.service_uuids))
+
+
+async def scan(
+    backend: BleBackend | None, duration: float, *, on_found: Callable[[Nearby], None] | None = None
+) -> list[Nearby]:
+    """Devices advertising any supported health service during ``duration`` seconds, strongest first.
+
+    ``on_found`` hears each advertisement of such a device as it arrives (live progress, e.g. the web page).
+    """
+
+    def seen(address: str, sighting: Sighting) -> None:
+        if on_found is not None:
+            on_found(_nearby(address, sighting))
+
     with _adapter_guard(os_errors=True):
-        found = await SharedScanner(backend).discover(sorted(SERVICE_PROFILES), duration)
-    out = []
-    for address, s in found.items():
-        shorts = [_short(u) for u in s.service_uuids]
-        profiles = tuple(SERVICE_PROFILES[u] for u in shorts if u in SERVICE_PROFILES)
-        out.append(Nearby(address, s.name, s.rssi, profiles, tuple(s.service_uuids)))
-    return sorted(out, key=lambda n: -n.rssi)
+        found = await SharedScanner(backend).discover(sorted(SERVICE_PROFILES), duration, on_found=seen)
+    return sorted((_nearby(a, s) for a, s in found.items()), key=lambda n: -n.rssi)
 
 
 def _short(uuid: str) -> int | None:
@@ -264,6 +293,11 @@ async def add_device(
                 try:
                     await client.pair()
                 except BleakError as err:
+                    if any(why in str(err) for why in _WRONG_PIN):
+                        raise PinRejected(
+                            f"{address} did not accept the PIN ({err}): check the PIN shown on or printed on the "
+                            "device and run the command again"
+                        ) from err
                     raise PairingRefused(
                         f"{address} refused to pair ({err}): put it in pairing mode (usually: hold its Bluetooth "
                         "button until the symbol blinks) and run the command again"
@@ -319,6 +353,30 @@ class Site:
 
     data_dir: Path
     configured: Mapping[str, str]
+
+
+def check_free(site: Site, devices: list[paired.PairedDevice], address: str, device_id: str | None = None) -> None:
+    """Raise :class:`AlreadyPaired` when ``address`` is in the registry or the config, or ``device_id`` is taken."""
+    address = address.upper()
+    if (old := paired.find(devices, address)) is not None:
+        raise AlreadyPaired(f"{address} is already paired as {old.id} for {old.subject}")
+    if (configured_id := site.configured.get(address)) is not None:
+        raise AlreadyPaired(f"{address} is already configured in the gateway config as {configured_id}")
+    if device_id is not None and any(d.id == device_id for d in devices):
+        raise AlreadyPaired(f"device id {device_id!r} is taken")
+
+
+def record(site: Site, added: Added, person: str, device_id: str | None = None) -> paired.PairedDevice:
+    """Store a device :func:`add_device` paired for ``person`` in the registry (re-read now, checked again:
+    another pairing may have finished meanwhile); the new entry. The agent reads the registry when it starts."""
+    devices = paired.load(site.data_dir)
+    check_free(site, devices, added.address, device_id)
+    new_id = device_id or paired.free_id(devices, f"{added.profile.replace('_', '-')}-{person}"[:64])
+    entry = paired.PairedDevice(
+        id=new_id, address=added.address, profile=added.profile, subject=person, name=added.name, bonded=added.bonded
+    )
+    paired.save(site.data_dir, [*devices, entry])
+    return entry
 
 
 #: Reads the gateway config at ``--config`` into a :class:`Site` (raising :class:`KyojoError` when it is bad).
@@ -424,25 +482,20 @@ def add_cmd(
     if device_id is not None:
         _check_ident(device_id, "--id")
     site = _site(config)
-    data_dir = site.data_dir
-    devices = _load(data_dir)
     address = address.upper()
-    if (old := paired.find(devices, address)) is not None:
-        raise _fail(f"{address} is already paired as {old.id} for {old.subject}; `kyojo pair remove` it first", 2)
-    if (configured_id := site.configured.get(address)) is not None:
-        raise _fail(f"{address} is already configured in {config} as {configured_id}", EXIT_USAGE)
-    if device_id is not None and any(d.id == device_id for d in devices):
-        raise _fail(f"device id {device_id!r} is taken", EXIT_USAGE)
+    try:
+        check_free(site, _load(site.data_dir), address, device_id)
+    except AlreadyPaired as err:
+        raise _fail(f"{err}{'; `kyojo pair remove` it first' if 'paired as' in str(err) else ''}", EXIT_USAGE) from err
 
     wanted: Any = profile
     added: Added = _run(lambda backend: add_device(backend, address, wanted, find_within=timeout, bond=bond))
-    new_id = device_id or paired.free_id(devices, f"{added.profile.replace('_', '-')}-{person}"[:64])
-    entry = paired.PairedDevice(
-        id=new_id, address=address, profile=added.profile, subject=person, name=added.name, bonded=added.bonded
-    )
-    paired.save(data_dir, [*devices, entry])
+    try:
+        entry = record(site, added, person, device_id)
+    except (AlreadyPaired, paired.RegistryError) as err:
+        raise _fail(str(err), EXIT_USAGE) from err
     how = "bonded" if added.bonded else "no bonding needed"
-    typer.echo(f"paired {address} ({added.name or 'no name'}) as {new_id}: {added.profile} for {person} ({how})")
+    typer.echo(f"paired {address} ({added.name or 'no name'}) as {entry.id}: {added.profile} for {person} ({how})")
     typer.echo("restart the agent (`systemctl restart kyojo-agent`) to start reading it")
 
 

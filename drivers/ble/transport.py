@@ -122,14 +122,24 @@ class SharedScanner:
                 self._waiters.pop(key, None)
             await asyncio.shield(self._release())
 
-    async def discover(self, service_uuids: Sequence[int], duration: float) -> dict[str, Sighting]:
-        """Peripherals advertising any of ``service_uuids`` (16-bit) during ``duration`` seconds, by address."""
+    async def discover(
+        self,
+        service_uuids: Sequence[int],
+        duration: float,
+        *,
+        on_found: Callable[[str, Sighting], None] | None = None,
+    ) -> dict[str, Sighting]:
+        """Peripherals advertising any of ``service_uuids`` (16-bit) during ``duration`` seconds, by address;
+        ``on_found(address, sighting)`` is called for each of their advertisements as it arrives."""
         wanted = {gatt.uuid128(u) for u in service_uuids}
         found: dict[str, Sighting] = {}
 
         def listener(device: BLEDevice, adv: AdvertisementData) -> None:
             if wanted & {u.lower() for u in adv.service_uuids}:
-                found[device.address.upper()] = self.sightings[device.address.upper()]
+                key = device.address.upper()
+                found[key] = self.sightings[key]
+                if on_found is not None:
+                    on_found(key, found[key])
 
         self._listeners.append(listener)
         await self._acquire()

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from starlette.requests import Request
 
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.consent import Catalog, ConsentStore, default_catalog, open_store
 from edge_agent.db import connect
 from edge_agent.web import auth
 from edge_agent.web.auth import AuthStore, Session
@@ -30,8 +32,8 @@ class Site:
     web_db: sqlite3.Connection
     auth: AuthStore
     now: Callable[[], float] = time.time
-    #: set by tests to observe what the app logs (never raw values)
-    extra: dict[str, object] = field(default_factory=dict)
+    #: the purpose catalog the household is shown (the agent's: the one shipped with it; tests swap in others)
+    catalog: Catalog = field(default_factory=default_catalog)
 
     @classmethod
     def open(cls, config_path: Path, *, now: Callable[[], float] = time.time) -> Site:
@@ -55,6 +57,26 @@ class Site:
             yield conn
         finally:
             conn.close()
+
+    def gateway_now(self) -> float:
+        """The agent's clock (epoch s). Real time, except under a simulated ``[clock]`` (the demo, tests), where
+        it is extrapolated from the agent's last status, so a consent given here starts when the agent's
+        windows do."""
+        clock = self.config.clock
+        real = self.now()
+        if clock.speed == 1.0 and clock.start is None:
+            return real
+        try:
+            status = json.loads(self.config.status_path.read_text(encoding="utf-8"))
+            return float(status["clock"]) + (real - float(status["at"])) * clock.speed
+        except (OSError, ValueError, KeyError, TypeError):
+            return real
+
+    def consent_store(self, conn: sqlite3.Connection) -> ConsentStore:
+        """The same store ``kyojo consent`` uses (:func:`edge_agent.consent.open_store`), on this site's catalog."""
+        store = open_store(self.config, conn)
+        store.catalog = self.catalog
+        return store
 
     def close(self) -> None:
         self.web_db.close()

@@ -2,8 +2,10 @@
 
 Starts Mosquitto and InfluxDB on free loopback ports with data under ``workdir``, one household gateway
 (wearables, plugs, meter, EV charger) and one garbage-truck gateway as agent processes, and one ingester
-process; grants a sample set of consents (person p2 gives none, so their data never leaves); prints progress
-every second; stops everything it started on Ctrl-C or after ``duration``; returns a summary.
+process; grants a sample set of consents (person p2 gives none, so their data never leaves); starts the
+household web page of home-001 (``kyojo web serve``, loopback, port 8080 when free) and prints its URL and a
+one-time pairing code; prints progress every second; stops everything it started on Ctrl-C or after
+``duration``; returns a summary.
 
 The devices are the deterministic simulators of :mod:`drivers.sim`, and most of them reach the gateways over
 the real protocols, read by the production drivers (:mod:`drivers.sim.wire`):
@@ -39,6 +41,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -372,6 +375,48 @@ def _stop(proc: _Proc, timeout: float = 20.0) -> None:
             proc.popen.wait()
 
 
+WEB_PORT = 8080
+
+
+def _web_port() -> int:
+    """8080 when it is free, else any free loopback port."""
+    for port in (WEB_PORT, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port for the household page")
+
+
+def _start_web(config_path: Path, config: AgentConfig, procs: list[_Proc]) -> tuple[str, str]:
+    """``kyojo web serve`` for the demo household (loopback only) and a one-time pairing code for it."""
+    from edge_agent.web import auth
+
+    port = _web_port()
+    web = _spawn(
+        "web",
+        ["-m", "edge_agent", "web", "serve", "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)],
+        config_path.parent / "web.log",
+    )
+    procs.append(web)
+    conn = auth.connect(config.gateway.data_dir)
+    try:
+        code = auth.AuthStore(conn, code_ttl=config.web.code_ttl).new_code(role=auth.Role.ADMIN)
+    finally:
+        conn.close()
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if web.popen.poll() is not None:
+            raise RuntimeError(f"the household page exited with {web.popen.returncode}; see {web.name}.log")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return url, auth.format_code(code)
+        time.sleep(0.1)
+    raise RuntimeError("the household page did not start listening within 30 s")
+
+
 def _agent_status(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -458,10 +503,17 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
                 _spawn(gw, ["-m", "edge_agent", "agent", "run", "--config", str(cfg_path)], workdir / gw / "agent.log")
             )
         wire.start({gw: cfg.status_path for gw, cfg in configs.items()})
+        web_url, web_code = _start_web(workdir / HOME / "agent.toml", configs[HOME], procs)
         print(
             f"kyojo demo: broker 127.0.0.1:{port}, InfluxDB {stack.influxdb.url} (db {DB}), "
             f"simulated clock x{speed:g}; home LAN broker 127.0.0.1:{wire.lan.port} (plugs), "
             f"meter on {wire.meter_port}, truck GNSS on {wire.gnss_port}; Ctrl-C stops everything.",
+            file=out,
+            flush=True,
+        )
+        print(
+            f"household page: {web_url}  (pairing code {web_code}; sign in on a phone or browser, "
+            "Japanese first, English at the top right)",
             file=out,
             flush=True,
         )
@@ -483,6 +535,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         summary = _summary(configs, ingester)
         summary["readings_by_path"] = _readings_by_path(configs)
         summary["wire"] = wire.stats()
+        summary["household_page"] = web_url
         points = stack.influxdb.query_rows('SELECT count("last") FROM /.*/', DB)
         summary["points_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in points))
         events = stack.influxdb.query_rows('SELECT count("event_id") FROM "events"', DB)

@@ -1,0 +1,100 @@
+"""Issue 16's done-when path in a real browser: on a phone-sized page, in Japanese, a person signs in with the
+pairing code, gives a consent, sees the first release appear in "what left my home", withdraws and sees the
+city's erasure receipt arrive, verifies the log and switches language; axe-core finds nothing serious on the way.
+
+All real: the live home of tests/webkit.py (agent, Mosquitto, Bumble straps, plug and meter emulators), the web
+server under uvicorn, Debian's Chromium, and on the city's side the ingester (a subprocess) writing to a real
+InfluxDB and the eraser that answers the withdrawal with its receipt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from cloud_ingest.config import IngestSettings
+from cloud_ingest.erasure import Eraser
+from provisioning.local import InfluxDB, Mosquitto
+from tests.agentkit import IngesterProc
+from tests.webkit import Home, WebServer, axe_violations, sign_in, wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
+
+
+@pytest.fixture
+def city(mosquitto: Mosquitto, influxdb: InfluxDB, influx_db: str) -> Iterator[None]:
+    ingester = IngesterProc(mosquitto.port, influxdb.url, influx_db, client_id="web-flow-ingest")
+    eraser = Eraser(
+        IngestSettings(broker_port=mosquitto.port, influx_url=influxdb.url, influx_db=influx_db),
+        client_id="web-flow-eraser",
+        grace_s=1.0,
+    )
+    eraser.start()
+    try:
+        yield
+    finally:
+        eraser.stop()
+        ingester.stop()
+
+
+def axe_clean(page: Page) -> None:
+    """No serious or critical axe-core violation."""
+    found = axe_violations(page)
+    assert not found, "\n".join(str(v) for v in found)
+
+
+def test_a_household_gives_and_withdraws_consent_and_sees_what_left(fresh_home: Home, city: None, phone: Page) -> None:
+    with WebServer(fresh_home.config_path) as web:
+        # 1. sign in with the one-time code, on a phone, in Japanese
+        phone.goto(web.url + "/")
+        expect(phone).to_have_url(web.url + "/signin")
+        expect(phone.locator("html")).to_have_attribute("lang", "ja")
+        axe_clean(phone)
+        sign_in(phone, web)
+        expect(phone.locator("h1")).to_have_text("わが家")
+        axe_clean(phone)
+
+        # 2. give a consent: preventive care for p1
+        phone.get_by_role("link", name="同意").first.click()
+        expect(phone.locator("h1")).to_have_text("何を、誰と共有するか")
+        axe_clean(phone)
+        phone.get_by_test_id("grant-preventive-care-p1").click()
+        expect(phone.get_by_test_id("consent-message")).to_contain_text("同意を記録しました")
+        expect(phone.get_by_test_id("row-preventive-care-p1")).to_have_attribute("data-state", "active")
+
+        # 3. the first release appears in "what left my home" (the broker acknowledged it)
+        def first_release() -> bool:
+            phone.goto(web.url + "/released?purpose=preventive-care")
+            return phone.locator('li[data-kind="release_acked"]').count() > 0
+
+        wait_for("the first release in /released", first_release, timeout=90, interval=1.0)
+        expect(phone.locator('li[data-kind="release"]').first).to_contain_text("件の健康データの要約 → 市 予防医療課")
+        axe_clean(phone)
+
+        # 4. withdraw with one tap; the receipt arrives on the page by itself (htmx polls)
+        phone.goto(web.url + "/consent")
+        phone.get_by_test_id("withdraw-preventive-care-p1").click()
+        expect(phone.get_by_test_id("consent-message")).to_contain_text("撤回しました")
+        receipt = phone.locator('#preventive-care [data-testid^="receipt-"]').first
+        expect(receipt).to_be_visible()
+        expect(receipt).to_have_attribute("data-state", "erased", timeout=90_000)
+        expect(receipt).to_contain_text("削除証明")
+        axe_clean(phone)
+
+        # 5. verify the log: the verdict in words
+        phone.goto(web.url + "/released")
+        phone.get_by_test_id("verify").click()
+        expect(phone.get_by_test_id("verdict")).to_have_attribute("data-ok", "true")
+        expect(phone.get_by_test_id("verdict")).to_contain_text("改ざんはありません")
+        expect(phone.locator('li[data-kind="erasure_receipt"]')).to_have_count(1)
+        axe_clean(phone)
+
+        # 6. switch language: English, remembered on the next page
+        phone.get_by_test_id("lang-switch").click()
+        expect(phone.locator("html")).to_have_attribute("lang", "en")
+        expect(phone.locator("h1")).to_have_text("What left my home")
+        phone.goto(web.url + "/settings")
+        expect(phone.locator("html")).to_have_attribute("lang", "en")
+        expect(phone.locator("h1")).to_have_text("Settings")
+        axe_clean(phone)
