@@ -84,7 +84,7 @@ def test_screenshots(seeded_web: WebServer, browser: Browser, lang: str) -> None
             sign_in(page, seeded_web)
             set_lang(page, seeded_web, lang)
             page.goto(seeded_web.url + "/alerts")
-            page.wait_for_function("Number(document.documentElement.getAttribute('data-charts')) >= 1")
+            page.wait_for_function("Number(document.documentElement.getAttribute('data-charts')) >= 2")
             assert page.locator("html").get_attribute("lang") == lang
             screenshot(page, f"web-alerts-{lang}-{kind}")
         finally:

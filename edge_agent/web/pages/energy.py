@@ -350,6 +350,7 @@ async def energy(request: Request) -> Response:
                 view["bucket_s"],
             )
         )
+    charts = [c for c in charts if c["x"]]  # just after midnight "today" may have nothing to draw yet
     for p in view["plugs"]:
         p["label"] = _appliance_label(_, p["name"])
     for e in view["estimates"]:
