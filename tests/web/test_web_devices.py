@@ -9,12 +9,13 @@ as the LAN broker; the scan listens with the agent's own plugs driver. Jobs are 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def write_config(tmp_path: Path, broker_port: int | None = None, extra: str = ""
 
 @pytest.fixture
 def web_db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(tmp_path / "web.db", isolation_level=None)
+    conn = sqlite3.connect(tmp_path / "web.db", isolation_level=None, check_same_thread=False)
     yield conn
     conn.close()
 
@@ -120,8 +121,11 @@ async def until(cond: Callable[[], bool], within: float = 10.0, what: str = "") 
         await asyncio.sleep(0.02)
 
 
-def run(coro: Awaitable[None]) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` in a thread of its own: Playwright's sync API (the browser tests of this session) keeps an
+    event loop running in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -556,12 +560,8 @@ def test_routes_need_a_session_and_csrf_and_polling_stops_when_the_job_ends(radi
     with make_client(config) as client:
         assert client.get("/devices").status_code in (303, 401, 403)  # a stranger sees the sign-in page only
         token = sign_in(client)
-        client.app.state.pairing = PairingService(  # type: ignore[attr-defined]
-            config,
-            client.app.state.site.web_db,
-            scan_s=0.5,
-            find_within=3.0,  # type: ignore[attr-defined]
-        )
+        state: Any = client.app.state  # type: ignore[attr-defined]
+        state.pairing = PairingService(config, state.site.web_db, scan_s=0.5, find_within=3.0)
         assert client.post("/devices/scan").status_code == 403  # no CSRF token
         hx = {"HX-Request": "true", "X-CSRF-Token": token}
         first = client.post("/devices/scan", headers=hx)
