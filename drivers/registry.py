@@ -38,7 +38,7 @@ KINDS: dict[str, str] = {
 #: the reverse: the family's own ``build`` does not know them (import-linter checks that production families never
 #: import ``drivers.sim``), and existing configs (``kind = "ble"``, ``backend = "virtual"``) keep working.
 DOUBLES: dict[tuple[str, str], str] = {
-    ("ble", "virtual"): "drivers.sim.wire.ble:build_virtual",
+    ("ble", "virtual"): "drivers.sim.emit.ble:build_virtual",
 }
 
 

@@ -41,7 +41,7 @@ from typing import Any
 from edge_agent import audit
 from edge_agent.config import AgentConfig
 from edge_agent.db import meta_add, tx
-from edge_agent.identity import GatewayKeys, load_keys
+from edge_agent.keys import GatewayKeys, load_keys
 from kyojo.contract.vocab import Category, KyojoError
 from kyojo.contract.wire import ConsentRecord, ConsentStatus, ErasureReceipt, consent_topic, receipt_topic, valid_id
 

@@ -42,7 +42,7 @@ from edge_agent import audit
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.consent import ConsentStore, QueuedRow, ReceiptError, log_releases
 from edge_agent.db import connect, meta_add, tx
-from edge_agent.identity import load_keys
+from edge_agent.keys import load_keys
 from kyojo.contract.wire import AuditAnchor, ErasureReceipt, GatewayStatus, anchor_topic, receipt_topic, status_topic
 
 log = logging.getLogger(__name__)

@@ -114,7 +114,7 @@ def _request(ident: str, code: str | None, state_dir: Path, role: pki.Role, rene
             signing_key = None
             if role is pki.Role.GATEWAY:
                 # the consent-signing key the agent uses (made here if new; <state_dir> is the agent's data_dir)
-                from edge_agent.identity import load_keys
+                from edge_agent.keys import load_keys
 
                 signing_key = load_keys(state_dir).public_key_b64()
             csr = pki.create_request(state_dir, ident, code, role, signing_key=signing_key)

@@ -49,7 +49,7 @@ from drivers.clock import ScaledClock
 from edge_agent import audit, consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
-from edge_agent.identity import GatewayKeys, load_keys
+from edge_agent.keys import GatewayKeys, load_keys
 from kyojo.contract.vocab import Category
 from kyojo.contract.wire import (
     ConsentRecord,

@@ -15,7 +15,7 @@ import pytest
 from edge_agent import consent
 from edge_agent.config import load_config
 from edge_agent.db import connect
-from edge_agent.identity import load_keys
+from edge_agent.keys import load_keys
 from kyojo.contract.vocab import METRICS, Reading
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc

@@ -42,7 +42,7 @@ from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
-from edge_agent.identity import load_keys
+from edge_agent.keys import load_keys
 from edge_agent.pipeline import Pipeline
 from edge_agent.processors.health import Config as HealthConfig
 from edge_agent.processors.health import HealthProcessor

@@ -42,7 +42,7 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
     assert summary["points_written"] == summary["aggregates_sent"] + summary["events_sent"]
     assert summary["rejected"] == 0
     assert summary["aggregates_withheld_no_consent"] > 0  # person p2 gave no consent
-    # the devices came over the real protocols, read by the production drivers (drivers.sim.wire)
+    # the devices came over the real protocols, read by the production drivers (drivers.sim.emit)
     by_path = summary["readings_by_path"]
     for kind in ("plugs", "bmeter", "gnss", "ble"):
         assert by_path.get(kind, 0) > 0, (kind, by_path)

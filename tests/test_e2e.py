@@ -19,8 +19,8 @@ from drivers.clock import ScaledClock
 from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
-from edge_agent.identity import GatewayKeys, load_keys
-from kyojo.contract.vocab import METRICS, Kind, Reading
+from edge_agent.keys import GatewayKeys, load_keys
+from kyojo.contract.vocab import METRICS, Aggregation, Reading
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 
@@ -56,7 +56,7 @@ def truth(readings: list[Reading], window_s: int, until_ms: int) -> dict[Key, di
             if start + window_s * 1000 > until_ms:
                 break
             key = (metric, device, subject, start)
-            if METRICS[metric].kind is Kind.COUNTER:
+            if METRICS[metric].aggregation is Aggregation.COUNTER:
                 delta = 0.0
                 for v in vals:
                     if prev is not None:

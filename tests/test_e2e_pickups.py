@@ -16,7 +16,7 @@ from drivers.gnss.truck import load_collection_points
 from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
-from edge_agent.identity import load_keys
+from edge_agent.keys import load_keys
 from edge_agent.processors.truck import Config as TruckConfig
 from edge_agent.processors.truck import TruckProcessor
 from provisioning.local import InfluxDB, Mosquitto

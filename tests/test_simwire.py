@@ -29,13 +29,11 @@ from drivers.gnss.nmea import GGA, KNOT_MPS, VTG, NmeaDecoder, parse_sentence
 from drivers.meter.emulator import PWD, RBID
 from drivers.plugs.parse import decode
 from drivers.registry import BuildContext, build, validate
-from drivers.sim.energy import Meter, Plug
-from drivers.sim.gnss import GarbageTruck
-from drivers.sim.wire import AnchoredClock, clock_of_agent
-from drivers.sim.wire.ble import heart_rate_measurement
-from drivers.sim.wire.meter import SimulatedMeter, serve_meter
-from drivers.sim.wire.nmea import NmeaEmitter, PtyLine, epoch, truck_epochs
-from drivers.sim.wire.plugs import (
+from drivers.sim.emit import AnchoredClock, clock_of_agent
+from drivers.sim.emit.ble import heart_rate_measurement
+from drivers.sim.emit.meter import SimulatedMeter, serve_meter
+from drivers.sim.emit.nmea import NmeaEmitter, PtyLine, epoch, truck_epochs
+from drivers.sim.emit.plugs import (
     RESOLUTION,
     PlugEmitter,
     PlugWire,
@@ -44,6 +42,8 @@ from drivers.sim.wire.plugs import (
     plug_state,
     wait_connected,
 )
+from drivers.sim.energy import Meter, Plug
+from drivers.sim.gnss import GarbageTruck
 from kyojo.contract.vocab import Driver, Reading
 from provisioning.local import Mosquitto
 

@@ -12,7 +12,7 @@ Example (gateway TOML)::
 
 ``backend = "virtual"`` (demos and tests only, needs the development dependency Bumble): no radio; the agent
 process runs a Bumble virtual peripheral played by the heart-rate strap simulator (device ``id``, ``subject``,
-``sim_seed``) and reads it through the same bleak/Link/BleDriver code; see :mod:`drivers.sim.wire.ble`. That
+``sim_seed``) and reads it through the same bleak/Link/BleDriver code; see :mod:`drivers.sim.emit.ble`. That
 test double is registered by :data:`drivers.registry.DOUBLES` and built there: this family never imports the
 simulators.
 """

@@ -1,4 +1,4 @@
-"""Simulators on the wire: the deterministic simulators of :mod:`drivers.sim` turned into real protocol traffic,
+"""Simulator emitters: the deterministic simulators of :mod:`drivers.sim` turned into real protocol traffic,
 so the demo and the tests run the production drivers instead of injecting readings.
 
 =========================  ==========================================  ===========================================
@@ -25,6 +25,6 @@ agent's status file (its simulated time at a wall-clock instant), so a device's 
 is on the wire when the agent's clock reads ``t``.
 """
 
-from drivers.sim.wire.clock import AnchoredClock, clock_of_agent
+from drivers.sim.emit.clock import AnchoredClock, clock_of_agent
 
 __all__ = ["AnchoredClock", "clock_of_agent"]
