@@ -1,7 +1,8 @@
 """The gateway's commands of ``kyojo``: agent, consent, audit, decode, alerts, pair, doctor.
 
 The root command (:mod:`kyojo.cli`) mounts them lazily next to the other parts' commands; this module imports no
-cloud, provisioning or model code. Sub-commands import their heavy dependencies only when they run.
+cloud, provisioning or model code, nor bleak (``pair`` is built by :func:`pair_app` only when it runs).
+Sub-commands import their heavy dependencies only when they run.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import typer
 from kyojo.contract.vocab import KyojoError
 
 if TYPE_CHECKING:
+    from drivers.ble import pair as ble_pair
     from edge_agent.config import AgentConfig
-from drivers.ble import pair as ble_pair
 from drivers.ble.cli import register as register_ble
-from drivers.ble.pair import app as pair_app
 from drivers.meter.cli import register as register_echonet
 from drivers.plugs.cli import register as register_plug
 
@@ -44,11 +44,12 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(decode_app, name="decode")
 app.add_typer(alerts_app, name="alerts")
-app.add_typer(pair_app, name="pair", help="Pair BLE health devices and assign them to a person (household).")
+PAIR_HELP = "Pair BLE health devices and assign them to a person (household)."
 
 
 def pairing_site(config: Path) -> ble_pair.Site:
     """What ``kyojo pair`` needs from the gateway config: the data dir and the BLE devices it lists."""
+    from drivers.ble import pair as ble_pair
     from edge_agent.config import load_config
 
     cfg = load_config(config)
@@ -60,7 +61,20 @@ def pairing_site(config: Path) -> ble_pair.Site:
     return ble_pair.Site(data_dir=cfg.gateway.data_dir, configured=configured)
 
 
-ble_pair.use_site_loader(pairing_site)
+def pair_app() -> typer.Typer:
+    """``kyojo pair``: the BLE pairing commands (:mod:`drivers.ble.pair`, which imports bleak) and ``pair plugs``.
+
+    Built when ``pair`` runs (:mod:`kyojo.cli` mounts it on its own), so the gateway's other commands, ``kyojo
+    decode`` on an installer's laptop among them, never import bleak. Registers :func:`pairing_site`, the one
+    view of the gateway config pairing has.
+    """
+    from drivers.ble import pair as ble_pair
+
+    ble_pair.use_site_loader(pairing_site)
+    if not any(c.name == "plugs" for c in ble_pair.app.registered_commands):
+        ble_pair.app.command("plugs")(pair_plugs)
+    return ble_pair.app
+
 
 register_ble(decode_app)
 register_plug(decode_app)
@@ -408,7 +422,6 @@ def alerts_ack(alert_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     typer.echo(f"{alert_id}: acknowledged")
 
 
-@pair_app.command("plugs")
 def pair_plugs(
     config: ConfigOpt = DEFAULT_CONFIG,
     accept: Annotated[str | None, typer.Option(help="plug key to name, e.g. tasmota:tasmota_5A3C7F")] = None,
@@ -473,4 +486,5 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 
 def main() -> None:
     """The gateway's commands alone (``kyojo`` itself is :func:`kyojo.cli.main`)."""
+    app.add_typer(pair_app(), name="pair", help=PAIR_HELP)
     app()

@@ -23,9 +23,18 @@ if TYPE_CHECKING:
 
 
 def _edge() -> typer.Typer:
-    """The gateway's commands (agent, consent, audit, decode, alerts, pair, doctor)."""
+    """The gateway's commands (agent, consent, audit, decode, alerts, doctor; ``pair`` is :func:`_pair`)."""
     from edge_agent.cli import app
 
+    return app
+
+
+def _pair() -> typer.Typer:
+    """``kyojo pair`` on its own: it imports bleak, which no other gateway command (``decode`` above all) needs."""
+    from edge_agent.cli import pair_app
+
+    app = typer.Typer()
+    app.add_typer(pair_app(), name="pair", help=COMMANDS["pair"][1])
     return app
 
 
@@ -111,7 +120,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "audit": (_edge, "See and check everything that left the home (household)."),
     "decode": (_edge, "Decode captured payloads, as a device sends them (installers)."),
     "alerts": (_edge, "Health alerts on this gateway (household)."),
-    "pair": (_edge, "Pair BLE health devices and assign them to a person (household)."),
+    "pair": (_pair, "Pair BLE health devices and assign them to a person (household)."),
     "gnss": (_gnss, "GNSS receivers on garbage trucks (replay captures)."),
     "provision": (_provision, "City CA, gateway identities, broker config (installers)."),
     "models": (_models, "On-gateway models: evaluation with the protocols of their model cards."),

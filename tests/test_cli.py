@@ -104,3 +104,40 @@ def test_root_table_help_is_each_commands_own() -> None:
         assert cmd is not None, name
         assert cmd.help == short_help, name
     assert group.list_commands(ctx) == list(COMMANDS)
+
+
+#: What ``kyojo decode`` (an installer's laptop, a Pi without Bluetooth) must never pay for: the radio stack, the
+#: models, the MQTT and InfluxDB clients, the cloud and provisioning parts (issue 15).
+HEAVY = (
+    "bleak", "dbus_fast", "bumble", "onnxruntime", "numpy", "influxdb_client", "paho", "aiomqtt", "cryptography",
+    "serial", "cloud_ingest", "provisioning", "models",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["ble", "2A37", "0648"], '"heart_rate_bpm": 72'),
+        (["plug", '{"ENERGY": {"Power": 12.5}}', "--topic", "tele/tasmota_5A3C7F/SENSOR", "--ts", "2"], '"power"'),
+        (["echonet", "1081000102880105FF017201E704000001F8", "--ts", "2", "--device", "m"], '"readings"'),
+    ],
+)
+def test_decode_imports_no_heavy_module(args: list[str], expect: str) -> None:
+    """A real ``kyojo decode ...`` in a fresh interpreter, through the entry point's ``main``: it decodes, and
+    afterwards none of :data:`HEAVY` is in ``sys.modules`` (before issue 15 the ``pair`` sub-app pulled in bleak)."""
+    probe = (
+        "import json, sys\n"
+        "from kyojo.cli import main\n"
+        "sys.argv = ['kyojo', 'decode', *json.loads(sys.argv[1])]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, json.dumps(args)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert expect in done.stdout, done.stdout
+    loaded = set(json.loads(done.stderr.strip().splitlines()[-1]))
+    assert "drivers" in loaded  # the probe saw the decode's own imports
+    assert sorted(loaded & set(HEAVY)) == []
