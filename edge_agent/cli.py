@@ -243,7 +243,7 @@ def consent_show(
 ) -> None:
     """Show one consent: its notice, scope, recipients, history, and whether its signature holds."""
     from edge_agent import consent
-    from edge_agent.keys import load_keys, verify_signature
+    from kyojo.keys import load_keys, verify_signature
 
     with _gateway_db(config) as (cfg, conn):
         try:
@@ -333,7 +333,7 @@ def audit_export(
 ) -> None:
     """The whole log as JSON (entries, verdict, the gateway's public key), for the household to keep."""
     from edge_agent import audit, consent
-    from edge_agent.keys import load_keys
+    from kyojo.keys import load_keys
 
     with _gateway_db(config) as (cfg, conn):
         verdict = audit.verify(conn)

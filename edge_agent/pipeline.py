@@ -34,7 +34,6 @@ from edge_agent.consent import (
     list_consents,
 )
 from edge_agent.db import meta_add, tx
-from edge_agent.keys import GatewayKeys, load_keys
 from kyojo.contract.vocab import METRICS, Aggregation, Category, Event, Reading, plausible_delta
 from kyojo.contract.wire import (
     MAX_SPAN_S,
@@ -45,6 +44,7 @@ from kyojo.contract.wire import (
     agg_topic,
     event_topic,
 )
+from kyojo.keys import GatewayKeys, load_keys
 
 log = logging.getLogger(__name__)
 

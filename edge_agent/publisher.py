@@ -42,8 +42,8 @@ from edge_agent import audit
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.consent import ConsentStore, QueuedRow, ReceiptError, log_releases
 from edge_agent.db import connect, meta_add, tx
-from edge_agent.keys import load_keys
 from kyojo.contract.wire import AuditAnchor, ErasureReceipt, GatewayStatus, anchor_topic, receipt_topic, status_topic
+from kyojo.keys import load_keys
 
 log = logging.getLogger(__name__)
 

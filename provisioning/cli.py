@@ -113,8 +113,9 @@ def _request(ident: str, code: str | None, state_dir: Path, role: pki.Role, rene
                 raise pki.PkiError("--code is required for a first enrollment (ask the operator: `enroll`)")
             signing_key = None
             if role is pki.Role.GATEWAY:
-                # the consent-signing key the agent uses (made here if new; <state_dir> is the agent's data_dir)
-                from edge_agent.keys import load_keys
+                # the consent-signing key the agent uses (made here if new; <state_dir> is the agent's data_dir):
+                # the key store is shared glue (kyojo.keys), so provisioning never imports the agent
+                from kyojo.keys import load_keys
 
                 signing_key = load_keys(state_dir).public_key_b64()
             csr = pki.create_request(state_dir, ident, code, role, signing_key=signing_key)

@@ -49,7 +49,6 @@ from drivers.clock import ScaledClock
 from edge_agent import audit, consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
-from edge_agent.keys import GatewayKeys, load_keys
 from kyojo.contract.vocab import Category
 from kyojo.contract.wire import (
     ConsentRecord,
@@ -59,6 +58,7 @@ from kyojo.contract.wire import (
     consent_topic,
     receipt_topic,
 )
+from kyojo.keys import GatewayKeys, load_keys
 from provisioning import pki
 from provisioning.local import InfluxDB
 from tests.agentkit import agent_config, run_agent_in_thread

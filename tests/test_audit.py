@@ -25,12 +25,12 @@ from typer.testing import CliRunner
 from edge_agent import audit, consent
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
-from edge_agent.keys import load_keys
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
 from kyojo.cli import app
 from kyojo.contract.vocab import reading
 from kyojo.contract.wire import AuditAnchor, ErasureReceipt, anchor_topic, receipt_topic
+from kyojo.keys import load_keys
 from provisioning.local import Mosquitto
 from tests.agentkit import agent_config
 

@@ -15,8 +15,8 @@ import pytest
 from edge_agent import consent
 from edge_agent.config import load_config
 from edge_agent.db import connect
-from edge_agent.keys import load_keys
 from kyojo.contract.vocab import METRICS, Reading
+from kyojo.keys import load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc
 from tests.test_e2e import influx_points, truth, wait_for

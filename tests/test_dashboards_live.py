@@ -42,7 +42,6 @@ from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
-from edge_agent.keys import load_keys
 from edge_agent.pipeline import Pipeline
 from edge_agent.processors.health import Config as HealthConfig
 from edge_agent.processors.health import HealthProcessor
@@ -51,6 +50,7 @@ from edge_agent.processors.truck import TruckProcessor
 from kyojo.cli import app as kyojo_app
 from kyojo.contract.vocab import METRICS, Category, Reading, reading
 from kyojo.contract.wire import decode_events
+from kyojo.keys import load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 

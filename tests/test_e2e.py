@@ -19,8 +19,8 @@ from drivers.clock import ScaledClock
 from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
-from edge_agent.keys import GatewayKeys, load_keys
 from kyojo.contract.vocab import METRICS, Aggregation, Reading
+from kyojo.keys import GatewayKeys, load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 

@@ -24,7 +24,7 @@ from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
-from edge_agent.keys import load_keys
+from kyojo.keys import load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, run_agent_in_thread
 from tests.test_e2e import wait_for

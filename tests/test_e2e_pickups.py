@@ -16,9 +16,9 @@ from drivers.gnss.truck import load_collection_points
 from edge_agent import consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
-from edge_agent.keys import load_keys
 from edge_agent.processors.truck import Config as TruckConfig
 from edge_agent.processors.truck import TruckProcessor
+from kyojo.keys import load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 from tests.test_e2e import wait_for

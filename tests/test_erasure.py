@@ -16,7 +16,7 @@ from drivers.clock import ScaledClock
 from edge_agent import audit, consent
 from edge_agent.agent import Agent
 from edge_agent.db import connect
-from edge_agent.keys import load_keys
+from kyojo.keys import load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
 from tests.test_e2e import wait_for

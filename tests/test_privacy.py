@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from edge_agent import audit, consent
 from edge_agent.config import AgentConfig
 from edge_agent.db import connect
-from edge_agent.keys import load_keys, verify_signature
 from edge_agent.pipeline import Pipeline
 from kyojo.cli import app
 from kyojo.contract.vocab import Category, reading
 from kyojo.contract.wire import decode_batch, parse_audit_head
+from kyojo.keys import load_keys, verify_signature
 
 T0 = 1_717_200_000.0
 runner = CliRunner()

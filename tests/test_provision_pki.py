@@ -221,7 +221,7 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
 def test_enrollment_registers_the_gateways_consent_signing_key(tmp_path: Path) -> None:
     """The agent's Ed25519 key rides in the enrollment CSR (covered by its signature); the CA records it for the
     cloud, which then checks every consent record's signature against it (issue 14 finding 6)."""
-    from edge_agent.keys import load_keys
+    from kyojo.keys import load_keys
 
     ca = pki.init_ca(tmp_path / "ca")
     code = ca.enroll("gw-k", pki.Role.GATEWAY)

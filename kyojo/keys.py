@@ -7,6 +7,10 @@ only the gateway) can map them back for the household and for erasure.
 
 Signing: consent records are signed with the gateway's Ed25519 key so a record shown to the household, or
 exported, can be checked against the gateway's public key (provisioning registers that key with the operator).
+
+Both the agent (pseudonyms, signatures) and ``kyojo provision gateway`` (the public key rides in the enrollment
+CSR, and the key is made there on a fresh gateway) open this store, so it lives in the shared glue rather than in
+either part: a leaf that imports the standard library and ``cryptography`` only (an import-linter contract).
 """
 
 from __future__ import annotations
