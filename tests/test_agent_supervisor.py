@@ -113,7 +113,7 @@ def test_io_failure_is_retried_after_backoff_on_the_injected_clock(tmp_path: Pat
         asyncio.run(asyncio.wait_for(agent._run_driver(flaky), 5))
         assert time.monotonic() - began < 0.5  # no real sleeping
         assert len(clock.sleeps) == 1
-        assert 0.5 <= clock.sleeps[0] <= 1.0  # the first backoff delay: [base/2, base], base 1 s
+        assert 0.0 <= clock.sleeps[0] <= 1.0  # the first backoff delay: full jitter, [0, base], base 1 s
         assert flaky.started_at == [T0, T0 + clock.sleeps[0]]  # restarted after the backoff, in simulated time
         assert [r.ts for r in agent._buffer] == [T0 + clock.sleeps[0]]
         assert agent.driver_errors == {"flaky-1": 1}

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from drivers.backoff import Backoff
 from drivers.ble import racp
 from drivers.ble.device import Config, build
 from drivers.ble.driver import BleDriver
@@ -20,6 +19,7 @@ from drivers.ble.records import RecordLog
 from drivers.ble.transport import Link, SharedScanner
 from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
+from kyojo.runtime.backoff import Backoff
 from tests.test_ble_transport import Collector, RealClock, _until, run
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import pydantic
 import pytest
 
-from drivers.backoff import Backoff
 from drivers.ble import gatt
 from drivers.ble.convert import to_readings
 from drivers.ble.device import Config, build
@@ -29,6 +28,7 @@ from drivers.ble.transport import Link, SharedScanner
 from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
 from kyojo.contract.vocab import Reading
+from kyojo.runtime.backoff import Backoff
 
 VECTORS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "data/ble/vectors.json").read_text())
 

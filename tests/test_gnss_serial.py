@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers.backoff import Backoff
 from drivers.gnss.nmea import Fix, NmeaReader, strip_capture_header
 from drivers.gnss.transport import GpsdSource, SerialNmeaSource
+from kyojo.runtime.backoff import Backoff
 
 DATA = Path(__file__).parent / "data" / "nmea"
 LOGS = sorted(p.name for p in DATA.glob("*.log"))

@@ -217,11 +217,11 @@ def test_v1_writer_retries_5xx_then_succeeds(fake_http: type[_Recorder]) -> None
 
 
 def test_retry_policy_is_bounded_and_jittered() -> None:
-    policy = RetryPolicy(initial=0.1, maximum=1.0, jitter=0.5)
-    delays = [policy.delay(a) for a in range(20)]
-    assert all(0.05 <= d <= 1.0 for d in delays)
-    assert max(delays[10:]) <= 1.0
-    assert min(delays[10:]) >= 0.5
+    policy = RetryPolicy(initial=0.1, maximum=1.0)
+    delays = [policy.delay(a) for a in range(200)]
+    assert all(0.0 <= d <= min(1.0, 0.1 * 2**a) for a, d in enumerate(delays))
+    assert len(set(delays)) == len(delays)  # jittered: no two retries wait the same
+    assert min(delays[10:]) < 0.5 < max(delays[10:])  # full jitter: the whole [0, maximum] once capped
 
 
 def test_retry_attempts_exhausted_raises(fake_http: type[_Recorder]) -> None:

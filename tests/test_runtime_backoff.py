@@ -1,38 +1,60 @@
-"""kyojo.runtime.backoff (the one backoff) and cloud_ingest.influx's error type: the behaviour the three old
-backoffs and the old InfluxDB clients had."""
+"""kyojo.runtime.backoff (the one backoff, full jitter) and cloud_ingest.influx's error type (the one the old
+InfluxDB clients had)."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud_ingest.erasure import EraseError
 from cloud_ingest.influx import InfluxError, InfluxV1Connection, ident
 from cloud_ingest.writer import RetryPolicy, WriteError
-from drivers.backoff import Backoff as DriversBackoff
-from kyojo.runtime.backoff import Backoff, jittered
+from kyojo.runtime.backoff import MAX_EXPONENT, Backoff, ceiling, jittered
 
 
-def test_drivers_backoff_is_the_runtime_one_with_the_same_draws() -> None:
-    assert DriversBackoff is Backoff
-    b, rng = Backoff(1.0, 60.0, random.Random(7)), random.Random(7)
-    for n in range(12):
-        d = min(60.0, 1.0 * 2.0**n)
-        assert b.next() == d / 2 + rng.uniform(0, d / 2)  # the old drivers/backoff.py formula, bit for bit
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.floats(1e-3, 10.0),
+    spread=st.floats(1.0, 1e4),
+    multiplier=st.floats(1.0, 4.0),
+    attempts=st.integers(1, 80),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_full_jitter_property(base: float, spread: float, multiplier: float, attempts: int, seed: int) -> None:
+    """Every retry loop's delay is ``U(0, 1) * min(cap, base * multiplier**n)`` (full jitter, "Exponential Backoff
+    And Jitter", AWS Architecture Blog): the stateful Backoff, the stateless ``jittered`` that the ingester's
+    RetryPolicy and the lean MQTT client call, all from the same draws."""
+    cap = base * spread
+    b, rng = Backoff(base, cap, random.Random(seed), multiplier=multiplier), random.Random(seed)
+    for n in range(attempts):
+        d = ceiling(n, base, cap, multiplier=multiplier)
+        assert d == min(cap, base * multiplier ** min(n, MAX_EXPONENT))
+        delay = b.next()
+        assert delay == d * rng.random()  # the formula, draw for draw
+        assert 0.0 <= delay <= d <= cap
+        assert (
+            jittered(n, base, cap, multiplier=multiplier, rng=random.Random(seed)) == d * random.Random(seed).random()
+        )
     b.reset()
-    assert 0.5 <= b.next() <= 1.0
+    assert b.attempt == 0 and 0.0 <= b.next() <= base
 
 
-def test_jitter_bounds() -> None:
-    rng = random.Random(1)
-    full = [jittered(n, 0.1, 2.0, jitter=1.0, rng=rng) for n in range(200)]
-    assert all(0.0 <= d <= 2.0 for d in full) and min(full) < 0.1
-    assert [jittered(n, 0.1, 2.0, jitter=0.0) for n in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
-    policy = RetryPolicy(initial=0.1, maximum=1.0, multiplier=3.0, jitter=0.5)
-    assert all(0.15 <= policy.delay(1) <= 0.3 for _ in range(50))
-    with pytest.raises(ValueError, match="jitter"):
-        Backoff(1.0, 2.0, jitter=1.5)
+def test_full_jitter_covers_the_whole_interval() -> None:
+    """Not equal jitter (``[d/2, d]``): once capped, the draws fill ``[0, cap]``, mean ``cap/2``."""
+    b = Backoff(0.1, 2.0, random.Random(1))
+    full = [b.next() for _ in range(4000)][10:]
+    assert min(full) < 0.02 and max(full) > 1.98
+    assert abs(sum(full) / len(full) - 1.0) < 0.05
+    policy = RetryPolicy(initial=0.1, maximum=1.0, multiplier=3.0)
+    assert all(0.0 <= policy.delay(1) <= 0.3 for _ in range(50))
+    assert min(policy.delay(5) for _ in range(500)) < 0.1
+    with pytest.raises(ValueError, match="base"):
+        Backoff(2.0, 1.0)
+    with pytest.raises(ValueError, match="multiplier"):
+        Backoff(1.0, 2.0, multiplier=0.5)
 
 
 def test_one_error_type() -> None:

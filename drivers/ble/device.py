@@ -92,11 +92,11 @@ def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = Non
     """
     if config.backend != "bleak":
         raise ValueError(f"backend {config.backend!r} is a test double: build it with drivers.registry.build")
-    from drivers.backoff import Backoff
     from drivers.ble.driver import BleDriver
     from drivers.ble.profiles import PROFILES, STORING_PROFILES
     from drivers.ble.records import RecordLog
     from drivers.ble.transport import Link
+    from kyojo.runtime.backoff import Backoff
 
     # Devices that keep measurements while out of range: remember what was taken, across restarts.
     records = (

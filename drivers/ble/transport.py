@@ -24,11 +24,11 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from drivers.backoff import Backoff
 from drivers.ble import gatt, racp
 from drivers.ble.profiles import Subscription
 from drivers.ble.records import RecordLog
 from kyojo.contract.vocab import Clock
+from kyojo.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

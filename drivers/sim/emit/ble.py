@@ -115,11 +115,11 @@ class VirtualBleDriver:
 
     async def readings(self) -> AsyncIterator[Reading]:
         """Start (or rejoin) the virtual strap and its emitter, then yield what the real driver reads."""
-        from drivers.backoff import Backoff
         from drivers.ble.device import shared_scanner
         from drivers.ble.driver import BleDriver
         from drivers.ble.profiles import PROFILES
         from drivers.ble.transport import Link
+        from kyojo.runtime.backoff import Backoff
 
         cfg = self.config
         air = await shared_air()
