@@ -21,8 +21,8 @@ from drivers.ble import pair, paired
 from drivers.ble.device import build
 from drivers.ble.driver import BleDriver
 from drivers.ble.transport import BleBackend
-from drivers.ble.virtual import VirtualAir
 from drivers.registry import BuildContext
+from drivers.sim.virtual_ble import VirtualAir
 from edge_agent.cli import pairing_site
 from tests.test_ble_records import glucose, glucose_values
 from tests.test_ble_transport import Collector, RealClock, _until, run

@@ -17,8 +17,8 @@ from drivers.ble.device import Config, build
 from drivers.ble.driver import BleDriver
 from drivers.ble.records import RecordLog
 from drivers.ble.transport import Link, SharedScanner
-from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
+from drivers.sim.virtual_ble import VirtualAir, VirtualPeripheral
 from kyojo.runtime.backoff import Backoff
 from tests.test_ble_transport import Collector, RealClock, _until, run
 

@@ -25,8 +25,8 @@ from drivers.ble.driver import BleDriver
 from drivers.ble.errors import BleParseError
 from drivers.ble.profiles import PROFILES
 from drivers.ble.transport import Link, SharedScanner
-from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
+from drivers.sim.virtual_ble import VirtualAir, VirtualPeripheral
 from kyojo.contract.vocab import Reading
 from kyojo.runtime.backoff import Backoff
 

@@ -297,3 +297,25 @@ def test_virtual_heart_rate_strap_real_ble_driver(tmp_path: Path) -> None:
         assert h["backend"] == "virtual" and h["battery_level"] is not None
 
     run(main, timeout=30)
+
+
+def test_virtual_backend_is_a_double_the_ble_family_does_not_know() -> None:
+    """``backend = "virtual"`` entries validate with the double's own model (``drivers.sim.emit.ble.Config``, with
+    ``sim_seed``); the BLE family's model knows only ``backend = "bleak"``, so production code cannot reach the
+    simulator even by building a config by hand."""
+    from pydantic import ValidationError
+
+    from drivers.ble.device import Config as BleConfig
+    from drivers.sim.emit.ble import Config as VirtualConfig
+
+    entry = {"kind": "ble", "id": "hr-1", "address": "C0:00:00:00:01:01", "profile": "heart_rate", "subject": "p1"}
+    assert type(validate(entry)) is BleConfig and validate(entry).backend == "bleak"
+    assert type(validate({**entry, "backend": "bleak"})) is BleConfig
+    virtual = validate({**entry, "backend": "virtual", "sim_seed": SEED})
+    assert type(virtual) is VirtualConfig and virtual.sim_seed == SEED
+    with pytest.raises(ValidationError, match="heart_rate devices only"):
+        validate({**entry, "backend": "virtual", "profile": "blood_pressure"})
+    with pytest.raises(ValidationError, match="sim_seed"):
+        validate({**entry, "sim_seed": 1})  # a real strap has no simulator seed
+    with pytest.raises(ValidationError, match="backend"):
+        BleConfig.model_validate({**entry, "backend": "virtual"})

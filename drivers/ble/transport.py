@@ -3,7 +3,7 @@ Level, reconnect with backoff forever), and per-device health.
 
 Nothing here decodes: a link hands ``(uuid16, bytes, ts)`` to a sink; :mod:`drivers.ble.driver` decodes.
 The bleak backend classes can be injected (``BleBackend``) so tests run this code unmodified against virtual
-Bumble peripherals (:mod:`drivers.ble.virtual`); ``None`` means the platform backend (BlueZ on the Pi).
+Bumble peripherals (:mod:`drivers.sim.virtual_ble`); ``None`` means the platform backend (BlueZ on the Pi).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 **This is not a production backend.** With ``backend = "virtual"`` a ``kind = "ble"`` entry does not touch a
 radio: :class:`VirtualBleDriver` starts, inside the agent process, a Bumble virtual radio
-(:class:`drivers.ble.virtual.VirtualAir`) with one peripheral per entry -- a real GATT server with the Heart
+(:class:`drivers.sim.virtual_ble.VirtualAir`) with one peripheral per entry -- a real GATT server with the Heart
 Rate Service -- and a :class:`HeartRateEmitter` that notifies the :class:`~drivers.sim.health.HeartRateStrap`
 simulator's heart rate and RR intervals (device id = the entry's ``id``, subject, ``sim_seed``) as Heart Rate
 Measurement values (0x2A37: flags 0x16 = uint8 rate, skin contact detected, RR intervals present; RR in 1/1024 s),
@@ -25,17 +25,35 @@ import math
 import struct
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
 
 from drivers.ble import gatt
+from drivers.ble.device import DeviceFields
 from drivers.sim.health import HeartRateStrap
 from kyojo.contract.vocab import Clock, Reading
 
 if TYPE_CHECKING:
-    from drivers.ble.device import Config
     from drivers.ble.driver import BleDriver
-    from drivers.ble.virtual import VirtualAir, VirtualPeripheral
     from drivers.registry import BuildContext
+    from drivers.sim.virtual_ble import VirtualAir, VirtualPeripheral
+
+
+class Config(DeviceFields):
+    """A ``kind = "ble"``, ``backend = "virtual"`` entry: the BLE family's device fields, and the seed of the
+    simulator that plays the strap. :func:`drivers.registry.validate` picks this model for such entries
+    (:data:`drivers.registry.DOUBLES`), so the family's own config knows only ``backend = "bleak"``."""
+
+    backend: Literal["virtual"]
+    sim_seed: int = Field(0, description="seed of the simulator playing the virtual device")
+
+    @model_validator(mode="after")
+    def _heart_rate_only(self) -> Config:
+        if self.profile != "heart_rate":
+            raise ValueError("backend 'virtual' plays heart_rate devices only")
+        return self
+
 
 #: Heart Rate Measurement flags: uint8 rate, sensor contact supported and detected, RR intervals present.
 HRM_FLAGS = 0x16
@@ -89,7 +107,7 @@ _AIRS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, VirtualAir] = weakre
 
 async def shared_air() -> VirtualAir:
     """The process' virtual radio for the running event loop (created and powered on at first use)."""
-    from drivers.ble.virtual import VirtualAir
+    from drivers.sim.virtual_ble import VirtualAir
 
     loop = asyncio.get_running_loop()
     air = _AIRS.get(loop)
@@ -162,6 +180,6 @@ class VirtualBleDriver:
         return base
 
 
-def build_virtual(config: Config, ctx: BuildContext) -> list[VirtualBleDriver]:
+def build(config: Config, ctx: BuildContext) -> list[VirtualBleDriver]:
     """The drivers of a ``backend = "virtual"`` entry (called by :func:`drivers.registry.build`, see ``DOUBLES``)."""
     return [VirtualBleDriver(config, ctx)]

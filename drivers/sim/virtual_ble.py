@@ -21,7 +21,9 @@ virtual client re-encrypts with them on later connections (as BlueZ does for a b
 (a ``BaseBleakScanner`` and a ``BaseBleakClient``) so the production code in :mod:`drivers.ble.transport`
 runs unmodified: ``BleakScanner(backend=...)``, ``BleakClient(..., backend=...)``.
 
-Bumble is a development dependency: import this module only from tests, demos and benches.
+Bumble is a development dependency: import this module only from tests, demos and benches. It lives with the
+simulators (``drivers/sim``), not in the BLE family it stands in for, so production code never imports it (an
+import-linter contract); ``backend = "virtual"`` entries reach it through :mod:`drivers.sim.emit.ble`.
 """
 
 from __future__ import annotations
