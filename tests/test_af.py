@@ -15,6 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from drivers.sim import HeartRateStrap
+from edge_agent.processors.health import feed_af
 from kyojo.contract.errors import KyojoError
 from kyojo.contract.vocab import Reading, reading
 from models.af import AfModel, AfMonitor, evaluate, load_dir, load_record, make_windows, window_features
@@ -202,13 +203,13 @@ def test_sinus_rhythm_of_the_simulated_strap_gives_no_af_alert(model: AfModel) -
     for seed in range(3):
         strap = HeartRateStrap(f"home-p{seed}-hr", f"p{seed}", seed)
         # 03:00-07:00 UTC = 12:00-16:00 JST: waking hours, with activity bouts
-        assert mon.process_all(strap.readings_between(T0, T0 + 4 * 3600)) == []
+        assert feed_af(mon, strap.readings_between(T0, T0 + 4 * 3600)) == []
     assert mon.windows > 1500 and mon.open_alerts() == []
 
 
 def test_af_excerpt_gives_one_alert_per_episode(model: AfModel) -> None:
     rec = load_record(DATA / "afdb_08219.csv")
-    alerts = AfMonitor(model).process_all(as_readings(rec.rr_ms, rec.t_s))
+    alerts = feed_af(AfMonitor(model), as_readings(rec.rr_ms, rec.t_s))
     assert alerts, "no AF alert on an AF excerpt"
     first = alerts[0]
     assert first.kind == "atrial_fibrillation" and first.is_open and first.model_version == model.version
@@ -218,19 +219,28 @@ def test_af_excerpt_gives_one_alert_per_episode(model: AfModel) -> None:
     assert "not a diagnosis" in first.message
 
 
+def test_monitor_takes_arrays_as_the_agent_feeds_readings(model: AfModel) -> None:
+    """The model's own input is arrays (beat times, RR ms); the agent's adapter (Readings) gives the same alerts."""
+    rec = load_record(DATA / "afdb_08219.csv")
+    from_arrays = AfMonitor(model).push_series("x", T0 + rec.t_s, rec.rr_ms)
+    assert from_arrays and from_arrays == feed_af(AfMonitor(model), as_readings(rec.rr_ms, rec.t_s))
+    with pytest.raises(ValueError, match="one length"):
+        AfMonitor(model).push_series("x", rec.t_s[:3], rec.rr_ms[:2])
+
+
 def test_af_excerpt_survives_ble_quantisation(model: AfModel) -> None:
     rec = load_record(DATA / "afdb_08219.csv")
     rr = np.round(rec.rr_ms * 1.024) / 1.024  # 1/1024 s, as the BLE Heart Rate Measurement carries RR
-    assert AfMonitor(model).process_all(as_readings(rr, rec.t_s))
+    assert feed_af(AfMonitor(model), as_readings(rr, rec.t_s))
 
 
 def test_sinus_excerpt_and_gaps_give_no_alert(model: AfModel) -> None:
     rec = load_record(DATA / "afdb_04015.csv")
     mon = AfMonitor(model)
-    assert mon.process_all(as_readings(rec.rr_ms, rec.t_s)) == []
+    assert feed_af(mon, as_readings(rec.rr_ms, rec.t_s)) == []
     # a gap in the beat stream empties the window: 59 beats, a gap, 59 beats -> no decision at all
     af = load_record(DATA / "afdb_08219.csv")
     idx = np.flatnonzero(af.is_af)[:118]
     t = np.concatenate([np.arange(59) * 0.7, 100 + np.arange(59) * 0.7])
     mon2 = AfMonitor(model)
-    assert mon2.process_all(as_readings(af.rr_ms[idx], t, "y")) == [] and mon2.windows == 0
+    assert feed_af(mon2, as_readings(af.rr_ms[idx], t, "y")) == [] and mon2.windows == 0

@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from drivers.sim import Meter, Plug
-from edge_agent.processors.nilm import to_readings
+from edge_agent.processors.nilm import feed_nilm, to_readings
 from kyojo.contract.vocab import Reading, reading
 from models.nilm.cli import register
 from models.nilm.data import APPLIANCES, NilmDataError, Series, load_csv, write_csv
@@ -190,7 +190,7 @@ def test_runtime_matches_batch_evaluation_and_skips_gaps(models: NilmModels, ref
     rt = NilmRuntime(models, meter="m")
     est = []
     for r in _meter_readings(part):
-        est += rt.push(r)
+        est += feed_nilm(rt, [r])
     est += rt.flush()
     got = _by_appliance(est)
     batch = models.predict_series(part.mains)
@@ -220,7 +220,7 @@ def test_runtime_plug_assist_uses_plug_truth_and_residual(models: NilmModels, uk
         rs.append(reading("m", "h", "power", float(part.mains[i] + tv[i]), float(t + 60)))
     est = []
     for r in rs:
-        est += rt.push(r)
+        est += feed_nilm(rt, [r])
     est += rt.flush()
     kettle = [e for e in est if e.appliance == "kettle"]
     assert {e.source for e in kettle} == {PLUG_SOURCE}
@@ -246,7 +246,7 @@ def test_runtime_on_simulated_meter_with_an_outage(models: NilmModels) -> None:
     est = []
     for r in readings:
         if not outage[0] < r.ts <= outage[1]:
-            est += rt.push(r)
+            est += feed_nilm(rt, [r])
     est += rt.flush()
     assert est
     minute_power: dict[int, list[float]] = {}
@@ -273,11 +273,11 @@ def test_runtime_on_simulated_meter_with_an_outage(models: NilmModels) -> None:
 
 def test_runtime_drops_late_readings_and_ignores_other_devices(models: NilmModels) -> None:
     rt = NilmRuntime(models, meter="m")
-    rt.push(reading("m", "h", "power", 300.0, 1_000_020.0))
-    rt.push(reading("m", "h", "power", 300.0, 1_000_200.0))
-    rt.push(reading("m", "h", "power", 300.0, 1_000_030.0))  # its minute is closed already
-    rt.push(reading("other", "h", "power", 300.0, 1_000_210.0))
-    rt.push(reading("m", "h", "energy", 5.0, 1_000_210.0))
+    feed_nilm(rt, [reading("m", "h", "power", 300.0, 1_000_020.0)])
+    feed_nilm(rt, [reading("m", "h", "power", 300.0, 1_000_200.0)])
+    feed_nilm(rt, [reading("m", "h", "power", 300.0, 1_000_030.0)])  # its minute is closed already
+    feed_nilm(rt, [reading("other", "h", "power", 300.0, 1_000_210.0)])
+    feed_nilm(rt, [reading("m", "h", "energy", 5.0, 1_000_210.0)])
     assert rt.stats["late"] == 1 and rt.stats["ignored"] == 1
 
 

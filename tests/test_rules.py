@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from edge_agent.processors.health import feed_rules
 from kyojo.contract.vocab import Reading
 from models.rules import INTERNATIONAL, JAPAN, Alert, RulesEngine, RulesProfile, Severity
 
@@ -191,7 +192,7 @@ CASES: list[Case] = [
 
 @pytest.mark.parametrize(("profile", "readings", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_rule_table(profile: RulesProfile, readings: list[Reading], expected: list[tuple[str, Severity, bool]]) -> None:
-    alerts = RulesEngine(profile).process_all(readings)
+    alerts = feed_rules(RulesEngine(profile), readings)
     assert [(a.kind, a.severity, a.is_open) for a in alerts] == expected
     # one episode is one alert: every emission of a case's kind shares the id
     for kind in {a.kind for a in alerts}:
@@ -204,7 +205,7 @@ def _only(alerts: list[Alert]) -> Alert:
 
 
 def test_spo2_alert_fields() -> None:
-    a = _only(RulesEngine(JAPAN).process_all(series("spo2", [89, 88, 87, 89, 88, 89], T, 60)))
+    a = _only(feed_rules(RulesEngine(JAPAN), series("spo2", [89, 88, 87, 89, 88, 89], T, 60)))
     assert a.person == "p1" and a.kind == "spo2_low"
     assert a.started == T and a.ended is None
     assert a.evidence.n == 6 and a.evidence.min == 87 and a.evidence.max == 89 and a.evidence.first_ts == T
@@ -214,13 +215,13 @@ def test_spo2_alert_fields() -> None:
 
 
 def test_closed_alert_ends_at_first_clear_reading() -> None:
-    alerts = RulesEngine(JAPAN).process_all(series("spo2", [88] * 6 + [93] * 6, T, 60))
+    alerts = feed_rules(RulesEngine(JAPAN), series("spo2", [88] * 6 + [93] * 6, T, 60))
     assert alerts[1].ended == T + 6 * 60 and alerts[1].id == alerts[0].id
 
 
 def test_bp_evidence_is_the_average_and_cites_jsh() -> None:
     readings = bp_days(140, 80, 4, JST_MIDNIGHT) + bp_days(150, 90, 1, JST_MIDNIGHT + 4 * DAY)
-    a = _only(RulesEngine(JAPAN).process_all(readings))
+    a = _only(feed_rules(RulesEngine(JAPAN), readings))
     # fires on day 5's first reading: (8 x 140 + 150) / 9
     assert a.evidence.detail["mean_systolic"] == 141.1 and a.evidence.detail["days"] == 5
     assert a.evidence.detail["readings"] == 9
@@ -228,7 +229,7 @@ def test_bp_evidence_is_the_average_and_cites_jsh() -> None:
 
 
 def test_glucose_alert_is_screening_not_diagnosis() -> None:
-    a = _only(RulesEngine(JAPAN).process_all(glucose_days([130, 128], JST_MIDNIGHT, meal="fasting")))
+    a = _only(feed_rules(RulesEngine(JAPAN), glucose_days([130, 128], JST_MIDNIGHT, meal="fasting")))
     assert "not a diagnosis" in a.message and "laboratory" in a.message and "Diabetes Care" in a.source
 
 
@@ -237,10 +238,10 @@ def test_persons_are_independent_and_duplicates_ignored() -> None:
     p1 = series("spo2", [89] * 3, T, 60)
     p2 = [rd("spo2", 89, T + 180 + i * 60, person="p2") for i in range(3)]
     dup = [rd("spo2", 89, T + 120)]  # same ts as p1's third reading: ignored
-    assert eng.process_all(p1 + p2 + dup) == []
+    assert feed_rules(eng, p1 + p2 + dup) == []
     assert eng.ignored["stale"] == 1
     more = [rd("spo2", 89, T + 180 + i * 60) for i in range(3)]
-    a = _only(eng.process_all(more))
+    a = _only(feed_rules(eng, more))
     assert a.person == "p1" and len(eng.open_alerts("p1")) == 1 and eng.open_alerts("p2") == []
 
 
@@ -252,7 +253,7 @@ def test_persons_are_independent_and_duplicates_ignored() -> None:
     ],
 )
 def test_recurrence_within_cooldown_reopens_same_alert(factory: Callable[[], list[Reading]], kind: str) -> None:
-    alerts = RulesEngine(JAPAN).process_all(factory())
+    alerts = feed_rules(RulesEngine(JAPAN), factory())
     assert [a.is_open for a in alerts] == [True, False, True]
     assert {a.id for a in alerts} == {alerts[0].id} and alerts[2].started == alerts[0].started
 
@@ -277,8 +278,8 @@ def test_simulated_healthy_household_day_gives_no_alert() -> None:
         (r for d in devices for r in d.readings_between(JST_MIDNIGHT, JST_MIDNIGHT + DAY)), key=lambda r: r.ts
     )
     eng = RulesEngine(JAPAN)
-    assert eng.process_all(readings) == []
+    assert feed_rules(eng, readings) == []
     # a week of the hypertensive cuff profile (mean 150/95 at home) does raise the JSH home-BP alert, once
     cuff = BloodPressureCuff("h-p2-bp", "p2", 3, profile="hypertensive")
-    alerts = RulesEngine(JAPAN).process_all(cuff.readings_between(JST_MIDNIGHT, JST_MIDNIGHT + 7 * DAY))
+    alerts = feed_rules(RulesEngine(JAPAN), cuff.readings_between(JST_MIDNIGHT, JST_MIDNIGHT + 7 * DAY))
     assert {a.kind for a in alerts} == {"bp_category"} and len({a.id for a in alerts}) == 1
