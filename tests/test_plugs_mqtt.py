@@ -154,6 +154,45 @@ def test_counters_survive_restart_and_reconnect(fresh_mosquitto: Mosquitto, tmp_
     assert [r.value for r in first + second] == [100.0, 101.0, 102.0]
 
 
+def test_driver_reconnects_when_the_broker_restarts(fresh_mosquitto: Mosquitto) -> None:
+    """One driver across a broker restart: the client reconnects by itself (backoff), subscribes again, and the
+    plug's next report arrives."""
+    drv = PlugsDriver("plugs", PlugSession("home1", {"shelly:p1/0": "fridge"}), port=fresh_mosquitto.port)
+    topic = "shellies/p1/relay/0/power"
+
+    async def until(cond: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
+        deadline = asyncio.get_running_loop().time() + limit_s
+        while not cond():
+            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}: {drv.health()}"
+            await asyncio.sleep(0.02)
+
+    async def main() -> list[Reading]:
+        out: list[Reading] = []
+
+        async def consume() -> None:
+            async for r in drv.readings():
+                out.append(r)
+                if len(out) == 2:
+                    return
+
+        task = asyncio.create_task(consume())
+        await until(drv.subscribed.is_set, "the first subscription")
+        await asyncio.to_thread(publish, fresh_mosquitto, [(topic, b"12.5")])
+        await until(lambda: len(out) == 1, "the first report")
+        await asyncio.to_thread(fresh_mosquitto.restart)
+        await until(lambda: drv.connects == 2 and drv.subscribed.is_set(), "the second subscription")
+        await asyncio.to_thread(publish, fresh_mosquitto, [(topic, b"13")])
+        await asyncio.wait_for(task, 10)
+        return out
+
+    out = asyncio.run(main())
+    assert [(r.device, r.metric, r.value) for r in out] == [
+        ("home1-fridge", "power", 12.5),
+        ("home1-fridge", "power", 13.0),
+    ]
+    assert drv.last_error is not None and drv.last_error.startswith("disconnected")
+
+
 def test_config_validation() -> None:
     from pydantic import ValidationError
 
