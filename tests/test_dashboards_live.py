@@ -613,3 +613,20 @@ def test_sparse_series_get_markers(filled: Filled) -> None:
     assert all(line.get_marker() == "o" for line in figure(few).axes[0].get_lines())
     full = figure(result).axes[0].get_lines()
     assert any(line.get_marker() in (None, "None") for line in full)
+
+
+def test_sanity_panels_and_alert_queries_run_on_the_data(filled: Filled) -> None:
+    """The data-sanity panels see the household's minutes and steps; every alert rule's query runs on InfluxDB."""
+    from cloud_ingest.analysis.grafana import ALERT_RULES, _alert_query
+    from cloud_ingest.analysis.run import render
+
+    minutes = filled.run("sanity.reporting_minutes")
+    values = [r[-1] for r in minutes.rows]
+    assert values and max(values) <= 60 and max(values) >= 50  # hours the simulated household reported through
+    peaks = filled.run("sanity.peak_power")
+    kw = [r[-1] for r in peaks.rows if r[-1] is not None]
+    assert kw and 0 < max(kw) < 100  # below the meter's ceiling: implausible steps never reach InfluxDB
+    for rule in ALERT_RULES:
+        q = analyst.QUERIES[rule.query]
+        statement = render(_alert_query(q, q.statements[0]), S_MS, E_MS, "5m")
+        filled.client.query(statement)  # raises QueryError if InfluxDB refuses it

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from cloud_ingest.analysis.plot import plot
-from cloud_ingest.analysis.registry import QUERIES
+from cloud_ingest.analysis.registry import QUERIES, bilingual
 from cloud_ingest.analysis.run import (
     _UNITS,
     InfluxQL,
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         """Run one of the dashboards' canned queries (``kyojo query list`` shows them)."""
         if name == "list":
             for q in QUERIES.values():
-                typer.echo(f"{q.name:<28} {q.title}")
+                typer.echo(f"{q.name:<28} {bilingual(q.name)}")
             return
         if name not in QUERIES:
             typer.echo(f"unknown query {name!r}; known: {_names_help()}", err=True)
