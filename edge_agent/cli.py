@@ -451,8 +451,14 @@ def pair_plugs(
 
 
 @app.command("doctor")
-def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """One-screen acceptance summary for the installer: clock, disk, broker, certificate, serial, Bluetooth."""
+def doctor(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    crl: Annotated[
+        Path | None, typer.Option(help="on the broker host: also check this CRL (the broker's crlfile) is fresh")
+    ] = None,
+) -> None:
+    """One-screen acceptance summary for the installer: clock, disk, broker, certificate and its renewal timer,
+    serial, Bluetooth (and, with --crl, the broker's CRL)."""
     from firmware_tests.doctor import render, run_all
 
     cfg = _load(config)
@@ -465,6 +471,8 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         city_broker=city,
         serial_ports=ports,
         bluetooth=any(getattr(d, "kind", "") == "ble" for d in cfg.devices),
+        timers=("kyojo-renew.timer", "kyojo-crl.timer") if crl is not None else ("kyojo-renew.timer",),
+        crl=crl,
     )
     typer.echo(render(checks))
     if any(c.ok is False for c in checks):
