@@ -525,6 +525,13 @@ def doctor(
         timers=("kyojo-renew.timer", "kyojo-crl.timer") if crl is not None else ("kyojo-renew.timer",),
         crl=crl,
     )
+    from firmware_tests.doctor import Check, broker_reachable
+
+    for d in cfg.devices:  # plugs publish to a LAN Mosquitto on the gateway: without it nothing arrives
+        if getattr(d, "kind", "") == "plugs":
+            lan = broker_reachable(d.broker_host, d.broker_port)
+            detail = lan.detail if lan.ok else f"{lan.detail}: set up the LAN broker (docs/LAN.md, lan-broker-config)"
+            checks.append(Check(f"LAN broker ({d.id})", lan.ok, detail))
     typer.echo(render(checks))
     if any(c.ok is False for c in checks):
         raise typer.Exit(1)

@@ -181,3 +181,37 @@ def test_agent_status_reads_like_a_report(tmp_path: Path) -> None:
     assert code == 0 and out.startswith("gateway     home-9") and "running" in out
     code, out = kyojo("agent", "status", "-c", str(cfg), "--json")
     assert code == 0 and json.loads(out)["gateway"] == "home-9"
+
+
+def test_gateway_commands_read_kyojo_config_and_the_readme_says_so(config: Path) -> None:
+    """Issue 22 item 8: the commands need -c or KYOJO_CONFIG away from /etc/kyojo/agent.toml; the README says so."""
+    import os
+
+    env = {**os.environ, "KYOJO_CONFIG": str(config)}
+    done = subprocess.run(
+        [sys.executable, "-m", "kyojo", "consent", "list", "--json"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    assert (config.parent / "data" / "gateway.sqlite3").exists()  # it used the file KYOJO_CONFIG names
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "KYOJO_CONFIG" in readme and "-c /path/agent.toml" in readme
+
+
+def test_doctor_says_when_the_plugs_lan_broker_is_missing(tmp_path: Path) -> None:
+    """Issue 22 item 13: with no LAN broker the plugs get nothing; the doctor names it and where to read."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        '[gateway]\nid = "home-9"\ndata_dir = "data"\n'
+        f'[[devices]]\nkind = "plugs"\nid = "home-9-plugs"\nhousehold = "home-9"\nbroker_port = {port}\n',
+        encoding="utf-8",
+    )
+    code, out = kyojo("doctor", "-c", str(cfg))
+    assert code == 1
+    line = next(ln for ln in out.splitlines() if "LAN broker (home-9-plugs)" in ln)
+    assert line.startswith("FAIL") and "docs/LAN.md" in line
