@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import subprocess
 import threading
@@ -218,6 +219,35 @@ def test_rendered_lan_broker_lets_each_plug_write_only_its_own_topics(tmp_path: 
     ]
     assert gateway.health()["parse_errors"] == {}
     assert session.seen["tasmota:kettle_plug"].model == "Sonoff Pow R2"
+
+
+@pytest.mark.broker
+def test_plugs_driver_refused_by_the_lan_broker_says_so_and_keeps_trying(tmp_path: Path) -> None:
+    """A wrong gateway password: the driver records the refused login (not a crash), never counts a connection,
+    and keeps retrying with backoff until it is stopped."""
+    port = free_port()
+    rendered = render_lan_broker_conf(spec(tmp_path / "lan", port))
+    rendered.write(tmp_path / "lan")
+    drv = PlugsDriver("home1-plugs", PlugSession("home1", {}), port=port, username="kyojo-gateway", password="nope")
+
+    async def consume() -> None:
+        async for _ in drv.readings():
+            raise AssertionError("a refused driver yielded a reading")
+
+    async def main() -> None:
+        task = asyncio.create_task(consume())
+        deadline = asyncio.get_running_loop().time() + 20
+        while not (drv.last_error or "").startswith("connect refused"):
+            assert asyncio.get_running_loop().time() < deadline, drv.health()
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        assert drv.connects == 0 and not drv.connected and not drv.subscribed.is_set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    with CustomMosquitto(tmp_path / "mq", port, rendered.mosquitto_conf):
+        asyncio.run(main())
 
 
 @pytest.mark.broker

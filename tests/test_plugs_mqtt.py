@@ -190,7 +190,8 @@ def test_driver_reconnects_when_the_broker_restarts(fresh_mosquitto: Mosquitto) 
         ("home1-fridge", "power", 12.5),
         ("home1-fridge", "power", 13.0),
     ]
-    assert drv.last_error is not None and drv.last_error.startswith("disconnected")
+    # the restart cut the link (and the broker may have refused a reconnect or two while it came back up)
+    assert drv.last_error is not None and drv.last_error.startswith(("disconnected", "cannot connect"))
 
 
 def test_config_validation() -> None:

@@ -167,7 +167,7 @@ class PlugsDriver:
                 logging.WARNING, "connect", "%s: the LAN broker refused the login: %s", self.device_id, err
             )
         else:
-            self.last_error = f"disconnected: {err}"
+            self.last_error = f"disconnected: {err}" if joined else f"cannot connect: {err}"
             self._log_limited(
                 logging.INFO, "link", "%s: LAN broker %s:%s: %s", self.device_id, self.host, self.port, err
             )
