@@ -16,15 +16,9 @@ from edge_agent.db import connect
 from kyojo.contract.wire import decode_batch
 from provisioning.local import Mosquitto
 from tests.agentkit import T0, Collector, RampDriver, agent_config, run_agent_in_thread
+from tests.kit import wait_for
 
 pytestmark = pytest.mark.broker
-
-
-def wait_for(cond, timeout: float = 20.0, step: float = 0.05) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(step)
 
 
 def windows(messages: list[tuple[str, bytes, bool]]) -> dict[int, dict[str, object]]:

@@ -10,8 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from provisioning.local import Mosquitto
 from provisioning.pki import create_request, init_ca
+
+pytestmark = pytest.mark.broker
 
 
 def test_agent_notifies_systemd(tmp_path: Path, mosquitto: Mosquitto) -> None:

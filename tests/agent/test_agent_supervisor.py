@@ -15,8 +15,8 @@ import pytest
 from drivers.clock import ScaledClock
 from edge_agent.agent import Agent
 from kyojo.contract.vocab import Reading, reading
-from provisioning.local import free_port
 from tests.agentkit import T0, RampDriver, agent_config
+from tests.kit import free_port
 
 
 class FakeClock:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from kyojo.contract.vocab import reading
 from kyojo.contract.wire import AuditAnchor, ErasureReceipt, anchor_topic, receipt_topic
 from provisioning.local import Mosquitto
 from tests.agentkit import agent_config
+from tests.kit import wait_for
 
 T0 = 1_717_200_000.0
 runner = CliRunner()
@@ -40,13 +40,6 @@ runner = CliRunner()
 
 def at(seconds: float) -> datetime:
     return datetime.fromtimestamp(T0 + seconds, tz=UTC)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def kinds(conn: object) -> list[str]:
@@ -163,6 +156,7 @@ def test_withdrawal_and_expiry_log_which_queued_releases_they_dropped(tmp_path: 
     assert p.conn.execute("SELECT count(*) FROM outbox WHERE retain = 0").fetchone()[0] == 0
 
 
+@pytest.mark.broker
 def test_broker_acknowledgement_is_logged_with_the_delete(tmp_path: Path, mosquitto: Mosquitto) -> None:
     gw = f"h2-ack-{uuid.uuid4().hex[:6]}"
     cfg = agent_config(tmp_path / "gw", mosquitto.port, gateway=gw, aggregation={"max_items_per_message": 1})
@@ -192,6 +186,7 @@ def test_broker_acknowledgement_is_logged_with_the_delete(tmp_path: Path, mosqui
     assert "送信待ちに入れました" in shown and "送信しました（ブローカーが受信を確認）" in shown
 
 
+@pytest.mark.broker
 def test_refused_release_is_logged_as_not_sent(tmp_path: Path) -> None:
     acl = tmp_path / "acl"
     acl.write_text("topic readwrite kyojo/v1/gw-r/status\ntopic readwrite kyojo/v1/gw-r/consent/#\n")
@@ -214,6 +209,7 @@ def test_refused_release_is_logged_as_not_sent(tmp_path: Path) -> None:
 
 
 # -- A: erasure receipts are checked ----------------------------------------------------------------------------
+@pytest.mark.broker
 def test_forged_receipts_are_not_believed(tmp_path: Path, mosquitto: Mosquitto, cloud: Cloud) -> None:
     gw = f"h2-rcpt-{uuid.uuid4().hex[:6]}"
     cfg = agent_config(tmp_path / "gw", mosquitto.port, gateway=gw)
@@ -328,6 +324,7 @@ def test_counters_catch_up_with_an_older_version_but_not_with_a_deletion(tmp_pat
     assert (v.ok, v.first_bad) == (False, 2) and "deleted" in v.reason
 
 
+@pytest.mark.broker
 def test_verify_checks_the_clouds_anchor(tmp_path: Path, mosquitto: Mosquitto, cloud: Cloud) -> None:
     gw = f"h2-anchor-{uuid.uuid4().hex[:6]}"
     cfg = agent_config(tmp_path / "gw", mosquitto.port, gateway=gw)

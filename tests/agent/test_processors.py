@@ -160,13 +160,14 @@ def test_agent_builds_drivers_for_paired_ble_devices(tmp_path: Path) -> None:
     assert [d.device_id for d in drivers] == ["glucose-alice"]
 
 
+@pytest.mark.broker
 def test_af_model_runs_inside_the_agent_on_the_simulated_strap(tmp_path: Path, mosquitto: Mosquitto) -> None:
     """The ONNX rhythm model classifies the simulated strap's RR stream inside a running agent: sinus rhythm,
     so windows are classified and no AF alert opens."""
     from drivers.clock import ScaledClock
     from edge_agent.agent import Agent
     from tests.agentkit import agent_config, run_agent_in_thread
-    from tests.test_e2e import wait_for
+    from tests.kit import wait_for
 
     cfg = agent_config(tmp_path / "gw", mosquitto.port, gateway="home-af")
     clock = ScaledClock(T0, speed=300)

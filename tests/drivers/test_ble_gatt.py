@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +19,9 @@ from drivers.ble.cli import register
 from drivers.ble.errors import BadLength, BleParseError, Inconsistent, TrailingBytes, Truncated, UnknownCharacteristic
 from drivers.ble.ieee11073 import Special
 from kyojo.contract.vocab import ParseError
+from tests.kit import DATA
 
-VECTORS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "data/ble/vectors.json").read_text())
+VECTORS: list[dict[str, Any]] = json.loads((DATA / "ble" / "vectors.json").read_text())
 
 
 def _same(got: object, want: object) -> bool:

@@ -24,8 +24,9 @@ from drivers.ble.transport import BleBackend
 from drivers.ble.virtual import VirtualAir
 from drivers.registry import BuildContext
 from edge_agent.cli import pairing_site
-from tests.test_ble_records import glucose, glucose_values
-from tests.test_ble_transport import Collector, RealClock, _until, run
+from tests.drivers.test_ble_records import glucose, glucose_values
+from tests.drivers.test_ble_transport import Collector, RealClock, run
+from tests.kit import wait_for_async
 
 pair.use_site_loader(pairing_site)  # what the agent's CLI does when it mounts `kyojo pair`
 
@@ -196,7 +197,7 @@ def test_paired_device_is_read_by_the_agent_driver_over_the_bond(tmp_path: Path)
             assert isinstance(driver, BleDriver)
             async with Collector(driver) as got:
                 await got.wait_for(lambda rs: len(glucose_values(got)) == 3)
-                await _until(lambda: driver.link.state.drains == 1)
+                await wait_for_async(lambda: driver.link.state.drains == 1)
             assert {r.subject for r in got.readings} == {"alice"}
             assert driver.health()["last_error"] is None
 
@@ -207,7 +208,7 @@ def test_paired_device_is_read_by_the_agent_driver_over_the_bond(tmp_path: Path)
             (driver2,) = build(config, ctx, backend=air.backend())
             assert isinstance(driver2, BleDriver)
             async with Collector(driver2):
-                await _until(lambda: "Insufficient Encryption" in str(driver2.health()["last_error"]))
+                await wait_for_async(lambda: "Insufficient Encryption" in str(driver2.health()["last_error"]))
         finally:
             await air.close()
 

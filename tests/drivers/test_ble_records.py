@@ -20,7 +20,8 @@ from drivers.ble.records import RecordLog
 from drivers.ble.transport import Link, SharedScanner
 from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
-from tests.test_ble_transport import Collector, RealClock, _until, run
+from tests.drivers.test_ble_transport import Collector, RealClock, run
+from tests.kit import wait_for_async
 
 
 def glucose(seq: int, mg_dl: int = 100) -> bytes:
@@ -91,17 +92,17 @@ def test_glucose_meter_drains_stored_records_once(tmp_path: Path) -> None:
             async with Collector(driver) as got:
                 await dev.advertise()
                 await got.wait_for(lambda rs: len(glucose_values(got)) == 5)
-                await _until(lambda: driver.link.state.drains == 1)
+                await wait_for_async(lambda: driver.link.state.drains == 1)
                 assert driver.health()["stored_records"] == 5  # Report number of stored records, all
                 assert driver.health()["last_drain"] == "op 0x01: success"
 
                 await dev.drop()  # reconnection: ">= 6" -> no records found
-                await _until(lambda: driver.link.state.drains == 2)
+                await wait_for_async(lambda: driver.link.state.drains == 2)
                 assert driver.health()["last_drain"] == "op 0x01: no records found"
                 assert driver.health()["stored_records"] == 0
                 await dev.record(glucose(6, 150))
                 await dev.drop()
-                await _until(lambda: driver.link.state.drains == 3)
+                await wait_for_async(lambda: driver.link.state.drains == 3)
                 await got.wait_for(lambda rs: len(glucose_values(got)) == 6)
             assert glucose_values(got) == [91.0, 92.0, 93.0, 94.0, 95.0, 150.0]
             assert dev.records_sent == 6  # the meter itself was asked only for what was new
@@ -110,7 +111,7 @@ def test_glucose_meter_drains_stored_records_once(tmp_path: Path) -> None:
             # gateway restart: a fresh driver with the persisted state asks for ">= 7"
             driver2 = make(air, dev, RecordLog(state), scanner)
             async with Collector(driver2) as again:
-                await _until(lambda: driver2.link.state.drains == 1)
+                await wait_for_async(lambda: driver2.link.state.drains == 1)
             assert driver2.health()["last_drain"] == "op 0x01: no records found"
             assert again.readings == []
         finally:
@@ -130,7 +131,7 @@ def test_drop_in_the_middle_of_a_drain_resumes_without_duplicates(tmp_path: Path
             driver = make(air, dev, RecordLog(tmp_path / "m.json"), SharedScanner(air.backend()))
             async with Collector(driver) as got:
                 await got.wait_for(lambda rs: len(glucose_values(got)) == 8, within_s=5)
-                await _until(lambda: driver.link.state.drains == 1)
+                await wait_for_async(lambda: driver.link.state.drains == 1)
             assert glucose_values(got) == [110.0 + i for i in range(8)]
             assert driver.link.state.connects == 2
             assert dev.records_sent == 8  # the second session asked for ">= 13" only
@@ -155,8 +156,8 @@ def test_resent_records_are_dropped_by_sequence_number(tmp_path: Path) -> None:
             dev._select = lambda request: list(dev.stored)  # type: ignore[method-assign]
             driver = make(air, dev, log, SharedScanner(air.backend()))
             async with Collector(driver) as got:
-                await _until(lambda: driver.link.state.drains == 1)
-                await _until(lambda: driver.flagged["duplicate"] == 2)
+                await wait_for_async(lambda: driver.link.state.drains == 1)
+                await wait_for_async(lambda: driver.flagged["duplicate"] == 2)
             assert len(glucose_values(got)) == 1
         finally:
             await air.close()
@@ -198,18 +199,18 @@ def test_cuff_resending_its_memory_is_deduplicated_by_time_and_values(tmp_path: 
             async with Collector(driver) as got:
                 await cuff.advertise()
                 await got.wait_for(lambda rs: len(systolics(got)) == 3)
-                await _until(lambda: cuff.records_sent == 4)
+                await wait_for_async(lambda: cuff.records_sent == 4)
                 await cuff.record(bpm(4, 124), live=True)
                 await got.wait_for(lambda rs: len(systolics(got)) == 4)
                 await cuff.drop()  # reconnection: the cuff re-sends all 5
-                await _until(lambda: cuff.records_sent == 9 and driver.flagged["duplicate"] == 1 + 5)
+                await wait_for_async(lambda: cuff.records_sent == 9 and driver.flagged["duplicate"] == 1 + 5)
             assert systolics(got) == [121.0, 122.0, 123.0, 124.0]
             assert (tmp_path / "ble-records" / "cuff.json").exists()
 
             (driver2,) = build(config, ctx, backend=air.backend())
             assert isinstance(driver2, BleDriver)
             async with Collector(driver2) as again:
-                await _until(lambda: driver2.flagged["duplicate"] == 5)
+                await wait_for_async(lambda: driver2.flagged["duplicate"] == 5)
                 await asyncio.sleep(0.05)
             assert again.readings == []
         finally:
@@ -282,7 +283,7 @@ def test_operator_not_supported_falls_back_to_all_records(tmp_path: Path) -> Non
             log.last_sequence = 2
             driver = make(air, dev, log, SharedScanner(air.backend()))
             async with Collector(driver) as got:
-                await _until(lambda: driver.link.state.drains == 1 and driver.flagged["duplicate"] == 2)
+                await wait_for_async(lambda: driver.link.state.drains == 1 and driver.flagged["duplicate"] == 2)
             assert len(glucose_values(got)) == 1
             assert driver.health()["last_drain"] == "op 0x01: success"
         finally:

@@ -29,8 +29,9 @@ from drivers.ble.transport import Link, SharedScanner
 from drivers.ble.virtual import VirtualAir, VirtualPeripheral
 from drivers.registry import BuildContext
 from kyojo.contract.vocab import Reading
+from tests.kit import DATA, wait_for_async
 
-VECTORS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "data/ble/vectors.json").read_text())
+VECTORS: list[dict[str, Any]] = json.loads((DATA / "ble" / "vectors.json").read_text())
 
 PROFILE_OF = {sub.uuid: p.name for p in PROFILES.values() for sub in p.subscriptions}
 
@@ -98,13 +99,6 @@ class Collector:
                 await asyncio.sleep(0.01)
 
 
-async def _until(predicate: Callable[[], bool], within_s: float = 3) -> None:
-    """Poll state owned by the code under test (it has no event to wait on)."""
-    async with asyncio.timeout(within_s):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-
-
 def _key(r: Reading) -> tuple[str, str, str, float, str]:
     return (r.device, r.subject, r.metric, round(r.value, 9), r.unit)
 
@@ -147,7 +141,7 @@ def test_profile_delivers_every_vector(profile: str) -> None:
                     conv = to_readings(value, device=profile, subject="p1", ts=0)
                     want.extend(_key(r) for r in conv.readings)
                 await got.wait_for(lambda rs: len(rs) >= len(want))
-                await _until(lambda: sum(driver.parse_errors.values()) == rejected)
+                await wait_for_async(lambda: sum(driver.parse_errors.values()) == rejected)
             assert sorted(map(_key, got.readings)) == sorted(want)
             assert sum(driver.parse_errors.values()) == rejected
             assert driver.health()["battery_level"] == 64
@@ -182,7 +176,7 @@ def test_several_devices_one_scanner_and_reconnect() -> None:
                 await c_th.wait_for(lambda rs: any(r.metric == "body_temperature" for r in rs))
 
                 await hr.drop()
-                await _until(lambda: drivers[0].link.state.reconnects == 1 and drivers[0].link.state.connected)
+                await wait_for_async(lambda: drivers[0].link.state.reconnects == 1 and drivers[0].link.state.connected)
                 await hr.wait_subscribed(0x2A37)
                 await hr.send(0x2A37, bytes.fromhex("0650"))  # 80 bpm
                 await c_hr.wait_for(lambda rs: [r.value for r in rs if r.metric == "heart_rate"] == [72.0, 80.0])
@@ -217,7 +211,7 @@ def test_device_out_of_range_is_retried_until_it_comes_back() -> None:
                 await hr.wait_subscribed(0x2A37)
                 await hr.go_away()
                 # scan timeouts (0.5 s) count as failed attempts; the link keeps trying
-                await _until(lambda: driver.link.state.reconnects >= 2, within_s=5)
+                await wait_for_async(lambda: driver.link.state.reconnects >= 2, within=5)
                 assert driver.health()["connected"] is False
                 assert "TimeoutError" in str(driver.health()["last_error"])
                 await hr.advertise()
@@ -248,7 +242,7 @@ def test_wrong_device_at_the_address_is_refused() -> None:
             )
             driver = BleDriver("hr", "p1", link, RealClock())
             async with Collector(driver):
-                await _until(lambda: "MissingCharacteristic" in str(driver.health()["last_error"]))
+                await wait_for_async(lambda: "MissingCharacteristic" in str(driver.health()["last_error"]))
             assert driver.health()["connects"] == 0
         finally:
             await air.close()
@@ -322,7 +316,7 @@ def test_shared_user_device_maps_user_ids() -> None:
                     # flags: Pulse Rate + User ID; 120/80/93 mmHg, pulse 70
                     await bp.send(0x2A35, bytes([0x0C]) + bytes.fromhex("780050005d004600") + bytes([user]))
                 await got.wait_for(lambda rs: len(rs) == 8)
-                await _until(lambda: driver.flagged["unmapped_user"] == 1)
+                await wait_for_async(lambda: driver.flagged["unmapped_user"] == 1)
             assert {(r.subject, r.metric) for r in got.readings if r.metric == "systolic"} == {
                 ("p1", "systolic"),
                 ("p2", "systolic"),

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 
 from drivers.gnss.cli import app
 from drivers.gnss.nmea import NmeaError, parse_sentence
+from tests import kit
 
-DATA = Path(__file__).parent / "data" / "nmea"
+DATA = kit.DATA / "nmea"
 LOGS = sorted(p.name for p in DATA.glob("*.log"))
 
 #: tolerances: gpsd prints lat/lon with 9 decimals, altitude with 3, speed (converted from knots) with 3
@@ -157,7 +158,7 @@ def test_replay_hard_cases() -> None:
     assert s["fixes"] == 0 and s["simulated"] == 18 and s["rejects"] == {"no_checksum": 1}
     fixes, s = _replay("garmin-geko201.log", "--accept-simulated")
     assert s["fixes"] == 18 and fixes[0]["time"] == "2005-06-14T21:43:50.000Z"
-    fixes, s = _replay("ublox-zed-f9p-nmea.log")
+    fixes, s = _replay("ZED-F9P_HPG1.11.log")
     assert fixes[0]["lat"] < 0 and fixes[0]["lon"] > 0 and fixes[0]["course_deg"] is None
     assert s["by_type"]["GSV"] == 696 and s["by_type"]["GBS"] == s["by_type"]["GST"] == 29
     _, s = _replay("skytraq-dgps.log")

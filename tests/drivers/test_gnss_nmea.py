@@ -33,6 +33,7 @@ from drivers.gnss.nmea import (
     strip_capture_header,
 )
 from kyojo.contract.vocab import ParseError
+from tests.kit import DATA
 
 # --- one real sentence per type, with the full expected object (sources: tests/data/nmea/*.log) ------------
 
@@ -41,11 +42,11 @@ CASES = [
         "$GPGGA,202640.000,4404.1306,N,12118.8515,W,2,10,0.98,1127.7,M,-19.6,M,0000,0000*6C",
         GGA("GP", 73600.0, 44 + 4.1306 / 60, -(121 + 18.8515 / 60), 2, 10, 0.98, 1127.7, -19.6),
     ),
-    (  # ublox-zed-f9p-nmea.log (S/E hemisphere, empty track, NMEA 4.10 nav status)
+    (  # ZED-F9P_HPG1.11.log (S/E hemisphere, empty track, NMEA 4.10 nav status)
         "$GNRMC,003956.00,A,4552.65403,S,17030.00668,E,0.025,,120419,,,A,V*07",
         RMC("GN", 2396.0, "A", -(45 + 52.65403 / 60), 170 + 30.00668 / 60, 0.025, None, date(2019, 4, 12), "A"),
     ),
-    (  # ublox-zed-f9p-nmea.log: NMEA 4.10 system id in the last field
+    (  # ZED-F9P_HPG1.11.log: NMEA 4.10 system id in the last field
         "$GNGSA,A,3,82,66,81,,,,,,,,,,1.05,0.64,0.83,2*0C",
         GSA("GN", "A", 3, (82, 66, 81), 1.05, 0.64, 0.83, 2),
     ),
@@ -98,9 +99,7 @@ def test_gns_and_bd_talker_from_beidou_capture() -> None:
 
 
 def _data(name: str) -> bytes:
-    from pathlib import Path
-
-    return (Path(__file__).parent / "data" / "nmea" / name).read_bytes()
+    return (DATA / "nmea" / name).read_bytes()
 
 
 # --- rejects with stable reasons --------------------------------------------------------------------------

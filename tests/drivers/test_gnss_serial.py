@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import tty
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,10 @@ import pytest
 from drivers.backoff import Backoff
 from drivers.gnss.nmea import Fix, NmeaReader, strip_capture_header
 from drivers.gnss.transport import GpsdSource, SerialNmeaSource
+from tests import kit
+from tests.kit import wait_for_async
 
-DATA = Path(__file__).parent / "data" / "nmea"
+DATA = kit.DATA / "nmea"
 LOGS = sorted(p.name for p in DATA.glob("*.log"))
 
 
@@ -87,16 +89,9 @@ async def collect(it: AsyncIterator[Fix], out: list[Fix], n: int, within: float 
     await asyncio.wait_for(run(), within)
 
 
-async def until(cond: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll the source's public state (what the agent's status page reads) until ``cond`` holds."""
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 - polling observable state is the point of the test
-            await asyncio.sleep(0.01)
-
-
 async def connected(src: SerialNmeaSource) -> None:
     """pyserial flushes the input buffer when it opens a port: send only once the source is listening."""
-    await until(lambda: src.connected)
+    await wait_for_async(lambda: src.connected)
 
 
 @pytest.mark.parametrize("name", LOGS)
@@ -112,7 +107,7 @@ def test_capture_through_pty_equals_offline_replay(name: str, tmp_path: Path) ->
         reading = asyncio.create_task(collect(it, got, len(expected) + 1))
         await connected(src)
         await rx.send(data)
-        await until(lambda: src.reader.decoder.stats.bytes >= len(data))
+        await wait_for_async(lambda: src.reader.decoder.stats.bytes >= len(data))
         await asyncio.sleep(0.4)  # quiet line: the source flushes the last epoch
         reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -151,14 +146,14 @@ def test_unplug_and_replug_keeps_producing_fixes(tmp_path: Path) -> None:
         reading = asyncio.create_task(collect(it, got, len(expected) + 1, within=20))
         await connected(src)
         await rx.send(first)
-        await until(lambda: len(got) >= n_first)
+        await wait_for_async(lambda: len(got) >= n_first)
         rx.unplug()  # the cable is pulled: the pty master closes, the by-id symlink vanishes
-        await until(lambda: not src.connected)  # the source notices (EIO from the pty)
-        await until(lambda: src.errors.get("open", 0) >= 2)  # backs off, fails to reopen a missing path
+        await wait_for_async(lambda: not src.connected)  # the source notices (EIO from the pty)
+        await wait_for_async(lambda: src.errors.get("open", 0) >= 2)  # backs off, fails to reopen a missing path
         rx.plug()  # a new pty (new /dev/pts/N) behind the same name
         await connected(src)
         await rx.send(second)
-        await until(lambda: len(got) >= len(expected))
+        await wait_for_async(lambda: len(got) >= len(expected))
         reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reading

@@ -30,6 +30,7 @@ from drivers.registry import BuildContext
 from drivers.sim import DEFAULT_ROUTE, GarbageTruck
 from drivers.sim.base import local_day
 from kyojo.contract.vocab import METRICS
+from tests.kit import DATA
 
 T0 = 1_717_369_200.0  # 2024-06-03 08:00 JST, a shift start
 HOUR = 3600
@@ -158,7 +159,7 @@ class ReplaySource:
     """A FixSource over a capture file, for the driver test."""
 
     def __init__(self, name: str) -> None:
-        data = strip_capture_header((Path(__file__).parent / "data" / "nmea" / name).read_bytes())
+        data = strip_capture_header((DATA / "nmea" / name).read_bytes())
         r = NmeaReader()
         self.list = r.feed(data) + r.flush()
 

@@ -41,7 +41,8 @@ from drivers.plugs.session import MAX_UNPAIRED, PlugSession
 from drivers.sim import device as sim_device
 from drivers.sim.health import HeartRateStrap
 from kyojo.contract.vocab import Reading
-from provisioning.local import CustomMosquitto, Mosquitto, free_port
+from provisioning.local import CustomMosquitto, Mosquitto
+from tests.kit import free_port
 
 PW = {
     "kyojo-gateway": "gateway-password-0001",

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from drivers.ocpp import device
 from drivers.ocpp.cli import app
 from drivers.ocpp.sessions import SessionStore
 from drivers.registry import BuildContext
+from tests.kit import ROOT, free_port
 
 OCPP16 = [Subprotocol("ocpp1.6")]
 KEY = "alfen-authorization-key-01"
@@ -40,12 +40,6 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_config_validation() -> None:
@@ -204,7 +198,7 @@ def test_cli_serve_runs_alone_and_stops_on_sigint(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT,
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,9 @@ from drivers.ocpp.normalise import (
 )
 from drivers.ocpp.protocol import CALL, FrameError, parse_frame
 from kyojo.contract.vocab import ParseError, Reading
+from tests.kit import DATA
 
-FIXTURES = Path(__file__).parent / "data" / "ocpp" / "session_fixtures.jsonl"
+FIXTURES = DATA / "ocpp" / "session_fixtures.jsonl"
 RECEIVED = 1_800_000_000.0  # 2027-01-15: after every fixture timestamp
 
 

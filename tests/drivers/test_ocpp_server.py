@@ -29,8 +29,9 @@ from drivers.logs import LogLimiter
 from drivers.ocpp.server import CentralSystem
 from drivers.ocpp.sessions import SessionStore
 from kyojo.contract.vocab import Reading
+from tests.kit import DATA
 
-FIXTURES = Path(__file__).parent / "data" / "ocpp" / "session_fixtures.jsonl"
+FIXTURES = DATA / "ocpp" / "session_fixtures.jsonl"
 OCPP16 = [Subprotocol("ocpp1.6")]
 T0 = time.time() - 3600  # an hour ago: plausible for the charger-clock check
 

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 
 from drivers.meter import cli as meter_cli
 from drivers.plugs import cli as plugs_cli
+from tests import kit
 
-DATA = Path(__file__).parent / "data" / "plugs"
+DATA = kit.DATA / "plugs"
 
 
 def _app() -> typer.Typer:

@@ -19,10 +19,11 @@ from drivers.plugs.session import PlugSession
 from drivers.registry import BuildContext
 from kyojo.contract.vocab import Reading
 from provisioning.local import Mosquitto
+from tests import kit
 
 pytestmark = pytest.mark.broker
 
-DATA = Path(__file__).parent / "data" / "plugs"
+DATA = kit.DATA / "plugs"
 
 APPLIANCES = {
     "tasmota:pow1": "kettle",

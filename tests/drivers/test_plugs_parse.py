@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,9 @@ from drivers.counter import MonotonicCounter
 from drivers.plugs.parse import REASONS, Announcement, StateChange, decode
 from drivers.plugs.session import PlugSession
 from kyojo.contract.vocab import ParseError, Reading, reading
+from tests import kit
 
-DATA = Path(__file__).parent / "data" / "plugs"
+DATA = kit.DATA / "plugs"
 TS = 1_762_082_665.0
 
 

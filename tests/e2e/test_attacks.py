@@ -63,21 +63,14 @@ from provisioning import pki
 from provisioning.local import InfluxDB
 from tests.agentkit import agent_config, run_agent_in_thread
 from tests.citykit import NOT_AUTHORIZED, City, CityClient, accepted
+from tests.kit import wait_for
 
-pytest_plugins = ["tests.citykit"]
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 
 VICTIM = "home-victim"
 ATTACKER = "home-attacker"
 T0 = 1_717_189_200.0  # 2024-05-31T21:00:00Z, a simulated evening
 SPEED = 600  # ten simulated minutes per second
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"{what} not reached in {timeout}s"
-        time.sleep(0.05)
 
 
 def enroll_gateway(city: City, name: str) -> Path:

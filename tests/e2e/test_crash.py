@@ -19,7 +19,8 @@ from edge_agent.identity import load_keys
 from kyojo.contract.vocab import METRICS, Reading
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc
-from tests.test_e2e import influx_points, truth, wait_for
+from tests.e2e.test_e2e import influx_points, truth
+from tests.kit import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 

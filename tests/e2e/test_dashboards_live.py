@@ -53,6 +53,7 @@ from kyojo.contract.vocab import METRICS, Category, Reading, reading
 from kyojo.contract.wire import decode_events
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
+from tests.kit import ROOT
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 
@@ -540,7 +541,7 @@ def test_query_cli_formats_and_plot(filled: Filled, tmp_path: Path) -> None:
 
 def test_render_readme_png(filled: Filled, tmp_path: Path) -> None:
     """The README's picture; written to docs/img/ only with KYOJO_RENDER_DOCS=1 (tests leave the tree alone)."""
-    docs = Path(__file__).resolve().parent.parent / "docs" / "img"
+    docs = ROOT / "docs" / "img"
     path = (docs if os.environ.get("KYOJO_RENDER_DOCS") == "1" else tmp_path) / "energy-whole-vs-appliances.png"
     result = filled.run("energy.whole_vs_appliances", interval="5m")
     analyst.plot(result, path, title="Whole home vs appliances (simulated household, 15:00-20:00 JST)")

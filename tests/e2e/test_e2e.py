@@ -6,7 +6,6 @@ aggregation code; the comparison covers every released window of every consented
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from edge_agent.identity import GatewayKeys, load_keys
 from kyojo.contract.vocab import METRICS, Kind, Reading
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
+from tests.kit import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 
@@ -31,13 +31,6 @@ T0 = 1_717_189_200.0  # 2024-05-31T21:00:00Z = 06:00 JST: the morning cuff readi
 SPEED = 1800.0  # half an hour per real second
 GRACE_S = 20 * SPEED * 0.05  # simulated seconds (one real second) before a window closes
 Key = tuple[str, str, str, int]  # metric, device, subject, window start (ms)
-
-
-def wait_for(cond, timeout: float = 60.0, step: float = 0.1) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "condition not reached in time"
-        time.sleep(step)
 
 
 def truth(readings: list[Reading], window_s: int, until_ms: int) -> dict[Key, dict[str, float]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from edge_agent.db import connect
 from edge_agent.identity import load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, run_agent_in_thread
-from tests.test_e2e import wait_for
+from tests.kit import free_port, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 
@@ -38,12 +37,6 @@ T0 = (time.time() - 3 * 3600) // 60 * 60  # a session three hours ago, on minute
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def charge(port: int) -> None:

@@ -21,7 +21,7 @@ from edge_agent.processors.truck import Config as TruckConfig
 from edge_agent.processors.truck import TruckProcessor
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
-from tests.test_e2e import wait_for
+from tests.kit import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from edge_agent.db import connect
 from edge_agent.identity import load_keys
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
-from tests.test_e2e import wait_for
+from tests.kit import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from cloud_ingest import analyst
 from kyojo.contract.vocab import METRICS, Category
+from tests.kit import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DASH = ROOT / "dashboards"
 PANEL_TYPES = {"timeseries", "bargauge", "geomap", "stat", "table", "barchart"}
 HEALTH = {m for m, s in METRICS.items() if s.category is Category.HEALTH}

@@ -153,7 +153,7 @@ def test_v1_writer_4xx_is_not_retriable(influxdb: InfluxDB, influx_db: str, db: 
 
 
 def test_v1_writer_connection_refused_is_retriable() -> None:
-    from provisioning.local import free_port
+    from tests.kit import free_port
 
     writer = InfluxV1Writer(f"http://127.0.0.1:{free_port()}", "db", timeout=1)
     with pytest.raises(WriteError) as info:

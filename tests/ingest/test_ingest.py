@@ -29,10 +29,10 @@ from cloud_ingest.ingester import Ingester
 from cloud_ingest.scope import Scope
 from kyojo.contract.wire import MAX_PAYLOAD_BYTES, ConsentRecord, ConsentStatus, agg_topic, consent_topic
 from provisioning.local import InfluxDB, Mosquitto
+from tests.kit import ROOT, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx]
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000_000
 
 
@@ -166,15 +166,6 @@ def count_power(influxdb: InfluxDB, db: str, gw: str | None = None) -> int:
     """Points of ``power`` in the test's own database (points carry no gateway tag: ``gw`` is not a filter)."""
     rows = influxdb.query_rows('SELECT count("last") FROM "power"', db=db)
     return sum(int(r["count"]) for r in rows)
-
-
-def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return bool(pred())
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -245,6 +245,7 @@ def _publisher(broker: Mosquitto) -> mqtt.Client:
     return c
 
 
+@pytest.mark.broker
 def test_unacked_messages_come_back_to_a_resumed_session(mosquitto: Mosquitto) -> None:
     """Receive Maximum caps what is in flight; unacked messages are resent (DUP) after reconnecting."""
     root = f"t/{uuid.uuid4().hex[:8]}"

@@ -18,7 +18,8 @@ from cloud_ingest.scope import Scope
 from cloud_ingest.trust import AuditTrail
 from kyojo.contract.wire import AuditAnchor, agg_topic, anchor_topic, consent_topic
 from provisioning.local import InfluxDB, Mosquitto
-from tests.test_ingest import Publisher, batch_doc, consent, new_gw, settings, wait_for
+from tests.ingest.test_ingest import Publisher, batch_doc, consent, new_gw, settings
+from tests.kit import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx]
 

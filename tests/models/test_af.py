@@ -23,8 +23,9 @@ from models.af.data import RecordFormatError, Windows
 from models.af.features import FEATURE_NAMES, keep_mask, sample_entropy
 from models.af.metrics import Metrics, auroc
 from models.af.model import DEFAULT_MODEL_PATH
+from tests import kit
 
-DATA = Path(__file__).parent / "data" / "rr"
+DATA = kit.DATA / "rr"
 T0 = 1_700_000_000.0
 
 

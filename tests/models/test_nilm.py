@@ -23,8 +23,9 @@ from models.nilm.metrics import appliance_metrics, co_predict, evaluate, f1_on, 
 from models.nilm.model import MODEL_DIR, NilmModels, residual_mains
 from models.nilm.runtime import MODEL_SOURCE, PLUG_SOURCE, NilmRuntime, minute_of
 from models.nilm.windows import MAX_MISSING_FRACTION, fill_windows, series_windows
+from tests import kit
 
-DATA = Path(__file__).parent / "data" / "nilm"
+DATA = kit.DATA / "nilm"
 REFIT = DATA / "refit_house2_2014-06-14_1min.csv.gz"  # has an 11-minute gap
 UKDALE = DATA / "ukdale_house2_2013-06-29_1min.csv.gz"  # all four appliances active
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from firmware_tests import doctor
-from tests.test_provision_broker import make_city
+from tests.citykit import make_city
 
 
 def test_broker_reachable() -> None:

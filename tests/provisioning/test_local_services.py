@@ -110,6 +110,7 @@ def test_installed_binaries_are_found() -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.broker
 def test_mosquitto_qos1_roundtrip(mosquitto: Mosquitto) -> None:
     topic = _unique("test/roundtrip")
     with mqtt_client(mosquitto, _unique("sub")) as sub, mqtt_client(mosquitto, _unique("pub")) as pub:
@@ -119,6 +120,7 @@ def test_mosquitto_qos1_roundtrip(mosquitto: Mosquitto) -> None:
     assert (msg.topic, msg.payload, msg.qos) == (topic, b"hello", 1)
 
 
+@pytest.mark.broker
 def test_mosquitto_files_and_config(mosquitto: Mosquitto) -> None:
     conf = mosquitto.conf_path.read_text()
     assert f"listener {mosquitto.port} 127.0.0.1" in conf
@@ -129,6 +131,7 @@ def test_mosquitto_files_and_config(mosquitto: Mosquitto) -> None:
     assert "running" in mosquitto.log_path.read_text()
 
 
+@pytest.mark.broker
 def test_mosquitto_start_stop_is_idempotent(tmp_path: Path) -> None:
     broker = Mosquitto(tmp_path)
     broker.stop()  # never started: no-op
@@ -141,6 +144,7 @@ def test_mosquitto_start_stop_is_idempotent(tmp_path: Path) -> None:
     assert broker.port == port
 
 
+@pytest.mark.broker
 def test_restart_keeps_queued_message_of_persistent_session(fresh_mosquitto: Mosquitto) -> None:
     topic, sub_id = _unique("test/persist"), _unique("sub")
     with mqtt_client(fresh_mosquitto, sub_id, session_expiry=3600) as sub:
@@ -157,6 +161,7 @@ def test_restart_keeps_queued_message_of_persistent_session(fresh_mosquitto: Mos
     assert (msg.topic, msg.payload) == (topic, b"queued")
 
 
+@pytest.mark.broker
 def test_kill_after_autosave_keeps_queued_message(fresh_mosquitto: Mosquitto) -> None:
     topic, sub_id = _unique("test/kill"), _unique("sub")
     with mqtt_client(fresh_mosquitto, sub_id, session_expiry=3600) as sub:
@@ -177,6 +182,7 @@ def test_kill_after_autosave_keeps_queued_message(fresh_mosquitto: Mosquitto) ->
         assert sub.next_message().payload == b"survives"
 
 
+@pytest.mark.broker
 def test_bounded_queue_drops_and_logs_it(tmp_path: Path) -> None:
     """Mosquitto acks the publisher, then drops beyond max_queued_messages: one log line per episode."""
     topic, sub_id = _unique("test/drop"), _unique("sub")
@@ -195,6 +201,7 @@ def test_bounded_queue_drops_and_logs_it(tmp_path: Path) -> None:
         assert broker.dropped_messages() == 1  # 15 messages lost, a single log line
 
 
+@pytest.mark.broker
 def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -217,6 +224,7 @@ def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.influx
 def test_influx_write_query_roundtrip(influxdb: InfluxDB, influx_db: str) -> None:
     influxdb.write_lines(
         "env,site=a,kind=x last=21.5,count=3i 1700000000000\nenv,site=b last=7 1700000001000", influx_db
@@ -233,6 +241,7 @@ def test_influx_write_query_roundtrip(influxdb: InfluxDB, influx_db: str) -> Non
     assert raw[0]["series"][0]["values"] == [[1700000000, 21.5], [1700000001, 7]]
 
 
+@pytest.mark.influx
 def test_influx_rewrite_is_idempotent(influxdb: InfluxDB, influx_db: str) -> None:
     line = "agg,subject=s1,metric=heart_rate last={v} 1700000000000"
     influxdb.write_lines(line.format(v=60), influx_db)
@@ -241,6 +250,7 @@ def test_influx_rewrite_is_idempotent(influxdb: InfluxDB, influx_db: str) -> Non
     assert [r["last"] for r in influxdb.query_rows("SELECT last FROM agg", influx_db)] == [61]
 
 
+@pytest.mark.influx
 def test_influx_errors_are_raised(influxdb: InfluxDB, influx_db: str) -> None:
     with pytest.raises(InfluxDBError, match="HTTP 400") as excinfo:
         influxdb.write_lines("not line protocol", influx_db)
@@ -251,6 +261,7 @@ def test_influx_errors_are_raised(influxdb: InfluxDB, influx_db: str) -> None:
         influxdb.query("SELEC nonsense", influx_db)
 
 
+@pytest.mark.influx
 def test_influx_restart_keeps_data(tmp_path: Path) -> None:
     with InfluxDB(tmp_path) as server:
         server.create_database("d")
@@ -264,6 +275,8 @@ def test_influx_restart_keeps_data(tmp_path: Path) -> None:
         assert server.count("m", "d", field="v") == 2  # the WAL is replayed
 
 
+@pytest.mark.broker
+@pytest.mark.influx
 def test_local_stack(tmp_path: Path) -> None:
     with LocalStack(tmp_path) as stack:
         assert stack.running

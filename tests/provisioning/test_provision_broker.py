@@ -30,7 +30,7 @@ from edge_agent.db import connect
 from provisioning import broker as brokerlib
 from provisioning import pki
 from provisioning.cli import app
-from provisioning.local import ServiceError, free_port
+from provisioning.local import ServiceError
 from tests.agentkit import T0, RampDriver, agent_config, run_agent_in_thread
 from tests.citykit import (
     ADMIN,
@@ -44,15 +44,11 @@ from tests.citykit import (
     CityBroker,
     CityClient,
     accepted,
-    make_city,
     tls_probe,
-    wait_until,
 )
+from tests.kit import free_port, wait_for
 
-pytest_plugins = ["tests.citykit"]
 pytestmark = pytest.mark.broker
-
-__all__ = ["make_city"]  # tests/test_doctor.py imports it from here
 
 ADMINISTRATIVE_ACTION = 0x98  # DISCONNECT reason when dynsec deletes/disables a connected client
 
@@ -70,7 +66,7 @@ def _publish_and_collect(publisher: CityClient, members: list[CityClient], n: in
     def got() -> list[int]:
         return sorted(v for m, s0 in zip(members, start, strict=True) for v in _aggs(m)[s0:])
 
-    wait_until(lambda: len(got()) >= n, 5, f"{n} aggregates at the ingesters")
+    wait_for(lambda: len(got()) >= n, 5, f"{n} aggregates at the ingesters")
     return got()
 
 
@@ -186,7 +182,7 @@ def test_ingesters_share_the_aggregate_subscription(city: City) -> None:
     assert _publish_and_collect(a, [i1, i2], 20) == list(range(20))
     assert _aggs(i1) and _aggs(i2)  # both members got a share
     assert a.puback("kyojo/v1/gw-a/event/mobility", b"e") == 0x00
-    wait_until(lambda: ("kyojo/v1/gw-a/event/mobility", b"e") in i1.messages + i2.messages, 5, "the event")
+    wait_for(lambda: ("kyojo/v1/gw-a/event/mobility", b"e") in i1.messages + i2.messages, 5, "the event")
     consents = city.client("ingest-1-consents")
     assert consents.suback("kyojo/v1/+/consent/+") == GRANTED_QOS1
     assert a.puback("kyojo/v1/gw-a/consent/c-2", b"{}") == 0x00
@@ -322,7 +318,7 @@ def test_revoke_and_sync_disconnect_a_connected_gateway(city: City) -> None:
     # paho reconnects by itself (after ~1 s): the broker refuses the certificate, no second CONNACK.
     assert gw.wait_for(lambda: len(gw.disconnects) >= 2, 10), "paho made no reconnect attempt"
     assert gw.connacks == [gw.connacks[0]] and not gw.is_connected()
-    wait_until(lambda: "certificate verify failed" in b.log_text(), what="the broker's log line")
+    wait_for(lambda: "certificate verify failed" in b.log_text(), what="the broker's log line")
     assert city.probe("gw-c") == "SSLV3_ALERT_CERTIFICATE_REVOKED"
     assert other.disconnects == []
     assert accepted(other.puback("kyojo/v1/gw-a/agg/health"))
@@ -370,7 +366,7 @@ def test_expired_crl_locks_everyone_out(city: City) -> None:
     b = city.start_broker()
     assert city.probe("gw-a") != "connack:00"
     # the broker logs the refusal when it gets to it, which can be after the client saw the connection close
-    wait_until(lambda: "certificate verify failed" in b.log_text(), what="the broker's log line")
+    wait_for(lambda: "certificate verify failed" in b.log_text(), what="the broker's log line")
     city.ca.write_crl()
     b.reload_and_wait()
     assert city.probe("gw-a") == "connack:00"

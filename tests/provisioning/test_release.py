@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from provisioning import release as rel
 from provisioning.cli import app
+from tests.kit import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 AF_MODEL = REPO / "models" / "af" / "af_rr.onnx"
 NILM = REPO / "models" / "nilm"
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-UNITS_DIR = Path(__file__).resolve().parents[1] / "systemd"
+from tests.kit import ROOT
+
+UNITS_DIR = ROOT / "systemd"
 UNITS = {
     "kyojo-agent.service": "kyojo-agent.service",
     "kyojo-ingest@.service": "kyojo-ingest@1.service",
