@@ -31,7 +31,14 @@ def test_decode_plug_every_fixture_file() -> None:
         out = json.loads(res.output)
         assert all("error" not in m for m in out)
         counts[path.name] = sum(len(m["readings"]) for m in out)
-    assert counts == {"shelly_gen1.json": 2, "shelly_gen2plus.json": 32, "tasmota.json": 26, "zigbee2mqtt.json": 4}
+    assert counts == {
+        "S3SW-002P16EU_1.6.1.json": 8,
+        "S4PL-00416EU_1.8.99-dev134818.json": 20,
+        "shelly_gen1.json": 2,
+        "shelly_gen2plus.json": 4,
+        "tasmota.json": 26,
+        "zigbee2mqtt.json": 4,
+    }
 
 
 def test_decode_plug_inline_and_raw_payload() -> None:

@@ -41,7 +41,7 @@ def fixture_messages() -> list[tuple[str, bytes]]:
     ]
     for name in ("tasmota.json", "shelly_gen1.json"):
         msgs += [(m["topic"], m["payload"].encode()) for m in json.loads((DATA / name).read_text())["messages"]]
-    gen2 = json.loads((DATA / "shelly_gen2plus.json").read_text())
+    gen2 = json.loads((DATA / "S4PL-00416EU_1.8.99-dev134818.json").read_text())  # the Power Strip Gen4
     for comp, status in gen2["records"][0]["status"].items():
         if comp != "sys":
             msgs.append((f"shellypstripg4-aabbccddeeff/status/{comp}", json.dumps(status).encode()))

@@ -70,8 +70,12 @@ GEN1_EXPECTED: list[tuple[list[Reading], list[StateChange]]] = [
 ]
 
 
+#: the Shelly Gen2+ device dumps, one file per device (``<model>_<fw>.json``; the cover-profile excerpt has no firmware)
+GEN2_FILES = ("S4PL-00416EU_1.8.99-dev134818.json", "S3SW-002P16EU_1.6.1.json", "shelly_gen2plus.json")
+
+
 def _gen2_cases() -> list[tuple[str, bytes, list[Reading], list[StateChange]]]:
-    data = _load("shelly_gen2plus.json")
+    records = [record for name in GEN2_FILES for record in _load(name)["records"]]
     strip, pm2 = "shelly:shellypstripg4-aabbccddeeff", "shelly:shelly2pmg3-aabbccddeeff"
     expected = {
         (0, "switch:0"): PVCE(f"{strip}/0", 0.0, 232.5, 0.017, 6468.282),  # apower 0 at 0.017 A: quirk 4
@@ -84,7 +88,7 @@ def _gen2_cases() -> list[tuple[str, bytes, list[Reading], list[StateChange]]]:
     }
     outputs = {(0, 0): True, (0, 1): True, (0, 2): False, (0, 3): True, (1, 0): False, (1, 1): False}
     cases = []
-    for i, record in enumerate(data["records"]):
+    for i, record in enumerate(records):
         prefix = record.get("device", {}).get("id", "shelly2pmg3-aabbccddeeff")
         for comp, status in record["status"].items():
             if comp == "sys":
@@ -97,7 +101,7 @@ def _gen2_cases() -> list[tuple[str, bytes, list[Reading], list[StateChange]]]:
             )
             topic = f"{prefix}/status/{comp}"
             cases.append((topic, json.dumps(status).encode(), expected[i, comp], states))
-    notify = data["notify_status_example"]
+    notify = _load(GEN2_FILES[0])["notify_status_example"]  # constructed from the power strip's switch:3
     cases.append(
         (
             notify["topic"],
