@@ -12,14 +12,14 @@ whatever it likes on the wire. After each attack the victim's data, the rollup a
 | 1 overwrite / erase another household | test_1_a_gateway_cannot_overwrite_or_erase_another_households_data |
 | 2 k-anonymity by invented subjects | test_2_invented_subjects_do_not_make_one_gateway_into_many_households |
 | 3 erasure over mTLS, as deployed | test_3_withdrawal_erasure_receipt_runs_over_mtls_as_the_readme_deploys_it |
-| 4 receipts believed blindly | test_4_receipts_come_only_from_the_eraser; tests/test_audit.py (forged receipts) |
+| 4 receipts believed blindly | test_4_receipts_come_only_from_the_eraser; tests/agent/test_audit.py (forged receipts) |
 | 5 dropped messages logged as sent | test_5_outbox_overflow_is_in_the_households_log |
 | 6 audit chain only checked against itself | test_6_a_truncated_log_is_caught_by_the_cloud_and_the_household |
 | 6 consent signatures checked in the cloud | test_6_consent_records_must_carry_their_gateways_signature |
 | 7 consent terms not enforced in the cloud | test_7_the_cloud_enforces_the_consents_terms |
-| 8 resource floods | test_8_floods_of_consents_and_devices_stay_bounded; tests/test_ingest_trust.py (series limit) |
+| 8 resource floods | test_8_floods_of_consents_and_devices_stay_bounded; tests/ingest/test_ingest_trust.py (series) |
 | 9 anyone joins the shared subscription | test_9_the_shared_subscription_cannot_be_joined |
-| 10 LAN devices | tests/test_lan_trust.py, tests/test_ocpp_server.py (no city broker involved) |
+| 10 LAN devices | tests/drivers/test_lan_trust.py, tests/drivers/test_ocpp_server.py (no city broker involved) |
 | 11 InfluxQL from flags, ids | test_11_operator_flags_and_identifiers_cannot_smuggle_anything |
 """
 

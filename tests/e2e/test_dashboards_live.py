@@ -366,7 +366,7 @@ def test_ev_energy_sessions_availability(filled: Filled) -> None:
 
 def _truck_truth(filled: Filled) -> list[tuple[str, float, float]]:
     """The stops the simulated truck completed in the run: (collection point, arrival, departure), in order
-    (as tests/test_e2e_pickups.py: a dwell of at least 20 s; a stop under way at the start counts from then; the
+    (as tests/e2e/test_e2e_pickups.py: a dwell of at least 20 s; a stop under way at the start counts from then; the
     truck reports positions only in its shift, so a stop must end before 16:00 JST to be seen ending)."""
     truck = filled.sims[TRUCK][0]
     seen_until = min(filled.truck_covered, T0 + 3600)

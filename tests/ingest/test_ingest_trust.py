@@ -1,6 +1,6 @@
 """The ingester's own defences against a hostile gateway, each against a real Mosquitto and a real InfluxDB.
 
-These run on a plain loopback broker so each mechanism is seen on its own; tests/test_attacks.py runs the same
+These run on a plain loopback broker so each mechanism is seen on its own; tests/e2e/test_attacks.py runs the same
 attacks end to end over the deployed mTLS broker configuration.
 """
 
