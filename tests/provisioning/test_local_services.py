@@ -202,6 +202,7 @@ def test_bounded_queue_drops_and_logs_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.broker
+@pytest.mark.influx
 def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
