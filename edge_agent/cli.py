@@ -14,10 +14,11 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -127,13 +128,64 @@ def agent_run(config: ConfigOpt = DEFAULT_CONFIG, verbose: bool = False) -> None
 
 
 @agent_app.command("status")
-def agent_status(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Print the agent's last status (JSON): readings, queue depth, broker connection, errors."""
+def agent_status(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="the raw status document (one JSON line)"),
+) -> None:
+    """The agent's last status: running or not, broker connection, what was sent and what waits, problems."""
     cfg = _load(config)
     try:
-        typer.echo(cfg.status_path.read_text(encoding="utf-8"))
+        text = cfg.status_path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise _fail(KyojoError(f"no status at {cfg.status_path}: has the agent run?")) from err
+    if as_json:
+        typer.echo(text.strip())
+        return
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise _fail(KyojoError(f"{cfg.status_path}: not a status document ({err})")) from err
+    typer.echo(render_status(doc, now=time.time()))
+
+
+def render_status(doc: dict[str, Any], *, now: float) -> str:
+    """``kyojo agent status`` for a person: a few aligned lines, problems last and only when there are some."""
+    age = now - float(doc.get("at", 0))
+    fresh = age < 120
+    when = datetime.fromtimestamp(float(doc.get("at", 0)), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    up = int(float(doc.get("uptime_s", 0)))
+    lines = [
+        f"gateway     {doc.get('gateway', '?')} (kyojo {doc.get('version', '?')})",
+        f"agent       {'running' if fresh else 'NOT RUNNING?'}: status written {when}"
+        + (f" ({int(age)} s ago)" if fresh else f" ({int(age // 60)} min ago)")
+        + f", up {up // 3600} h {up % 3600 // 60} min",
+        f"broker      {'connected' if doc.get('connected') else 'NOT CONNECTED'}"
+        + (f" ({doc['broker_error']})" if doc.get("broker_error") else ""),
+        f"devices     {doc.get('drivers', 0)} driver(s), {doc.get('readings', 0)} readings since start",
+        f"sent        {doc.get('aggregates_sent', 0)} aggregates, {doc.get('events_sent', 0)} events "
+        f"in {doc.get('messages_sent', 0)} messages (since start; {doc.get('aggregates_sent_total', 0)} aggregates "
+        "in all)",
+        f"waiting     {doc.get('outbox_depth', 0)} message(s) in the outbox"
+        + (f", {doc.get('inflight', 0)} in flight" if doc.get("inflight") else ""),
+        f"withheld    {doc.get('denied', 0)} aggregate(s) without consent, {doc.get('events_withheld', 0)} event(s)",
+    ]
+    problems = []
+    for name, value in (
+        ("driver errors", doc.get("driver_errors")),
+        ("drivers stopped", doc.get("drivers_stopped")),
+        ("counter steps held", doc.get("counter_steps_held")),
+        ("receipts refused", doc.get("receipts_refused")),
+    ):
+        if value:
+            problems.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(value.items())))
+    if doc.get("anchor_problem"):
+        problems.append(f"audit anchor: {doc['anchor_problem']}")
+    if doc.get("outbox_dropped"):
+        problems.append(f"outbox dropped {doc['outbox_dropped']} message(s) (it was full)")
+    if doc.get("late"):
+        problems.append(f"{doc['late']} reading(s) arrived after their window closed")
+    lines += [f"problem     {p}" for p in problems] or ["problems    none"]
+    return "\n".join(lines)
 
 
 def _lang(lang: str | None) -> str:
@@ -451,8 +503,13 @@ def pair_plugs(
 
 
 @app.command("doctor")
-def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """One-screen acceptance summary for the installer: clock, disk, broker, certificate, serial, Bluetooth."""
+def doctor(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    crl: Annotated[
+        Path | None, typer.Option(help="on the broker host: also check this CRL (the broker's crlfile) is fresh")
+    ] = None,
+) -> None:
+    """One-screen acceptance summary for the installer: clock, disk, broker, certificate, renewal, serial, Bluetooth."""
     from firmware_tests.doctor import render, run_all
 
     cfg = _load(config)
@@ -465,7 +522,16 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         city_broker=city,
         serial_ports=ports,
         bluetooth=any(getattr(d, "kind", "") == "ble" for d in cfg.devices),
+        timers=("kyojo-renew.timer", "kyojo-crl.timer") if crl is not None else ("kyojo-renew.timer",),
+        crl=crl,
     )
+    from firmware_tests.doctor import Check, broker_reachable
+
+    for d in cfg.devices:  # plugs publish to a LAN Mosquitto on the gateway: without it nothing arrives
+        if getattr(d, "kind", "") == "plugs":
+            lan = broker_reachable(d.broker_host, d.broker_port)
+            detail = lan.detail if lan.ok else f"{lan.detail}: set up the LAN broker (docs/LAN.md, lan-broker-config)"
+            checks.append(Check(f"LAN broker ({d.id})", lan.ok, detail))
     typer.echo(render(checks))
     if any(c.ok is False for c in checks):
         raise typer.Exit(1)

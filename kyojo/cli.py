@@ -12,6 +12,7 @@ table's help is the command's own).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -97,10 +98,11 @@ def _ingest() -> typer.Typer:
 
 #: command -> (mount, short help shown by ``kyojo --help``), in the order ``--help`` lists them.
 COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
-    "query": (_query, "Run one of the dashboards' canned queries (``kyojo query list`` shows them)."),
+    "query": (_query, "Run one of the dashboards' canned queries ('kyojo query list' shows them)."),
     "doctor": (
         _edge,
-        "One-screen acceptance summary for the installer: clock, disk, broker, certificate, serial, Bluetooth.",
+        "One-screen acceptance summary for the installer: clock, disk, broker, certificate, renewal, serial, "
+        "Bluetooth.",
     ),
     "demo": (
         _demo,
@@ -119,6 +121,30 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "ocpp": (_ocpp, "EV chargers: the local OCPP 1.6J central system (installers)."),
     "ingest": (_ingest, "Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB."),
 }
+
+
+_LITERAL = re.compile(r"``(.+?)``")
+_ROLE = re.compile(r":(?:[a-z]+:)?[a-z]+:`~?(?:[^`<]*<)?([^`>]+)>?`")
+
+
+def plain(text: str | None) -> str | None:
+    """Docstrings are reStructuredText (for the docs); a terminal shows ``x`` as 'x' and :func:`x` as x."""
+    if not text:
+        return text
+    return _LITERAL.sub(r"'\1'", _ROLE.sub(r"\1", text))
+
+
+def _plain_tree(cmd: Any) -> None:
+    """Strip the reST markup from a command's help, its options' help and its sub-commands' (once)."""
+    if getattr(cmd, "_kyojo_plain", False):
+        return
+    cmd.help, cmd.short_help = plain(cmd.help), plain(cmd.short_help)
+    for param in getattr(cmd, "params", ()):
+        if getattr(param, "help", None):
+            param.help = plain(param.help)
+    for sub in getattr(cmd, "commands", {}).values():
+        _plain_tree(sub)
+    cmd._kyojo_plain = True
 
 
 class LazyGroup(TyperGroup):
@@ -146,6 +172,7 @@ class LazyGroup(TyperGroup):
             return TyperCommand(name=cmd_name, help=short_help)
         cmd = typer.main.get_group(mount()).get_command(ctx, cmd_name)
         if cmd is not None:
+            _plain_tree(cmd)
             self.commands[cmd_name] = cmd
         return cmd
 

@@ -257,6 +257,7 @@ def render_acl(ingesters: Sequence[str] = ()) -> str:
             f"topic read {root}/+/event/+",
             f"topic read {root}/+/consent/+",
             f"topic write {root}/+/anchor",
+            f"topic read {root}/+/status",
             f"topic readwrite {root}/_ingest/sync/{name}",
         ]
     return "\n".join(lines) + "\n"
@@ -320,6 +321,7 @@ def ingest_acls(name: str, group: str) -> list[Acl]:
         Acl(SEND, f"{TOPIC_ROOT}/_ingest/sync/{name}"),
         *_read(f"{TOPIC_ROOT}/+/anchor"),
         Acl(SEND, f"{TOPIC_ROOT}/+/anchor"),
+        *_read(f"{TOPIC_ROOT}/+/status"),  # gateways_online on the platform dashboard
     ]
 
 

@@ -546,3 +546,88 @@ def test_render_readme_png(filled: Filled, tmp_path: Path) -> None:
     result = filled.run("energy.whole_vs_appliances", interval="5m")
     analyst.plot(result, path, title="Whole home vs appliances (simulated household, 15:00-20:00 JST)")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _query_cli() -> Any:
+    import typer
+
+    app = typer.Typer()
+    analyst.register(app)
+
+    @app.callback()
+    def _root() -> None:
+        """Keep ``query`` a named subcommand."""
+
+    return app
+
+
+def test_plot_spans_the_data_not_the_asked_window_in_jst(filled: Filled, tmp_path: Path) -> None:
+    """Issue 22 item 15: ``--since 2024-06-01`` (to now, 2026) drew an empty chart reaching years past the data."""
+    from cloud_ingest.analysis.plot import figure
+
+    result = analyst.run_query(
+        analyst.InfluxQL(filled.influxdb.url, filled.db),
+        "energy.by_hour",
+        int(datetime(2024, 6, 1, tzinfo=UTC).timestamp() * 1000),
+        int(time.time() * 1000),
+    )
+    data = [int(r[0]) for r in result.rows if r[-1] is not None]
+    assert data
+    ax = figure(result).axes[0]
+    lo, hi = ax.get_xlim()  # matplotlib days since 1970
+    assert lo <= min(data) / 86_400_000 and hi >= max(data) / 86_400_000
+    assert hi - lo < (max(data) - min(data)) / 86_400_000 + 1  # the data's span plus a bucket, not 2.5 years
+    assert ax.get_xlabel() == "time (JST)"  # grouped with tz('Asia/Tokyo'), drawn in JST
+    hours = {t.get_text() for t in ax.get_xticklabels()}
+    assert hours  # ticks exist; their zone is the axis's
+
+
+def test_empty_window_says_so_and_draws_nothing(filled: Filled, tmp_path: Path) -> None:
+    runner = CliRunner()
+    env = {"KYOJO_INFLUX_URL": filled.influxdb.url, "KYOJO_INFLUX_DB": filled.db}
+    png = tmp_path / "empty.png"
+    window = ["--since", "2020-01-01T00:00:00Z", "--until", "2020-01-02T00:00:00Z"]
+    out = runner.invoke(_query_cli(), ["query", "energy.by_hour", *window, "--plot", str(png)], env=env)
+    assert out.exit_code == 1
+    assert "no data in this window" in out.stderr and not png.exists()
+    out = runner.invoke(_query_cli(), ["query", "energy.by_hour", *window, "--format", "json"], env=env)
+    assert out.exit_code == 0 and json.loads(out.stdout) == []  # still a document for a script
+
+
+def test_default_window_moves_to_the_newest_data(filled: Filled, tmp_path: Path) -> None:
+    """No --since: the last 24 h (wall time) hold nothing here (the data is from 2024), so the default window is the
+    24 h up to the newest point, and the command says so."""
+    runner = CliRunner()
+    env = {"KYOJO_INFLUX_URL": filled.influxdb.url, "KYOJO_INFLUX_DB": filled.db}
+    out = runner.invoke(_query_cli(), ["query", "energy.by_hour", "--format", "json"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "showing the 24h up to the newest point" in out.stderr
+    docs = json.loads(out.stdout)
+    assert docs and all(d["time"].startswith("2024-") for d in docs)
+
+
+def test_sparse_series_get_markers(filled: Filled) -> None:
+    from cloud_ingest.analysis.plot import figure
+
+    result = filled.run("energy.whole_vs_appliances", interval="5m")
+    few = analyst.Result(result.name, result.columns, result.rows[:5], result.tags, result.fields)
+    assert all(line.get_marker() == "o" for line in figure(few).axes[0].get_lines())
+    full = figure(result).axes[0].get_lines()
+    assert any(line.get_marker() in (None, "None") for line in full)
+
+
+def test_sanity_panels_and_alert_queries_run_on_the_data(filled: Filled) -> None:
+    """The data-sanity panels see the household's minutes and steps; every alert rule's query runs on InfluxDB."""
+    from cloud_ingest.analysis.grafana import ALERT_RULES, _alert_query
+    from cloud_ingest.analysis.run import render
+
+    minutes = filled.run("sanity.reporting_minutes")
+    values = [r[-1] for r in minutes.rows]
+    assert values and max(values) <= 60 and max(values) >= 50  # hours the simulated household reported through
+    peaks = filled.run("sanity.peak_power")
+    kw = [r[-1] for r in peaks.rows if r[-1] is not None]
+    assert kw and 0 < max(kw) < 100  # below the meter's ceiling: implausible steps never reach InfluxDB
+    for rule in ALERT_RULES:
+        q = analyst.QUERIES[rule.query]
+        statement = render(_alert_query(q, q.statements[0]), S_MS, E_MS, "5m")
+        filled.client.query(statement)  # raises QueryError if InfluxDB refuses it

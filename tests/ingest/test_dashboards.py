@@ -121,3 +121,53 @@ def test_render_substitutes_macros_and_refuses_injection() -> None:
     with pytest.raises(ValueError, match="only a tag-value regex"):
         analyst.render(q, 0, 1, variables={"subject": "x/ OR 1=1"})
     assert analyst.auto_interval(0, 7 * 86_400_000) == "1h"
+
+
+def _alerting() -> dict:  # type: ignore[type-arg]
+    text = (DASH / "provisioning" / "alerting" / "kyojo.yaml").read_text(encoding="utf-8")
+    return json.loads("".join(line for line in text.splitlines(keepends=True) if not line.startswith("#")))
+
+
+def test_alert_rules_are_committed_generated_and_well_formed() -> None:
+    """Issue 22 item 17: provisioned alert rules (gateway offline, ingest lag, rejects, stalled, spikes)."""
+    from cloud_ingest.analysis.grafana import alert_rules_text
+
+    on_disk = (DASH / "provisioning" / "alerting" / "kyojo.yaml").read_text(encoding="utf-8")
+    assert on_disk == alert_rules_text(), "run: python -m cloud_ingest.analyst generate"
+    doc = _alerting()
+    assert doc["apiVersion"] == 1 and len(doc["groups"]) == 1
+    group = doc["groups"][0]
+    assert group["folder"] == "Kyojo" and group["interval"] == "1m"
+    rules = group["rules"]
+    assert {r["uid"] for r in rules} >= {
+        "kyojo-gateways-offline",
+        "kyojo-ingest-lag",
+        "kyojo-rejects",
+        "kyojo-ingest-stalled",
+        "kyojo-energy-spike",
+    }
+    assert len({r["uid"] for r in rules}) == len(rules)
+    statements = {
+        s.replace("$subject", ".*").replace("$instance", ".*") for q in analyst.QUERIES.values() for s in q.statements
+    }
+    for r in rules:
+        refs = {d["refId"] for d in r["data"]}
+        assert r["condition"] in refs
+        query = r["data"][0]
+        assert query["datasourceUid"] == "kyojo-influxdb" and query["model"]["query"] in statements
+        assert "$subject" not in query["model"]["query"] and "$instance" not in query["model"]["query"]
+        for d in r["data"][1:]:
+            assert d["datasourceUid"] == "__expr__"
+            used = re.findall(r"\$([A-Z])", d["model"].get("expression", "")) or [d["model"]["expression"]]
+            assert set(used) <= refs - {d["refId"]}
+        assert re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", r["title"])
+        assert r["annotations"]["__dashboardUid__"].startswith("kyojo-")
+        assert r["labels"]["severity"] in {"warning", "critical"}
+
+
+def test_every_title_has_its_japanese_beside_the_english() -> None:
+    ja = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+    for d in committed().values():
+        assert ja.search(d["title"]) and re.search(r"[A-Za-z]", d["title"]), d["title"]
+        for p in d["panels"]:
+            assert ja.search(p["title"]) and re.search(r"[A-Za-z]", p["title"]), p["title"]

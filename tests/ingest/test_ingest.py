@@ -512,3 +512,32 @@ def test_two_ingesters_share_the_load_without_loss_or_doubles(
     assert sum(received) == n_msgs  # each message went to exactly one member of the group
     assert sum(f["written"] for f in finals) == n_msgs * 10
     assert count_power(influxdb, influx_db, gw) == n_msgs * 10
+
+
+def test_gateways_online_follows_each_gateways_own_retained_status(
+    mosquitto: Mosquitto, influxdb: InfluxDB, influx_db: str, pub: Publisher
+) -> None:
+    """Issue 22 item 17: ``platform.gateways_online`` was never filled. Every ingester reads every gateway's retained
+    status (and will); a status naming another gateway than its topic is refused and counted."""
+    from kyojo.contract.wire import GatewayStatus, status_topic
+
+    a, b, c = new_gw(), new_gw(), new_gw()
+
+    def status(gw: str, online: bool) -> bytes:
+        return GatewayStatus(gateway=gw, online=online, at=T0).model_dump_json().encode()
+
+    with Ingester(settings(mosquitto, influxdb, influx_db)) as ing:
+        assert wait_for(lambda: ing.stats()["consents_loading"] is False)
+        base = ing.stats()["gateways_online"]  # retained statuses of earlier tests on this broker
+        pub.publish(status_topic(a), status(a, True), retain=True)
+        pub.publish(status_topic(b), status(b, True), retain=True)
+        pub.publish(status_topic(c), status(a, True), retain=True)  # c speaking for a
+        assert wait_for(lambda: ing.stats()["rejected"].get("bad_status", 0) == 1)
+        assert wait_for(lambda: ing.stats()["gateways_online"] == base + 2)
+        pub.publish(status_topic(a), status(a, False), retain=True)  # what a's will says
+        assert wait_for(lambda: ing.stats()["gateways_online"] == base + 1)
+        pub.publish(status_topic(b), b"", retain=True)  # retained status cleared
+        pub.publish(status_topic(c), b"", retain=True)
+        assert wait_for(lambda: ing.stats()["gateways_online"] == base)
+    for gw in (a, b):
+        pub.publish(status_topic(gw), b"", retain=True)

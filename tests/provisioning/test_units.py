@@ -22,6 +22,8 @@ UNITS = {
     "kyojo-ingest@.service": "kyojo-ingest@1.service",
     "kyojo-eraser.service": "kyojo-eraser.service",
 }
+#: oneshot services run by timers (no watchdog: they exit), with their timers
+ONESHOTS = {"kyojo-renew.service": "kyojo-renew.timer", "kyojo-crl.service": "kyojo-crl.timer"}
 MAX_EXPOSURE = 2.5
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -121,3 +123,39 @@ def test_systemd_analyze_security_exposure(unit: str, tmp_path: Path) -> None:
     assert found, f"systemd-analyze security {unit} printed no exposure level:\n{output[-2000:]}"
     exposure = float(found.group(1))
     assert exposure <= MAX_EXPOSURE, f"{unit}: exposure {exposure} > {MAX_EXPOSURE}:\n{output[-4000:]}"
+
+
+@pytest.mark.parametrize(("service", "timer"), sorted(ONESHOTS.items()))
+def test_timer_units_run_their_hardened_oneshot_daily(service: str, timer: str) -> None:
+    """Issue 22 item 12: an expired CRL locks every client out; a certificate past its end locks one gateway out."""
+    u = {k: v[-1] for k, v in parse_unit(UNITS_DIR / service).items()}
+    assert u["Service.Type"] == "oneshot"
+    assert u["Service.User"].startswith("kyojo")
+    for key, value in {"ProtectSystem": "strict", "PrivateNetwork": "true", "NoNewPrivileges": "true"}.items():
+        assert u[f"Service.{key}"] == value, key
+    t = {k: v[-1] for k, v in parse_unit(UNITS_DIR / timer).items()}
+    assert t["Timer.OnCalendar"] == "daily" and t["Timer.Persistent"] == "true"
+    assert t["Install.WantedBy"] == "timers.target"
+    sysusers = (UNITS_DIR / "kyojo.sysusers").read_text()
+    assert re.search(rf"^u\s+{re.escape(u['Service.User'])}\s", sysusers, re.M)
+
+
+@needs_analyze
+@pytest.mark.parametrize(("service", "timer"), sorted(ONESHOTS.items()))
+def test_timer_units_verify_and_expose_little(service: str, timer: str, tmp_path: Path) -> None:
+    assert ANALYZE is not None
+    kyojo = Path(sys.executable).with_name("kyojo")
+    for name in (service, timer):
+        (tmp_path / name).write_text((UNITS_DIR / name).read_text().replace("/opt/kyojo/.venv/bin/kyojo", str(kyojo)))
+    done = subprocess.run(
+        [ANALYZE, "verify", str(tmp_path / service), str(tmp_path / timer)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and (done.stdout + done.stderr).strip() == "", done.stdout + done.stderr
+    done = subprocess.run(
+        [ANALYZE, "security", "--offline=true", "--no-pager", str(tmp_path / service)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout + done.stderr)
+    assert found and float(found.group(1)) <= MAX_EXPOSURE, done.stdout[-2000:]
