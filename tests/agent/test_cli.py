@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from edge_agent.db import connect
 from kyojo.cli import COMMANDS, app, plain
+from tests.kit import ROOT, free_port
 
 runner = CliRunner()
 
@@ -194,17 +195,13 @@ def test_gateway_commands_read_kyojo_config_and_the_readme_says_so(config: Path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
     assert (config.parent / "data" / "gateway.sqlite3").exists()  # it used the file KYOJO_CONFIG names
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "KYOJO_CONFIG" in readme and "-c /path/agent.toml" in readme
 
 
 def test_doctor_says_when_the_plugs_lan_broker_is_missing(tmp_path: Path) -> None:
     """Issue 22 item 13: with no LAN broker the plugs get nothing; the doctor names it and where to read."""
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     cfg = tmp_path / "agent.toml"
     cfg.write_text(
         '[gateway]\nid = "home-9"\ndata_dir = "data"\n'
