@@ -6,7 +6,7 @@ and ``kyojo ingest run`` does not import the gateway's models. Each entry names 
 module that returns a Typer app holding the command under the same name, so the command (its options, help and
 sub-commands) is the one its part defines, unchanged.
 
-Adding a command: add its mount below and a row to :data:`COMMANDS` (``tests/test_cli.py`` checks that the
+Adding a command: add its mount below and a row to :data:`COMMANDS` (``tests/agent/test_cli.py`` checks that the
 table's help is the command's own).
 """
 
