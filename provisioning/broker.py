@@ -1,6 +1,7 @@
 """Mosquitto 2.0 configuration for the city broker: mTLS identities, dynamic-security roles, live changes.
 
-Identity binding (checked against mosquitto.conf(5) of 2.0.11 and proven by ``tests/provisioning/test_provision_broker.py``):
+Identity binding (checked against mosquitto.conf(5) of 2.0.11 and proven by
+``tests/provisioning/test_provision_broker.py``):
 
 * ``require_certificate true``: the TLS handshake fails without a client certificate issued by ``cafile``.
 * ``use_identity_as_username true``: the certificate's CN becomes the MQTT username; a username/password sent
