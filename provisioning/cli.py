@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -83,14 +84,29 @@ def ca_init(
     typer.echo(f"CA ready in {ca.ca_dir}: {ca.cert_path} (distribute), ca.key (keep offline), {ca.crl_path}")
 
 
+_SERVICE_NAME = re.compile(r"^(ingest|eraser|broker-admin|admin)(?:[-_.]|$)")
+_SERVICE_ROLE = {"ingest": "ingest", "eraser": "eraser", "broker-admin": "admin", "admin": "admin"}
+
+
 @app.command("enroll")
 def enroll(
     ident: Annotated[str, typer.Argument(help="planned gateway (or service) id = certificate CN")],
     ca_dir: CaDir,
-    role: Annotated[pki.Role, typer.Option(help="gateway, ingest, eraser or admin")] = pki.Role.GATEWAY,
+    role: Annotated[pki.Role | None, typer.Option(help="gateway (the default), ingest, eraser or admin")] = None,
     ttl_minutes: Annotated[int | None, typer.Option(min=1, help="code lifetime (default from the CA)")] = None,
 ) -> None:
     """Open a one-time enrollment for IDENT and print the code for the installer."""
+    if role is None:
+        # a CN is one identity for good: an ingester enrolled by mistake as a gateway could never take its name
+        service = _SERVICE_NAME.match(ident)
+        if service:
+            raise _fail(
+                pki.PkiError(
+                    f"{ident!r} looks like a service identity ({service.group(1)}): say --role "
+                    f"{_SERVICE_ROLE[service.group(1)]} (or --role gateway if it really is a gateway)"
+                )
+            )
+        role = pki.Role.GATEWAY
     ca = _ca(ca_dir)
     ttl = dt.timedelta(minutes=ttl_minutes) if ttl_minutes else None
     try:

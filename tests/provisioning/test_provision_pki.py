@@ -252,3 +252,17 @@ def test_a_csr_for_another_role_than_enrolled_is_refused_without_using_the_code(
     csr = pki.create_request(tmp_path / "svc", "ingest-9", code, pki.Role.INGEST)
     ca.sign_csr(csr.read_bytes())
     assert ca.identities(pki.Role.INGEST) == ["ingest-9"]
+
+
+def test_a_service_name_enrolled_without_a_role_is_refused_not_made_a_gateway(tmp_path: Path) -> None:
+    """Issue 22 item 9: ``enroll ingest-1`` without ``--role`` silently made a gateway identity, and a CN is one
+    identity for good. It is refused with the flag to use; an explicit role (even gateway) is taken as said."""
+    run = CliRunner().invoke
+    ca_dir = tmp_path / "ca"
+    assert run(app, ["ca", "init", "--dir", str(ca_dir)]).exit_code == 0
+    for name, role in (("ingest-1", "ingest"), ("eraser-1", "eraser"), ("broker-admin", "admin")):
+        res = run(app, ["enroll", name, "--ca-dir", str(ca_dir)])
+        assert res.exit_code == 2 and f"--role {role}" in res.output, res.output
+        assert run(app, ["enroll", name, "--role", role, "--ca-dir", str(ca_dir)]).exit_code == 0
+    assert run(app, ["enroll", "home-001", "--ca-dir", str(ca_dir)]).exit_code == 0  # gateways need no flag
+    assert run(app, ["enroll", "ingest-hall", "--role", "gateway", "--ca-dir", str(ca_dir)]).exit_code == 0
