@@ -21,7 +21,7 @@ from edge_agent.db import connect
 from kyojo.contract.vocab import METRICS, Aggregation, Reading
 from kyojo.keys import GatewayKeys, load_keys
 from provisioning.local import InfluxDB, Mosquitto
-from tests.agentkit import IngesterProc, agent_config, run_agent_in_thread
+from tests.agentkit import IngesterProc, LockstepClock, agent_config, run_agent_in_thread
 from tests.kit import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
@@ -93,14 +93,16 @@ def test_household_hours_end_to_end(tmp_path: Path, mosquitto: Mosquitto, influx
     ingester = IngesterProc(
         mosquitto.port, influxdb.url, influx_db, client_id="e2e-ingest", log=tmp_path / "ingest.log"
     )
-    clock = ScaledClock(T0, speed=SPEED)
+    # the agent's clock never runs more than two driver ticks past what every simulated driver has emitted, so a
+    # stalled agent thread on a busy machine cannot make readings late (tests/agentkit.py, LockstepClock)
+    clock = LockstepClock(ScaledClock(T0, speed=SPEED), lead=2 * SPEED * 0.05)
     sims = sim.household(HOME, 11, persons=("p1", "p2"))
     drivers = [sim.SimDriver(s, clock, tick_s=SPEED * 0.05, start=T0) for s in sims]
+    clock.drivers = drivers
 
     def make() -> Agent:
         agent = Agent(cfg, clock=clock, drivers=drivers)
-        # a window closes a second of real time after its end: a busy machine can stall a simulated driver's
-        # thread for a tenth of a second, which at this speed would make its readings late (stored, never released)
+        # a window closes a second of simulated-clock time after its end, above twice the clock's lead
         agent.pipeline.min_grace_s = max(agent.pipeline.min_grace_s, GRACE_S)
         return agent
 
