@@ -6,8 +6,8 @@
    the runtime calls it), and of the same pipeline in scikit-learn (fitted here on the test excerpts' features:
    latency does not depend on the fit) as the baseline in the same process; plus the feature extraction time.
 2. The health pipeline's CPU per person-hour of 1 Hz data: a simulated chest strap (heart_rate at 1 Hz and
-   every RR interval) through :class:`models.rules.RulesEngine` and :class:`models.af.AfMonitor`; simulation
-   time is excluded.
+   every RR interval) through :class:`models.rules.RulesEngine` and :class:`models.af.AfMonitor`, fed by the
+   agent's adapters from Readings (``edge_agent.processors.health``); simulation time is excluded.
 
 The last line is one JSON object: onnx_us_per_window, sklearn_us_per_window, sklearn_over_onnx,
 features_us_per_window, pipeline_cpu_s_per_person_hour, pipeline_pct_of_core, readings_per_person_hour.
@@ -49,6 +49,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from drivers.sim import HeartRateStrap
+    from edge_agent.processors.health import feed_af, feed_rules
     from models.af import AfModel, AfMonitor, load_dir, make_windows
     from models.af.features import batch_features, window_features
     from models.rules import JAPAN, RulesEngine
@@ -81,9 +82,9 @@ def main() -> None:
     readings = strap.readings_between(t0, t0 + args.hours * 3600.0)
     engine, monitor = RulesEngine(JAPAN), AfMonitor(model)
     c = time.process_time()
-    for r in readings:
-        engine.process(r)
-        monitor.process(r)
+    for r in readings:  # one at a time, as the agent's health processor feeds them
+        feed_rules(engine, [r])
+        feed_af(monitor, [r])
     cpu = (time.process_time() - c) / args.hours
 
     result = {

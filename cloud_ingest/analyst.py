@@ -81,13 +81,16 @@ __all__ = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cloud_ingest.analyst generate [DIR]``: regenerate the dashboard JSON files."""
+    """``python -m cloud_ingest.analyst generate [DIR]``: regenerate the dashboard JSON files and, next to them,
+    ``provisioning/alerting/kyojo.yaml`` (the alert rules)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "generate":
         print("usage: python -m cloud_ingest.analyst generate [dashboards/json]", file=sys.stderr)
         return 2
-    out = Path(args[1]) if len(args) > 1 else Path(__file__).resolve().parent.parent / "dashboards" / "json"
-    for path in generate(out):
+    dash = Path(__file__).resolve().parent.parent / "dashboards"
+    out = Path(args[1]) if len(args) > 1 else dash / "json"
+    alerting = out.parent / "provisioning" / "alerting" / "kyojo.yaml"
+    for path in generate(out, alerting):
         print(path)
     return 0
 

@@ -148,7 +148,8 @@ def run(
         last_report[0] = time.monotonic()
         if own is not None and own_writer is not None:
             try:
-                own_writer.write("\n".join(own.lines(st, int(time.time() * 1000))).encode())
+                lines = own.lines(st, int(time.time() * 1000), gateways_online=int(st["gateways_online"]))
+                own_writer.write("\n".join(lines).encode())
             except WriteError as err:
                 logging.getLogger(__name__).warning("could not write own stats: %s", err)
     if own_writer is not None:

@@ -8,7 +8,7 @@ near 16k messages/s before paho's own cost. The fast path here parses the JSON o
 The rule that keeps the contract the single definition: the fast path may only say "valid" (and return the
 decoded batch) or "not sure" (return None). It never rejects. On "not sure" the caller runs ``decode_batch``,
 which either raises :class:`WireError` with the contract's own cause or returns models, from which the slow
-path builds identical lines. tests/test_ingest_decode.py checks on a table and with hypothesis that whenever
+path builds identical lines. tests/ingest/test_ingest_decode.py checks on a table and with hypothesis that whenever
 the fast path accepts, ``decode_batch`` accepts too and the lines are equal.
 """
 

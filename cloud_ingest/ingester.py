@@ -46,6 +46,7 @@ from cloud_ingest.writer import InfluxV1Writer, InfluxV2Writer, RetryPolicy, Wri
 from kyojo.contract.wire import (
     AuditAnchor,
     ConsentStatus,
+    GatewayStatus,
     WireError,
     anchor_topic,
     decode_consent,
@@ -64,6 +65,8 @@ _CONTENT_STATUSES = frozenset({400, 413, 422})
 
 #: the retained audit anchors the cloud published to every gateway (read back to seed the audit check)
 ANCHOR_FILTER = "kyojo/v1/+/anchor"
+#: every gateway's retained status (its will says offline): ``gateways_online`` on the platform dashboard
+STATUS_FILTER = "kyojo/v1/+/status"
 
 #: InfluxDB's answers that blame its own capacity, not the message: holding (not acknowledging) and retrying is
 #: right, since the data is valid and the broker keeps it for us (acknowledging would lose it silently).
@@ -216,6 +219,8 @@ class Ingester:
         self._audit_conflicts = 0
         self._anchors_sent = 0
         self._anchor_dirty: set[str] = set()  # gateways whose anchor may have moved since it was last published
+        #: gateways whose retained status says online (a gateway speaks only for itself: topic and body must agree)
+        self._online: set[str] = set()
         self._interval = settings.batch_interval.total_seconds()
         self._batch_points = settings.batch_points
         self._max_pending = settings.max_pending_points
@@ -461,6 +466,7 @@ class Ingester:
                 "audit_conflicts": self._audit_conflicts,
                 "anchors_sent": self._anchors_sent,
                 "gateways_seen": len(self._gateways),
+                "gateways_online": len(self._online),
                 "healthy": self._connected and self._ready and not self._capacity_blocked,
                 "fast_path": self._decoder.fast_hits,
                 "slow_path": self._decoder.slow_hits,
@@ -488,7 +494,12 @@ class Ingester:
             self._cgen += 1
         options = SubscribeOptions(qos=1)
         client.subscribe(
-            [(self.settings.consent_filter, options), (self._sync_topic, options), (ANCHOR_FILTER, options)]
+            [
+                (self.settings.consent_filter, options),
+                (self._sync_topic, options),
+                (ANCHOR_FILTER, options),
+                (STATUS_FILTER, options),
+            ]
         )
 
     def _on_consent_subscribe(self, client: mqtt.Client, _u: object, _m: int, codes: list[Any], _p: object) -> None:
@@ -497,6 +508,8 @@ class Ingester:
             return
         if len(codes) > 2 and codes[2].is_failure:  # anchors only seed the audit check; it works without them
             log.warning("ingester %s may not read audit anchors (%s)", self.settings.client_id, codes[2])
+        if len(codes) > 3 and codes[3].is_failure:  # only the dashboard's gateways_online needs them
+            log.warning("ingester %s may not read gateway status (%s)", self.settings.client_id, codes[3])
         # Barrier: the retained consents were queued for us when the broker handled SUBSCRIBE; a message we
         # publish now is queued after them, and one session's queue is delivered in order. When our marker
         # comes back, the snapshot is complete.
@@ -525,6 +538,9 @@ class Ingester:
             return
         if topic.endswith("/anchor"):
             self._handle_anchor(topic, bytes(msg.payload))
+            return
+        if topic.endswith("/status"):
+            self._handle_status(topic, bytes(msg.payload))
             return
         self._handle_consent(topic, bytes(msg.payload))
 
@@ -888,6 +904,25 @@ class Ingester:
             state.trail.seed(anchor.n, anchor.hash, anchor.seq)
             state.trail.conflicts = max(state.trail.conflicts, anchor.conflicts)
             state.anchor_sent = (anchor.n, anchor.conflicts)
+
+    def _handle_status(self, topic: str, payload: bytes) -> None:
+        """A gateway's retained status (or its will): online or not. An empty payload clears it."""
+        try:
+            gateway, kind, rest = parse_topic(topic)
+            if kind != "status" or rest:
+                raise WireError("bad_topic", topic[:200])
+            status = GatewayStatus.model_validate_json(payload) if payload else None
+            if status is not None and status.gateway != gateway:
+                raise WireError("foreign_status", f"{topic}: the status names another gateway")
+            online = status is not None and status.online
+        except (WireError, ValueError) as err:
+            self._count_consent_reject("bad_status", f"{topic[:200]}: {err}")
+            return
+        with self._cond:
+            if online:
+                self._online.add(gateway)
+            else:
+                self._online.discard(gateway)
 
     def _count_consent_reject(self, cause: str, detail: str) -> None:
         with self._cond:

@@ -64,7 +64,7 @@ from cloud_ingest.analysis.run import InfluxQL, QueryError
 from cloud_ingest.influx import ident
 from cloud_ingest.lineproto import line
 from kyojo.contract.errors import KyojoError
-from kyojo.contract.vocab import METRICS, Category, Kind
+from kyojo.contract.vocab import METRICS, Aggregation, Category
 
 CQ_PREFIX = "kyojo_"
 
@@ -117,7 +117,7 @@ def rollup_select(layout: Layout, metric: str, where: str = "") -> str:
         into = f"{db}.{_ident(layout.community_rp)}.:MEASUREMENT"
         source = f"{db}.{_ident(layout.raw_rp)}./^community_/"
     else:
-        if METRICS[metric].kind is Kind.COUNTER:
+        if METRICS[metric].aggregation is Aggregation.COUNTER:
             fields = 'sum("delta") AS "delta", last("last") AS "last"'
         else:
             fields = 'mean("mean") AS "mean", min("min") AS "min", max("max") AS "max", last("last") AS "last"'

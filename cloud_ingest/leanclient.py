@@ -179,7 +179,7 @@ class LeanSubscriber:
             if self._stop.is_set():
                 return
             lo, hi = self._backoff
-            delay = jittered(attempt, lo, hi)  # uniform in [d/2, d], d = min(hi, lo * 2**attempt)
+            delay = jittered(attempt, lo, hi)  # full jitter: uniform in [0, min(hi, lo * 2**attempt)]
             attempt += 1
             log.warning("%s: %s; reconnecting in %.1fs", self.client_id, reason, delay)
             self._stop.wait(delay)

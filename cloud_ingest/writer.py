@@ -133,8 +133,8 @@ class InfluxV2Writer:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Jittered exponential backoff (:func:`kyojo.runtime.backoff.jittered`): ``initial * multiplier**n`` capped at
-    ``maximum``, times U(1-jitter, 1).
+    """Exponential backoff with full jitter (:func:`kyojo.runtime.backoff.jittered`): uniform in ``[0, d]``,
+    ``d = min(maximum, initial * multiplier**n)``.
 
     ``attempts=None`` retries for ever (until the stop event is set).
     """
@@ -142,12 +142,11 @@ class RetryPolicy:
     initial: float = 0.05
     maximum: float = 5.0
     multiplier: float = 2.0
-    jitter: float = 0.5
     attempts: int | None = None
 
     def delay(self, attempt: int) -> float:
         """Delay before retry number ``attempt`` (0-based)."""
-        return jittered(attempt, self.initial, self.maximum, multiplier=self.multiplier, jitter=self.jitter)
+        return jittered(attempt, self.initial, self.maximum, multiplier=self.multiplier)
 
 
 def write_with_retry(

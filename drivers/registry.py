@@ -33,12 +33,13 @@ KINDS: dict[str, str] = {
 }
 
 
-#: Test doubles that stand in for a kind's hardware when an entry asks for them, ``(kind, backend) ->
-#: "module:function"`` building that entry's drivers. They live in ``drivers/sim`` and depend on the family, never
-#: the reverse: the family's own ``build`` does not know them (import-linter checks that production families never
-#: import ``drivers.sim``), and existing configs (``kind = "ble"``, ``backend = "virtual"``) keep working.
+#: Test doubles that stand in for a kind's hardware when an entry asks for them: ``(kind, backend) -> module``,
+#: a module with its own ``Config`` and ``build`` like a kind's. They live in ``drivers/sim`` and depend on the
+#: family, never the reverse: the family's config and ``build`` do not know them (import-linter checks that
+#: production families never import ``drivers.sim``), and existing configs (``kind = "ble"``, ``backend =
+#: "virtual"``) keep working.
 DOUBLES: dict[tuple[str, str], str] = {
-    ("ble", "virtual"): "drivers.sim.wire.ble:build_virtual",
+    ("ble", "virtual"): "drivers.sim.emit.ble",
 }
 
 
@@ -63,20 +64,24 @@ def module_for(kind: str) -> ModuleType:
     return importlib.import_module(path)
 
 
+def _double(kind: str, backend: object) -> ModuleType | None:
+    path = DOUBLES.get((kind, backend)) if isinstance(backend, str) else None
+    return importlib.import_module(path) if path is not None else None
+
+
 def validate(entry: Any) -> Any:
-    """Validate one ``[[devices]]`` entry with its kind's model (imports that kind's module only)."""
+    """Validate one ``[[devices]]`` entry with its kind's model, or with a registered test double's when its
+    ``backend`` names one (imports that module only)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
         if hasattr(entry, "kind"):  # already a validated model
             return entry
         raise UnknownKind("every [[devices]] entry needs a string 'kind'")
-    return module_for(entry["kind"]).Config.model_validate(entry)
+    module = _double(entry["kind"], entry.get("backend")) or module_for(entry["kind"])
+    return module.Config.model_validate(entry)
 
 
 def build(entry: Any, ctx: BuildContext) -> list[Driver]:
     """The drivers of one validated ``[[devices]]`` entry (a registered test double when the entry asks for one)."""
-    double = DOUBLES.get((entry.kind, str(getattr(entry, "backend", ""))))
-    if double is not None:
-        module, _, func = double.partition(":")
-        return list(getattr(importlib.import_module(module), func)(entry, ctx))
-    drivers: list[Driver] = module_for(entry.kind).build(entry, ctx)
+    module = _double(entry.kind, getattr(entry, "backend", None)) or module_for(entry.kind)
+    drivers: list[Driver] = list(module.build(entry, ctx))
     return drivers

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from drivers import registry
-from drivers.backoff import Backoff
 from drivers.clock import ScaledClock, SystemClock
 from edge_agent import processors as processor_kinds
 from edge_agent.config import AgentConfig, ConfigError
@@ -24,6 +23,7 @@ from edge_agent.db import connect, meta_get
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
 from kyojo.contract.vocab import Clock, Driver, Event, KyojoError, Reading
+from kyojo.runtime.backoff import Backoff
 from kyojo.runtime.files import atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """The gateway's commands of ``kyojo``: agent, consent, audit, decode, alerts, pair, doctor.
 
 The root command (:mod:`kyojo.cli`) mounts them lazily next to the other parts' commands; this module imports no
-cloud, provisioning or model code. Sub-commands import their heavy dependencies only when they run.
+cloud, provisioning or model code, nor bleak (``pair`` is built by :func:`pair_app` only when it runs).
+Sub-commands import their heavy dependencies only when they run.
 """
 
 from __future__ import annotations
@@ -14,20 +15,20 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from kyojo.contract.vocab import KyojoError
 
 if TYPE_CHECKING:
+    from drivers.ble import pair as ble_pair
     from edge_agent.config import AgentConfig
-from drivers.ble import pair as ble_pair
 from drivers.ble.cli import register as register_ble
-from drivers.ble.pair import app as pair_app
 from drivers.meter.cli import register as register_echonet
 from drivers.plugs.cli import register as register_plug
 
@@ -44,11 +45,12 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(audit_app, name="audit")
 app.add_typer(decode_app, name="decode")
 app.add_typer(alerts_app, name="alerts")
-app.add_typer(pair_app, name="pair", help="Pair BLE health devices and assign them to a person (household).")
+PAIR_HELP = "Pair BLE health devices and assign them to a person (household)."
 
 
 def pairing_site(config: Path) -> ble_pair.Site:
     """What ``kyojo pair`` needs from the gateway config: the data dir and the BLE devices it lists."""
+    from drivers.ble import pair as ble_pair
     from edge_agent.config import load_config
 
     cfg = load_config(config)
@@ -60,7 +62,20 @@ def pairing_site(config: Path) -> ble_pair.Site:
     return ble_pair.Site(data_dir=cfg.gateway.data_dir, configured=configured)
 
 
-ble_pair.use_site_loader(pairing_site)
+def pair_app() -> typer.Typer:
+    """``kyojo pair``: the BLE pairing commands (:mod:`drivers.ble.pair`, which imports bleak) and ``pair plugs``.
+
+    Built when ``pair`` runs (:mod:`kyojo.cli` mounts it on its own), so the gateway's other commands, ``kyojo
+    decode`` on an installer's laptop among them, never import bleak. Registers :func:`pairing_site`, the one
+    view of the gateway config pairing has.
+    """
+    from drivers.ble import pair as ble_pair
+
+    ble_pair.use_site_loader(pairing_site)
+    if not any(c.name == "plugs" for c in ble_pair.app.registered_commands):
+        ble_pair.app.command("plugs")(pair_plugs)
+    return ble_pair.app
+
 
 register_ble(decode_app)
 register_plug(decode_app)
@@ -127,13 +142,64 @@ def agent_run(config: ConfigOpt = DEFAULT_CONFIG, verbose: bool = False) -> None
 
 
 @agent_app.command("status")
-def agent_status(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Print the agent's last status (JSON): readings, queue depth, broker connection, errors."""
+def agent_status(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: bool = typer.Option(False, "--json", help="the raw status document (one JSON line)"),
+) -> None:
+    """The agent's last status: running or not, broker connection, what was sent and what waits, problems."""
     cfg = _load(config)
     try:
-        typer.echo(cfg.status_path.read_text(encoding="utf-8"))
+        text = cfg.status_path.read_text(encoding="utf-8")
     except FileNotFoundError as err:
         raise _fail(KyojoError(f"no status at {cfg.status_path}: has the agent run?")) from err
+    if as_json:
+        typer.echo(text.strip())
+        return
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise _fail(KyojoError(f"{cfg.status_path}: not a status document ({err})")) from err
+    typer.echo(render_status(doc, now=time.time()))
+
+
+def render_status(doc: dict[str, Any], *, now: float) -> str:
+    """``kyojo agent status`` for a person: a few aligned lines, problems last and only when there are some."""
+    age = now - float(doc.get("at", 0))
+    fresh = age < 120
+    when = datetime.fromtimestamp(float(doc.get("at", 0)), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    up = int(float(doc.get("uptime_s", 0)))
+    lines = [
+        f"gateway     {doc.get('gateway', '?')} (kyojo {doc.get('version', '?')})",
+        f"agent       {'running' if fresh else 'NOT RUNNING?'}: status written {when}"
+        + (f" ({int(age)} s ago)" if fresh else f" ({int(age // 60)} min ago)")
+        + f", up {up // 3600} h {up % 3600 // 60} min",
+        f"broker      {'connected' if doc.get('connected') else 'NOT CONNECTED'}"
+        + (f" ({doc['broker_error']})" if doc.get("broker_error") else ""),
+        f"devices     {doc.get('drivers', 0)} driver(s), {doc.get('readings', 0)} readings since start",
+        f"sent        {doc.get('aggregates_sent', 0)} aggregates, {doc.get('events_sent', 0)} events "
+        f"in {doc.get('messages_sent', 0)} messages (since start; {doc.get('aggregates_sent_total', 0)} aggregates "
+        "in all)",
+        f"waiting     {doc.get('outbox_depth', 0)} message(s) in the outbox"
+        + (f", {doc.get('inflight', 0)} in flight" if doc.get("inflight") else ""),
+        f"withheld    {doc.get('denied', 0)} aggregate(s) without consent, {doc.get('events_withheld', 0)} event(s)",
+    ]
+    problems = []
+    for name, value in (
+        ("driver errors", doc.get("driver_errors")),
+        ("drivers stopped", doc.get("drivers_stopped")),
+        ("counter steps held", doc.get("counter_steps_held")),
+        ("receipts refused", doc.get("receipts_refused")),
+    ):
+        if value:
+            problems.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in sorted(value.items())))
+    if doc.get("anchor_problem"):
+        problems.append(f"audit anchor: {doc['anchor_problem']}")
+    if doc.get("outbox_dropped"):
+        problems.append(f"outbox dropped {doc['outbox_dropped']} message(s) (it was full)")
+    if doc.get("late"):
+        problems.append(f"{doc['late']} reading(s) arrived after their window closed")
+    lines += [f"problem     {p}" for p in problems] or ["problems    none"]
+    return "\n".join(lines)
 
 
 def _lang(lang: str | None) -> str:
@@ -231,7 +297,7 @@ def consent_show(
 ) -> None:
     """Show one consent: its notice, scope, recipients, history, and whether its signature holds."""
     from edge_agent import consent
-    from edge_agent.identity import load_keys, verify_signature
+    from kyojo.keys import load_keys, verify_signature
 
     with _gateway_db(config) as (cfg, conn):
         try:
@@ -399,7 +465,6 @@ def alerts_ack(alert_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     typer.echo(f"{alert_id}: acknowledged")
 
 
-@pair_app.command("plugs")
 def pair_plugs(
     config: ConfigOpt = DEFAULT_CONFIG,
     accept: Annotated[str | None, typer.Option(help="plug key to name, e.g. tasmota:tasmota_5A3C7F")] = None,
@@ -442,8 +507,13 @@ def pair_plugs(
 
 
 @app.command("doctor")
-def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """One-screen acceptance summary for the installer: clock, disk, broker, certificate, serial, Bluetooth."""
+def doctor(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    crl: Annotated[
+        Path | None, typer.Option(help="on the broker host: also check this CRL (the broker's crlfile) is fresh")
+    ] = None,
+) -> None:
+    """One-screen acceptance summary for the installer: clock, disk, broker, certificate, renewal, serial, Bluetooth."""
     from firmware_tests.doctor import render, run_all
 
     cfg = _load(config)
@@ -456,7 +526,16 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
         city_broker=city,
         serial_ports=ports,
         bluetooth=any(getattr(d, "kind", "") == "ble" for d in cfg.devices),
+        timers=("kyojo-renew.timer", "kyojo-crl.timer") if crl is not None else ("kyojo-renew.timer",),
+        crl=crl,
     )
+    from firmware_tests.doctor import Check, broker_reachable
+
+    for d in cfg.devices:  # plugs publish to a LAN Mosquitto on the gateway: without it nothing arrives
+        if getattr(d, "kind", "") == "plugs":
+            lan = broker_reachable(d.broker_host, d.broker_port)
+            detail = lan.detail if lan.ok else f"{lan.detail}: set up the LAN broker (docs/LAN.md, lan-broker-config)"
+            checks.append(Check(f"LAN broker ({d.id})", lan.ok, detail))
     typer.echo(render(checks))
     if any(c.ok is False for c in checks):
         raise typer.Exit(1)
@@ -464,4 +543,5 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 
 def main() -> None:
     """The gateway's commands alone (``kyojo`` itself is :func:`kyojo.cli.main`)."""
+    app.add_typer(pair_app(), name="pair", help=PAIR_HELP)
     app()

@@ -6,11 +6,13 @@ Durations accept seconds (``60``) or ISO 8601 (``"PT1M"``).
 
 from __future__ import annotations
 
+import importlib
 import tomllib
+from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -197,4 +199,64 @@ def load_config(path: Path) -> AgentConfig:
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {err}") from err
+        raise ConfigError(explain(path, err, raw)) from err
+
+
+def explain(path: Path | str, err: ValidationError, raw: Mapping[str, Any]) -> str:
+    """A validation error as an installer reads it: one line per problem, naming the section or the
+    ``[[devices]]``/``[[processors]]`` entry by its id (entries counted from 1), the key, what was given and what is
+    allowed; no pydantic jargon, indices from 0 or URLs."""
+    problems = err.errors(include_url=False)
+    lines = [f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the configuration"]
+    for e in problems:
+        where, model = _where(tuple(e["loc"]), raw)
+        lines.append(f"  {where}: {_what(e, model)}")
+    return "\n".join(lines)
+
+
+def _where(loc: tuple[Any, ...], raw: Mapping[str, Any]) -> tuple[str, type[BaseModel] | None]:
+    """``[[devices]] "meter-1" (entry 3) rbid`` and the model that owns the last key (for the allowed keys)."""
+    if not loc:
+        return "(top level)", AgentConfig
+    head = str(loc[0])
+    if head in ("devices", "processors") and len(loc) > 1 and isinstance(loc[1], int):
+        entries = raw.get(head) or []
+        entry = entries[loc[1]] if loc[1] < len(entries) and isinstance(entries[loc[1]], dict) else {}
+        name = entry.get("id") or entry.get("kind") or "?"
+        keys = ".".join(str(k) for k in loc[2:])
+        label = f'[[{head}]] "{name}" (entry {loc[1] + 1})' + (f" {keys}" if keys else "")
+        return label, _entry_model(head, entry) if len(loc) == 3 else None
+    field = AgentConfig.model_fields.get(head)
+    section = field.annotation if field is not None else None
+    owner = section if isinstance(section, type) and issubclass(section, BaseModel) else None
+    if len(loc) == 1:
+        return f"[{head}]" if owner is not None else head, AgentConfig
+    return f"[{head}] " + ".".join(str(k) for k in loc[1:]), owner if len(loc) == 2 else None
+
+
+def _entry_model(head: str, entry: Mapping[str, Any]) -> type[BaseModel] | None:
+    kind = entry.get("kind")
+    if not isinstance(kind, str):
+        return None
+    try:
+        if head == "devices":
+            return cast("type[BaseModel]", registry.module_for(kind).Config)
+        module = processor_kinds.PROCESSORS.get(kind)
+        return cast("type[BaseModel]", importlib.import_module(module).Config) if module else None
+    except (KyojoError, ImportError, AttributeError):
+        return None
+
+
+def _what(e: Mapping[str, Any], model: type[BaseModel] | None) -> str:
+    kind, given, ctx = e["type"], e.get("input"), e.get("ctx") or {}
+    if kind == "missing":
+        return "missing (required)"
+    if kind == "extra_forbidden":
+        allowed = f" (allowed: {', '.join(sorted(model.model_fields))})" if model is not None else ""
+        return f"unknown key{allowed}"
+    if kind in ("literal_error", "enum"):
+        return f"{given!r} is not allowed; allowed: {ctx.get('expected', '?')}"
+    if kind == "value_error":
+        return f"{ctx.get('error', e['msg'])}" + (f" (given {given!r})" if isinstance(given, str | int | float) else "")
+    shown = f"{given!r}" if isinstance(given, str | int | float | bool) else type(given).__name__
+    return f"{e['msg'][:1].lower()}{e['msg'][1:]} (given {shown})"

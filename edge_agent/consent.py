@@ -41,9 +41,9 @@ from typing import Any
 from edge_agent import audit
 from edge_agent.config import AgentConfig
 from edge_agent.db import meta_add, tx
-from edge_agent.identity import GatewayKeys, load_keys
 from kyojo.contract.vocab import Category, KyojoError
 from kyojo.contract.wire import ConsentRecord, ConsentStatus, ErasureReceipt, consent_topic, receipt_topic, valid_id
+from kyojo.keys import GatewayKeys, load_keys
 
 RECORD_SHAPE = "ISO/IEC TS 27560:2023 (consent record information structure), Kantara Consent Receipt v1.1"
 

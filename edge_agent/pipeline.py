@@ -34,8 +34,7 @@ from edge_agent.consent import (
     list_consents,
 )
 from edge_agent.db import meta_add, tx
-from edge_agent.identity import GatewayKeys, load_keys
-from kyojo.contract.vocab import METRICS, Category, Event, Kind, Reading, plausible_delta
+from kyojo.contract.vocab import METRICS, Aggregation, Category, Event, Reading, plausible_delta
 from kyojo.contract.wire import (
     MAX_SPAN_S,
     AggregateBatch,
@@ -45,6 +44,7 @@ from kyojo.contract.wire import (
     agg_topic,
     event_topic,
 )
+from kyojo.keys import GatewayKeys, load_keys
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def aggregate_series(
         "count": len(values),
         "last": values[-1],
     }
-    if METRICS[key.metric].kind is Kind.COUNTER:
+    if METRICS[key.metric].aggregation is Aggregation.COUNTER:
         delta = counter_delta(key.metric, values, times_ms, prev_counter, prev_ms, held)
         doc: dict[str, object] = {**common, "delta": delta}
         if prev_ms is not None and prev_ms < start_ms and times_ms:
@@ -451,7 +451,7 @@ class Pipeline:
             item = aggregate_series(
                 key, start, win_s, values, prev, times_ms=[t for t, _ in points], prev_ms=prev_ms, held=self.held
             )
-            if METRICS[key.metric].kind is Kind.COUNTER:
+            if METRICS[key.metric].aggregation is Aggregation.COUNTER:
                 counters[sid] = counter_updates[sid] = (values[-1], points[-1][0])
             self.stats.aggregates += 1
             allowed = [c for c in consents if c.subject == key.subject and c.covers(start, start + win_ms)]

@@ -1,8 +1,8 @@
 """The publisher: outbox rows -> MQTT v5 QoS 1, deleted only when the broker's PUBACK says success.
 
 One thread owns the paho client and its own database connection. It runs paho's loop itself so that
-reconnects use full-jitter exponential backoff (paho's own reconnect loop has no jitter, and a city's gateways
-reconnecting in lock-step after a broker restart is a thundering herd).
+reconnects use exponential backoff with full jitter (:mod:`kyojo.runtime.backoff`; paho's own reconnect loop has
+no jitter, and a city's gateways reconnecting in lock-step after a broker restart is a thundering herd).
 
 Facts this relies on (docs/ARCHITECTURE.md, "Pitfalls measured"):
 - MQTT v5, QoS 1: a refused publish comes back as a PUBACK reason code >= 0x80 (e.g. 0x87 not authorised);
@@ -37,13 +37,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from drivers.backoff import Backoff
 from edge_agent import audit
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.consent import ConsentStore, QueuedRow, ReceiptError, log_releases
 from edge_agent.db import connect, meta_add, tx
-from edge_agent.identity import load_keys
 from kyojo.contract.wire import AuditAnchor, ErasureReceipt, GatewayStatus, anchor_topic, receipt_topic, status_topic
+from kyojo.keys import load_keys
+from kyojo.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

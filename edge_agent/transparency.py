@@ -13,7 +13,7 @@ from typing import Any
 
 from edge_agent import audit, consent
 from edge_agent.config import AgentConfig
-from edge_agent.identity import load_keys, verify_signature
+from kyojo.keys import load_keys, verify_signature
 
 
 def export_log(config: AgentConfig, conn: sqlite3.Connection, now: datetime | None = None) -> dict[str, Any]:

@@ -24,11 +24,19 @@ __all__ = [
     "broker_tls",
     "certificate_valid",
     "clock_synchronised",
+    "crl_fresh",
     "disk_space",
     "render",
+    "renewal_pending",
     "run_all",
     "serial_device",
+    "timer_enabled",
 ]
+
+#: where ``systemctl enable`` links a timer (``<etc>/timers.target.wants/<timer>``)
+SYSTEMD_ETC = Path("/etc/systemd/system")
+#: where the packaged units are installed (``systemctl cat`` would find them there)
+SYSTEMD_UNIT_DIRS = (Path("/etc/systemd/system"), Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
 
 #: systemd-timesyncd touches this file once the clock is synchronised (it is removed at boot).
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
@@ -92,6 +100,51 @@ def certificate_valid(cert_path: Path, now: dt.datetime | None = None) -> Check:
     due = renew_at(cert)
     when = "renewal due now" if now >= due else f"renew after {due:%Y-%m-%d}"
     return Check("certificate", True, f"valid until {cert.not_valid_after_utc:%Y-%m-%d}; {when}")
+
+
+def renewal_pending(state_dir: Path) -> Check:
+    """A renewal request made by kyojo-renew.timer that still waits for the CA (the old certificate is in use)."""
+    from provisioning.pki import pending_renewal
+
+    waiting = pending_renewal(state_dir)
+    if waiting is None:
+        return Check("renewal request", True, "none waiting")
+    return Check(
+        "renewal request",
+        False,
+        f"{waiting} waits for the CA: kyojo provision sign {waiting.name} --ca-dir <ca-dir>, then "
+        "kyojo provision install <cert>",
+    )
+
+
+def timer_enabled(timer: str, *, etc: Path = SYSTEMD_ETC, unit_dirs: Sequence[Path] = SYSTEMD_UNIT_DIRS) -> Check:
+    """``timer`` is installed and enabled (the link ``systemctl enable`` makes under ``timers.target.wants``)."""
+    if (etc / "timers.target.wants" / timer).exists():
+        return Check(timer, True, "enabled")
+    if any((d / timer).exists() for d in unit_dirs):
+        return Check(timer, False, f"installed but not enabled: systemctl enable --now {timer}")
+    return Check(timer, False, f"not installed: copy systemd/{timer} (and its .service) to {etc}, then enable it")
+
+
+def crl_fresh(path: Path, now: dt.datetime | None = None, margin: dt.timedelta = dt.timedelta(days=2)) -> Check:
+    """The broker's CRL is readable and its nextUpdate is more than ``margin`` away (an expired CRL makes every
+    TLS handshake fail: the whole city is locked out)."""
+    from cryptography import x509
+
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError) as err:
+        return Check("CRL", False, f"{path}: {err}")
+    nxt = crl.next_update_utc
+    revoked = len(list(crl))
+    if nxt is None:
+        return Check("CRL", False, f"{path}: no nextUpdate")
+    if now >= nxt:
+        return Check("CRL", False, f"EXPIRED {nxt:%Y-%m-%d %H:%M} UTC: every client is refused; run kyojo-crl.service")
+    if nxt - now < margin:
+        return Check("CRL", False, f"expires {nxt:%Y-%m-%d %H:%M} UTC (soon): is kyojo-crl.timer running?")
+    return Check("CRL", True, f"next update {nxt:%Y-%m-%d}, {revoked} revoked")
 
 
 # MQTT v5 CONNECT, clean start, keepalive 30, client id "doctor" (the broker replaces it by the CN).
@@ -161,13 +214,19 @@ def run_all(
     city_broker: tuple[str, int] | None = None,
     serial_ports: Sequence[Path] = (),
     bluetooth: bool = True,
+    timers: Sequence[str] = ("kyojo-renew.timer",),
+    crl: Path | None = None,
 ) -> list[Check]:
-    """The standard set for a gateway whose identity lives in ``<state_dir>/tls``."""
+    """The standard set for a gateway whose identity lives in ``<state_dir>/tls`` (``crl``: on the broker host)."""
     tls = state_dir / "tls"
     checks = [clock_synchronised(), disk_space(state_dir)]
     if local_broker is not None:
         checks.append(broker_reachable(*local_broker))
     checks.append(certificate_valid(tls / "identity.crt"))
+    checks.append(renewal_pending(state_dir))
+    checks += [timer_enabled(t) for t in timers]
+    if crl is not None:
+        checks.append(crl_fresh(crl))
     if city_broker is not None:
         checks.append(broker_tls(*city_broker, tls / "ca.crt", tls / "identity.crt", tls / "identity.key"))
     checks.append(serial_device(serial_ports))

@@ -6,12 +6,13 @@ and ``kyojo ingest run`` does not import the gateway's models. Each entry names 
 module that returns a Typer app holding the command under the same name, so the command (its options, help and
 sub-commands) is the one its part defines, unchanged.
 
-Adding a command: add its mount below and a row to :data:`COMMANDS` (``tests/test_cli.py`` checks that the
+Adding a command: add its mount below and a row to :data:`COMMANDS` (``tests/agent/test_cli.py`` checks that the
 table's help is the command's own).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,9 +24,18 @@ if TYPE_CHECKING:
 
 
 def _edge() -> typer.Typer:
-    """The gateway's commands (agent, consent, audit, decode, alerts, pair, doctor)."""
+    """The gateway's commands (agent, consent, audit, decode, alerts, doctor; ``pair`` is :func:`_pair`)."""
     from edge_agent.cli import app
 
+    return app
+
+
+def _pair() -> typer.Typer:
+    """``kyojo pair`` on its own: it imports bleak, which no other gateway command (``decode`` above all) needs."""
+    from edge_agent.cli import pair_app
+
+    app = typer.Typer()
+    app.add_typer(pair_app(), name="pair", help=COMMANDS["pair"][1])
     return app
 
 
@@ -106,10 +116,11 @@ def _ingest() -> typer.Typer:
 
 #: command -> (mount, short help shown by ``kyojo --help``), in the order ``--help`` lists them.
 COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
-    "query": (_query, "Run one of the dashboards' canned queries (``kyojo query list`` shows them)."),
+    "query": (_query, "Run one of the dashboards' canned queries ('kyojo query list' shows them)."),
     "doctor": (
         _edge,
-        "One-screen acceptance summary for the installer: clock, disk, broker, certificate, serial, Bluetooth.",
+        "One-screen acceptance summary for the installer: clock, disk, broker, certificate, renewal, serial, "
+        "Bluetooth.",
     ),
     "demo": (
         _demo,
@@ -120,7 +131,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "audit": (_edge, "See and check everything that left the home (household)."),
     "decode": (_edge, "Decode captured payloads, as a device sends them (installers)."),
     "alerts": (_edge, "Health alerts on this gateway (household)."),
-    "pair": (_edge, "Pair BLE health devices and assign them to a person (household)."),
+    "pair": (_pair, "Pair BLE health devices and assign them to a person (household)."),
     "web": (_web, "The household web page on the gateway."),
     "gnss": (_gnss, "GNSS receivers on garbage trucks (replay captures)."),
     "provision": (_provision, "City CA, gateway identities, broker config (installers)."),
@@ -129,6 +140,30 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "ocpp": (_ocpp, "EV chargers: the local OCPP 1.6J central system (installers)."),
     "ingest": (_ingest, "Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB."),
 }
+
+
+_LITERAL = re.compile(r"``(.+?)``")
+_ROLE = re.compile(r":(?:[a-z]+:)?[a-z]+:`~?(?:[^`<]*<)?([^`>]+)>?`")
+
+
+def plain(text: str | None) -> str | None:
+    """Docstrings are reStructuredText (for the docs); a terminal shows ``x`` as 'x' and :func:`x` as x."""
+    if not text:
+        return text
+    return _LITERAL.sub(r"'\1'", _ROLE.sub(r"\1", text))
+
+
+def _plain_tree(cmd: Any) -> None:
+    """Strip the reST markup from a command's help, its options' help and its sub-commands' (once)."""
+    if getattr(cmd, "_kyojo_plain", False):
+        return
+    cmd.help, cmd.short_help = plain(cmd.help), plain(cmd.short_help)
+    for param in getattr(cmd, "params", ()):
+        if getattr(param, "help", None):
+            param.help = plain(param.help)
+    for sub in getattr(cmd, "commands", {}).values():
+        _plain_tree(sub)
+    cmd._kyojo_plain = True
 
 
 class LazyGroup(TyperGroup):
@@ -156,6 +191,7 @@ class LazyGroup(TyperGroup):
             return TyperCommand(name=cmd_name, help=short_help)
         cmd = typer.main.get_group(mount()).get_command(ctx, cmd_name)
         if cmd is not None:
+            _plain_tree(cmd)
             self.commands[cmd_name] = cmd
         return cmd
 

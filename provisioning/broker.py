@@ -1,6 +1,7 @@
 """Mosquitto 2.0 configuration for the city broker: mTLS identities, dynamic-security roles, live changes.
 
-Identity binding (checked against mosquitto.conf(5) of 2.0.11 and proven by ``tests/test_provision_broker.py``):
+Identity binding (checked against mosquitto.conf(5) of 2.0.11 and proven by
+``tests/provisioning/test_provision_broker.py``):
 
 * ``require_certificate true``: the TLS handshake fails without a client certificate issued by ``cafile``.
 * ``use_identity_as_username true``: the certificate's CN becomes the MQTT username; a username/password sent
@@ -257,6 +258,7 @@ def render_acl(ingesters: Sequence[str] = ()) -> str:
             f"topic read {root}/+/event/+",
             f"topic read {root}/+/consent/+",
             f"topic write {root}/+/anchor",
+            f"topic read {root}/+/status",
             f"topic readwrite {root}/_ingest/sync/{name}",
         ]
     return "\n".join(lines) + "\n"
@@ -320,6 +322,7 @@ def ingest_acls(name: str, group: str) -> list[Acl]:
         Acl(SEND, f"{TOPIC_ROOT}/_ingest/sync/{name}"),
         *_read(f"{TOPIC_ROOT}/+/anchor"),
         Acl(SEND, f"{TOPIC_ROOT}/+/anchor"),
+        *_read(f"{TOPIC_ROOT}/+/status"),  # gateways_online on the platform dashboard
     ]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -83,14 +84,29 @@ def ca_init(
     typer.echo(f"CA ready in {ca.ca_dir}: {ca.cert_path} (distribute), ca.key (keep offline), {ca.crl_path}")
 
 
+_SERVICE_NAME = re.compile(r"^(ingest|eraser|broker-admin|admin)(?:[-_.]|$)")
+_SERVICE_ROLE = {"ingest": "ingest", "eraser": "eraser", "broker-admin": "admin", "admin": "admin"}
+
+
 @app.command("enroll")
 def enroll(
     ident: Annotated[str, typer.Argument(help="planned gateway (or service) id = certificate CN")],
     ca_dir: CaDir,
-    role: Annotated[pki.Role, typer.Option(help="gateway, ingest, eraser or admin")] = pki.Role.GATEWAY,
+    role: Annotated[pki.Role | None, typer.Option(help="gateway (the default), ingest, eraser or admin")] = None,
     ttl_minutes: Annotated[int | None, typer.Option(min=1, help="code lifetime (default from the CA)")] = None,
 ) -> None:
     """Open a one-time enrollment for IDENT and print the code for the installer."""
+    if role is None:
+        # a CN is one identity for good: an ingester enrolled by mistake as a gateway could never take its name
+        service = _SERVICE_NAME.match(ident)
+        if service:
+            raise _fail(
+                pki.PkiError(
+                    f"{ident!r} looks like a service identity ({service.group(1)}): say --role "
+                    f"{_SERVICE_ROLE[service.group(1)]} (or --role gateway if it really is a gateway)"
+                )
+            )
+        role = pki.Role.GATEWAY
     ca = _ca(ca_dir)
     ttl = dt.timedelta(minutes=ttl_minutes) if ttl_minutes else None
     try:
@@ -100,21 +116,31 @@ def enroll(
     typer.echo(code)
 
 
-def _request(ident: str, code: str | None, state_dir: Path, role: pki.Role, renew: bool, force: bool) -> None:
+def _request(ident: str | None, code: str | None, state_dir: Path, role: pki.Role, renew: bool, force: bool) -> None:
     try:
         if renew:
             cert = pki.load_certificate(state_dir / "tls" / pki.CERT_NAME)
+            ident = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+            waiting = pki.pending_renewal(state_dir)
+            if waiting is not None and not force:
+                # idempotent for the daily timer: a new key every day would void the request the CA has
+                typer.echo(
+                    f"renewal request waiting: {waiting}; on the CA host: kyojo provision sign {waiting.name} "
+                    f"--ca-dir <ca-dir> --expect {ident}, then here: kyojo provision install <cert>"
+                )
+                return
             if not (force or pki.renewal_due(cert)):
                 typer.echo(f"not due: renew after {pki.renew_at(cert).isoformat()} (or pass --force)")
                 return
             csr = pki.create_renewal_request(state_dir)
         else:
-            if not code:
-                raise pki.PkiError("--code is required for a first enrollment (ask the operator: `enroll`)")
+            if not code or not ident:
+                raise pki.PkiError("the id and --code are required for a first enrollment (ask the operator: `enroll`)")
             signing_key = None
             if role is pki.Role.GATEWAY:
-                # the consent-signing key the agent uses (made here if new; <state_dir> is the agent's data_dir)
-                from edge_agent.identity import load_keys
+                # the consent-signing key the agent uses (made here if new; <state_dir> is the agent's data_dir):
+                # the key store is shared glue (kyojo.keys), so provisioning never imports the agent
+                from kyojo.keys import load_keys
 
                 signing_key = load_keys(state_dir).public_key_b64()
             csr = pki.create_request(state_dir, ident, code, role, signing_key=signing_key)
@@ -127,7 +153,7 @@ def _request(ident: str, code: str | None, state_dir: Path, role: pki.Role, rene
 
 @app.command("gateway")
 def gateway(
-    ident: Annotated[str, typer.Argument(help="this gateway's id (the CN)")],
+    ident: Annotated[str | None, typer.Argument(help="this gateway's id (the CN; not needed with --renew)")] = None,
     code: Annotated[str | None, typer.Option(help="one-time enrollment code from the operator")] = None,
     state_dir: StateDir = _DEFAULT_STATE,
     renew: Annotated[bool, typer.Option(help="make a renewal request signed by the current key")] = False,
@@ -139,7 +165,9 @@ def gateway(
 
 @app.command("service")
 def service(
-    ident: Annotated[str, typer.Argument(help="service identity, e.g. ingest-1 (one per MQTT connection)")],
+    ident: Annotated[
+        str | None, typer.Argument(help="service identity, e.g. ingest-1 (one per MQTT connection; not with --renew)")
+    ] = None,
     code: Annotated[str | None, typer.Option(help="one-time enrollment code from the operator")] = None,
     state_dir: StateDir = _DEFAULT_STATE,
     role: Annotated[
@@ -231,11 +259,28 @@ def revoke(
 
 
 @app.command("crl")
-def crl(ca_dir: CaDir) -> None:
-    """Regenerate the CRL (run from a timer: a CRL past nextUpdate locks every client out)."""
+def crl(
+    ca_dir: CaDir,
+    install_to: Annotated[
+        Path | None,
+        typer.Option("--install", help="also replace the broker's copy (its crlfile) atomically, mode 0644"),
+    ] = None,
+) -> None:
+    """Regenerate the CRL (kyojo-crl.timer runs this daily: a CRL past nextUpdate locks every client out).
+
+    Mosquitto re-reads its crlfile on SIGHUP only: reload it afterwards (the timer's service does).
+    """
+    from kyojo.runtime.files import atomic_write
+
     ca = _ca(ca_dir)
     path = ca.write_crl()
     typer.echo(f"{path} (valid {ca.lifetimes.crl_days} days)")
+    if install_to is not None:
+        try:
+            atomic_write(install_to, path.read_bytes(), mode=0o644)
+        except OSError as err:
+            raise _fail(pki.PkiError(f"cannot install the CRL at {install_to}: {err}")) from err
+        typer.echo(f"installed {install_to}; now: systemctl reload mosquitto (it re-reads the CRL on SIGHUP)")
 
 
 @app.command("gateway-keys")

@@ -27,7 +27,7 @@ from typing import Any, Self
 
 from provisioning.services.errors import InfluxDBError, ServiceError
 from provisioning.services.influxdb import InfluxDB
-from provisioning.services.install import _BINARIES as _BINARIES  # patched by tests (tests/test_local_services.py)
+from provisioning.services.install import _BINARIES as _BINARIES  # patched by tests/provisioning/test_local_services
 from provisioning.services.install import ensure_installed
 from provisioning.services.mosquitto import CustomMosquitto, Mosquitto
 from provisioning.services.process import _Service, free_port

@@ -324,6 +324,13 @@ def _csr_signing_key(csr: x509.CertificateSigningRequest) -> str | None:
     return value
 
 
+def pending_renewal(state_dir: Path) -> Path | None:
+    """The renewal CSR still waiting for the CA (its key ``identity.next.key`` not installed yet), or None."""
+    tls = _tls_dir(state_dir)
+    csr, nxt = tls / CSR_NAME, tls / NEXT_KEY_NAME
+    return csr if csr.exists() and nxt.exists() else None
+
+
 def create_renewal_request(state_dir: Path) -> Path:
     """A renewal CSR: a fresh key (``identity.next.key``, 0600) proven by a signature of the current key.
 

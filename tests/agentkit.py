@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from drivers.clock import ScaledClock
 from edge_agent.config import AgentConfig
 from kyojo.contract.vocab import Clock, Reading, reading
 
@@ -30,6 +31,32 @@ def agent_config(data_dir: Path, port: int, *, gateway: str = "gw-1", **extra: A
     for key, value in extra.items():
         doc.setdefault(key, {}).update(value)
     return AgentConfig.model_validate(doc)
+
+
+class LockstepClock:
+    """The clock of a fast end-to-end run: scaled wall time, but never more than ``lead`` simulated seconds past
+    what the slowest simulated driver has covered (``covered_until``).
+
+    At a simulated half hour per real second, a busy machine that stalls the agent's thread for a second or two
+    would otherwise let the pipeline close windows (its grace measured on the clock) before the drivers had emitted
+    their readings: late by construction, not by any fault of the code under test. With this clock the pipeline
+    waits on the drivers' state, not on wall time; keep the pipeline's grace above twice ``lead``.
+    """
+
+    def __init__(self, base: ScaledClock, lead: float) -> None:
+        self.base, self.lead = base, lead
+        self.drivers: Sequence[Any] = ()
+
+    @property
+    def speed(self) -> float:
+        return self.base.speed
+
+    def now(self) -> float:
+        covered = [d.covered_until if d.covered_until is not None else self.base.start for d in self.drivers]
+        return min(self.base.now(), min(covered, default=self.base.now()) + self.lead)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.base.sleep(seconds)
 
 
 class RampDriver:

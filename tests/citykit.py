@@ -1,11 +1,11 @@
 """A small city for tests: a CA, identities made the way installers make them, and a REAL Mosquitto configured by
 the production renderer (mTLS + dynamic-security plugin, the secret share group) on a free loopback port.
 
-Use it from a test module (the fixture is function-scoped; each test gets its own CA, broker and clients)::
+Use it from a test module (the fixture is function-scoped; each test gets its own CA, broker and clients; it is
+registered for every test by tests/conftest.py, so a module imports only the names it uses; mark the test
+``broker``)::
 
     from tests.citykit import NOT_AUTHORIZED, City, accepted
-
-    pytest_plugins = ["tests.citykit"]  # registers the `city` fixture (importing it trips ruff's F811)
 
     def test_a_gateway_cannot_join_the_ingesters(city: City) -> None:
         city.start_broker()
@@ -23,9 +23,6 @@ admin :data:`ADMIN`. More: ``city.identity("gw-x")`` (then ``city.sync()`` if a 
 knows only the identities it was rendered or synced with; an unsynced CN is an *unknown* identity).
 Running real programs: ``city.ingest_settings("ingest-1")`` (kwargs for ``IngestSettings``) and
 ``city.agent_mqtt("gw-a")`` (the agent config's ``[mqtt]`` table).
-
-PYTEST_DONT_REWRITE: test modules import this module before pytest reads their ``pytest_plugins``; this marker
-keeps pytest from warning that it cannot rewrite its asserts (they carry their own messages instead).
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -47,7 +43,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from provisioning import broker as brokerlib
 from provisioning import pki
-from provisioning.local import CustomMosquitto, free_port
+from provisioning.local import CustomMosquitto
+from tests.kit import free_port, wait_for
 
 __all__ = [
     "ADMIN",
@@ -65,7 +62,6 @@ __all__ = [
     "city",
     "make_city",
     "tls_probe",
-    "wait_until",
 ]
 
 HOST = "127.0.0.1"
@@ -81,15 +77,6 @@ ADMIN = "broker-admin"
 def accepted(reason: int) -> bool:
     """A PUBACK/SUBACK reason below 0x80 is a success (0x10 "no matching subscribers" included)."""
     return reason < 0x80
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true; AssertionError after ``timeout`` seconds (for state outside our clients,
-    e.g. a log line; clients have condition-variable waits)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,7 +215,7 @@ class CityBroker(CustomMosquitto):
         """SIGHUP (re-reads the CRL, not the dynsec JSON) and wait for the broker to log that it did."""
         before = self.log_text().count("Reloading config.")
         self.reload()
-        wait_until(lambda: self.log_text().count("Reloading config.") > before, timeout, "'Reloading config.'")
+        wait_for(lambda: self.log_text().count("Reloading config.") > before, timeout, "'Reloading config.'")
 
 
 # ------------------------------------------------------------------------------------------------------------

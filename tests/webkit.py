@@ -44,9 +44,9 @@ import pytest
 
 from drivers import sim
 from drivers.meter.emulator import PWD, RBID, PtyEmulator
+from drivers.sim.emit.meter import serve_meter
+from drivers.sim.emit.plugs import PlugEmitter, appliances, household_plugs, wait_connected
 from drivers.sim.energy import Meter, Plug
-from drivers.sim.wire.meter import serve_meter
-from drivers.sim.wire.plugs import PlugEmitter, appliances, household_plugs, wait_connected
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.db import connect
 from provisioning.local import Mosquitto

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud_ingest.analysis.registry import MIN_INTERVAL, QUERIES, CannedQuery
+from cloud_ingest.analysis.registry import DEFAULT_VARS, MIN_INTERVAL, QUERIES, CannedQuery, bilingual
 
 #: The data source every panel refers to (dashboards/provisioning/datasources/kyojo.yaml).
 DATASOURCE_UID = "kyojo-influxdb"
@@ -51,6 +51,7 @@ class Dashboard:
 
     slug: str
     title: str
+    title_ja: str
     description: str
     panels: tuple[Panel, ...]
     variables: tuple[Variable, ...] = ()
@@ -74,19 +75,23 @@ DASHBOARDS: tuple[Dashboard, ...] = (
     Dashboard(
         "home-energy",
         "Kyojo · Home energy",
+        "家庭のエネルギー",
         "Opted-in households' electricity (purpose community-energy): whole home vs appliances, hourly energy, "
-        "and the k-anonymous community rollups.",
+        "the k-anonymous community rollups, and the data's sanity (spikes, gaps).",
         (
             Panel("energy.whole_vs_appliances", w=24),
             Panel("energy.by_hour", custom=_BARS),
             Panel("energy.by_device", type="bargauge", options={"orientation": "horizontal"}),
             Panel("energy.community", w=24, custom=_BARS, overrides=_RIGHT_AXIS),
+            Panel("sanity.peak_power"),
+            Panel("sanity.reporting_minutes", custom=_BARS),
         ),
         (Variable("subject", "Household (pseudonym)", "energy", "subject", "community-energy"),),
     ),
     Dashboard(
         "ev-charging",
         "Kyojo · EV charging",
+        "EV充電",
         "Home chargers shared for purpose ev-energy-sharing: energy by hour, sessions, availability.",
         (
             Panel("ev.energy_by_hour", custom=_BARS),
@@ -100,6 +105,7 @@ DASHBOARDS: tuple[Dashboard, ...] = (
     Dashboard(
         "waste-collection",
         "Kyojo · Waste collection",
+        "ごみ収集",
         "Collection trucks (purpose waste-collection): positions, pickups per truck and hour, route progress "
         "(from the pickup events the trucks' gateways release).",
         (
@@ -131,6 +137,7 @@ DASHBOARDS: tuple[Dashboard, ...] = (
     Dashboard(
         "preventive-care",
         "Kyojo · Preventive care (k-anonymous)",
+        "予防医療（k匿名）",
         "Only community rollups released under the k-threshold and dominance rules: alert counts by kind and "
         "week. No per-person vital signs are shown anywhere.",
         (
@@ -142,6 +149,7 @@ DASHBOARDS: tuple[Dashboard, ...] = (
     Dashboard(
         "platform-health",
         "Kyojo · Platform health",
+        "プラットフォームの状態",
         "Operators: gateways online, ingest rate, rejects by cause, lag (from the ingesters' stats).",
         (
             Panel("platform.gateways_online", type="stat", w=6, options={"reduceOptions": {"calcs": ["lastNotNull"]}}),
@@ -199,7 +207,7 @@ def dashboard_json(d: Dashboard) -> dict[str, Any]:
         panel: dict[str, Any] = {
             "id": pid,
             "type": p.type,
-            "title": q.title,
+            "title": bilingual(q.name),
             "description": f"{q.description} (kyojo query {q.name})",
             "datasource": dict(DATASOURCE),
             "gridPos": {"h": p.h, "w": p.w, "x": x, "y": y},
@@ -214,7 +222,7 @@ def dashboard_json(d: Dashboard) -> dict[str, Any]:
         x, row_h = x + p.w, max(row_h, p.h)
     return {
         "uid": f"kyojo-{d.slug}",
-        "title": d.title,
+        "title": f"{d.title} · {d.title_ja}",
         "description": d.description,
         "tags": ["kyojo"],
         "timezone": "browser",
@@ -236,12 +244,209 @@ def dashboard_files() -> dict[str, str]:
     return {f"{d.slug}.json": json.dumps(dashboard_json(d), indent=2, ensure_ascii=False) + "\n" for d in DASHBOARDS}
 
 
-def generate(out_dir: Path) -> list[Path]:
-    """Write every dashboard JSON file into ``out_dir``; returns the paths."""
+def generate(out_dir: Path, alerting: Path | None = None) -> list[Path]:
+    """Write every dashboard JSON file into ``out_dir`` (and the alert rules to ``alerting``); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in dashboard_files().items():
         path = out_dir / name
         path.write_text(text, encoding="utf-8")
         paths.append(path)
+    if alerting is not None:
+        alerting.parent.mkdir(parents=True, exist_ok=True)
+        alerting.write_text(alert_rules_text(), encoding="utf-8")
+        paths.append(alerting)
     return paths
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Alert rules (Grafana unified alerting, file provisioning: dashboards/provisioning/alerting/kyojo.yaml)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One provisioned rule on a canned query: reduce the query over ``window_s`` with ``reducer``, then fire
+    when the reduced value is ``op`` ``threshold`` (``op`` ``drop``: when the last value falls below
+    ``threshold`` x the window's maximum), for ``for_`` (Grafana duration)."""
+
+    uid: str
+    title: str
+    title_ja: str
+    query: str
+    window_s: int
+    reducer: str
+    op: str
+    threshold: float
+    for_: str
+    severity: str
+    summary: str
+    no_data: str = "NoData"
+
+
+ALERT_RULES: tuple[AlertRule, ...] = (
+    AlertRule(
+        "kyojo-gateways-offline",
+        "Gateways went offline",
+        "ゲートウェイがオフラインになりました",
+        "platform.gateways_online",
+        3600,
+        "last",
+        "drop",
+        0.9,
+        "10m",
+        "critical",
+        "More than 10 % of the gateways seen online in the last hour are offline now (broker, network or power).",
+    ),
+    AlertRule(
+        "kyojo-ingest-lag",
+        "Ingest lag above one minute",
+        "取り込みの遅延が1分を超えています",
+        "platform.lag",
+        600,
+        "max",
+        "gt",
+        60_000,
+        "5m",
+        "warning",
+        "Batches take more than a minute from the gateway's queue to InfluxDB (ingester or InfluxDB too slow).",
+    ),
+    AlertRule(
+        "kyojo-rejects",
+        "Messages rejected",
+        "メッセージが拒否されています",
+        "platform.rejects_by_cause",
+        600,
+        "sum",
+        "gt",
+        100,
+        "0m",
+        "warning",
+        "More than 100 messages refused in 10 minutes: a misconfigured or hostile gateway (see the cause).",
+    ),
+    AlertRule(
+        "kyojo-ingest-stalled",
+        "Nothing ingested",
+        "取り込みが止まっています",
+        "platform.ingest_rate",
+        600,
+        "max",
+        "lt",
+        0.001,
+        "10m",
+        "critical",
+        "No point written for 10 minutes, or no ingester reporting its stats (NoData fires too).",
+        no_data="Alerting",
+    ),
+    AlertRule(
+        "kyojo-energy-spike",
+        "Implausible energy step",
+        "ありえない電力量の変化",
+        "sanity.peak_power",
+        3600,
+        "max",
+        "gt",
+        50,
+        "0m",
+        "warning",
+        "A household's one-minute energy step is above 50 kW on average: a counter glitch that got through.",
+    ),
+)
+
+
+def _alert_query(q: CannedQuery, statement: str) -> str:
+    """A canned statement with the dashboard variables at their defaults (alert rules have no variables);
+    ``$timeFilter`` and ``$__interval`` are Grafana's, filled from the rule's time range."""
+    for key, value in DEFAULT_VARS.items():
+        statement = statement.replace(f"${key}", value)
+    return statement
+
+
+def _expr(ref: str, model: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "refId": ref,
+        "datasourceUid": "__expr__",
+        "model": {"refId": ref, "datasource": {"type": "__expr__", "uid": "__expr__"}, **model},
+    }
+
+
+def alert_rule_json(rule: AlertRule) -> dict[str, Any]:
+    """The provisioning form of one rule (Grafana 10/11 unified alerting)."""
+    q = QUERIES[rule.query]
+    data: list[dict[str, Any]] = [
+        {
+            "refId": "A",
+            "relativeTimeRange": {"from": rule.window_s, "to": 0},
+            "datasourceUid": DATASOURCE_UID,
+            "model": {
+                "refId": "A",
+                "datasource": dict(DATASOURCE),
+                "query": _alert_query(q, q.statements[0]),
+                "rawQuery": True,
+                "resultFormat": "time_series",
+                "intervalMs": 60_000,
+                "maxDataPoints": 43_200,
+            },
+        },
+        _expr("B", {"type": "reduce", "expression": "A", "reducer": rule.reducer, "settings": {"mode": "dropNN"}}),
+    ]
+    if rule.op == "drop":
+        data.append(_expr("C", {"type": "reduce", "expression": "A", "reducer": "max", "settings": {"mode": "dropNN"}}))
+        data.append(_expr("D", {"type": "math", "expression": f"$B < {rule.threshold} * $C"}))
+        condition = "D"
+    else:
+        data.append(
+            _expr(
+                "C",
+                {
+                    "type": "threshold",
+                    "expression": "B",
+                    "conditions": [{"evaluator": {"type": rule.op, "params": [rule.threshold]}}],
+                },
+            )
+        )
+        condition = "C"
+    return {
+        "uid": rule.uid,
+        "title": f"{rule.title} · {rule.title_ja}",
+        "condition": condition,
+        "data": data,
+        "noDataState": rule.no_data,
+        "execErrState": "Error",
+        "for": rule.for_,
+        "annotations": {
+            "summary": rule.summary,
+            "description": f"{q.description} (kyojo query {q.name})",
+            "__dashboardUid__": _DASHBOARD_OF[rule.query],
+        },
+        "labels": {"severity": rule.severity, "team": "kyojo-operators"},
+        "isPaused": False,
+    }
+
+
+_DASHBOARD_OF = {p.query: f"kyojo-{d.slug}" for d in DASHBOARDS for p in d.panels}
+
+
+def alert_rules_json() -> dict[str, Any]:
+    """The whole provisioning file: one rule group in the dashboards' folder."""
+    return {
+        "apiVersion": 1,
+        "groups": [
+            {
+                "orgId": 1,
+                "name": "kyojo-platform",
+                "folder": "Kyojo",
+                "interval": "1m",
+                "rules": [alert_rule_json(r) for r in ALERT_RULES],
+            }
+        ],
+    }
+
+
+def alert_rules_text() -> str:
+    """``dashboards/provisioning/alerting/kyojo.yaml``: JSON, which is YAML, so no YAML library is needed."""
+    header = (
+        "# Grafana alert rules (unified alerting file provisioning), generated by\n"
+        "# python -m cloud_ingest.analyst generate; edit cloud_ingest/analysis/grafana.py, not this file.\n"
+    )
+    return header + json.dumps(alert_rules_json(), indent=2, ensure_ascii=False) + "\n"

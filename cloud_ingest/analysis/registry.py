@@ -257,5 +257,55 @@ QUERIES: dict[str, CannedQuery] = {
             unit="ms",
             alias="$col $tag_instance",
         ),
+        # --- data sanity -------------------------------------------------------------------------------------
+        _q(
+            "sanity.peak_power",
+            "Largest one-minute energy step (as kW)",
+            "Per household: the largest per-minute energy delta of any device, as average kW over that minute. "
+            "A spike shows as a peak far above the household's usual level; the gateway and the ingester refuse "
+            "steps above the supply's ceiling (100 kW for a meter), so this stays below it.",
+            f'SELECT max("delta") * 0.06 AS "peak_kw" FROM "energy" WHERE {_ENERGY} '
+            'GROUP BY time($__interval), "subject" fill(none)',
+            unit="kwatt",
+        ),
+        _q(
+            "sanity.reporting_minutes",
+            "Minutes reported per hour (60 = no gap)",
+            "Per household and hour (JST): minutes with an energy window. Fewer than 60 is a gap: a gateway "
+            "offline, a meter not answering, or windows withheld (consent, grace).",
+            'SELECT count("delta") AS "minutes" FROM ('
+            f'SELECT max("delta") AS "delta" FROM "energy" WHERE {_ENERGY} GROUP BY time(1m), "subject") '
+            f"WHERE {_TF} GROUP BY time(1h), \"subject\" fill(0) tz('Asia/Tokyo')",
+            plot="bar",
+        ),
     )
 }
+
+#: Japanese panel titles, shown beside the English ones on the dashboards (and in ``kyojo query list``).
+TITLES_JA: Mapping[str, str] = {
+    "energy.whole_vs_appliances": "家全体と家電の電力",
+    "energy.by_hour": "家全体の時間別電力量",
+    "energy.by_device": "機器別の電力量",
+    "energy.community": "地域の電力量（k匿名）",
+    "ev.energy_by_hour": "EV充電の時間別電力量",
+    "ev.power": "EV充電電力",
+    "ev.soc": "充電中の充電率",
+    "ev.sessions": "1日あたりの充電回数",
+    "ev.availability": "充電器の空き状況",
+    "waste.positions": "収集車の位置",
+    "waste.pickups": "収集車・時間別の収集件数",
+    "waste.progress": "ルートの進捗",
+    "care.alerts_by_week": "週・種類別のアラート件数（k匿名）",
+    "care.households_by_week": "週ごとの集計に含まれる世帯数",
+    "platform.gateways_online": "オンラインのゲートウェイ",
+    "platform.ingest_rate": "取り込み速度",
+    "platform.rejects_by_cause": "拒否されたメッセージ（原因別）",
+    "platform.lag": "取り込みの遅延",
+    "sanity.peak_power": "1分間の最大電力量ステップ（kW換算）",
+    "sanity.reporting_minutes": "1時間あたりの報告分数（60＝欠損なし）",
+}
+
+
+def bilingual(name: str) -> str:
+    """``English · 日本語`` title of a canned query."""
+    return f"{QUERIES[name].title} · {TITLES_JA[name]}"

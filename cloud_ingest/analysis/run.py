@@ -62,6 +62,34 @@ class QueryError(InfluxError, RuntimeError):
     """InfluxDB refused a query or could not be reached."""
 
 
+class NoData(QueryError):
+    """The window holds no data for the query: said in words, never drawn as an empty chart."""
+
+
+_FROM_RE = re.compile(r'FROM\s+((?:"[^"]+"\.)?"[^"]+"|/[^/]+/)')
+
+
+def measurements(name: str) -> list[str]:
+    """The measurements (quoted, or a /regex/) a canned query reads, subqueries included."""
+    out: list[str] = []
+    for statement in QUERIES[name].statements:
+        for m in _FROM_RE.findall(statement):
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def newest_time(client: InfluxQL, name: str) -> int | None:
+    """Epoch ms of the newest point in any measurement the query reads (None when they are all empty): where a
+    default window should end when the last hours hold nothing (a demo on simulated time, a replayed month)."""
+    newest: int | None = None
+    for m in measurements(name):
+        for s in client.query(f"SELECT * FROM {m} ORDER BY time DESC LIMIT 1"):  # noqa: S608 - registry constants
+            for values in s.get("values", []):
+                newest = max(newest or 0, int(values[0]))
+    return newest
+
+
 @dataclass
 class Result:
     """A query result as rows: ``columns`` = time, tag keys, field names (in that order)."""

@@ -8,6 +8,7 @@
   records were already taken, per device): draining devices that measure while out of range.
 - :mod:`drivers.ble.pair` (``kyojo pair``) and :mod:`drivers.ble.paired` (the gateway's registry of paired
   devices, ``<data_dir>/ble-devices.json``, and :func:`~drivers.ble.paired.device_configs` for the agent).
-- :mod:`drivers.ble.virtual`: virtual BLE peripherals on Bumble and a bleak backend that reaches them, for
-  tests and demos without a radio.
+
+The test double (virtual BLE peripherals on Bumble and a bleak backend that reaches them, for tests and demos
+without a radio) is :mod:`drivers.sim.virtual_ble`: it depends on this family, never the reverse.
 """

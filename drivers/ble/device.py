@@ -10,11 +10,11 @@ Example (gateway TOML)::
     subject = "p1"
     user_subjects = { 1 = "p1", 2 = "p2" }   # optional: BPM/scale User ID -> subject
 
-``backend = "virtual"`` (demos and tests only, needs the development dependency Bumble): no radio; the agent
-process runs a Bumble virtual peripheral played by the heart-rate strap simulator (device ``id``, ``subject``,
-``sim_seed``) and reads it through the same bleak/Link/BleDriver code; see :mod:`drivers.sim.wire.ble`. That
-test double is registered by :data:`drivers.registry.DOUBLES` and built there: this family never imports the
-simulators.
+``backend = "virtual"`` (demos and tests only, needs the development dependency Bumble) is not this family's: it
+is a test double (:mod:`drivers.sim.emit.ble`, a Bumble virtual peripheral played by the heart-rate strap
+simulator, read through the same bleak/Link/BleDriver code) that registers itself for ``("ble", "virtual")`` in
+:data:`drivers.registry.DOUBLES`, with its own config model (these fields plus ``sim_seed``). This family never
+imports the simulators and knows only ``backend = "bleak"``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 ADDRESS_PATTERN = r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{8}-([0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$"
 
 
-class Config(BaseModel):
-    """One BLE device; validated when the gateway's config file is loaded."""
+class DeviceFields(BaseModel):
+    """What every ``kind = "ble"`` entry says about its device, whatever reaches it (the radio here, a test
+    double's virtual radio in :mod:`drivers.sim.emit.ble`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,11 +53,9 @@ class Config(BaseModel):
     connect_timeout: timedelta = timedelta(seconds=20)
     backoff_initial: timedelta = timedelta(seconds=1)
     backoff_max: timedelta = timedelta(minutes=5)
-    backend: Literal["bleak", "virtual"] = Field("bleak", description="virtual: simulated device (demo/test)")
-    sim_seed: int = Field(0, description="seed of the simulator playing a virtual device")
 
     @model_validator(mode="after")
-    def _check(self) -> Config:
+    def _check(self) -> DeviceFields:
         for user, subject in self.user_subjects.items():
             if not 0 <= user <= 254:  # 255 = "unknown user"
                 raise ValueError(f"user_subjects: User ID {user} is not 0..254")
@@ -64,9 +63,13 @@ class Config(BaseModel):
                 raise ValueError("user_subjects: empty subject")
         if self.backoff_initial <= timedelta(0) or self.backoff_max < self.backoff_initial:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
-        if self.backend == "virtual" and self.profile != "heart_rate":
-            raise ValueError("backend 'virtual' plays heart_rate devices only")
         return self
+
+
+class Config(DeviceFields):
+    """One BLE device on the platform's Bluetooth stack; validated when the gateway's config file is loaded."""
+
+    backend: Literal["bleak"] = Field("bleak", description="the platform's BLE stack (bleak: BlueZ on the Pi)")
 
 
 #: per-device stored-record state, under the gateway's data dir (see :mod:`drivers.ble.records`)
@@ -85,18 +88,13 @@ def shared_scanner(backend: BleBackend | None = None) -> SharedScanner:
 
 
 def build(config: Config, ctx: BuildContext, *, backend: BleBackend | None = None) -> list[Driver]:
-    """One :class:`~drivers.ble.driver.BleDriver`; ``backend`` swaps bleak's backend (tests, virtual devices).
-
-    ``config.backend == "virtual"`` is a test double that :func:`drivers.registry.build` builds from
-    ``drivers.sim`` (:data:`drivers.registry.DOUBLES`); it never reaches this function.
-    """
-    if config.backend != "bleak":
-        raise ValueError(f"backend {config.backend!r} is a test double: build it with drivers.registry.build")
-    from drivers.backoff import Backoff
+    """One :class:`~drivers.ble.driver.BleDriver`; ``backend`` swaps bleak's backend classes (tests inject a
+    virtual radio's); ``config.backend`` is always ``"bleak"`` (test doubles have their own config and build)."""
     from drivers.ble.driver import BleDriver
     from drivers.ble.profiles import PROFILES, STORING_PROFILES
     from drivers.ble.records import RecordLog
     from drivers.ble.transport import Link
+    from kyojo.runtime.backoff import Backoff
 
     # Devices that keep measurements while out of range: remember what was taken, across restarts.
     records = (

@@ -16,7 +16,7 @@ mode); 7 the connection failed.
 
 The radio is reached through bleak. :data:`backend_factory` yields the bleak backend classes to use
 (``None`` = the platform's, BlueZ on the Pi); tests replace it with one that yields a
-:class:`drivers.ble.virtual.VirtualAir` backend. It is an async context manager because a virtual radio
+:class:`drivers.sim.virtual_ble.VirtualAir` backend. It is an async context manager because a virtual radio
 lives in the event loop of the command that uses it.
 """
 

@@ -3,7 +3,7 @@ Level, reconnect with backoff forever), and per-device health.
 
 Nothing here decodes: a link hands ``(uuid16, bytes, ts)`` to a sink; :mod:`drivers.ble.driver` decodes.
 The bleak backend classes can be injected (``BleBackend``) so tests run this code unmodified against virtual
-Bumble peripherals (:mod:`drivers.ble.virtual`); ``None`` means the platform backend (BlueZ on the Pi).
+Bumble peripherals (:mod:`drivers.sim.virtual_ble`); ``None`` means the platform backend (BlueZ on the Pi).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from drivers.backoff import Backoff
 from drivers.ble import gatt, racp
 from drivers.ble.profiles import Subscription
 from drivers.ble.records import RecordLog
 from kyojo.contract.vocab import Clock
+from kyojo.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

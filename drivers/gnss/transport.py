@@ -25,9 +25,9 @@ from typing import Any, Literal, Protocol
 
 import serial
 
-from drivers.backoff import Backoff
 from drivers.gnss.gpsd_json import WATCH_COMMAND, GpsdDecoder, GpsdError
 from drivers.gnss.nmea import Fix, NmeaDecoder, NmeaReader
+from kyojo.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

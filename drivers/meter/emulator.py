@@ -9,7 +9,7 @@ link-local address to SKLL64, ``EVENT 25`` (or ``EVENT 24``) after SKJOIN, and `
 with the meter's hex ECHONET Lite Get_Res (or Get_SNA when a property has no value) to SKSENDTO.
 
 What the meter answers comes from a :class:`MeterModel`: by default the fixed :class:`Scenario` values (504 W,
-a raw count that grows by 7 per Get); :mod:`drivers.sim.wire.meter` plugs in the deterministic simulator.
+a raw count that grows by 7 per Get); :mod:`drivers.sim.emit.meter` plugs in the deterministic simulator.
 :class:`Scenario` knobs make the module fail joins, hide the meter from short scans and drop the PANA session
 (``EVENT 29``).
 """

@@ -1,8 +1,9 @@
 """``PlugsDriver``: subscribes to the gateway's LAN-side Mosquitto and yields the plugs' Readings.
 
-paho-mqtt 2.x runs its network loop in its own thread (``loop_start``) and reconnects by itself; each
-(re)connection subscribes again (clean session), and messages cross into asyncio through
-``call_soon_threadsafe``. Plugs speak MQTT 3.1.1 (Tasmota, Shelly Gen1, Zigbee2MQTT); so does this client.
+The client is aiomqtt (paho's codec driven by the agent's own event loop: no thread, nothing crosses into asyncio
+by ``call_soon_threadsafe``). Each connection is a clean session that subscribes again; when the broker goes away
+the driver reconnects with exponential backoff and full jitter (:mod:`kyojo.runtime.backoff`, 1 s to 30 s), as
+every Kyojo retry loop does. Plugs speak MQTT 3.1.1 (Tasmota, Shelly Gen1, Zigbee2MQTT); so does this client.
 
 Subscriptions: Tasmota ``tele/+/+``, ``stat/+/+`` (default FullTopic ``%prefix%/%topic%/``) and
 ``tasmota/discovery/+/config``; Shelly Gen1 ``shellies/#``; Shelly Gen2+ ``+/events/rpc``, ``+/status/+``,
@@ -20,28 +21,28 @@ clients and let each plug write only its own topics (:mod:`drivers.plugs.broker`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+import aiomqtt
 
 from drivers.logs import LogLimiter
 from drivers.plugs.pairing import write_durably
 from drivers.plugs.session import PlugSession
 from kyojo.contract.vocab import Clock, Reading
+from kyojo.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-#: Most messages held between paho's thread and the agent; beyond that the oldest are dropped (and counted).
+#: Most messages held between the MQTT client and the agent; beyond that the oldest are dropped (and counted).
 QUEUE_LIMIT = 10_000
+#: reconnect delays: the ceiling starts at 1 s and doubles up to 30 s (what paho's own loop used), fully jittered
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 30.0
 
 
 def default_topics(z2m_base: str = "zigbee2mqtt") -> list[str]:
@@ -56,6 +57,27 @@ def default_topics(z2m_base: str = "zigbee2mqtt") -> list[str]:
         "+/online",
         f"{z2m_base}/#",
     ]
+
+
+def _drop_oldest(on_drop: Callable[[], None]) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """A queue class for aiomqtt's incoming messages that, when full, drops the oldest (a plug's newest report is
+    the one worth keeping) and calls ``on_drop``; aiomqtt's own bounded queue would drop the newest, uncounted."""
+
+    class DropOldest(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            if self.full():
+                self.get_nowait()
+                on_drop()
+            super().put_nowait(item)
+
+    return DropOldest
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    p = message.payload
+    if isinstance(p, (bytes, bytearray)):
+        return bytes(p)
+    return b"" if p is None else str(p).encode("utf-8")
 
 
 class PlugsDriver:
@@ -83,14 +105,13 @@ class PlugsDriver:
         self.clock = clock
         self.state_path = state_path
         self.save_every_s = save_every_s
+        #: set once the broker acknowledged the subscriptions (a threading.Event: a test thread may wait on it)
         self.subscribed = threading.Event()
         self.connected = False
         self.connects = 0
         self.dropped = 0
         self.last_error: str | None = None
-        self._log_limited = LogLimiter(log)  # paho's thread
-        self._queue: asyncio.Queue[tuple[str, bytes, float]] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._log_limited = LogLimiter(log)
         if state_path is not None:
             self._load_state(state_path)
 
@@ -120,54 +141,40 @@ class PlugsDriver:
         }
         write_durably(self.state_path, json.dumps(doc, indent=1).encode("utf-8"))
 
-    # -- paho callbacks (paho's thread) -----------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            self.last_error = f"connect refused: {reason}"
-            self._log_limited(
-                logging.WARNING, "connect", "%s: the LAN broker refused the login: %s", self.device_id, reason
-            )
-            return
-        self.connected = True
-        self.connects += 1
-        client.subscribe([(t, 0) for t in self.topics])
-
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
-        self.subscribed.set()
-
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self.connected = False
-        self.subscribed.clear()
-        if reason.is_failure:
-            self.last_error = f"disconnected: {reason}"
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        loop, queue = self._loop, self._queue
-        if loop is None or queue is None:
-            return
-        item = (msg.topic, bytes(msg.payload), time.time())
-        with contextlib.suppress(RuntimeError):  # the loop closed while stopping
-            loop.call_soon_threadsafe(self._put, queue, item)
-
-    def _put(self, queue: asyncio.Queue[tuple[str, bytes, float]], item: tuple[str, bytes, float]) -> None:
-        if queue.full():
-            queue.get_nowait()
-            self.dropped += 1
-        queue.put_nowait(item)
-
     # -- Driver -----------------------------------------------------------------------------------------
-    async def readings(self) -> AsyncGenerator[Reading, None]:
-        """Connect, subscribe, and yield mapped readings until cancelled (paho reconnects on its own)."""
-        self._loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue(QUEUE_LIMIT)
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"kyojo-plugs-{self.device_id}-{uuid.uuid4().hex[:8]}",
-            protocol=MQTTProtocolVersion.MQTTv311,
+    def _count_drop(self) -> None:
+        self.dropped += 1
+
+    def _client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self._username,
+            password=self._password,
+            identifier=f"kyojo-plugs-{self.device_id}-{uuid.uuid4().hex[:8]}",
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=True,
+            keepalive=30,
+            queue_type=_drop_oldest(self._count_drop),
+            max_queued_incoming_messages=QUEUE_LIMIT,
+            logger=log,
         )
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
+
+    def _lost(self, err: aiomqtt.MqttError, *, joined: bool) -> None:
+        if not joined and isinstance(err, aiomqtt.MqttCodeError):  # a negative CONNACK
+            self.last_error = f"connect refused: {err}"
+            self._log_limited(
+                logging.WARNING, "connect", "%s: the LAN broker refused the login: %s", self.device_id, err
+            )
         else:
+            self.last_error = f"disconnected: {err}" if joined else f"cannot connect: {err}"
+            self._log_limited(
+                logging.INFO, "link", "%s: LAN broker %s:%s: %s", self.device_id, self.host, self.port, err
+            )
+
+    async def readings(self) -> AsyncGenerator[Reading, None]:
+        """Connect, subscribe, and yield mapped readings until cancelled; reconnects with backoff."""
+        if self._username is None:
             log.warning(
                 "%s: no username for the LAN broker %s:%s; a broker that lets anyone in lets anyone on the LAN "
                 "publish a plug's readings (docs/LAN.md)",
@@ -175,29 +182,32 @@ class PlugsDriver:
                 self.host,
                 self.port,
             )
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.reconnect_delay_set(1, 30)
-        client.connect_async(self.host, self.port, keepalive=30)
-        client.loop_start()
+        backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         last_save = time.monotonic()
         try:
             while True:
-                topic, payload, received = await self._queue.get()
-                received = self.clock.now() if self.clock is not None else received
-                for r in self.session.feed(topic, payload, received):
-                    yield r
-                if self.state_path is not None and time.monotonic() - last_save > self.save_every_s:
-                    self.save_state()
-                    last_save = time.monotonic()
+                joined = False
+                try:
+                    async with self._client() as client:
+                        joined = self.connected = True
+                        self.connects += 1
+                        await client.subscribe([(t, 0) for t in self.topics])
+                        self.subscribed.set()
+                        backoff.reset()
+                        async for message in client.messages:
+                            received = self.clock.now() if self.clock is not None else time.time()
+                            for r in self.session.feed(str(message.topic), _payload(message), received):
+                                yield r
+                            if self.state_path is not None and time.monotonic() - last_save > self.save_every_s:
+                                self.save_state()
+                                last_save = time.monotonic()
+                except aiomqtt.MqttError as err:
+                    self._lost(err, joined=joined)
+                finally:
+                    self.connected = False
+                    self.subscribed.clear()
+                await asyncio.sleep(backoff.next())
         finally:
-            client.disconnect()
-            client.loop_stop()
-            self.connected = False
-            self.subscribed.clear()
-            self._loop = self._queue = None
             self.save_state()
 
     def health(self) -> Mapping[str, object]:

@@ -1,5 +1,9 @@
 """``[[processors]] kind = "health"``: guideline rules and the AF rhythm model on the gateway's health Readings.
 
+The models take plain samples (:meth:`models.rules.engine.RulesEngine.push`, :meth:`models.af.runtime.AfMonitor.push`)
+and return :class:`~models.rules.alert.Alert` objects; :func:`feed_rules` and :func:`feed_af` are the adapters
+from Readings, :func:`alert_event` the one to Events.
+
 Each alert update (opened, escalated, closed) becomes an :class:`kyojo.contract.vocab.Event` of kind ``alert.<kind>``,
 category ``health``: it is kept on the gateway (``kyojo alerts list``) and leaves only under the person's
 preventive-care consent, as a summary (kind, severity, times, the evidence's count/min/max/mean, the rule's
@@ -9,7 +13,7 @@ source, the model version). Raw readings and RR series never leave.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +33,31 @@ _WIRE_SEVERITY = {
     Severity.WARNING: "warning",
     Severity.URGENT: "urgent",
 }
+
+
+#: ``Reading.extra`` key of a glucose sample's meal tag (BLE Glucose Measurement Context); the value
+#: :data:`~models.rules.engine.FASTING` marks a fasting sample.
+MEAL_KEY = "meal"
+
+
+def feed_rules(engine: RulesEngine, readings: Iterable[Reading]) -> list[Alert]:
+    """Readings, in order, into the guideline rules: each Reading's subject, metric, time, value, device and meal
+    tag as one sample. All alerts emitted, in order."""
+    out: list[Alert] = []
+    for r in readings:
+        meal = r.extra.get(MEAL_KEY)
+        out += engine.push(r.subject, r.metric, r.ts, r.value, device=r.device, meal=meal)
+    return out
+
+
+def feed_af(monitor: AfMonitor, readings: Iterable[Reading]) -> list[Alert]:
+    """The ``rr_interval`` Readings, in order, into the AF monitor (other metrics are not its input). All alerts
+    emitted, in order."""
+    out: list[Alert] = []
+    for r in readings:
+        if r.metric == "rr_interval":
+            out += monitor.push(r.subject, r.ts, r.value)
+    return out
 
 
 class Config(BaseModel):
@@ -91,9 +120,9 @@ class HealthProcessor:
     def feed(self, readings: Sequence[Reading]) -> list[Event]:
         out: list[Event] = []
         for r in sorted((r for r in readings if r.category is Category.HEALTH), key=lambda r: r.ts):
-            alerts = self.engine.process(r)
-            if self.af is not None and r.metric == "rr_interval":
-                alerts += self.af.push(r.subject, r.ts, r.value)
+            alerts = feed_rules(self.engine, [r])
+            if self.af is not None:
+                alerts += feed_af(self.af, [r])
             out.extend(alert_event(a) for a in alerts)
         self.alerts += len(out)
         return out

@@ -1,10 +1,11 @@
 """``[[processors]] kind = "nilm"``: per-appliance power and energy estimated from the whole-home meter.
 
-Feeds the meter's (and the plugs') power Readings to :class:`models.nilm.runtime.NilmRuntime` and returns its
-estimates as Readings on devices ``<meter>.nilm.<appliance>`` (marked ``extra["estimated"] = "true"``), which go
-through the raw store, the windows and the energy consent like any other energy reading. Estimates describe a
-minute that ended up to ``LAG_S`` ago (the models look at a window centred on it), so the agent holds the
-energy windows open that much longer. The cumulative estimated energy survives restarts (a small JSON file).
+Feeds the meter's (and the plugs') power Readings to :class:`models.nilm.runtime.NilmRuntime` as plain samples
+(:func:`feed_nilm`) and returns its estimates as Readings (:func:`to_readings`) on devices
+``<meter>.nilm.<appliance>`` (marked ``extra["estimated"] = "true"``), which go through the raw store, the windows
+and the energy consent like any other energy reading. Estimates describe a minute that ended up to ``LAG_S`` ago
+(the models look at a window centred on it), so the agent holds the energy windows open that much longer. The
+cumulative estimated energy survives restarts (a small JSON file).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kyojo.runtime.files import atomic_write_text
 
 if TYPE_CHECKING:
     from drivers.registry import BuildContext
-    from models.nilm.runtime import Estimate
+    from models.nilm.runtime import Estimate, NilmRuntime
 
 #: the longest model window is 2 h centred on the minute, plus one minute of close lag
 LAG_S = 61 * 60 + 60
@@ -34,6 +35,16 @@ class Config(BaseModel):
     meter: str = Field(description="device id of the whole-home meter")
     subject: str = Field(description="the household (subject of the energy consent)")
     plugs: dict[str, str] = Field(default_factory=dict, description="plug device id -> appliance it powers")
+
+
+def feed_nilm(runtime: NilmRuntime, readings: Iterable[Reading]) -> list[Estimate]:
+    """The ``power`` Readings, in order, into the runtime as (device, time, W) samples (other metrics are not its
+    input); the estimates they made available, in order."""
+    out: list[Estimate] = []
+    for r in readings:
+        if r.metric == "power":
+            out += runtime.push(r.device, r.ts, r.value)
+    return out
 
 
 def to_readings(estimates: Iterable[Estimate], device_prefix: str, subject: str) -> list[Reading]:
@@ -71,7 +82,7 @@ class NilmProcessor:
 
     def feed(self, readings: Sequence[Reading]) -> list[Reading]:
         power = sorted((r for r in readings if r.metric == "power" and ".nilm." not in r.device), key=lambda r: r.ts)
-        estimates = [e for r in power for e in self.runtime.push(r)]
+        estimates = feed_nilm(self.runtime, power)
         if not estimates:
             return []
         self.estimates += len(estimates)

@@ -21,11 +21,11 @@ __all__ = [
     "ID_PATTERN",
     "MAX_POWER_W",
     "METRICS",
+    "Aggregation",
     "Category",
     "Clock",
     "Driver",
     "Event",
-    "Kind",
     "KyojoError",
     "MetricSpec",
     "ParseError",
@@ -48,7 +48,7 @@ class Category(StrEnum):
     DEVICE = "device"  # device housekeeping (battery level): never personal, never released in v1
 
 
-class Kind(StrEnum):
+class Aggregation(StrEnum):
     """How a metric aggregates over a window."""
 
     GAUGE = "gauge"  # count/mean/min/max/last
@@ -66,7 +66,7 @@ class MetricSpec:
 
     unit: str
     category: Category
-    kind: Kind = Kind.GAUGE
+    aggregation: Aggregation = Aggregation.GAUGE
     max_rate: float | None = None
 
 
@@ -100,11 +100,11 @@ METRICS: Mapping[str, MetricSpec] = {
     "body_fat": MetricSpec("%", Category.HEALTH),
     "battery_level": MetricSpec("%", Category.DEVICE),
     "power": MetricSpec("W", Category.ENERGY),
-    "energy": MetricSpec("Wh", Category.ENERGY, Kind.COUNTER, MAX_POWER_W["meter"] / _HOUR_S),
+    "energy": MetricSpec("Wh", Category.ENERGY, Aggregation.COUNTER, MAX_POWER_W["meter"] / _HOUR_S),
     "voltage": MetricSpec("V", Category.ENERGY),
     "current": MetricSpec("A", Category.ENERGY),
     "ev_power": MetricSpec("W", Category.EV),
-    "ev_energy": MetricSpec("Wh", Category.EV, Kind.COUNTER, MAX_POWER_W["ev_charger"] / _HOUR_S),
+    "ev_energy": MetricSpec("Wh", Category.EV, Aggregation.COUNTER, MAX_POWER_W["ev_charger"] / _HOUR_S),
     "soc": MetricSpec("%", Category.EV),
     "latitude": MetricSpec("deg", Category.MOBILITY),
     "longitude": MetricSpec("deg", Category.MOBILITY),

@@ -8,7 +8,7 @@ one-time pairing code; prints progress every second; stops everything it started
 ``duration``; returns a summary.
 
 The devices are the deterministic simulators of :mod:`drivers.sim`, and most of them reach the gateways over
-the real protocols, read by the production drivers (:mod:`drivers.sim.wire`):
+the real protocols, read by the production drivers (:mod:`drivers.sim.emit`):
 
 =====================================  ==================================  =====================================
 device                                 on the wire (emitted by the demo)   gateway driver
@@ -27,7 +27,7 @@ BP cuff (p1), oximeter (p2), EV        injected readings                    ``ki
 
 Time: each agent runs a scaled clock (``--speed``, a simulated minute per second by default) and its drivers
 stamp what they receive with it (GNSS fixes carry their own time). The demo's emitters follow the agent's
-clock, read from its status file (:func:`drivers.sim.wire.clock_of_agent`), so a device's state for simulated
+clock, read from its status file (:func:`drivers.sim.emit.clock_of_agent`), so a device's state for simulated
 time ``t`` is on the wire when the gateway's clock reads ``t``; the BLE straps run inside the agent on its
 clock. Until an agent's first status, the meter answers on an estimate of that clock (started with the agent).
 """
@@ -53,12 +53,12 @@ from typing import IO, Any
 
 from drivers import sim
 from drivers.meter.emulator import PWD, RBID, PtyEmulator
+from drivers.sim.emit.clock import AnchoredClock, clock_of_agent
+from drivers.sim.emit.meter import serve_meter
+from drivers.sim.emit.nmea import NmeaEmitter, PtyLine
+from drivers.sim.emit.plugs import PlugEmitter, appliances, household_plugs
 from drivers.sim.energy import Meter, Plug
 from drivers.sim.gnss import GarbageTruck
-from drivers.sim.wire.clock import AnchoredClock, clock_of_agent
-from drivers.sim.wire.meter import serve_meter
-from drivers.sim.wire.nmea import NmeaEmitter, PtyLine
-from drivers.sim.wire.plugs import PlugEmitter, appliances, household_plugs
 from edge_agent import consent
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.db import connect

@@ -13,12 +13,11 @@ The ONNX session is created once per monitor (onnxruntime, one intra-op thread) 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
-from kyojo.contract.vocab import Reading
 from models.af.data import STEP_BEATS, WINDOW_BEATS
 from models.af.features import window_features
 from models.af.model import AfModel
@@ -44,7 +43,9 @@ class _Stream:
 
 
 class AfMonitor:
-    """AF episodes per person from ``rr_interval`` Readings (other metrics are ignored)."""
+    """AF episodes per person from their RR intervals (:meth:`push`, one beat at a time, or :meth:`push_series`).
+
+    :mod:`edge_agent.processors.health` feeds it the gateway's ``rr_interval`` Readings."""
 
     def __init__(
         self,
@@ -88,12 +89,6 @@ class AfMonitor:
             self._streams[person] = s
         return s
 
-    def process(self, r: Reading) -> list[Alert]:
-        """Feed one reading; returns the AF alerts it opened or closed (other metrics than ``rr_interval``: none)."""
-        if r.metric != "rr_interval":
-            return []
-        return self.push(r.subject, r.ts, r.value)
-
     def push(self, person: str, ts: float, rr_ms: float) -> list[Alert]:
         """Feed one RR interval (ms) of ``person`` beating at ``ts``; returns the AF alerts it opened or closed."""
         s = self._stream(person)
@@ -123,11 +118,16 @@ class AfMonitor:
             message=AF_MESSAGE,
         )
 
-    def process_all(self, readings: Iterable[Reading]) -> list[Alert]:
-        """Feed readings in order; all alerts emitted."""
+    def push_series(self, person: str, ts: npt.ArrayLike, rr_ms: npt.ArrayLike) -> list[Alert]:
+        """Feed ``person``'s beats in order (beat times in UTC s, RR intervals in ms, equal lengths); all alerts
+        emitted, in order."""
+        t = np.asarray(ts, dtype=np.float64)
+        rr = np.asarray(rr_ms, dtype=np.float64)
+        if t.shape != rr.shape or t.ndim != 1:
+            raise ValueError(f"push_series needs two 1-d arrays of one length, not {t.shape} and {rr.shape}")
         out: list[Alert] = []
-        for r in readings:
-            out += self.process(r)
+        for when, value in zip(t.tolist(), rr.tolist(), strict=True):
+            out += self.push(person, when, value)
         return out
 
     def open_alerts(self) -> list[Alert]:

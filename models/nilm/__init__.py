@@ -7,7 +7,7 @@ the REFIT / UK-DALE developer subset in ``/work/shared/data/nilm`` (CC BY 4.0, s
 - :mod:`models.nilm.windows` turns a 1-minute series into model windows (the gap rule lives there, once).
 - :mod:`models.nilm.model` loads the ONNX files and runs them (batch for evaluation, one window at run time).
 - :mod:`models.nilm.metrics` computes the metrics and the three baselines (always-off, mean, CO).
-- :mod:`models.nilm.runtime` the streaming wrapper over meter (and plug) power Readings.
+- :mod:`models.nilm.runtime` the streaming wrapper over meter (and plug) power samples.
 - :mod:`models.nilm.cli` the ``kyojo models eval nilm`` command; :mod:`models.nilm.train` reproduces the files.
 
 Run time needs only numpy and onnxruntime.

@@ -1,27 +1,28 @@
-"""Streaming disaggregation over the meter's power Readings: one inference per appliance per minute.
+"""Streaming disaggregation over the meter's power samples: one inference per appliance per minute.
 
-Feed every Reading to :meth:`NilmRuntime.push` (non-``power`` metrics and unknown devices are ignored); it returns
-the :class:`Estimate` objects that became available. The agent's processor (``edge_agent/processors/nilm.py``)
-turns them into ``power`` (W) and ``energy`` (Wh, cumulative) Readings marked as estimated.
+Feed every power sample (device, time, watts) to :meth:`NilmRuntime.push` (unknown devices are ignored); it
+returns the :class:`Estimate` objects that became available. The agent's processor (``edge_agent/processors/
+nilm.py``) feeds it the gateway's ``power`` Readings and turns the estimates into ``power`` (W) and ``energy`` (Wh,
+cumulative) Readings marked as estimated.
 
 Timing and binning
-    A power Reading at ``ts`` is the mean over the interval ending at ``ts`` (the meter and plug convention), so it
+    A power sample at ``ts`` is the mean over the interval ending at ``ts`` (the meter and plug convention), so it
     belongs to the minute ``(m, m + 60]`` with ``m = 60 * (ceil(ts / 60) - 1)``; a minute's power is the mean of
-    its Readings. A minute is closed when a meter Reading arrives for a minute at least ``close_lag_min`` later
-    (late plug Readings get that long to arrive); Readings for a closed minute are dropped and counted
+    its samples. A minute is closed when a meter sample arrives for a minute at least ``close_lag_min`` later
+    (late plug samples get that long to arrive); samples for a closed minute are dropped and counted
     (``stats["late"]``). Each closed minute triggers one ONNX run per appliance, for the minute at the centre of
     that appliance's window, so estimates lag the meter by ``window // 2 + close_lag_min`` minutes (kettle and
     microwave 16, dishwasher and washing machine 61). :meth:`NilmRuntime.flush` closes what is open at the end.
 
 Gaps (the rule in :mod:`models.nilm.windows`, identical to evaluation)
-    A minute without a meter Reading gets no estimate, and neither does a minute whose window is more than half
+    A minute without a meter sample gets no estimate, and neither does a minute whose window is more than half
     missing: no energy is attributed for such minutes, and the energy counters only advance by
     ``power_w * 60 s`` for minutes that have an estimate. Missing minutes inside an accepted window are held at the
     last measured value for the model input only.
 
 Plug assistance
     ``plugs`` maps plug device ids to what they power. Every plugged load is subtracted from the mains minute by
-    minute (floored at 0; a plug minute with no Reading subtracts nothing) and the models see the residual. An
+    minute (floored at 0; a plug minute with no sample subtracts nothing) and the models see the residual. An
     appliance of ours that has a plug is reported from its plug (``source="plug"``) for minutes the plug
     measured, and from its model otherwise.
 
@@ -37,7 +38,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kyojo.contract.vocab import Reading
 from models.nilm.data import STEP_S
 from models.nilm.model import NilmModels
 from models.nilm.windows import fill_windows
@@ -58,7 +58,7 @@ class Estimate:
 
 
 def minute_of(ts: float) -> int:
-    """Start (UTC s) of the minute ``(m, m + 60]`` a Reading at ``ts`` covers."""
+    """Start (UTC s) of the minute ``(m, m + 60]`` a sample at ``ts`` covers."""
     return STEP_S * (math.ceil(ts / STEP_S) - 1)
 
 
@@ -107,23 +107,22 @@ class NilmRuntime:
         self._open: dict[int, _Minute] = {}
         self._next: int | None = None  # start of the next minute to close
 
-    def push(self, r: Reading) -> list[Estimate]:
-        """Take one Reading; return the estimates it made available (usually none or one per appliance)."""
-        if r.metric != "power":
-            return []
-        is_plug = r.device in self.plugs
-        if not is_plug and self.meter is not None and r.device != self.meter:
+    def push(self, device: str, ts: float, power_w: float) -> list[Estimate]:
+        """Take one power sample (W, the mean over the interval ending at ``ts``, UTC s) of the meter or of a plug;
+        return the estimates it made available (usually none or one per appliance)."""
+        is_plug = device in self.plugs
+        if not is_plug and self.meter is not None and device != self.meter:
             self.stats["ignored"] += 1
             return []
         self.stats["readings"] += 1
-        m = minute_of(r.ts)
+        m = minute_of(ts)
         if self._next is not None and m < self._next:
             self.stats["late"] += 1
             return []
         slot = self._open.setdefault(m, _Minute())
-        value = max(float(r.value), 0.0)
+        value = max(float(power_w), 0.0)
         if is_plug:
-            slot.plugs.setdefault(r.device, _Bin()).add(value)
+            slot.plugs.setdefault(device, _Bin()).add(value)
             return []
         slot.meter.add(value)
         if self._next is None:

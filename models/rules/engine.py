@@ -1,8 +1,10 @@
-"""Guideline rules over a person's Readings: blood pressure, SpO2, heart rate, fever, fasting glucose.
+"""Guideline rules over a person's measurements: blood pressure, SpO2, heart rate, fever, fasting glucose.
 
-Pure: no I/O, no clock; time comes from the readings. Feed readings in time order per person and device
-(older or repeated readings of the same person, metric and device are ignored and counted); the engine returns
-the alerts each reading opens, escalates or closes (see :mod:`models.rules.alert` for the episode semantics).
+Pure: no I/O, no clock; time comes from the samples. A sample is plain values (person, metric, time, value,
+device, meal tag), in the units of the contract's metric table; :mod:`edge_agent.processors.health` turns the
+gateway's Readings into samples. Feed samples in time order per person and device (older or repeated samples of
+the same person, metric and device are ignored and counted); the engine returns the alerts each sample opens,
+escalates or closes (see :mod:`models.rules.alert` for the episode semantics).
 
 Rules, each citing its source in :mod:`models.rules.profile` and in the alert:
 
@@ -20,17 +22,14 @@ Rules, each citing its source in :mod:`models.rules.profile` and in the alert:
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kyojo.contract.vocab import Reading
 from models.rules.alert import Alert, EpisodeTracker, Persistence, Severity, State
 from models.rules.profile import JAPAN, RulesProfile
 
 DAY_S = 86_400.0
 HOUR_S = 3_600.0
-#: Reading.extra key and value that mark a fasting glucose sample (BLE Glucose Measurement Context, meal = 3).
-MEAL_KEY = "meal"
+#: The meal tag of a fasting glucose sample (BLE Glucose Measurement Context, meal = 3).
 FASTING = "fasting"
 
 
@@ -38,6 +37,16 @@ def in_window(hour: float, window: tuple[float, float]) -> bool:
     """Whether a local hour of day falls in ``[start, end)``; windows may wrap midnight (22, 6)."""
     a, b = window
     return a <= hour < b if a <= b else (hour >= a or hour < b)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    person: str
+    metric: str
+    ts: float
+    value: float
+    device: str
+    meal: str | None
 
 
 @dataclass
@@ -55,13 +64,22 @@ class RulesEngine:
     def __init__(self, profile: RulesProfile = JAPAN) -> None:
         self.profile = profile
         self._persons: dict[str, _PersonState] = {}
-        #: readings not used, by reason (``stale``, ``unpaired``, ``not_fasting``, ``other_metric``)
+        #: samples not used, by reason (``stale``, ``unpaired``, ``not_fasting``, ``other_metric``)
         self.ignored: Counter[str] = Counter()
 
     # ---- public ---------------------------------------------------------------------------------------------
-    def process(self, r: Reading) -> list[Alert]:
-        """Evaluate one reading; returns the alerts it opened, escalated or closed."""
-        st = self._persons.setdefault(r.subject, _PersonState())
+    def push(
+        self, person: str, metric: str, ts: float, value: float, *, device: str = "", meal: str | None = None
+    ) -> list[Alert]:
+        """Evaluate one sample; returns the alerts it opened, escalated or closed.
+
+        ``metric`` is one of ``systolic``, ``diastolic`` (the two halves of one measurement: same device and
+        ``ts``), ``spo2``, ``heart_rate``, ``body_temperature``, ``glucose`` (others are ignored and counted), in
+        the contract's units (mmHg, %, bpm, degC, mg/dL); ``ts`` is UTC seconds; ``meal`` tags a glucose sample
+        (:data:`FASTING`, or None when the meter did not say).
+        """
+        r = _Sample(person, metric, ts, value, device, meal)
+        st = self._persons.setdefault(person, _PersonState())
         key = (r.metric, r.device)
         last = st.last_ts.get(key)
         if last is not None and r.ts <= last:
@@ -83,13 +101,6 @@ class RulesEngine:
                 self.ignored["other_metric"] += 1
                 return []
 
-    def process_all(self, readings: Iterable[Reading]) -> list[Alert]:
-        """Evaluate readings in order; all alerts emitted, in order."""
-        out: list[Alert] = []
-        for r in readings:
-            out += self.process(r)
-        return out
-
     def open_alerts(self, person: str | None = None) -> list[Alert]:
         """Alerts whose episode is still open (of one person, or everyone)."""
         states = [self._persons[person]] if person in self._persons else [] if person else self._persons.values()
@@ -110,7 +121,7 @@ class RulesEngine:
         return tr
 
     # ---- blood pressure -------------------------------------------------------------------------------------
-    def _bp_part(self, st: _PersonState, r: Reading) -> list[Alert]:
+    def _bp_part(self, st: _PersonState, r: _Sample) -> list[Alert]:
         # systolic and diastolic of one measurement arrive as two readings with the same device and ts
         for k in [k for k in st.bp_pending if k[1] < r.ts - 60.0]:
             del st.bp_pending[k]
@@ -120,7 +131,7 @@ class RulesEngine:
         if len(part) < 2:
             return []
         del st.bp_pending[(r.device, r.ts)]
-        return self._bp(st, r.subject, r.ts, part["systolic"], part["diastolic"])
+        return self._bp(st, r.person, r.ts, part["systolic"], part["diastolic"])
 
     def _bp(self, st: _PersonState, person: str, ts: float, sbp: float, dbp: float) -> list[Alert]:
         rules = self.profile.blood_pressure
@@ -199,10 +210,10 @@ class RulesEngine:
         return out
 
     # ---- SpO2 -----------------------------------------------------------------------------------------------
-    def _spo2(self, st: _PersonState, r: Reading) -> list[Alert]:
+    def _spo2(self, st: _PersonState, r: _Sample) -> list[Alert]:
         c = self.profile.spo2
         p = Persistence(c.min_duration_s, c.min_count, c.clear_duration_s, c.min_count, c.max_gap_s, c.cooldown_s)
-        tracker = self._tracker(st, r.subject, "spo2_low", "spo2", "%", c.source, p)
+        tracker = self._tracker(st, r.person, "spo2_low", "spo2", "%", c.source, p)
         v = r.value
         state: State = "on" if v < c.below else "clear" if v >= c.clear_at else "between"
         return tracker.step(
@@ -215,11 +226,11 @@ class RulesEngine:
         )
 
     # ---- heart rate -----------------------------------------------------------------------------------------
-    def _heart_rate(self, st: _PersonState, r: Reading) -> list[Alert]:
+    def _heart_rate(self, st: _PersonState, r: _Sample) -> list[Alert]:
         c = self.profile.heart_rate
         p = Persistence(c.min_duration_s, c.min_count, c.clear_duration_s, c.min_count, c.max_gap_s, c.cooldown_s)
-        tachy = self._tracker(st, r.subject, "tachycardia", "heart_rate", "bpm", c.tachy_source, p)
-        brady = self._tracker(st, r.subject, "bradycardia", "heart_rate", "bpm", c.brady_source, p)
+        tachy = self._tracker(st, r.person, "tachycardia", "heart_rate", "bpm", c.tachy_source, p)
+        brady = self._tracker(st, r.person, "bradycardia", "heart_rate", "bpm", c.brady_source, p)
         _, hour = self._local(r.ts)
         v = r.value
         out: list[Alert] = []
@@ -250,10 +261,10 @@ class RulesEngine:
         return out
 
     # ---- fever ----------------------------------------------------------------------------------------------
-    def _fever(self, st: _PersonState, r: Reading) -> list[Alert]:
+    def _fever(self, st: _PersonState, r: _Sample) -> list[Alert]:
         c = self.profile.fever
         p = Persistence(clear_count=c.clear_count, max_gap_s=c.max_gap_s, cooldown_s=c.cooldown_s)
-        tracker = self._tracker(st, r.subject, "fever", "body_temperature", "degC", c.source, p)
+        tracker = self._tracker(st, r.person, "fever", "body_temperature", "degC", c.source, p)
         v = r.value
         state: State = "on" if v >= c.threshold_c else "clear" if v < c.threshold_c - c.clear_margin_c else "between"
         return tracker.step(
@@ -266,10 +277,10 @@ class RulesEngine:
         )
 
     # ---- fasting glucose ------------------------------------------------------------------------------------
-    def _glucose(self, st: _PersonState, r: Reading) -> list[Alert]:
+    def _glucose(self, st: _PersonState, r: _Sample) -> list[Alert]:
         c = self.profile.glucose
         day, hour = self._local(r.ts)
-        meal = r.extra.get(MEAL_KEY)
+        meal = r.meal
         fasting = meal == FASTING or (
             meal is None and c.untagged_fasting_hours is not None and in_window(hour, c.untagged_fasting_hours)
         )
@@ -294,7 +305,7 @@ class RulesEngine:
         )
         rng = "diabetes_range" if diabetes else "prediabetes_range" if state == "on" else "normal"
         tracker = self._tracker(
-            st, r.subject, "fasting_glucose", "glucose", "mg/dL", c.source, Persistence(cooldown_s=30 * DAY_S)
+            st, r.person, "fasting_glucose", "glucose", "mg/dL", c.source, Persistence(cooldown_s=30 * DAY_S)
         )
         return tracker.step(
             r.ts,

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from edge_agent import consent
 from edge_agent.consent import Catalog, load_catalog
-from edge_agent.identity import load_keys, verify_signature
 from kyojo.cli import app as kyojo_app
 from kyojo.contract.vocab import Category
 from kyojo.contract.wire import ErasureReceipt, receipt_topic
+from kyojo.keys import load_keys, verify_signature
 from tests.web.appkit import make_client, sign_in, site_of, write_config
 
 

@@ -2,7 +2,7 @@
 
 BLE: Bumble virtual peripherals (real advertising, LE connections, GATT discovery, SMP pairing) reached through
 ``drivers.ble.pair.backend_factory``, the one substitution ``kyojo pair``'s own tests make. Plugs: the plug emulator
-(``drivers.sim.wire.plugs.PlugEmitter``, Tasmota JSON) publishing to a real Mosquitto that the gateway config names
+(``drivers.sim.emit.plugs.PlugEmitter``, Tasmota JSON) publishing to a real Mosquitto that the gateway config names
 as the LAN broker; the scan listens with the agent's own plugs driver. Jobs are polled with a deadline, never slept on.
 """
 
@@ -25,11 +25,11 @@ from bumble import pairing as bumble_pairing
 
 from drivers.ble import pair, paired
 from drivers.ble.transport import BleBackend
-from drivers.ble.virtual import VirtualAir
 from drivers.clock import SystemClock
 from drivers.plugs import pairing as plug_pairing
+from drivers.sim.emit.plugs import PlugEmitter, PlugWire, wait_connected
 from drivers.sim.energy import Plug
-from drivers.sim.wire.plugs import PlugEmitter, PlugWire, wait_connected
+from drivers.sim.virtual_ble import VirtualAir
 from edge_agent.config import load_config
 from edge_agent.db import connect
 from edge_agent.pipeline import Pipeline

@@ -21,12 +21,12 @@ from starlette.routing import BaseRoute, Route
 from edge_agent import consent
 from edge_agent.config import Profile
 from edge_agent.consent import Catalog, Consent, ConsentError, Purpose
-from edge_agent.identity import load_keys, verify_signature
 from edge_agent.web import household
 from edge_agent.web.site import Site, lang_of, site_of
 from edge_agent.web.templating import N_, gettext, render
 from kyojo.contract.vocab import Category
 from kyojo.contract.wire import ConsentStatus
+from kyojo.keys import load_keys, verify_signature
 
 log = logging.getLogger(__name__)
 

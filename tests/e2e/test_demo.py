@@ -1,0 +1,69 @@
+"""``kyojo demo --duration``: the smoke run CI relies on, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
+
+
+def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kyojo",
+            "demo",
+            "--duration",
+            "12",
+            "--speed",
+            "120",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert {"readings", "aggregates_sent", "points_written", "rejected"} <= set(summary)
+    # the household page was up, and its URL and one-time pairing code were printed
+    assert summary["household_page"].startswith("http://127.0.0.1:")
+    assert re.search(r"household page: http://127\.0\.0\.1:\d+/ +\(pairing code \d{4} \d{4};", proc.stdout)
+    assert summary["readings"] > 1000
+    assert summary["aggregates_sent"] > 50
+    assert summary["aggregates_sent"] == summary["points_in_influxdb"]  # every aggregate sent is in InfluxDB once
+    assert summary["events_sent"] == summary["events_in_influxdb"]  # pickups and alerts too
+    assert summary["points_written"] == summary["aggregates_sent"] + summary["events_sent"]
+    assert summary["rejected"] == 0
+    assert summary["aggregates_withheld_no_consent"] > 0  # person p2 gave no consent
+    # the devices came over the real protocols, read by the production drivers (drivers.sim.emit)
+    by_path = summary["readings_by_path"]
+    for kind in ("plugs", "bmeter", "gnss", "ble"):
+        assert by_path.get(kind, 0) > 0, (kind, by_path)
+    assert by_path["plugs"] + by_path["bmeter"] + by_path["gnss"] + by_path["ble"] > 10 * by_path.get("sim", 0)
+    wire = summary["wire"]
+    assert wire["error"] is None and min(wire["plug_messages"], wire["meter_gets"], wire["nmea_epochs"]) > 0
+    assert not list((tmp_path / "demo" / "dev").iterdir())  # the pty links are gone
+    for gw in ("home-001", "truck-07"):
+        status = json.loads((tmp_path / "demo" / gw / "data" / "status.json").read_text())
+        assert status["late"] == 0 and status["driver_errors"] == {}, (gw, status)
+        procs = status["processors"]
+        if gw == "home-001":  # the models run inside the agent on the demo's streams
+            assert procs["health"]["af_windows"] > 0, procs  # the ONNX rhythm model on the straps' RR
+            assert procs["nilm"]["inferences"] > 0, procs  # the NILM models on the B-route meter's power
+        else:
+            assert procs["truck"]["pickups"] > 0, procs  # stops at collection points on the NMEA stream
+    assert any(line.startswith("readings ") for line in lines)  # live progress
+    assert any("SELECT" in line for line in lines)  # the analyst's query
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert left.stdout == ""  # broker, database, agents and ingester all stopped

@@ -1,0 +1,1 @@
+"""The household web app's tests (tests/webkit.py is their harness)."""
