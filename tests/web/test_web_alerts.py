@@ -10,7 +10,7 @@ from playwright.sync_api import Browser, Page
 from edge_agent import cli
 from tests.webkit import Home, WebServer, axe_violations, new_page, screenshot, set_lang, sign_in
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.broker]  # a live home needs the Mosquitto
 
 
 def test_alerts_on_a_phone_in_japanese(

@@ -442,6 +442,7 @@ def _scan(page: Any, *keys: str) -> None:
     page.get_by_test_id("scan-done").wait_for(timeout=20_000)
 
 
+@pytest.mark.broker
 @pytest.mark.browser
 def test_phone_in_japanese_pairs_a_strap_and_a_plug_names_them_and_sees_readings(  # type: ignore[no-untyped-def]
     radio: Radio, home, web, phone
@@ -525,6 +526,7 @@ def test_phone_in_japanese_pairs_a_strap_and_a_plug_names_them_and_sees_readings
         screenshot(page, "web-devices-ja-phone", full_page=False)
 
 
+@pytest.mark.broker
 @pytest.mark.browser
 @pytest.mark.parametrize("lang", ["ja", "en"])
 @pytest.mark.parametrize("kind", ["phone", "desktop"])

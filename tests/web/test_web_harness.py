@@ -62,6 +62,7 @@ def test_a_browser_launched_and_closed_leaves_no_process_behind(playwright_drive
     wait_for("chromium's processes to exit", lambda: not (_children() - before), 15)
 
 
+@pytest.mark.broker
 def test_a_live_home_reads_every_device_through_its_real_driver(fresh_home: Home) -> None:
     fresh_home.wait_devices()
     st = wait_for("a connected agent", lambda: fresh_home.status().get("connected") and fresh_home.status())
