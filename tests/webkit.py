@@ -481,7 +481,9 @@ def set_lang(page: Page, web: WebServer, lang: str) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is started it keeps an asyncio loop running on the main
+# thread, and a later module's test that calls asyncio.run() (tests/web/test_web_devices.py) would fail inside it.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
     from playwright.sync_api import sync_playwright
 
@@ -493,7 +495,7 @@ def playwright_driver() -> Iterator[Playwright]:
         pw.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     """One headless Chromium for the whole session (each test gets contexts of its own)."""
     b = launch(playwright_driver)

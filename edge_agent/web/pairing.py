@@ -255,6 +255,7 @@ class DeviceView:
     removable: bool  # False for devices the installer put in the config
     last_error: str | None = None
     ever_read: bool = False  # the gateway stored something from it, some time
+    diastolic: LastReading | None = None  # with a systolic ``last`` of the same measurement
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -628,10 +629,8 @@ class PairingService:
             readings = last.get(dev_id, {})
             if battery is None and "battery_level" in readings:
                 battery = round(readings["battery_level"].value)
-            shown = [r for m, r in readings.items() if m != "battery_level" and m != "energy"]
-            if kind == "plug" and "power" in readings:
-                shown = [readings["power"]]  # what a plug is for; its voltage and current are details
-            newest = max(shown, key=lambda r: r.ts, default=None)
+            newest = _headline(readings)
+            lower = readings.get("diastolic") if newest is not None and newest.metric == "systolic" else None
             out.append(
                 DeviceView(
                     kind,
@@ -646,9 +645,32 @@ class PairingService:
                     removable,
                     error,
                     dev_id in ever,
+                    lower if lower is not None and newest is not None and lower.ts == newest.ts else None,
                 )
             )
         return out
+
+
+#: what a device's "last reading" shows, in order of preference: the measurement it is for, not a side value
+#: (a strap's RR interval, a plug's voltage)
+HEADLINE = (
+    "heart_rate",
+    "systolic",
+    "glucose",
+    "spo2",
+    "body_temperature",
+    "weight",
+    "power",
+    "pulse_rate",
+    "body_fat",
+)
+
+
+def _headline(readings: dict[str, LastReading]) -> LastReading | None:
+    """The newest of the device's headline metrics (any metric but battery and counters when it has none)."""
+    main = [readings[m] for m in HEADLINE if m in readings]
+    rest = [r for m, r in readings.items() if m not in {"battery_level", "energy"}]
+    return max(main or rest, key=lambda r: r.ts, default=None)
 
 
 #: how long the page may spend finding last readings (the raw store has no index by series: a device that sent

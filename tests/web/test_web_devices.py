@@ -9,12 +9,13 @@ as the LAN broker; the scan listens with the agent's own plugs driver. Jobs are 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from drivers.sim.wire.plugs import PlugEmitter, PlugWire, wait_connected
 from edge_agent.config import load_config
 from edge_agent.db import connect
 from edge_agent.pipeline import Pipeline
-from edge_agent.web.pairing import Job, PairingProblem, PairingService, ProblemKind, labels
+from edge_agent.web.pairing import Job, PairingProblem, PairingService, ProblemKind, _last_readings, labels
 from kyojo.contract.vocab import Reading
 from provisioning.local import Mosquitto
 
@@ -100,7 +101,7 @@ def write_config(tmp_path: Path, broker_port: int | None = None, extra: str = ""
 
 @pytest.fixture
 def web_db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(tmp_path / "web.db", isolation_level=None)
+    conn = sqlite3.connect(tmp_path / "web.db", isolation_level=None, check_same_thread=False)
     yield conn
     conn.close()
 
@@ -120,8 +121,11 @@ async def until(cond: Callable[[], bool], within: float = 10.0, what: str = "") 
         await asyncio.sleep(0.02)
 
 
-def run(coro: Awaitable[None]) -> None:
-    asyncio.run(coro)  # type: ignore[arg-type]
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` in a thread of its own: Playwright's sync API (the browser tests of this session) keeps an
+    event loop running in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -363,8 +367,13 @@ def test_devices_show_last_reading_battery_and_connection(
                     Reading("heart-rate-p1", "p1", "heart_rate", 64.0, "bpm", now - 30),
                     Reading("heart-rate-p1", "p1", "heart_rate", 66.0, "bpm", now - 5),
                     Reading("heart-rate-p1", "p1", "battery_level", 80.0, "%", now - 5),
-                    # the cuff was read once, long ago: "nothing recently", not "nothing yet"
-                    Reading("blood-pressure-p2", "p2", "systolic", 120.0, "mmHg", now - 40 * 86400),
+                    # the strap's side value of the same beat is not its "last reading"
+                    Reading("heart-rate-p1", "p1", "rr_interval", 905.0, "ms", now - 5),
+                    Reading("blood-pressure-p2", "p2", "systolic", 128.0, "mmHg", now - 60),
+                    Reading("blood-pressure-p2", "p2", "diastolic", 82.0, "mmHg", now - 60),
+                    Reading("blood-pressure-p2", "p2", "pulse_rate", 70.0, "bpm", now - 60),
+                    # read once, long ago: "nothing recently", not "nothing yet"
+                    Reading("thermometer-p2", "p2", "body_temperature", 36.5, "degC", now - 40 * 86400),
                 ]
             )
         finally:
@@ -381,8 +390,11 @@ def test_devices_show_last_reading_battery_and_connection(
         assert strap.last is not None and (strap.last.metric, strap.last.value) == ("heart_rate", 66.0)
         assert abs(strap.last.ts - (now - 5)) < 0.01
         cuff = views["blood-pressure-p2"]
-        assert (cuff.connection, cuff.battery, cuff.last) == ("waiting", None, None)  # not in the agent's status
-        assert cuff.ever_read and strap.ever_read
+        assert (cuff.connection, cuff.battery) == ("waiting", None)  # not in the agent's status yet
+        assert cuff.last is not None and cuff.diastolic is not None
+        assert (cuff.last.metric, cuff.last.value, cuff.diastolic.value) == ("systolic", 128.0, 82.0)
+        last, ever = _last_readings(cfg.db_path, ["thermometer-p2", "nothing-p9"], since=now - 30 * 86400)
+        assert (last, ever) == ({}, {"thermometer-p2"})
         status["at"] = now - 3600
         cfg.status_path.write_text(json.dumps(status), encoding="utf-8")
         assert {v.connection for v in service.devices()} == {"agent_down"}
@@ -419,27 +431,6 @@ def extra_plug(port: int) -> Iterator[PlugEmitter]:
         loop.close()
 
 
-def _sign_in(page: Any, web: Any) -> None:
-    """tests/webkit.py's sign_in, clicking the sign-in form's own button (the first submit button on the page is
-    the header's language switch)."""
-    from tests.webkit import pair_code
-
-    page.goto(web.url + "/signin")
-    page.locator("input[name=code]").fill(pair_code(web.config_path))
-    page.locator("form[action='/signin'] button[type=submit]").click()
-    page.wait_for_url(lambda url: "/signin" not in url, timeout=15_000)
-
-
-def _axe(page: Any) -> list[Any]:
-    """tests/webkit.py's axe_violations, with axe-core put in through DevTools: the app's Content-Security-Policy
-    (script-src 'self') refuses the inline <script> that Playwright's add_script_tag makes."""
-    from tests.webkit import AXE, axe_violations
-
-    if not page.evaluate("typeof window.axe !== 'undefined'"):
-        page.evaluate(AXE.read_text(encoding="utf-8"))
-    return axe_violations(page)
-
-
 def _found(page: Any, key: str) -> Any:
     return page.locator(f'[data-testid=found][data-key="{key}"]')
 
@@ -455,7 +446,7 @@ def _scan(page: Any, *keys: str) -> None:
 def test_phone_in_japanese_pairs_a_strap_and_a_plug_names_them_and_sees_readings(  # type: ignore[no-untyped-def]
     radio: Radio, home, web, phone
 ) -> None:
-    from tests.webkit import screenshot, wait_for
+    from tests.webkit import axe_violations, screenshot, sign_in, wait_for
 
     radio.devices = [
         (NEW_STRAP, "heart_rate", {"name": "HRM-Pro"}),
@@ -464,7 +455,7 @@ def test_phone_in_japanese_pairs_a_strap_and_a_plug_names_them_and_sees_readings
     app = web.server.config.app
     app.state.pairing = PairingService(home.config_path, app.state.site.web_db, scan_s=4.0, find_within=4.0)
     page = phone
-    _sign_in(page, web)
+    sign_in(page, web)
     with extra_plug(home.lan.port):
         page.goto(web.url + "/devices")
         assert page.locator("h1").inner_text() == "機器"
@@ -483,8 +474,9 @@ def test_phone_in_japanese_pairs_a_strap_and_a_plug_names_them_and_sees_readings
         _scan(page, NEW_STRAP, SHY_CUFF, RICE_KEY)
         assert "心拍計" in _found(page, NEW_STRAP).inner_text()
         assert "dBm" in _found(page, NEW_STRAP).inner_text()
-        assert _axe(page) == []
-        screenshot(page, "devices-scan-ja-phone")
+        assert axe_violations(page) == []
+        _found(page, RICE_KEY).scroll_into_view_if_needed()
+        screenshot(page, "web-devices-scan-ja-phone", full_page=False)
 
         # the plug: what it powers, a name
         plug = _found(page, RICE_KEY)
@@ -517,8 +509,9 @@ def test_phone_in_japanese_pairs_a_strap_and_a_plug_names_them_and_sees_readings
         problem.wait_for(timeout=30_000)
         assert problem.get_attribute("data-kind") == "bonding_refused"
         assert "ペアリングモード" in problem.inner_text()
-        assert _axe(page) == []
-        screenshot(page, "devices-error-ja-phone")
+        assert axe_violations(page) == []
+        problem.scroll_into_view_if_needed()
+        screenshot(page, "web-devices-error-ja-phone", full_page=False)
 
         # the agent picks the new devices up when it restarts (systemd/kyojo-agent-reload.path does that on a Pi)
         home.stop_agent()
@@ -527,27 +520,28 @@ def test_phone_in_japanese_pairs_a_strap_and_a_plug_names_them_and_sees_readings
         page.goto(web.url + "/devices")
         assert rice.get_by_test_id("connection").get_attribute("data-state") == "listening"
         assert "W" in rice.get_by_test_id("last-reading").inner_text()
-        assert _axe(page) == []
-        screenshot(page, "devices-ja-phone")
+        assert axe_violations(page) == []
+        new.scroll_into_view_if_needed()
+        screenshot(page, "web-devices-ja-phone", full_page=False)
 
 
 @pytest.mark.browser
 @pytest.mark.parametrize("lang", ["ja", "en"])
 @pytest.mark.parametrize("kind", ["phone", "desktop"])
 def test_devices_page_screenshots_and_axe(home, web, browser, lang: str, kind: str) -> None:  # type: ignore[no-untyped-def]
-    from tests.webkit import new_page, screenshot
+    from tests.webkit import axe_violations, new_page, screenshot, sign_in
 
     ctx, page = new_page(browser, kind, lang=lang)
     try:
-        _sign_in(page, web)
+        sign_in(page, web)
         page.goto(web.url + "/devices")
         if lang == "en":
             page.get_by_test_id("lang-switch").click()
             page.wait_for_url(web.url + "/devices")
         assert page.locator("h1").inner_text() == {"ja": "機器", "en": "Devices"}[lang]
-        assert _axe(page) == []
+        assert axe_violations(page) == []
         if not (lang == "ja" and kind == "phone"):  # that one is taken with the paired devices above
-            screenshot(page, f"devices-{lang}-{kind}")
+            screenshot(page, f"web-devices-{lang}-{kind}", full_page=kind == "desktop")
     finally:
         ctx.close()
 
@@ -566,12 +560,8 @@ def test_routes_need_a_session_and_csrf_and_polling_stops_when_the_job_ends(radi
     with make_client(config) as client:
         assert client.get("/devices").status_code in (303, 401, 403)  # a stranger sees the sign-in page only
         token = sign_in(client)
-        client.app.state.pairing = PairingService(  # type: ignore[attr-defined]
-            config,
-            client.app.state.site.web_db,
-            scan_s=0.5,
-            find_within=3.0,  # type: ignore[attr-defined]
-        )
+        state: Any = client.app.state  # type: ignore[attr-defined]
+        state.pairing = PairingService(config, state.site.web_db, scan_s=0.5, find_within=3.0)
         assert client.post("/devices/scan").status_code == 403  # no CSRF token
         hx = {"HX-Request": "true", "X-CSRF-Token": token}
         first = client.post("/devices/scan", headers=hx)

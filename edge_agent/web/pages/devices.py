@@ -193,6 +193,13 @@ def _reading(request: Request, view: DeviceView) -> dict[str, Any] | None:
     metric = view.last.metric
     value = view.last.value
     shown = f"{value:.0f}" if metric in {"heart_rate", "pulse_rate", "systolic", "diastolic", "power"} else f"{value:g}"
+    if metric == "systolic" and view.diastolic is not None:
+        return {
+            "what": _("blood pressure"),
+            "value": f"{value:.0f}/{view.diastolic.value:.0f}",
+            "unit": "mmHg",
+            "at_ms": view.last.ts * 1000,
+        }
     return {
         "what": _(METRIC_NAMES[metric]) if metric in METRIC_NAMES else metric,
         "value": shown,
