@@ -41,6 +41,7 @@ bench: services
 	$(BIN)/python bench/edge.py
 	$(BIN)/python bench/af.py
 	$(BIN)/python bench/nilm.py
+	$(BIN)/python bench/web.py
 
 # Reproduce the committed models from ../shared/data (fixed seeds; see each model card).
 SHARED ?= ../shared/data

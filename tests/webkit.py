@@ -121,12 +121,31 @@ class _ClockProxy:
         await asyncio.sleep(max(0.0, seconds) / self.speed)
 
 
-def home_toml(*, data_dir: Path, broker_port: int, lan_port: int, meter_port: str, speed: float, start: float) -> str:
-    """The gateway config of the test home (the same shape as ``kyojo demo``'s household)."""
+def home_toml(
+    *,
+    data_dir: Path,
+    broker_port: int,
+    lan_port: int,
+    meter_port: str,
+    speed: float,
+    start: float,
+    simulated: bool = True,
+) -> str:
+    """The gateway config of the test home (the same shape as ``kyojo demo``'s household). ``simulated=False``
+    leaves out the ``kind = "sim"`` device and the virtual BLE backend: a config as a real home has it."""
     household = {s.device_id: s for s in sim.household(HOME_ID, SEED)}
     plug_map = appliances(household_plugs([s for s in household.values() if isinstance(s, Plug)], HOME_ID), HOME_ID)
     table = "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in plug_map.items()) + " }"
     only = ", ".join(json.dumps(d) for d in SIM_ONLY)
+    sim_entry = f"""
+[[devices]]
+kind = "sim"
+profile = "household"
+id = "{HOME_ID}"
+seed = {SEED}
+persons = ["p1", "p2"]
+only = [{only}]
+"""
     text = f"""[gateway]
 id = "{HOME_ID}"
 profile = "home"
@@ -144,15 +163,7 @@ commit_interval = 0.2
 [clock]
 speed = {speed}
 start = {start}
-
-[[devices]]
-kind = "sim"
-profile = "household"
-id = "{HOME_ID}"
-seed = {SEED}
-persons = ["p1", "p2"]
-only = [{only}]
-"""
+{sim_entry if simulated else ""}"""
     for dev, (address, subject) in STRAPS.items():
         text += f"""
 [[devices]]
@@ -161,7 +172,9 @@ id = "{dev}"
 address = "{address}"
 profile = "heart_rate"
 subject = "{subject}"
-backend = "virtual"
+"""
+        if simulated:
+            text += f"""backend = "virtual"
 sim_seed = {SEED}
 """
     text += f"""
@@ -468,7 +481,9 @@ def set_lang(page: Page, web: WebServer, lang: str) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is started it keeps an asyncio loop running on the main
+# thread, and a later module's test that calls asyncio.run() (tests/web/test_web_devices.py) would fail inside it.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
     from playwright.sync_api import sync_playwright
 
@@ -480,7 +495,7 @@ def playwright_driver() -> Iterator[Playwright]:
         pw.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     """One headless Chromium for the whole session (each test gets contexts of its own)."""
     b = launch(playwright_driver)

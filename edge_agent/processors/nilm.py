@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kyojo.contract.vocab import Category, Reading, reading
 from kyojo.runtime.files import atomic_write_text
-from models.nilm.runtime import Estimate, NilmRuntime
 
 if TYPE_CHECKING:
     from drivers.registry import BuildContext
+    from models.nilm.runtime import Estimate
 
 #: the longest model window is 2 h centred on the minute, plus one minute of close lag
 LAG_S = 61 * 60 + 60
@@ -62,6 +62,10 @@ class NilmProcessor:
         initial: dict[str, float] = {}
         if state_path.exists():
             initial = {k: float(v) for k, v in json.loads(state_path.read_text(encoding="utf-8")).items()}
+        # imported here, not at the top: validating a config (the web app, ``kyojo consent ...``) must not load
+        # numpy and onnxruntime
+        from models.nilm.runtime import NilmRuntime
+
         self.runtime = NilmRuntime(meter=config.meter, plugs=config.plugs, initial_energy_wh=initial)
         self.estimates = 0
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Browser, Page
 
 from edge_agent import cli
-from tests.webkit import Home, WebServer, axe_violations, screenshot, set_lang, sign_in
+from tests.webkit import Home, WebServer, axe_violations, new_page, screenshot, set_lang, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -41,7 +41,6 @@ def test_alerts_on_a_phone_in_japanese(
     phone.wait_for_function("Number(document.documentElement.getAttribute('data-charts')) >= 2")
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     assert axe_violations(phone) == []
-    screenshot(phone, "alerts-ja-phone")
     # raw values are drawn by the gateway and never logged
     assert "184" not in caplog.text and "186" not in caplog.text
 
@@ -62,7 +61,6 @@ def test_acknowledge_is_what_kyojo_alerts_ack_does(seeded_home: Home, seeded_web
     after = {d["alert_id"]: d["acknowledged"] for d in cli._alerts(seeded_home.config_path)}
     assert after[alert_id] is True  # `kyojo alerts list` sees the acknowledgement
     assert axe_violations(desktop) == []
-    screenshot(desktop, "alerts-en-desktop")
 
 
 def test_acknowledging_needs_the_csrf_token_and_a_known_alert(seeded_web: WebServer, desktop: Page) -> None:
@@ -75,3 +73,19 @@ def test_acknowledging_needs_the_csrf_token_and_a_known_alert(seeded_web: WebSer
         seeded_web.url + "/alerts/a-0000000000000000/ack", form={"csrf": token or "", "next": "/alerts"}
     )
     assert unknown.status == 404
+
+
+@pytest.mark.parametrize("lang", ["ja", "en"])
+def test_screenshots(seeded_web: WebServer, browser: Browser, lang: str) -> None:
+    """docs/img/web-alerts-<lang>-<phone|desktop>.png (written there with KYOJO_SCREENSHOTS=1)."""
+    for kind in ("phone", "desktop"):
+        ctx, page = new_page(browser, kind, lang=lang)
+        try:
+            sign_in(page, seeded_web)
+            set_lang(page, seeded_web, lang)
+            page.goto(seeded_web.url + "/alerts")
+            page.wait_for_function("Number(document.documentElement.getAttribute('data-charts')) >= 2")
+            assert page.locator("html").get_attribute("lang") == lang
+            screenshot(page, f"web-alerts-{lang}-{kind}")
+        finally:
+            ctx.close()

@@ -156,6 +156,8 @@ def test_brute_force_is_locked_out(config: Path) -> None:
     assert r.status_code == 429
     assert "15" in r.text
     assert site.auth.open_codes() == 1
+    locked = client.get("/signin").text  # coming back later still says so, and the form is off
+    assert "間違ったコードが多すぎます。15 分後" in locked and 'id="code"' in locked and "disabled" in locked
     clock.t += 14 * 60
     assert client.post("/signin", data={"code": good, "csrf": token}).status_code == 429
     clock.t += 61
@@ -309,6 +311,78 @@ def test_kyojo_web_serve_listens_on_loopback_and_not_on_the_uplink(config: Path)
         if proc.stderr is not None:
             proc.stderr.close()
     assert proc.returncode in (0, -15)
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (standing in for the gateway's own identity certificate) and its key."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "home-001")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = tmp / "identity.crt", tmp / "identity.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return crt, pem
+
+
+def test_kyojo_web_serve_speaks_tls_with_the_configured_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    crt, pem = _self_signed(tmp_path)
+    port = _free_port()
+    config = write_config(tmp_path, extra=f'[web]\nport = {port}\ntls = {{ cert = "{crt}", key = "{pem}" }}\n')
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    kyojo = Path(sys.executable).with_name("kyojo")
+    proc = subprocess.Popen(
+        [str(kyojo), "web", "serve", "-c", str(config), "--host", "127.0.0.1"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while line and not line.startswith("http"):
+            line = proc.stderr.readline()
+        assert line.strip() == f"https://127.0.0.1:{port}/", line
+        ctx = ssl.create_default_context(cafile=str(crt))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+        ):
+            s.sendall(b"GET /signin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            head = s.recv(8192).decode()
+        assert head.startswith("HTTP/1.1 200")
+        assert "Secure" in head and "SameSite=Strict" in head
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+            plain.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert not plain.recv(100).startswith(b"HTTP/1.1 3")  # no plain-HTTP page on the TLS port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def test_config_rejects_bad_web_settings(tmp_path: Path) -> None:

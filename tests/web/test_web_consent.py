@@ -177,3 +177,21 @@ def test_kyojo_consent_list_text_shows_renewal(tmp_path: Path, monkeypatch: pyte
     assert "(the purpose changed: grant again to renew)" in out.stdout
     doc = json.loads(runner.invoke(kyojo_app, ["consent", "list", "--json", "-c", str(config)]).stdout)
     assert doc[0]["needs_renewal"] is True
+
+
+def test_a_consent_given_on_the_page_starts_on_the_agents_clock(tmp_path: Path) -> None:
+    """Under a simulated [clock] (the demo, the browser tests) 'now' is the agent's clock, extrapolated from its
+    last status, so the first window after a grant is released; in production it is the real time."""
+    config = write_config(tmp_path, extra="[clock]\nspeed = 20\nstart = 1717200000\n")
+    wall = [2_000_000_000.0]
+    client = make_client(config, now=lambda: wall[0])
+    site = site_of(client)
+    assert site.gateway_now() == wall[0]  # no status yet: the real time
+    site.config.status_path.write_text(json.dumps({"at": wall[0] - 3, "clock": 1_717_200_600.0}))
+    assert site.gateway_now() == pytest.approx(1_717_200_600.0 + 3 * 20)
+    token = sign_in(client)
+    client.post("/consent/grant", data={"csrf": token, "purpose": "preventive-care", "subject": "p1"})
+    assert _consents(client)[0].given_at == int((1_717_200_600.0 + 60) * 1000)
+    (tmp_path / "real").mkdir()
+    plain = make_client(write_config(tmp_path / "real"), now=lambda: wall[0])
+    assert site_of(plain).gateway_now() == wall[0]

@@ -8,16 +8,19 @@ InfluxDB and the eraser that answers the withdrawal with its receipt."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from playwright.sync_api import Page, expect
 
 from cloud_ingest.config import IngestSettings
 from cloud_ingest.erasure import Eraser
 from provisioning.local import InfluxDB, Mosquitto
 from tests.agentkit import IngesterProc
-from tests.webkit import Home, WebServer, axe_violations, sign_in, wait_for
+from tests.webkit import HOME_ID, Home, WebServer, axe_violations, sign_in, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker, pytest.mark.influx, pytest.mark.slow]
 
@@ -36,6 +39,38 @@ def city(mosquitto: Mosquitto, influxdb: InfluxDB, influx_db: str) -> Iterator[N
     finally:
         eraser.stop()
         ingester.stop()
+        clear_retained(mosquitto.port, f"kyojo/v1/{HOME_ID}/#")
+
+
+def clear_retained(port: int, topic: str) -> None:
+    """Delete the retained messages under ``topic`` (the city's anchor and receipts, the consent records), so
+    the next test's home-001 on the session's broker does not inherit this one's cloud state."""
+    got: list[str] = []
+    sentinel = topic.rstrip("#") + "web-test-sentinel"
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    subscribed, done = threading.Event(), threading.Event()
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == sentinel:
+            done.set()
+        elif msg.retain:
+            got.append(msg.topic)
+
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert subscribed.wait(10)
+        # the broker sends a subscription's retained messages before anything published after it
+        client.publish(sentinel, b"", qos=1)
+        assert done.wait(10)
+        for t in set(got):
+            client.publish(t, b"", qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 def axe_clean(page: Page) -> None:

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.broker
 def _config(tmp: Path, port: int) -> Path:
     return write_config(
         tmp,
+        gateway="home-rel",  # its own id: other tests' homes on the session's broker leave retained cloud state
         extra=(
             f"[mqtt]\nport = {port}\nreconnect_min = 0.1\nreconnect_max = 0.5\n\n"
             "[store]\ncommit_interval = 0.1\n\n[aggregation]\ngrace = 30\n\n"

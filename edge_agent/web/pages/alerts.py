@@ -23,14 +23,13 @@ from starlette.routing import BaseRoute, Route
 
 from edge_agent.db import tx
 from edge_agent.web import household
-from edge_agent.web.pages.energy import tz_offset_s
+from edge_agent.web.pages.energy import read_range, tz_offset_s
 from edge_agent.web.site import site_of
 from edge_agent.web.templating import gettext, render
 from kyojo.contract.vocab import METRICS
 
 #: how far back the per-person chart reaches (the raw store keeps 14 days by default)
 HISTORY_DAYS = 14
-MAX_POINTS = 400
 #: metrics drawn together with an alert's metric (blood pressure: both numbers)
 COMPANIONS = {"systolic": ("systolic", "diastolic"), "diastolic": ("systolic", "diastolic")}
 LEVELS = ("urgent", "warning", "advisory", "info")
@@ -124,32 +123,26 @@ def acknowledge(conn: sqlite3.Connection, alert_id: str, now_ms: int) -> bool:
 
 
 def measurements(
-    conn: sqlite3.Connection, person: str, metrics: list[str], since_ms: int, label: Callable[[str], str] = str
+    conn: sqlite3.Connection,
+    key_db: str,
+    person: str,
+    metrics: list[str],
+    since_ms: int,
+    now_ms: int,
+    label: Callable[[str], str] = str,
 ) -> dict[str, Any]:
-    """The person's raw values of ``metrics`` since ``since_ms``, thinned to at most MAX_POINTS per metric
-    (bucket means), as one uPlot document (x in epoch s)."""
-    series = [
-        (str(m), int(i))
+    """The person's raw values of ``metrics`` since ``since_ms`` as hourly means (at most 24 x HISTORY_DAYS points
+    per metric), as one uPlot document (x in epoch s). Settled hours are cached (see the energy page)."""
+    marks = ",".join("?" * len(metrics))
+    series = {
+        int(i): str(m)
         for i, m in conn.execute(
-            f"SELECT id, metric FROM series WHERE subject = ? AND metric IN ({','.join('?' * len(metrics))})",  # noqa: S608
+            f"SELECT id, metric FROM series WHERE subject = ? AND metric IN ({marks})",  # noqa: S608
             (person, *metrics),
         )
-    ]
-    lines: dict[str, dict[int, float]] = {}
-    for metric, sid in series:
-        row = conn.execute(
-            "SELECT count(*), min(ts), max(ts) FROM raw WHERE series = ? AND ts >= ?", (sid, since_ms)
-        ).fetchone()
-        count, lo, hi = int(row[0]), row[1], row[2]
-        if not count:
-            continue
-        bucket = max(1000, (int(hi) - int(lo)) // MAX_POINTS + 1) if count > MAX_POINTS else 1
-        pts = lines.setdefault(metric, {})
-        for b, v in conn.execute(
-            "SELECT ts / ? * ?, avg(value) FROM raw WHERE series = ? AND ts >= ? GROUP BY ts / ?",
-            (bucket, bucket, sid, since_ms, bucket),
-        ):
-            pts[int(b)] = float(v)
+    }
+    doc = read_range(conn, key_db, frozenset(series), since_ms, now_ms, 3600, now_ms) if series else {}
+    lines = {series[sid]: dict(pts) for sid, (pts, _, _) in doc.items() if pts}
     xs = sorted({t for pts in lines.values() for t in pts})
     return {
         "x": [t // 1000 for t in xs],
@@ -232,7 +225,10 @@ async def alerts_page(request: Request) -> Response:
                 for m in COMPANIONS.get(v.metric, (v.metric,)):
                     if m and m not in metrics:
                         metrics.append(m)
-            chart = measurements(conn, p, metrics, since, lambda m: metric_label(_, m)) if metrics else None
+            chart = None
+            if metrics:
+                key_db = str(site.config.db_path)
+                chart = measurements(conn, key_db, p, metrics, since, int(now * 1000), lambda m: metric_label(_, m))
             if chart is not None:
                 chart["title"] = _("Measurements of the last %(days)d days") % {"days": HISTORY_DAYS}
                 chart["markers"] = [v.started_ms // 1000 for v in mine if v.started_ms >= since]

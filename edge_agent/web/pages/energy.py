@@ -18,15 +18,18 @@ of a past hour do not change, so a page reads only the last two hours again.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import sqlite3
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -64,7 +67,12 @@ class Trust:
 @cache
 def model_trust() -> dict[str, Trust]:
     """Per appliance, from the NILM protocol report shipped with the models (held-out house splits)."""
-    doc = json.loads(resources.files("models.nilm").joinpath("protocol_report.json").read_text(encoding="utf-8"))
+    # found without importing models.nilm (which imports numpy: ~11 MB the web process does not need)
+    spec = importlib.util.find_spec("models")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    report = Path(next(iter(spec.submodule_search_locations))) / "nilm" / "protocol_report.json"
+    doc = json.loads(report.read_text(encoding="utf-8"))
     out: dict[str, Trust] = {}
     splits = list(doc.get("house", {}).values())
     names = {a for s in splits for a in s.get("appliances", {})}
@@ -105,11 +113,11 @@ def setup_of(cfg: AgentConfig) -> EnergySetup:
 
 
 # -- reading the raw store ------------------------------------------------------------------------------------------
-#: one hour of every energy series: series id -> (bucket start ms -> mean, min value, max value)
-HourDoc = dict[int, tuple[dict[int, float], float, float]]
+#: one hour of every energy series: series id -> (bucket means from the hour's start, NaN where none; min; max)
+HourDoc = dict[int, tuple["array[float]", float, float]]
 _CACHE_LOCK = threading.Lock()
 _HOUR_CACHE: OrderedDict[tuple[str, int, int, frozenset[int]], HourDoc] = OrderedDict()
-_CACHE_MAX = 1024
+_CACHE_MAX = 1024  # a week of hours at two bucket sizes; ~20 series x 12 doubles each: a few MB at most
 HOUR_MS = 3_600_000
 #: an hour is final (cached) once it ended this long ago: NILM estimates describe minutes up to ~62 min back
 SETTLED_MS = 2 * HOUR_MS
@@ -126,25 +134,30 @@ def _energy_series(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
 
 
 def _hour(conn: sqlite3.Connection, ids: frozenset[int], start_ms: int, end_ms: int, bucket_s: int) -> HourDoc:
-    """One scan of [start, end) (the raw store's time index) for every series at once."""
+    """One scan of [start, end) (the raw store's time index) for every series at once; ``start`` is the hour's."""
     marks = ",".join("?" * len(ids))
+    n = max(1, HOUR_MS // (bucket_s * 1000))
     out: HourDoc = {}
     for sid, b, mean, lo, hi in conn.execute(
         f"SELECT series, ts / ?, avg(value), min(value), max(value) FROM raw "  # noqa: S608 - placeholders only
         f"WHERE ts >= ? AND ts < ? AND series IN ({marks}) GROUP BY series, ts / ?",
         (bucket_s * 1000, start_ms, end_ms, *sorted(ids), bucket_s * 1000),
     ):
-        buckets, old_lo, old_hi = out.get(int(sid), ({}, float(lo), float(hi)))
-        buckets[int(b) * bucket_s * 1000] = float(mean)
-        out[int(sid)] = (buckets, min(old_lo, float(lo)), max(old_hi, float(hi)))
+        doc = out.get(int(sid))
+        if doc is None:
+            doc = out[int(sid)] = (array("d", [math.nan] * n), float(lo), float(hi))
+        i = min(n - 1, max(0, (int(b) * bucket_s * 1000 - start_ms // HOUR_MS * HOUR_MS) // (bucket_s * 1000)))
+        doc[0][i] = float(mean)
+        out[int(sid)] = (doc[0], min(doc[1], float(lo)), max(doc[2], float(hi)))
     return out
 
 
 def read_range(
     conn: sqlite3.Connection, key_db: str, ids: frozenset[int], start_ms: int, end_ms: int, bucket_s: int, now_ms: int
-) -> HourDoc:
-    """Every series over [start, end), hour by hour; settled hours come from the cache (their rows do not change)."""
-    merged: HourDoc = {}
+) -> dict[int, tuple[list[tuple[int, float]], float, float]]:
+    """Every series over [start, end): (bucket start ms, mean) points and the min and max value, hour by hour;
+    settled hours come from the cache (their rows do not change)."""
+    merged: dict[int, tuple[list[tuple[int, float]], float, float]] = {}
     hour = start_ms // HOUR_MS * HOUR_MS
     while hour < end_ms:
         lo, hi = max(hour, start_ms), min(hour + HOUR_MS, end_ms)
@@ -163,24 +176,25 @@ def read_range(
                     _HOUR_CACHE[key] = doc
                     while len(_HOUR_CACHE) > _CACHE_MAX:
                         _HOUR_CACHE.popitem(last=False)
-        for sid, (buckets, vlo, vhi) in doc.items():
+        for sid, (means, vlo, vhi) in doc.items():
+            pts = [(hour + i * bucket_s * 1000, v) for i, v in enumerate(means) if not math.isnan(v)]
             have = merged.get(sid)
             if have is None:
-                merged[sid] = (dict(buckets), vlo, vhi)
+                merged[sid] = (pts, vlo, vhi)
             else:
-                have[0].update(buckets)
+                have[0].extend(pts)
                 merged[sid] = (have[0], min(have[1], vlo), max(have[2], vhi))
         hour += HOUR_MS
     return merged
 
 
-def _points(doc: HourDoc, sid: int | None) -> list[tuple[int, float]]:
+def _points(doc: dict[int, tuple[list[tuple[int, float]], float, float]], sid: int | None) -> list[tuple[int, float]]:
     if sid is None or sid not in doc:
         return []
-    return sorted(doc[sid][0].items())
+    return doc[sid][0]
 
 
-def _used_kwh(doc: HourDoc, sid: int | None) -> float | None:
+def _used_kwh(doc: dict[int, tuple[list[tuple[int, float]], float, float]], sid: int | None) -> float | None:
     """What a cumulative energy counter (Wh) grew by over the range, in kWh."""
     if sid is None or sid not in doc:
         return None
@@ -336,6 +350,7 @@ async def energy(request: Request) -> Response:
                 view["bucket_s"],
             )
         )
+    charts = [c for c in charts if c["x"]]  # just after midnight "today" may have nothing to draw yet
     for p in view["plugs"]:
         p["label"] = _appliance_label(_, p["name"])
     for e in view["estimates"]:

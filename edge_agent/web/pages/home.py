@@ -9,6 +9,7 @@ from starlette.routing import BaseRoute, Route
 from edge_agent import consent
 from edge_agent.web import household
 from edge_agent.web.health import read_health
+from edge_agent.web.pages.consent import offered
 from edge_agent.web.site import site_of
 from edge_agent.web.templating import render
 from kyojo.contract.wire import ConsentStatus
@@ -32,7 +33,7 @@ async def home(request: Request) -> Response:
             ).fetchone()[0]
         )
         acked = {str(a) for (a,) in conn.execute("SELECT alert_id FROM alert_acks")}
-    cat = consent.default_catalog()
+    cat = site.catalog
     active = [c for c in consents if c.status is ConsentStatus.ACTIVE]
     renew = [c for c in active if c.needs_renewal(cat)]
     return render(
@@ -42,7 +43,7 @@ async def home(request: Request) -> Response:
             "people": people,
             "active": len(active),
             "renew": len(renew),
-            "purposes": len(cat.purposes),
+            "purposes": len(offered(site, cat)),
             "last_release_ms": None if last is None else int(last[0]),
             "health": health,
             "open_alerts": open_alerts,
