@@ -24,6 +24,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,6 +107,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--idle", type=float, default=30.0)
     args = ap.parse_args()
+    # a SIGTERM (timeout, Ctrl-C's cousin) unwinds the with-blocks too: the broker and the web server are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="kyojo-bench-web-") as tmp:
         root = Path(tmp)
         with Mosquitto(root / "mosquitto") as broker:
@@ -124,7 +127,12 @@ def main() -> None:
                 encoding="utf-8",
             )
             print(f"seeding {args.days:g} days ...", file=sys.stderr, flush=True)
-            seeded = seed_household(config, days=args.days, publish=True)
+            seeded = seed_household(
+                config,
+                days=args.days,
+                publish=True,
+                progress=lambda day: print(f"  day {day:g} of {args.days:g}", file=sys.stderr, flush=True),
+            )
             db = root / "home" / "data" / "gateway.sqlite3"
             seeded_doc = seeded.as_dict() | {"db_mb": round(db.stat().st_size / 1e6, 1)}
             print(json.dumps(seeded_doc), file=sys.stderr, flush=True)

@@ -179,6 +179,9 @@ class Pipeline:
         self._series: dict[SeriesKey, int] = {
             SeriesKey(d, s, m): i for i, d, s, m in conn.execute("SELECT id, device, subject, metric FROM series")
         }
+        #: streams that have at least one series: a stream without one has no window to close, and looking for
+        #: its first reading would scan the whole raw store on every flush
+        self._streams: set[str] = {str(c) for (c,) in conn.execute("SELECT DISTINCT category FROM series")}
         self._watermark: dict[str, int] = {
             str(c): int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")
         }
@@ -192,6 +195,7 @@ class Pipeline:
     def _series_id(self, key: SeriesKey, stream: str) -> int:
         sid = self._series.get(key)
         if sid is None:
+            self._streams.add(stream)
             cur = self.conn.execute(
                 "INSERT INTO series(device, subject, metric, category) VALUES(?, ?, ?, ?)",
                 (key.device, key.subject, key.metric, stream),
@@ -403,6 +407,8 @@ class Pipeline:
         win_ms = win_s * 1000
         mark = self._watermark.get(stream)
         if mark is None:
+            if stream not in self._streams:
+                return 0
             first = self.conn.execute(
                 "SELECT min(r.ts) FROM raw r JOIN series s ON s.id = r.series WHERE s.category = ?",
                 (stream,),

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,6 +112,7 @@ def seed_household(
     hr_every_s: int = 10,
     publish: bool = False,
     publish_timeout: float = 300.0,
+    progress: Callable[[float], None] | None = None,
 ) -> SeedStats:
     """Write ``days`` of the household's life, ending at ``end`` (default now), into the config's database."""
     t_start = time.monotonic()
@@ -161,6 +163,8 @@ def seed_household(
             if nxt - last_prune >= DAY:
                 pipeline.prune(nxt)
                 last_prune = nxt
+                if progress is not None:
+                    progress(round((nxt - start) / DAY, 1))
             t = nxt
         pipeline.prune(end)
         stats.releases = int(conn.execute("SELECT count(*) FROM audit WHERE kind = 'release'").fetchone()[0])

@@ -16,8 +16,9 @@
   critical violations; :func:`screenshot` writes ``docs/img/<name>.png`` (with ``KYOJO_SCREENSHOTS=1``).
 
 Fixtures (registered for tests/web/ by tests/web/conftest.py): ``home`` (a live home for the module),
-``fresh_home`` (one per test), ``seeded_home`` (for the session: a home whose database holds six seeded days, see
-tests/household.py, with the agent running on it), ``web`` / ``seeded_web``, ``browser``, ``phone``, ``desktop``.
+``fresh_home`` (one per test), ``seeded_home`` (for the module: a home whose database is a copy of six days
+seeded once per session, see tests/household.py, with the agent running on it), ``web`` / ``seeded_web``,
+``browser``, ``phone``, ``desktop``.
 Every fixture stops what it started: Chromium, the Playwright driver, uvicorn, the agent, both brokers, the pty.
 """
 
@@ -29,6 +30,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -541,15 +543,36 @@ def fresh_home(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Home]:
 
 
 @pytest.fixture(scope="session")
-def seeded_home(tmp_path_factory: pytest.TempPathFactory, mosquitto: Mosquitto) -> Iterator[Home]:
-    """A home whose database holds a seeded household month (tests/household.py), then the agent running on it."""
+def seeded_month(tmp_path_factory: pytest.TempPathFactory, mosquitto: Mosquitto) -> Path:
+    """A gateway data dir (database, keys, NILM state) holding six seeded days of the household (tests/household.py),
+    made once per session and copied by each ``seeded_home``. Six days: p1's home blood pressure needs five days
+    for its guideline, p2's SpO2 episode is three days back."""
     from tests.household import seed_household
 
+    root = tmp_path_factory.mktemp("seeded-month")
+    config = root / "agent.toml"
+    config.write_text(
+        home_toml(
+            data_dir=root / "data",
+            broker_port=mosquitto.port,
+            lan_port=free_port(),
+            meter_port=str(root / "meter-pty"),
+            speed=1.0,
+            start=time.time(),
+        ),
+        encoding="utf-8",
+    )
+    seed_household(config, days=6)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def seeded_home(tmp_path_factory: pytest.TempPathFactory, mosquitto: Mosquitto, seeded_month: Path) -> Iterator[Home]:
+    """A home whose gateway data is a copy of ``seeded_month``, with its agent running on it (for the module)."""
     h = Home(tmp_path_factory.mktemp("seeded-home"), mosquitto, speed=1.0)
-    # six days: p1's home blood pressure needs five days for its guideline, p2's SpO2 episode is three days back
     h.prepare()
     try:
-        seed_household(h.config_path, days=6, end=h.start_at)
+        shutil.copytree(seeded_month, h.data_dir)
         h.start_agent()
         yield h
     finally:
@@ -562,7 +585,7 @@ def web(home: Home) -> Iterator[WebServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def seeded_web(seeded_home: Home) -> Iterator[WebServer]:
     with WebServer(seeded_home.config_path) as server:
         yield server

@@ -8,6 +8,7 @@ from tests.webkit import (  # noqa: F401 - fixtures are found by name
     phone,
     playwright_driver,
     seeded_home,
+    seeded_month,
     seeded_web,
     web,
 )
