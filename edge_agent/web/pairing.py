@@ -565,7 +565,9 @@ class PairingService:
                 devices = self._ble_registry(gw)
                 entry = next(d for d in devices if d.id == device_id)
                 paired.save(gw.site.data_dir, [d for d in devices if d.id != device_id])
-                if entry.bonded and not self._radio.locked():
+                if entry.bonded and self._radio.locked():
+                    problem = "Bluetooth is busy with a scan or a pairing: the pairing keys were kept"
+                elif entry.bonded:
                     async with self._radio, ble_pair.backend_factory() as backend:
                         problem = await ble_pair.forget_bond(backend, entry.address)
             else:
