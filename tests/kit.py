@@ -34,7 +34,7 @@ def wait_for(cond: Callable[[], object], timeout: float = 60.0, what: str = "con
     return True
 
 
-async def wait_for_async(cond: Callable[[], object], within: float = 5.0, what: str = "condition") -> None:
+async def wait_for_async(cond: Callable[[], object], within: float = 20.0, what: str = "condition") -> None:
     """:func:`wait_for` inside an event loop: poll the public state of the code under test (it has no event to wait
     on) while its tasks run; AssertionError naming ``what`` after ``within`` seconds."""
     deadline = time.monotonic() + within

@@ -46,7 +46,7 @@ class RealClock:
         await asyncio.sleep(seconds)
 
 
-def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 20) -> None:
+def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 90) -> None:
     async def main() -> None:
         await asyncio.wait_for(coro_fn(), timeout)
 
