@@ -16,7 +16,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -228,34 +228,109 @@ def consent_grant(
     subject: Annotated[str, typer.Option("--person", "--subject", help="person or household id")],
     config: ConfigOpt = DEFAULT_CONFIG,
     lang: LangOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask (the notice is printed all the same)")] = False,
+    new_person: Annotated[
+        bool, typer.Option("--new-person", help="the person is new to this gateway (no device or consent yet)")
+    ] = False,
 ) -> None:
-    """Give consent for a person (or the household) to one purpose. Asked once, reused by every device."""
+    """Give consent for a person (or the household) to one purpose, after reading its notice. Asked once, reused
+    by every device."""
     from edge_agent import consent
+    from edge_agent.config import gateway_now
+    from edge_agent.web import auth, wording
 
+    lg = _lang(lang)
+    _ = _gettext(lg)
     with _gateway_db(config) as (cfg, conn):
+        p = consent.catalog().get(purpose)
+        if p is None:
+            raise _fail(
+                consent.ConsentError(
+                    f"unknown purpose {purpose!r}; the catalog has: {', '.join(sorted(consent.catalog()))}"
+                )
+            )
+        web = auth.connect(cfg.gateway.data_dir)
         try:
-            c = consent.open_store(cfg, conn).grant(purpose, subject, lang=_lang(lang))
+            known = wording.subject_ok(p, subject, cfg, web, conn)
+            per_person = bool(p.categories & wording.PER_PERSON)
+            if not known and not (new_person and per_person):
+                if per_person:
+                    from edge_agent.web import household
+
+                    people = ", ".join(x.id for x in household.people(web, cfg, conn)) or "-"
+                    msg = _("%(who)s is not a person this gateway knows (known: %(known)s); a new person: --new-person")
+                    raise _fail(consent.ConsentError(msg % {"who": subject, "known": people}))
+                msg = _("%(purpose)s is given for the household: use --person %(household)s")
+                raise _fail(consent.ConsentError(msg % {"purpose": purpose, "household": cfg.gateway.id}))
+            typer.echo("\n".join(wording.notice_lines(p, lg, _)))
+            if not yes and not typer.confirm(_("Give this consent?"), default=False):
+                typer.echo(_("Nothing was given."))
+                raise typer.Exit(1)
+            if new_person and not known:
+                web.execute(
+                    "INSERT OR IGNORE INTO people(id, name, created) VALUES(?, '', ?)",
+                    (subject, int(datetime.now(UTC).timestamp() * 1000)),
+                )
+        finally:
+            web.close()
+        now = datetime.fromtimestamp(gateway_now(cfg), tz=UTC)  # the agent's clock, also when it is simulated
+        try:
+            c = consent.open_store(cfg, conn).grant(purpose, subject, lang=lg, now=now)
         except KyojoError as err:
             raise _fail(err) from err
-    lg = _lang(lang)
-    typer.echo(f"{c.id}: {subject} -> {purpose} ({consent.catalog()[purpose].title[lg]}), active")
+    typer.echo(
+        _("%(id)s: %(who)s -> %(purpose)s, given %(when)s")
+        % {"id": c.id, "who": subject, "purpose": p.title[lg], "when": _when(c.given_at, lg)}
+    )
 
 
 @consent_app.command("withdraw")
-def consent_withdraw(consent_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Withdraw a consent: nothing more is released for it and what is queued is dropped."""
+def consent_withdraw(consent_id: str, config: ConfigOpt = DEFAULT_CONFIG, lang: LangOpt = None) -> None:
+    """Withdraw a consent: nothing more is released for it, what is queued is dropped, the city erases what it
+    holds and sends a receipt (``kyojo consent show`` tells when it arrived)."""
     from edge_agent import consent
+    from edge_agent.config import gateway_now
 
+    lg = _lang(lang)
+    _ = _gettext(lg)
     with _gateway_db(config) as (cfg, conn):
         try:
-            dropped = consent.open_store(cfg, conn).withdraw(consent_id)
+            c = consent.get_consent(conn, consent_id)
+            now = datetime.fromtimestamp(max(gateway_now(cfg), c.given_at / 1000), tz=UTC)
+            dropped = consent.open_store(cfg, conn).withdraw(consent_id, now=now)
         except KyojoError as err:
             raise _fail(err) from err
-    typer.echo(f"{consent_id}: withdrawn; {dropped} queued message(s) dropped")
+    typer.echo(_("%(id)s: withdrawn; %(n)d queued message(s) dropped") % {"id": consent_id, "n": dropped})
+    typer.echo(
+        _(
+            "erasure: the city erases what it holds under this consent and sends a receipt; "
+            "'kyojo consent show %(id)s' says when it arrived"
+        )
+        % {"id": consent_id}
+    )
+
+
+def _gettext(lang: str) -> Callable[[str], str]:
+    from kyojo.i18n import gettext_for
+
+    return gettext_for(lang).gettext
+
+
+def _when(ms: int | None, lang: str) -> str:
+    """A time as a person reads it: JST (and said so) in Japanese, UTC in English."""
+    if ms is None:
+        return "-"
+    if lang == "ja":
+        from zoneinfo import ZoneInfo
+
+        return datetime.fromtimestamp(ms / 1000, tz=ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M JST")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @consent_app.command("list")
-def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Option(False, "--json")) -> None:
+def consent_list(
+    config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Option(False, "--json"), lang: LangOpt = None
+) -> None:
     """List the consents on this gateway."""
     from edge_agent import consent
 
@@ -283,9 +358,12 @@ def consent_list(config: ConfigOpt = DEFAULT_CONFIG, as_json: bool = typer.Optio
     if as_json:
         typer.echo(json.dumps(docs, ensure_ascii=False))
         return
-    for d in docs:
-        renew = "  (the purpose changed: grant again to renew)" if d["needs_renewal"] else ""
-        typer.echo(f"{d['id']}  {d['status']:<9} {d['subject']:<12} {d['purpose']:<20} since {d['given_at']}{renew}")
+    lg = _lang(lang)
+    _ = _gettext(lg)
+    for c, d in zip(rows, docs, strict=True):
+        renew = "  " + _("(the purpose changed: grant again to renew)") if d["needs_renewal"] else ""
+        status = _(STATUS_WORDS.get(c.status.value, c.status.value))
+        typer.echo(f"{c.id}  {status:<9} {c.subject:<12} {c.purpose:<20} {_('since')} {_when(c.given_at, lg)}{renew}")
 
 
 @consent_app.command("show")
@@ -314,21 +392,84 @@ def consent_show(
         )
         return
     r, lg = signed["record"], _lang(lang)
-    ja = lg == "ja"
+    _ = _gettext(lg)
+    from edge_agent.web.wording import CATEGORY_WORDS, granularity_words, retention_words
+
+    words: Any = _
+    status = _(STATUS_WORDS.get(str(r["status"]), str(r["status"])))
     lines = [
-        f"{r['record_id']}: {r['purpose_title'][lg]} ({r['purpose']}) — {r['status']}",
-        f"  {'本人' if ja else 'subject'}: {r['subject']}   {'管理者' if ja else 'controller'}: {r['controller']}",
-        f"  {'提供先' if ja else 'recipients'}: {', '.join(r['recipients'])}",
-        f"  {'データ' if ja else 'data'}: {', '.join(r['categories'])}, "
-        f"{'最小' if ja else 'at most one summary per'} {r['granularity_s']} s",
-        f"  {'保管' if ja else 'stored'}: {r['storage_location']}, {r['retention_days']} "
-        f"{'日' if ja else 'days'}; {r['jurisdiction']}",
-        f"  {'通知' if ja else 'notice'} v{r['notice']['version']}: {r['notice']['text'][lg]}",
-        f"  {'撤回方法' if ja else 'withdraw'}: {r['withdrawal_method'][lg]}",
+        f"{r['record_id']}: {r['purpose_title'][lg]} ({r['purpose']}) — {status}",
+        f"  {_('Person')}: {r['subject']}   {_('Controller')}: {_(r['controller'])}",
+        f"  {_('Who receives it')}: {', '.join(_(x) for x in r['recipients'])}",
+        f"  {_('What')}: {'; '.join(_(CATEGORY_WORDS.get(c, c)) for c in r['categories'])}",
+        f"  {_('How detailed')}: {granularity_words(int(r['granularity_s']), words)}",
+        f"  {_('How long it is kept')}: {retention_words(int(r['retention_days']), words)} "
+        f"({_(r['storage_location'])}; {_(r['jurisdiction'])})",
+        f"  {_('Notice')} v{r['notice']['version']}: {r['notice']['text'][lg]}",
+        f"  {_('Withdrawing')}: {r['withdrawal_method'][lg]}",
     ]
-    lines += [f"  {e['at']}  {e['event']} ({e['by']})" for e in r.get("events", [])]
-    lines.append(f"  {'署名' if ja else 'signature'}: {'OK' if ok else 'INVALID'} (key {signed['key_id']})")
+    for e in r.get("events", []):
+        at = datetime.fromisoformat(str(e["at"]).replace("Z", "+00:00"))
+        lines.append(f"  {_when(int(at.timestamp() * 1000), lg)}  {_(str(e['event']))} ({e['by']})")
+    if r["status"] != "active":
+        lines.append(f"  {_('Erasure')}: {_erasure(conn_events(cfg, consent_id), _)}")
+    lines.append(f"  {_('Signature')}: {'OK' if ok else _('INVALID')} ({_('key')} {signed['key_id']})")
     typer.echo("\n".join(lines))
+
+
+def N_(text: str) -> str:
+    """Marks a message for the catalogs (``python -m kyojo.i18n.catalogs update``); translated where shown."""
+    return text
+
+
+#: consent statuses in words (translated where shown)
+STATUS_WORDS = {"active": N_("active"), "withdrawn": N_("withdrawn"), "expired": N_("expired")}
+#: labels and event names the household commands show through ``_()`` inside f-strings, which the extractor
+#: cannot see: marked here so that the catalogs hold them
+_MARKED = (
+    N_("since"),
+    N_("Person"),
+    N_("Controller"),
+    N_("Notice"),
+    N_("Erasure"),
+    N_("Signature"),
+    N_("INVALID"),
+    N_("key"),
+    N_("given"),
+    N_("renewed"),
+    N_("erased"),
+    N_("erasure_incomplete"),
+    N_("Who receives it"),
+    N_("What"),
+    N_("How detailed"),
+    N_("How long it is kept"),
+    N_("Why"),
+    N_("Withdrawing"),
+)
+
+
+def conn_events(cfg: AgentConfig, consent_id: str) -> list[dict[str, Any]]:
+    """The consent's event log (given, withdrawn, erased ...) from the gateway's database."""
+    from edge_agent import consent
+    from edge_agent.db import connect
+
+    conn = connect(cfg.db_path)
+    try:
+        return list(consent.events(conn, consent_id))
+    finally:
+        conn.close()
+
+
+def _erasure(events: list[dict[str, Any]], _: Callable[[str], str]) -> str:
+    """What the city said about erasing a withdrawn consent's data (the same reading as the consent page)."""
+    for e in reversed(events):
+        if e["event"] == "erased":
+            return _("erased by the city (%(n)s points), receipt received") % {"n": e.get("points_erased", "?")}
+        if e["event"] == "erasure_incomplete":
+            return _("the city could not erase everything yet (%(n)s left); it tries again") % {
+                "n": e.get("remaining", "?")
+            }
+    return _("waiting for the city's receipt (it arrives when the gateway is online)")
 
 
 @audit_app.command("show")

@@ -260,3 +260,21 @@ def _what(e: Mapping[str, Any], model: type[BaseModel] | None) -> str:
         return f"{ctx.get('error', e['msg'])}" + (f" (given {given!r})" if isinstance(given, str | int | float) else "")
     shown = f"{given!r}" if isinstance(given, str | int | float | bool) else type(given).__name__
     return f"{e['msg'][:1].lower()}{e['msg'][1:]} (given {shown})"
+
+
+def gateway_now(config: AgentConfig, real: float | None = None) -> float:
+    """The agent's clock (epoch s): real time, except under a simulated ``[clock]`` (the demo, test benches), where
+    it is extrapolated from the agent's last status, so that a consent given from the CLI or the web page starts
+    when the agent's windows do (and, before the agent ever ran, from the clock's start)."""
+    import json
+    import time
+
+    real = time.time() if real is None else real
+    clock = config.clock
+    if clock.speed == 1.0 and clock.start is None:
+        return real
+    try:
+        status = json.loads(config.status_path.read_text(encoding="utf-8"))
+        return float(status["clock"]) + (real - float(status["at"])) * clock.speed
+    except (OSError, ValueError, KeyError, TypeError):
+        return clock.start if clock.start is not None else real

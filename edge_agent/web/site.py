@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -59,18 +58,11 @@ class Site:
             conn.close()
 
     def gateway_now(self) -> float:
-        """The agent's clock (epoch s). Real time, except under a simulated ``[clock]`` (the demo, tests), where
-        it is extrapolated from the agent's last status, so a consent given here starts when the agent's
-        windows do."""
-        clock = self.config.clock
-        real = self.now()
-        if clock.speed == 1.0 and clock.start is None:
-            return real
-        try:
-            status = json.loads(self.config.status_path.read_text(encoding="utf-8"))
-            return float(status["clock"]) + (real - float(status["at"])) * clock.speed
-        except (OSError, ValueError, KeyError, TypeError):
-            return real
+        """The agent's clock (:func:`edge_agent.config.gateway_now`): a consent given here starts when the agent's
+        windows do, also under a simulated ``[clock]``."""
+        from edge_agent.config import gateway_now
+
+        return gateway_now(self.config, self.now())
 
     def consent_store(self, conn: sqlite3.Connection) -> ConsentStore:
         """The same store ``kyojo consent`` uses (:func:`edge_agent.consent.open_store`), on this site's catalog."""

@@ -1,9 +1,10 @@
 """Keeping the catalogs in step with the code (developers only; the running app needs :mod:`kyojo.i18n`).
 
-``python -m kyojo.i18n.catalogs update`` extracts every marked string of the web app (Python: ``_``, ``N_``,
-``gettext``, ``ngettext``; templates: ``{% trans %}``, ``_()``, ``ngettext()``), adds new ids to each language's
-``.po`` (keeping existing translations, marking vanished ids obsolete) and lists what still needs a Japanese
-translation. ``python -m kyojo.i18n.catalogs check`` exits 1 when anything is untranslated in Japanese.
+``python -m kyojo.i18n.catalogs update`` extracts every marked string of the web app and the household CLI
+(Python: ``_``, ``N_``, ``gettext``, ``ngettext``; templates: ``{% trans %}``, ``_()``, ``ngettext()``), adds
+new ids to each language's ``.po`` (keeping existing translations, marking vanished ids obsolete) and lists what
+still needs a Japanese translation. ``python -m kyojo.i18n.catalogs check`` exits 1 when anything is untranslated
+in Japanese.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from babel.messages.catalog import Catalog
-from babel.messages.extract import extract_from_dir
+from babel.messages.extract import extract_from_dir, extract_from_file
 from babel.messages.pofile import read_po, write_po
 
 from kyojo.i18n import DOMAIN, LANGS, catalog_path
 
 ROOT = Path(__file__).resolve().parents[2]
-#: the packages whose strings are Kyojo's to translate
-SOURCES = ("edge_agent/web",)
+#: the packages (and single modules) whose strings are Kyojo's to translate: the web app and the household CLI
+SOURCES = ("edge_agent/web", "edge_agent/cli.py")
 METHODS = [("**.py", "python"), ("**/templates/**.html", "jinja2")]
 OPTIONS = {
     "**/templates/**.html": {"extensions": "jinja2.ext.i18n", "trimmed": "true"},
@@ -35,6 +36,12 @@ def extract(sources: Iterable[str] = SOURCES) -> Catalog:
     """Every marked string of ``sources`` (paths relative to the repository)."""
     cat = Catalog(domain=DOMAIN, project="kyojo", charset="utf-8")
     for src in sources:
+        if (ROOT / src).is_file():
+            for lineno, message, comments, context in extract_from_file(
+                "python", str(ROOT / src), keywords=KEYWORDS, strip_comment_tags=True
+            ):
+                cat.add(message, None, [(src, lineno)], auto_comments=comments, context=context)
+            continue
         for filename, lineno, message, comments, context in extract_from_dir(
             str(ROOT / src), method_map=METHODS, options_map=OPTIONS, keywords=KEYWORDS, strip_comment_tags=True
         ):

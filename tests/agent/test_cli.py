@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,12 @@ def test_catalog_in_english_and_japanese() -> None:
 
 
 def test_grant_list_withdraw_roundtrip(config: Path) -> None:
-    code, out = kyojo("consent", "grant", "preventive-care", "--person", "p1", "-c", str(config))
+    args = ("consent", "grant", "preventive-care", "--person", "p1", "--new-person", "--yes", "-c", str(config))
+    code, out = kyojo(*args)
     assert code == 0, out
-    cid = out.split(":")[0]
-    code, out = kyojo("consent", "grant", "preventive-care", "--person", "p1", "-c", str(config))
-    assert out.split(":")[0] == cid  # once-only: asking again reuses the consent
+    cid = out.strip().splitlines()[-1].split(":")[0]
+    code, out = kyojo(*args)
+    assert out.strip().splitlines()[-1].split(":")[0] == cid  # once-only: asking again reuses the consent
     code, out = kyojo("consent", "list", "--json", "-c", str(config))
     docs = json.loads(out)
     assert [(d["id"], d["status"], d["categories"]) for d in docs] == [(cid, "active", ["health"])]
@@ -249,3 +251,65 @@ def test_doctor_says_when_the_plugs_lan_broker_is_missing(tmp_path: Path) -> Non
     assert code == 1
     line = next(ln for ln in out.splitlines() if "LAN broker (home-9-plugs)" in ln)
     assert line.startswith("FAIL") and "docs/LAN.md" in line
+
+
+# -- issue 22 item 6: the notice before a grant, a person who exists, the gateway's clock, erasure status -----------
+
+
+def _grant(config: Path, *extra: str, stdin: str | None = None, purpose: str = "preventive-care") -> tuple[int, str]:
+    result = runner.invoke(app, ["consent", "grant", purpose, *extra, "-c", str(config)], input=stdin)
+    return result.exit_code, result.output
+
+
+def test_grant_shows_the_notice_asks_and_knows_the_people(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[gateway]\nid = "home-9"\ndata_dir = "data"\n'
+        '[[devices]]\nkind = "ble"\nid = "home-9-p1-hr"\naddress = "C0:4B:00:00:01:01"\nprofile = "heart_rate"\n'
+        'subject = "p1"\nbackend = "virtual"\n',
+        encoding="utf-8",
+    )
+    code, out = _grant(config, "--person", "p7", "--lang", "en")
+    assert code == 2 and "p7 is not a person this gateway knows (known: p1)" in out
+    code, out = _grant(config, "--person", "p1", "--lang", "en", stdin="n\n")
+    assert code == 1 and "Nothing was given." in out
+    for line in ("Who receives it: City Preventive Care Office", "How detailed:", "How long it is kept:", "Why:"):
+        assert line in out, out
+    code, out = kyojo("consent", "list", "--json", "-c", str(config))
+    assert json.loads(out) == []  # saying no gives nothing
+    code, out = _grant(config, "--person", "p1", "--lang", "ja", stdin="y\n")
+    assert code == 0, out
+    assert "提供先: 市 予防医療課" in out and "細かさ: 要約は最も細かくて 1 分に1件" in out
+    assert "この内容で同意しますか？" in out and "JST）" in out
+    code, out = _grant(config, "--person", "p1", "--yes", purpose="community-energy")
+    assert code == 2 and "--person home-9" in out  # the household's purposes are given for the household
+    code, out = _grant(config, "--person", "home-9", "--yes", "--lang", "en", purpose="community-energy")
+    assert code == 0, out
+    code, out = _grant(config, "--person", "p2", "--new-person", "--yes", "--lang", "en")
+    assert code == 0 and "p2 -> Preventive-care alerts" in out
+
+
+def test_grant_is_stamped_with_the_gateways_clock_and_withdrawal_tells_about_erasure(tmp_path: Path) -> None:
+    """In the demo the simulated clock ran behind the wall clock, so a consent stamped with wall time released
+    nothing: the grant takes the agent's clock (extrapolated from its status), like the web page."""
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[gateway]\nid = "home-9"\ndata_dir = "{data}"\n[clock]\nspeed = 60\nstart = 1717200000\n',
+        encoding="utf-8",
+    )
+    import time
+
+    (data / "status.json").write_text(json.dumps({"clock": 1_717_300_000.0, "at": time.time()}), encoding="utf-8")
+    code, out = _grant(config, "--person", "home-9", "--yes", "--lang", "en", purpose="community-energy")
+    assert code == 0, out
+    doc = json.loads(kyojo("consent", "list", "--json", "-c", str(config))[1])[0]
+    given = datetime.fromisoformat(doc["given_at"]).timestamp()
+    assert 1_717_300_000 <= given < 1_717_300_000 + 3600  # the agent's clock, not 2026's wall clock
+    code, out = kyojo("consent", "withdraw", doc["id"], "-c", str(config), "--lang", "en")
+    assert code == 0 and "erasure: the city erases what it holds" in out
+    code, out = kyojo("consent", "show", doc["id"], "-c", str(config), "--lang", "en")
+    assert "Erasure: waiting for the city's receipt" in out
+    code, out = kyojo("consent", "show", doc["id"], "-c", str(config), "--lang", "ja")
+    assert "消去: 市からの受領証を待っています" in out and "撤回済み" in out and " JST " in out

@@ -164,7 +164,9 @@ def test_the_signed_record_downloads_and_verifies(home: tuple[object, str, Path]
 def test_kyojo_consent_list_text_shows_renewal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = write_config(tmp_path)
     runner = CliRunner()
-    granted = runner.invoke(kyojo_app, ["consent", "grant", "preventive-care", "--person", "p1", "-c", str(config)])
+    granted = runner.invoke(
+        kyojo_app, ["consent", "grant", "preventive-care", "--person", "p1", "--yes", "-c", str(config)]
+    )
     assert granted.exit_code == 0, granted.output
     out = runner.invoke(kyojo_app, ["consent", "list", "-c", str(config)])
     assert out.exit_code == 0, out.output
@@ -186,7 +188,7 @@ def test_a_consent_given_on_the_page_starts_on_the_agents_clock(tmp_path: Path) 
     wall = [2_000_000_000.0]
     client = make_client(config, now=lambda: wall[0])
     site = site_of(client)
-    assert site.gateway_now() == wall[0]  # no status yet: the real time
+    assert site.gateway_now() == 1_717_200_000.0  # no status yet: where the agent's clock will start
     site.config.status_path.write_text(json.dumps({"at": wall[0] - 3, "clock": 1_717_200_600.0}))
     assert site.gateway_now() == pytest.approx(1_717_200_600.0 + 3 * 20)
     token = sign_in(client)

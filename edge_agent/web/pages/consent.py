@@ -19,41 +19,23 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge_agent import consent
-from edge_agent.config import Profile
 from edge_agent.consent import Catalog, Consent, ConsentError, Purpose
 from edge_agent.web import household
 from edge_agent.web.site import Site, lang_of, site_of
-from edge_agent.web.templating import N_, gettext, render
+from edge_agent.web.templating import gettext, render
+from edge_agent.web.wording import (
+    CATEGORY_WORDS,
+    PER_PERSON,
+    PROFILE_CATEGORIES,
+    granularity_words,
+    retention_words,
+    subject_ok,
+)
 from kyojo.contract.vocab import Category
 from kyojo.contract.wire import ConsentStatus
 from kyojo.keys import load_keys, verify_signature
 
 log = logging.getLogger(__name__)
-
-#: what each category means to a household
-CATEGORY_WORDS = {
-    Category.HEALTH: N_("summaries of vital signs (heart rate, blood pressure, temperature, blood oxygen, glucose)"),
-    Category.ENERGY: N_("summaries of your home's electricity use (whole home and each plug)"),
-    Category.EV: N_("summaries of your electric car's charging (power, energy, battery level)"),
-    Category.MOBILITY: N_("the vehicle's position and stops"),
-    Category.DEVICE: N_("device housekeeping (battery level)"),
-}
-#: names in the shipped catalog that have a Japanese rendering (unknown names are shown as they are)
-CATALOG_NAMES = (
-    N_("City Preventive Care Office"),
-    N_("City Energy Planning Office"),
-    N_("City Mobility and Energy Office"),
-    N_("City Sanitation Bureau"),
-    N_("City data platform, InfluxDB, Japan"),
-    N_("JP (APPI)"),
-)
-#: which purposes a gateway of each profile offers
-PROFILE_CATEGORIES = {
-    Profile.HOME: {Category.HEALTH, Category.ENERGY, Category.EV},
-    Profile.TRUCK: {Category.MOBILITY},
-    Profile.CHARGING_SITE: {Category.EV, Category.ENERGY},
-}
-PER_PERSON = {Category.HEALTH}
 
 
 @dataclass
@@ -87,18 +69,6 @@ class Card:
     rows: list[Row]
     what: list[str]
     per_person: bool
-
-
-def retention_words(days: int, _: Any) -> str:
-    if days % 365 == 0:
-        return str(_("%(n)d year(s)") % {"n": days // 365})
-    return str(_("%(n)d days") % {"n": days})
-
-
-def granularity_words(seconds: int, _: Any) -> str:
-    if seconds % 60 == 0:
-        return str(_("at most one summary every %(n)d minute(s)") % {"n": seconds // 60})
-    return str(_("at most one summary every %(n)d seconds") % {"n": seconds})
 
 
 def receipt_of(conn: Any, c: Consent) -> Receipt:
@@ -169,9 +139,7 @@ async def consent_page(request: Request) -> Response:
 
 
 def _valid_subject(site: Site, purpose: Purpose, subject: str, conn: Any) -> bool:
-    if purpose.categories & PER_PERSON:
-        return subject in {p.id for p in household.people(site.web_db, site.config, conn)}
-    return subject == site.config.gateway.id
+    return subject_ok(purpose, subject, site.config, site.web_db, conn)
 
 
 async def grant(request: Request) -> Response:

@@ -1,0 +1,84 @@
+"""What a purpose means, in words a household reads: the consent page and ``kyojo consent`` say the same.
+
+Strings are marked with ``N_`` for the catalogs (``python -m kyojo.i18n.catalogs update``); the caller passes its
+``gettext`` as ``_``. No web framework here, so the CLI can use it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from edge_agent.config import AgentConfig, Profile
+from edge_agent.consent import Purpose
+from edge_agent.web import household
+from kyojo.contract.vocab import Category
+
+
+def N_(text: str) -> str:
+    """Marks a message for the catalogs (translated where it is shown)."""
+    return text
+
+
+#: what each category means to a household
+CATEGORY_WORDS = {
+    Category.HEALTH: N_("summaries of vital signs (heart rate, blood pressure, temperature, blood oxygen, glucose)"),
+    Category.ENERGY: N_("summaries of your home's electricity use (whole home and each plug)"),
+    Category.EV: N_("summaries of your electric car's charging (power, energy, battery level)"),
+    Category.MOBILITY: N_("the vehicle's position and stops"),
+    Category.DEVICE: N_("device housekeeping (battery level)"),
+}
+#: names in the shipped catalog that have a Japanese rendering (unknown names are shown as they are)
+CATALOG_NAMES = (
+    N_("City Preventive Care Office"),
+    N_("City Energy Planning Office"),
+    N_("City Mobility and Energy Office"),
+    N_("City Sanitation Bureau"),
+    N_("City data platform, InfluxDB, Japan"),
+    N_("JP (APPI)"),
+)
+#: which purposes a gateway of each profile offers
+PROFILE_CATEGORIES = {
+    Profile.HOME: {Category.HEALTH, Category.ENERGY, Category.EV},
+    Profile.TRUCK: {Category.MOBILITY},
+    Profile.CHARGING_SITE: {Category.EV, Category.ENERGY},
+}
+PER_PERSON = {Category.HEALTH}
+
+
+def subject_ok(
+    purpose: Purpose, subject: str, config: AgentConfig, web: sqlite3.Connection, agent: sqlite3.Connection | None
+) -> bool:
+    """A purpose about people (health) is given for a person the home knows; one about the home (energy, EV) for
+    the household, whose id is the gateway's."""
+    if purpose.categories & PER_PERSON:
+        return subject in {p.id for p in household.people(web, config, agent)}
+    return subject == config.gateway.id
+
+
+def retention_words(days: int, _: Any) -> str:
+    if days % 365 == 0:
+        return str(_("%(n)d year(s)") % {"n": days // 365})
+    return str(_("%(n)d days") % {"n": days})
+
+
+def granularity_words(seconds: int, _: Any) -> str:
+    if seconds % 60 == 0:
+        return str(_("at most one summary every %(n)d minute(s)") % {"n": seconds // 60})
+    return str(_("at most one summary every %(n)d seconds") % {"n": seconds})
+
+
+def notice_lines(purpose: Purpose, lang: str, _: Callable[[str], str]) -> list[str]:
+    """The notice of a purpose as the CLI prints it before asking (the consent page's card, in lines)."""
+    words: Any = _
+    return [
+        f"{purpose.title[lang]} ({purpose.name})",
+        f"  {_('Who receives it')}: {', '.join(words(r) for r in purpose.recipients)}",
+        f"  {_('What')}: {'; '.join(words(CATEGORY_WORDS[c]) for c in sorted(purpose.categories))}",
+        f"  {_('How detailed')}: {granularity_words(purpose.min_window_s, words)}",
+        f"  {_('How long it is kept')}: {retention_words(purpose.retention_days, words)} "
+        f"({words(purpose.storage_location)})",
+        f"  {_('Why')}: {purpose.notice[lang]}",
+        f"  {_('Withdrawing')}: {purpose.withdrawal_method[lang]}",
+    ]
