@@ -66,9 +66,6 @@ from kyojo.contract.vocab import Clock
 from provisioning.local import LocalStack, Mosquitto, ensure_installed
 
 DB = "kyojo"
-ANALYST_QUERY = (
-    'SELECT mean("mean") AS heart_rate FROM "heart_rate" WHERE time > now() - 1d GROUP BY time(10m), "subject"'
-)
 
 SEED = 7
 HOME = "home-001"
@@ -517,6 +514,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             file=out,
             flush=True,
         )
+        print(_analyst_hint(stack.influxdb.url, start, speed, time.time()), file=out, flush=True)
         deadline = None if duration is None else time.monotonic() + duration
         try:
             while deadline is None or time.monotonic() < deadline:
@@ -540,9 +538,9 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         summary["points_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in points))
         events = stack.influxdb.query_rows('SELECT count("event_id") FROM "events"', DB)
         summary["events_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in events))
-        print("analyst query (InfluxQL):", file=out)
         print(
-            f"  influx -host 127.0.0.1 -port {stack.influxdb.http_port} -database {DB} -execute '{ANALYST_QUERY}'",
+            f"the demo's InfluxDB stops with it (its files stay in {workdir / 'services'}); to query, run the demo "
+            "again and use the 'analyst' lines it prints while it runs",
             file=out,
             flush=True,
         )
@@ -554,12 +552,28 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         stack.stop()
 
 
-def _analyst_hint(url: str) -> str:
-    from urllib.parse import quote
-
+def demo_window(start_sim: float, speed: float, now: float, hours: float = 24.0) -> tuple[str, str]:
+    """One ``--since``/``--until`` for the whole demo: its gateways' data runs on the simulated clock (from
+    ``start_sim``, ``speed`` times faster than real time, so it soon lies in the future), the ingesters' own stats
+    on wall time (from ``now``). The window spans both for ``hours`` of real running."""
+    since = min(start_sim, now) // 60 * 60
+    until = max(start_sim + hours * 3600 * speed, now + hours * 3600)
+    fmt = "%Y-%m-%dT%H:%MZ"
     return (
-        f"analyst query (InfluxQL, while the demo runs):\n  {ANALYST_QUERY}\n"
-        f"  curl -s '{url}/query?db={DB}&q={quote(ANALYST_QUERY)}'"
+        datetime.fromtimestamp(since, tz=UTC).strftime(fmt),
+        datetime.fromtimestamp(-(-until // 60) * 60, tz=UTC).strftime(fmt),
+    )
+
+
+def _analyst_hint(url: str, start_sim: float, speed: float, now: float) -> str:
+    """What an analyst runs while the demo runs: ``kyojo query`` (no other client needed) on one window."""
+    since, until = demo_window(start_sim, speed, now)
+    env = f"KYOJO_INFLUX_URL={url} KYOJO_INFLUX_DB={DB}"
+    window = f"--since {since} --until {until}"
+    return (
+        "analyst (while the demo runs; one window covers the simulated data and the ingester's stats):\n"
+        f"  {env} kyojo query energy.whole_vs_appliances {window} --format csv\n"
+        f"  {env} kyojo query platform.ingest_rate {window} --plot ingest.png"
     )
 
 

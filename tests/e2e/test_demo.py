@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,13 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
         else:
             assert procs["truck"]["pickups"] > 0, procs  # stops at collection points on the NMEA stream
     assert any(line.startswith("readings ") for line in lines)  # live progress
-    assert any("SELECT" in line for line in lines)  # the analyst's query
+    # the analyst's lines (issue 22 items 16, 18): kyojo query, one window over the simulated data and the wall-time
+    # stats, and no hint that points at the InfluxDB that stopped with the demo
+    query = next(line for line in lines if "kyojo query energy.whole_vs_appliances" in line)
+    since = datetime.fromisoformat(query.split("--since ")[1].split()[0].replace("Z", "+00:00")).timestamp()
+    until = datetime.fromisoformat(query.split("--until ")[1].split()[0].replace("Z", "+00:00")).timestamp()
+    home = json.loads((tmp_path / "demo" / "home-001" / "data" / "status.json").read_text())
+    assert since <= min(home["clock"], home["at"]) and until >= max(home["clock"], home["at"])
+    assert not any("influx -host" in line for line in lines)
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)
     assert left.stdout == ""  # broker, database, agents and ingester all stopped
