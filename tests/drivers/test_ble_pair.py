@@ -188,7 +188,7 @@ def test_paired_device_is_read_by_the_agent_driver_over_the_bond(tmp_path: Path)
             meter = await air.add(METER, "glucose", name="Meter", security="bond", battery=None)
             for seq in (1, 2, 3):
                 await meter.record(glucose(seq, 100 + seq))
-            added = await pair.add_device(air.backend(), METER, None, find_within=2)
+            added = await pair.add_device(air.backend(), METER, None, find_within=10)
             assert (added.profile, added.bonded) == ("glucose", True)
             paired.save(tmp_path, [paired.PairedDevice(id="m", address=METER, profile="glucose", subject="alice")])
             (config,) = paired.device_configs(tmp_path, scan_timeout=0.5, backoff_initial=0.01, backoff_max=0.05)

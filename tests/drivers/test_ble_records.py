@@ -130,7 +130,7 @@ def test_drop_in_the_middle_of_a_drain_resumes_without_duplicates(tmp_path: Path
             dev.drop_after_records = 3  # out of range after 3 of the 8 records
             driver = make(air, dev, RecordLog(tmp_path / "m.json"), SharedScanner(air.backend()))
             async with Collector(driver) as got:
-                await got.wait_for(lambda rs: len(glucose_values(got)) == 8, within_s=5)
+                await got.wait_for(lambda rs: len(glucose_values(got)) == 8, within_s=20)
                 await wait_for_async(lambda: driver.link.state.drains == 1)
             assert glucose_values(got) == [110.0 + i for i in range(8)]
             assert driver.link.state.connects == 2
