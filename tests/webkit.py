@@ -478,6 +478,21 @@ def set_lang(page: Page, web: WebServer, lang: str) -> None:
     page.context.add_cookies([{"name": "kyojo_lang", "value": lang, "url": web.url}])
 
 
+def page_screenshots(web: WebServer, browser: Browser, path: str, name: str, lang: str, *, ready: str) -> None:
+    """``<name>-<lang>-<phone|desktop>.png`` of one page, signed in, once ``ready`` (a JS expression) holds."""
+    for kind in ("phone", "desktop"):
+        ctx, page = new_page(browser, kind, lang=lang)
+        try:
+            sign_in(page, web)
+            set_lang(page, web, lang)
+            page.goto(web.url + path)
+            page.wait_for_function(ready)
+            assert page.locator("html").get_attribute("lang") == lang
+            screenshot(page, f"{name}-{lang}-{kind}")
+        finally:
+            ctx.close()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Fixtures (tests/web/conftest.py imports these)
 # ------------------------------------------------------------------------------------------------------------

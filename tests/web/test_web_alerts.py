@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from edge_agent import cli
-from tests.webkit import Home, WebServer, axe_violations, new_page, screenshot, set_lang, sign_in
+from tests.webkit import Home, WebServer, axe_violations, page_screenshots, set_lang, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]  # a live home needs the Mosquitto
 
@@ -78,14 +78,11 @@ def test_acknowledging_needs_the_csrf_token_and_a_known_alert(seeded_web: WebSer
 @pytest.mark.parametrize("lang", ["ja", "en"])
 def test_screenshots(seeded_web: WebServer, browser: Browser, lang: str) -> None:
     """docs/img/web-alerts-<lang>-<phone|desktop>.png (written there with KYOJO_SCREENSHOTS=1)."""
-    for kind in ("phone", "desktop"):
-        ctx, page = new_page(browser, kind, lang=lang)
-        try:
-            sign_in(page, seeded_web)
-            set_lang(page, seeded_web, lang)
-            page.goto(seeded_web.url + "/alerts")
-            page.wait_for_function("Number(document.documentElement.getAttribute('data-charts')) >= 2")
-            assert page.locator("html").get_attribute("lang") == lang
-            screenshot(page, f"web-alerts-{lang}-{kind}")
-        finally:
-            ctx.close()
+    page_screenshots(
+        seeded_web,
+        browser,
+        "/alerts",
+        "web-alerts",
+        lang,
+        ready="Number(document.documentElement.getAttribute('data-charts')) >= 2",
+    )

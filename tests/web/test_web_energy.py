@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from edge_agent.web.pages.energy import Trust, local_days, model_trust
-from tests.webkit import Home, WebServer, axe_violations, new_page, screenshot, set_lang, sign_in
+from tests.webkit import Home, WebServer, axe_violations, page_screenshots, set_lang, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.broker]  # a live home needs the Mosquitto
 
@@ -85,14 +85,11 @@ def test_this_week_on_a_desktop_in_english(seeded_web: WebServer, desktop: Page)
 @pytest.mark.parametrize("lang", ["ja", "en"])
 def test_screenshots(seeded_web: WebServer, browser: Browser, lang: str) -> None:
     """docs/img/web-energy-<lang>-<phone|desktop>.png (written there with KYOJO_SCREENSHOTS=1)."""
-    for kind in ("phone", "desktop"):
-        ctx, page = new_page(browser, kind, lang=lang)
-        try:
-            sign_in(page, seeded_web)
-            set_lang(page, seeded_web, lang)
-            page.goto(seeded_web.url + "/energy")
-            page.wait_for_function("document.documentElement.getAttribute('data-charts') !== null")
-            assert page.locator("html").get_attribute("lang") == lang
-            screenshot(page, f"web-energy-{lang}-{kind}")
-        finally:
-            ctx.close()
+    page_screenshots(
+        seeded_web,
+        browser,
+        "/energy",
+        "web-energy",
+        lang,
+        ready="document.documentElement.getAttribute('data-charts') !== null",
+    )
