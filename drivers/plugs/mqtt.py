@@ -184,8 +184,13 @@ class PlugsDriver:
             )
         backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         last_save = time.monotonic()
+        me = asyncio.current_task()
         try:
             while True:
+                # Python 3.11's asyncio.wait_for (inside aiomqtt's connect) can swallow a cancellation that lands as
+                # the CONNACK does; the request is still counted on the task: honour it instead of retrying forever
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
                 joined = False
                 try:
                     async with self._client() as client:

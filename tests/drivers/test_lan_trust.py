@@ -243,7 +243,9 @@ def test_plugs_driver_refused_by_the_lan_broker_says_so_and_keeps_trying(tmp_pat
             assert not task.done(), task
             await asyncio.sleep(0.02)
         assert drv.connects == 0 and not drv.connected and not drv.subscribed.is_set()
-        task.cancel()
+        task.cancel()  # one request, as the agent's supervisor makes: the driver must stop on it
+        done, _ = await asyncio.wait({task}, timeout=20)
+        assert done, "the driver did not stop when cancelled"
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
