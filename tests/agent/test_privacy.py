@@ -68,7 +68,7 @@ def test_record_is_signed_complete_and_verifiable(gw: tuple[Path, Pipeline]) -> 
     assert not verify_signature(keys.public_key_b64(), consent.canonical(forged), signed["signature"])
     out = runner.invoke(app, ["consent", "show", c.id, "-c", str(path), "--lang", "en"]).output
     assert "City Preventive Care Office" in out
-    assert "signature: OK" in out
+    assert "Signature: OK" in out
     out = runner.invoke(app, ["consent", "show", c.id, "-c", str(path), "--lang", "ja"]).output
     assert "予防医療アラート" in out
     assert "署名: OK" in out
