@@ -27,10 +27,8 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,6 +40,32 @@ from bleak.exc import BleakBluetoothNotAvailableError, BleakDBusError, BleakErro
 from drivers.ble import gatt, paired
 from drivers.ble.device import ID_PATTERN
 from drivers.ble.errors import UnknownCharacteristic
+from drivers.ble.pairing import (  # re-exported: kyojo pair's names stay where they were
+    EXIT_LINK,
+    EXIT_NO_ADAPTER,
+    EXIT_NOT_FOUND,
+    EXIT_USAGE,
+    Added,
+    AlreadyPaired,
+    Bond,
+    LinkFailed,
+    Nearby,
+    NoAdapter,
+    NotFound,
+    PairError,
+    PairingRefused,
+    PinRejected,
+    Site,
+    WrongProfile,
+    check_free,
+    record,
+)
+from drivers.ble.pairing import (
+    EXIT_PAIRING_REFUSED as EXIT_PAIRING_REFUSED,
+)
+from drivers.ble.pairing import (
+    EXIT_WRONG_PROFILE as EXIT_WRONG_PROFILE,
+)
 from drivers.ble.profiles import PROFILES, Profile, ProfileName
 from drivers.ble.transport import BleBackend, SharedScanner, Sighting
 from kyojo.contract.vocab import KyojoError
@@ -49,49 +73,6 @@ from kyojo.contract.vocab import KyojoError
 # ------------------------------------------------------------------------------------------------------------
 # Errors and exit codes
 # ------------------------------------------------------------------------------------------------------------
-
-EXIT_USAGE = 2
-EXIT_NO_ADAPTER = 3
-EXIT_NOT_FOUND = 4
-EXIT_WRONG_PROFILE = 5
-EXIT_PAIRING_REFUSED = 6
-EXIT_LINK = 7
-
-
-class PairError(KyojoError):
-    """A pairing command failed in a way the household can act on; ``exit_code`` for the CLI."""
-
-    exit_code = EXIT_USAGE
-
-
-class NoAdapter(PairError):
-    exit_code = EXIT_NO_ADAPTER
-
-
-class NotFound(PairError):
-    exit_code = EXIT_NOT_FOUND
-
-
-class WrongProfile(PairError):
-    exit_code = EXIT_WRONG_PROFILE
-
-
-class PairingRefused(PairError):
-    exit_code = EXIT_PAIRING_REFUSED
-
-
-class PinRejected(PairingRefused):
-    """Pairing started but the keys did not match: a wrong PIN/passkey (SMP Confirm Value / Passkey Entry /
-    Numeric Comparison / DHKey Check Failed; BlueZ ``AuthenticationFailed``)."""
-
-
-class AlreadyPaired(PairError):
-    """The address (or the wanted device id) is already in the registry or in the gateway config."""
-
-
-class LinkFailed(PairError):
-    exit_code = EXIT_LINK
-
 
 # BlueZ D-Bus errors that mean "no usable adapter" (bleak raises BleakBluetoothNotAvailableError for most)
 _ADAPTER_DBUS = ("org.bluez.Error.NotReady", "org.freedesktop.DBus.Error.ServiceUnknown")
@@ -162,17 +143,6 @@ backend_factory: Callable[[], AbstractAsyncContextManager[BleBackend | None]] = 
 SERVICE_PROFILES: dict[int, ProfileName] = {p.service: p.name for p in PROFILES.values()}
 
 
-@dataclass(frozen=True, slots=True)
-class Nearby:
-    """A device seen by ``scan``."""
-
-    address: str
-    name: str | None
-    rssi: int
-    profiles: tuple[ProfileName, ...]
-    services: tuple[str, ...]
-
-
 def _nearby(address: str, s: Sighting) -> Nearby:
     shorts = [_short(u) for u in s.service_uuids]
     profiles = tuple(SERVICE_PROFILES[u] for u in shorts if u in SERVICE_PROFILES)
@@ -201,24 +171,6 @@ def _short(uuid: str) -> int | None:
         return gatt.uuid16(uuid)
     except UnknownCharacteristic:
         return None
-
-
-class Bond(StrEnum):
-    """When ``add`` bonds."""
-
-    auto = "auto"  # when the device refuses a subscription without encryption (how bond-only devices say it)
-    always = "always"
-    never = "never"
-
-
-@dataclass(frozen=True, slots=True)
-class Added:
-    """What ``add`` found out about the device."""
-
-    address: str
-    name: str | None
-    profile: ProfileName
-    bonded: bool
 
 
 def _offered(client: BleakClient) -> list[ProfileName]:
@@ -344,39 +296,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
-
-
-@dataclass(frozen=True, slots=True)
-class Site:
-    """What pairing needs from the gateway's config, which belongs to the agent: where the gateway keeps its data
-    (the paired-devices file goes there) and the BLE devices its config already lists (upper-case address -> id)."""
-
-    data_dir: Path
-    configured: Mapping[str, str]
-
-
-def check_free(site: Site, devices: list[paired.PairedDevice], address: str, device_id: str | None = None) -> None:
-    """Raise :class:`AlreadyPaired` when ``address`` is in the registry or the config, or ``device_id`` is taken."""
-    address = address.upper()
-    if (old := paired.find(devices, address)) is not None:
-        raise AlreadyPaired(f"{address} is already paired as {old.id} for {old.subject}")
-    if (configured_id := site.configured.get(address)) is not None:
-        raise AlreadyPaired(f"{address} is already configured in the gateway config as {configured_id}")
-    if device_id is not None and any(d.id == device_id for d in devices):
-        raise AlreadyPaired(f"device id {device_id!r} is taken")
-
-
-def record(site: Site, added: Added, person: str, device_id: str | None = None) -> paired.PairedDevice:
-    """Store a device :func:`add_device` paired for ``person`` in the registry (re-read now, checked again:
-    another pairing may have finished meanwhile); the new entry. The agent reads the registry when it starts."""
-    devices = paired.load(site.data_dir)
-    check_free(site, devices, added.address, device_id)
-    new_id = device_id or paired.free_id(devices, f"{added.profile.replace('_', '-')}-{person}"[:64])
-    entry = paired.PairedDevice(
-        id=new_id, address=added.address, profile=added.profile, subject=person, name=added.name, bonded=added.bonded
-    )
-    paired.save(site.data_dir, [*devices, entry])
-    return entry
 
 
 #: Reads the gateway config at ``--config`` into a :class:`Site` (raising :class:`KyojoError` when it is bad).

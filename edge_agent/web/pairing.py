@@ -39,10 +39,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
-from drivers.ble import pair as ble_pair
 from drivers.ble import paired
+from drivers.ble import pairing as ble_pair  # the bookkeeping; the radio (bleak) only when it is used
 from drivers.ble.device import ADDRESS_PATTERN
 from drivers.ble.profiles import PROFILES
 from drivers.plugs import pairing as plug_pairing
@@ -400,8 +401,9 @@ class PairingService:
             async with self._radio:
                 plugs = asyncio.get_running_loop().create_task(self._listen_plugs(job, gw))
                 try:
-                    async with ble_pair.backend_factory() as backend:
-                        await ble_pair.scan(backend, job.duration_s, on_found=on_ble)
+                    radio = _radio()
+                    async with radio.backend_factory() as backend:
+                        await radio.scan(backend, job.duration_s, on_found=on_ble)
                 except Exception as err:  # every failure of the radio becomes a worded problem
                     problem = classify(err)
                     log.info("scan: BLE part failed: %s", problem.kind)
@@ -494,8 +496,9 @@ class PairingService:
     async def _pair(self, job: Job, gw: Gateway, address: str, person: str, label: str | None, profile: Any) -> None:
         problem: Problem | None = None
         try:
-            async with self._radio, asyncio.timeout(self.pair_timeout), ble_pair.backend_factory() as backend:
-                added = await ble_pair.add_device(backend, address, profile, find_within=self.find_within)
+            radio = _radio()
+            async with self._radio, asyncio.timeout(self.pair_timeout), radio.backend_factory() as backend:
+                added = await radio.add_device(backend, address, profile, find_within=self.find_within)
             async with self._files:
                 entry = ble_pair.record(gw.site, added, person)
                 if label is not None:
@@ -568,8 +571,9 @@ class PairingService:
                 if entry.bonded and self._radio.locked():
                     problem = "Bluetooth is busy with a scan or a pairing: the pairing keys were kept"
                 elif entry.bonded:
-                    async with self._radio, ble_pair.backend_factory() as backend:
-                        problem = await ble_pair.forget_bond(backend, entry.address)
+                    radio = _radio()
+                    async with self._radio, radio.backend_factory() as backend:
+                        problem = await radio.forget_bond(backend, entry.address)
             else:
                 plug_pairing.forget(gw.site.data_dir, view.key)
             set_label(self.web_db, device_id, None)
@@ -726,3 +730,11 @@ def _readonly(db_path: Path) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+def _radio() -> ModuleType:
+    """:mod:`drivers.ble.pair` (bleak and the BLE stack), imported when a scan, a pairing or a removal runs: the
+    pages themselves never load the Bluetooth stack (the web process stays small while it waits)."""
+    from drivers.ble import pair
+
+    return pair
