@@ -26,7 +26,7 @@ import typer
 from kyojo.contract.vocab import KyojoError
 
 if TYPE_CHECKING:
-    from drivers.ble import pair as ble_pair
+    from drivers.ble import pairing as ble_pairing
     from edge_agent.config import AgentConfig
 from drivers.ble.cli import register as register_ble
 from drivers.meter.cli import register as register_echonet
@@ -48,9 +48,9 @@ app.add_typer(alerts_app, name="alerts")
 PAIR_HELP = "Pair BLE health devices and assign them to a person (household)."
 
 
-def pairing_site(config: Path) -> ble_pair.Site:
+def pairing_site(config: Path) -> ble_pairing.Site:
     """What ``kyojo pair`` needs from the gateway config: the data dir and the BLE devices it lists."""
-    from drivers.ble import pair as ble_pair
+    from drivers.ble import pairing as ble_pairing
     from edge_agent.config import load_config
 
     cfg = load_config(config)
@@ -59,7 +59,7 @@ def pairing_site(config: Path) -> ble_pair.Site:
         for dev in cfg.devices
         if getattr(dev, "kind", None) == "ble"
     }
-    return ble_pair.Site(data_dir=cfg.gateway.data_dir, configured=configured)
+    return ble_pairing.Site(data_dir=cfg.gateway.data_dir, configured=configured)
 
 
 def pair_app() -> typer.Typer:
