@@ -96,11 +96,13 @@ def spo2_episode(end: float) -> float:
     return day0 - 3 * DAY + 3 * HOUR
 
 
-def _keep(r: Reading, hr_every_s: int, quiet: tuple[float, float]) -> bool:
+def _keep(r: Reading, hr_every_s: int, quiet: tuple[float, float], end: float = float("inf")) -> bool:
     if r.metric == "rr_interval":
         return False
     if r.device == f"{HOME_ID}-p2-spo2" and quiet[0] <= r.ts < quiet[1]:
         return False  # the oximeter's own readings give way to the injected episode
+    if r.device == f"{HOME_ID}-p1-bp" and r.ts >= end - 20 * 60:
+        return False  # nothing after the late crisis, whatever the time of day the home is seeded at
     return not (r.metric == "heart_rate" and int(r.ts) % hr_every_s)
 
 
@@ -142,7 +144,7 @@ def seed_household(
         last_prune = start
         while t < end:
             nxt = min(t + HOUR, end)
-            batch = [r for s in sims for r in s.readings_between(t, nxt) if _keep(r, hr_every_s, quiet)]
+            batch = [r for s in sims for r in s.readings_between(t, nxt) if _keep(r, hr_every_s, quiet, end)]
             batch += [r for r in extra if t <= r.ts < nxt]
             batch.sort(key=lambda r: r.ts)
             stats.readings += pipeline.store(batch)

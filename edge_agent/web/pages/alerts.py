@@ -100,7 +100,13 @@ def list_alerts(conn: sqlite3.Connection, person: str | None = None) -> list[Ale
         )
         view.history = [*(prev.history if prev else []), {"at_ms": int(ts), "level": view.level, "state": view.state}]
         latest[aid] = view
-    return sorted(latest.values(), key=lambda v: (v.state != "open", -v.updated_ms))
+    # open before closed; among the open ones an urgent one (the 119 rule) first, whatever came after it
+    return sorted(latest.values(), key=lambda v: (v.state != "open", not _urgent(v), -v.updated_ms))
+
+
+def _urgent(view: Any) -> bool:
+    """The crisis rule's alerts and any alert at level ``urgent``: the ones that can need a 119 call."""
+    return bool(view.kind == "bp_crisis" or view.level == "urgent")
 
 
 def _num(value: object) -> float | None:
@@ -181,7 +187,7 @@ def advice(_: Callable[[str], str], view: AlertView) -> dict[str, Any]:
         "glucose": _("High blood sugar"),
         "af": _("Irregular heart rhythm (possible atrial fibrillation)"),
     }
-    urgent = view.kind == "bp_crisis" or view.level == "urgent"
+    urgent = _urgent(view)
     call_119 = urgent and view.state == "open"
     if urgent:
         todo = _(
