@@ -375,11 +375,19 @@ def consent_show(
 ) -> None:
     """Show one consent: its notice, scope, recipients, history, and whether its signature holds."""
     from edge_agent import consent
+    from edge_agent.web.wording import (
+        CATEGORY_WORDS,
+        granularity_words,
+        receipt_of,
+        receipt_words,
+        retention_words,
+    )
     from kyojo.keys import load_keys, verify_signature
 
     with _gateway_db(config) as (cfg, conn):
         try:
             signed = consent.signed_record(conn, consent_id)
+            receipt = receipt_of(conn, consent.get_consent(conn, consent_id))
         except KyojoError as err:
             raise _fail(err) from err
     keys = load_keys(cfg.gateway.data_dir)
@@ -393,8 +401,6 @@ def consent_show(
         return
     r, lg = signed["record"], _lang(lang)
     _ = _gettext(lg)
-    from edge_agent.web.wording import CATEGORY_WORDS, granularity_words, retention_words
-
     words: Any = _
     status = _(STATUS_WORDS.get(str(r["status"]), str(r["status"])))
     lines = [
@@ -412,7 +418,7 @@ def consent_show(
         at = datetime.fromisoformat(str(e["at"]).replace("Z", "+00:00"))
         lines.append(f"  {_when(int(at.timestamp() * 1000), lg)}  {_(str(e['event']))} ({e['by']})")
     if r["status"] != "active":
-        lines.append(f"  {_('Erasure')}: {_erasure(conn_events(cfg, consent_id), _)}")
+        lines.append(f"  {_('Erasure')}: {receipt_words(receipt, _)}")
     lines.append(f"  {_('Signature')}: {'OK' if ok else _('INVALID')} ({_('key')} {signed['key_id']})")
     typer.echo("\n".join(lines))
 
@@ -446,30 +452,6 @@ _MARKED = (
     N_("Why"),
     N_("Withdrawing"),
 )
-
-
-def conn_events(cfg: AgentConfig, consent_id: str) -> list[dict[str, Any]]:
-    """The consent's event log (given, withdrawn, erased ...) from the gateway's database."""
-    from edge_agent import consent
-    from edge_agent.db import connect
-
-    conn = connect(cfg.db_path)
-    try:
-        return list(consent.events(conn, consent_id))
-    finally:
-        conn.close()
-
-
-def _erasure(events: list[dict[str, Any]], _: Callable[[str], str]) -> str:
-    """What the city said about erasing a withdrawn consent's data (the same reading as the consent page)."""
-    for e in reversed(events):
-        if e["event"] == "erased":
-            return _("erased by the city (%(n)s points), receipt received") % {"n": e.get("points_erased", "?")}
-        if e["event"] == "erasure_incomplete":
-            return _("the city could not erase everything yet (%(n)s left); it tries again") % {
-                "n": e.get("remaining", "?")
-            }
-    return _("waiting for the city's receipt (it arrives when the gateway is online)")
 
 
 @audit_app.command("show")
@@ -669,14 +651,8 @@ def doctor(
         bluetooth=any(getattr(d, "kind", "") == "ble" for d in cfg.devices),
         timers=("kyojo-renew.timer", "kyojo-crl.timer") if crl is not None else ("kyojo-renew.timer",),
         crl=crl,
+        lan_brokers=[(d.id, d.broker_host, d.broker_port) for d in cfg.devices if getattr(d, "kind", "") == "plugs"],
     )
-    from firmware_tests.doctor import Check, broker_reachable
-
-    for d in cfg.devices:  # plugs publish to a LAN Mosquitto on the gateway: without it nothing arrives
-        if getattr(d, "kind", "") == "plugs":
-            lan = broker_reachable(d.broker_host, d.broker_port)
-            detail = lan.detail if lan.ok else f"{lan.detail}: set up the LAN broker (docs/LAN.md, lan-broker-config)"
-            checks.append(Check(f"LAN broker ({d.id})", lan.ok, detail))
     typer.echo(render(checks))
     if any(c.ok is False for c in checks):
         raise typer.Exit(1)

@@ -7,6 +7,8 @@ Durations accept seconds (``60``) or ISO 8601 (``"PT1M"``).
 from __future__ import annotations
 
 import importlib
+import json
+import time
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -266,9 +268,6 @@ def gateway_now(config: AgentConfig, real: float | None = None) -> float:
     """The agent's clock (epoch s): real time, except under a simulated ``[clock]`` (the demo, test benches), where
     it is extrapolated from the agent's last status, so that a consent given from the CLI or the web page starts
     when the agent's windows do (and, before the agent ever ran, from the clock's start)."""
-    import json
-    import time
-
     real = time.time() if real is None else real
     clock = config.clock
     if clock.speed == 1.0 and clock.start is None:

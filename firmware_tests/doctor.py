@@ -216,8 +216,10 @@ def run_all(
     bluetooth: bool = True,
     timers: Sequence[str] = ("kyojo-renew.timer",),
     crl: Path | None = None,
+    lan_brokers: Sequence[tuple[str, str, int]] = (),
 ) -> list[Check]:
-    """The standard set for a gateway whose identity lives in ``<state_dir>/tls`` (``crl``: on the broker host)."""
+    """The standard set for a gateway whose identity lives in ``<state_dir>/tls`` (``crl``: on the broker host;
+    ``lan_brokers``: (plugs entry id, host, port) of each plugs entry's LAN broker)."""
     tls = state_dir / "tls"
     checks = [clock_synchronised(), disk_space(state_dir)]
     if local_broker is not None:
@@ -227,6 +229,10 @@ def run_all(
     checks += [timer_enabled(t) for t in timers]
     if crl is not None:
         checks.append(crl_fresh(crl))
+    for name, host, port in lan_brokers:  # plugs publish to a LAN Mosquitto on the gateway: none, nothing arrives
+        lan = broker_reachable(host, port)
+        detail = lan.detail if lan.ok else f"{lan.detail}: set up the LAN broker (docs/LAN.md, lan-broker-config)"
+        checks.append(Check(f"LAN broker ({name})", lan.ok, detail))
     if city_broker is not None:
         checks.append(broker_tls(*city_broker, tls / "ca.crt", tls / "identity.crt", tls / "identity.key"))
     checks.append(serial_device(serial_ports))

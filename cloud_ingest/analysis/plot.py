@@ -51,9 +51,7 @@ def figure(result: Result, *, title: str | None = None) -> Figure:
         f for f in result.fields if not any(isinstance(r[result.columns.index(f)], str) for r in result.rows)
     ]
     cols = [result.columns.index(f) for f in numeric]
-    rows = [r for r in result.rows if any(r[c] is not None for c in cols)]
-    if q.plot == "map":
-        rows = result.rows
+    rows = result.rows if q.plot == "map" else [r for r in result.rows if any(r[c] is not None for c in cols)]
     if not rows:
         raise NoData(f"{result.name}: no data in this window, nothing to draw")
     shown = Result(result.name, result.columns, rows, result.tags, result.fields)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from edge_agent import consent
 from edge_agent.config import AgentConfig, Profile
-from edge_agent.consent import Purpose
+from edge_agent.consent import Consent, Purpose
 from edge_agent.web import household
 from kyojo.contract.vocab import Category
 
@@ -82,3 +84,31 @@ def notice_lines(purpose: Purpose, lang: str, _: Callable[[str], str]) -> list[s
         f"  {_('Why')}: {purpose.notice[lang]}",
         f"  {_('Withdrawing')}: {purpose.withdrawal_method[lang]}",
     ]
+
+
+@dataclass
+class Receipt:
+    state: str  # waiting | erased | incomplete
+    at: str | None = None
+    points: int | None = None
+    remaining: int | None = None
+
+
+def receipt_of(conn: Any, c: Consent) -> Receipt:
+    """What the cloud said about erasing a withdrawn or expired consent's data."""
+    evs = consent.events(conn, c.id)
+    for e in reversed(evs):
+        if e["event"] == "erased":
+            return Receipt("erased", e.get("erased_at"), e.get("points_erased"), 0)
+        if e["event"] == "erasure_incomplete":
+            return Receipt("incomplete", e.get("erased_at"), e.get("points_erased"), e.get("remaining"))
+    return Receipt("waiting")
+
+
+def receipt_words(receipt: Receipt, _: Callable[[str], str]) -> str:
+    """The receipt as the CLI says it (the consent page renders the same :class:`Receipt`)."""
+    if receipt.state == "erased":
+        return _("erased by the city (%(n)s points), receipt received") % {"n": receipt.points}
+    if receipt.state == "incomplete":
+        return _("the city could not erase everything yet (%(n)s left); it tries again") % {"n": receipt.remaining}
+    return _("waiting for the city's receipt (it arrives when the gateway is online)")

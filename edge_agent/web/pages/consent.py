@@ -27,7 +27,9 @@ from edge_agent.web.wording import (
     CATEGORY_WORDS,
     PER_PERSON,
     PROFILE_CATEGORIES,
+    Receipt,
     granularity_words,
+    receipt_of,
     retention_words,
     subject_ok,
 )
@@ -36,14 +38,6 @@ from kyojo.contract.wire import ConsentStatus
 from kyojo.keys import load_keys, verify_signature
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Receipt:
-    state: str  # waiting | erased | incomplete
-    at: str | None = None
-    points: int | None = None
-    remaining: int | None = None
 
 
 @dataclass
@@ -69,17 +63,6 @@ class Card:
     rows: list[Row]
     what: list[str]
     per_person: bool
-
-
-def receipt_of(conn: Any, c: Consent) -> Receipt:
-    """What the cloud said about erasing a withdrawn or expired consent's data."""
-    evs = consent.events(conn, c.id)
-    for e in reversed(evs):
-        if e["event"] == "erased":
-            return Receipt("erased", e.get("erased_at"), e.get("points_erased"), 0)
-        if e["event"] == "erasure_incomplete":
-            return Receipt("incomplete", e.get("erased_at"), e.get("points_erased"), e.get("remaining"))
-    return Receipt("waiting")
 
 
 def offered(site: Site, cat: Catalog) -> list[Purpose]:
