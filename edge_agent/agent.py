@@ -45,17 +45,42 @@ def make_clock(config: AgentConfig) -> Clock:
     return ScaledClock(config.clock.start if config.clock.start is not None else time.time(), config.clock.speed)
 
 
-def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], float]:
-    """Instantiate the configured devices. Returns the drivers and the longest polling tick (simulated s)."""
-    ctx = registry.BuildContext(config.gateway.id, clock, config.clock.speed, config.gateway.data_dir)
-    entries = list(config.devices)
-    if (config.gateway.data_dir / "ble-devices.json").exists():
-        # devices the household paired with ``kyojo pair add`` (imported only on gateways that have some)
-        from drivers.ble.paired import device_configs
+#: the household's pairing registries: ``kyojo pair`` and the home page write them (atomically), and a running
+#: agent applies their changes within one commit interval (:meth:`Agent.apply_pairing`), without a restart
+PAIRING_FILES = ("ble-devices.json", "plug-appliances.json")
 
-        entries += device_configs(config.gateway.data_dir)
+
+def pairing_signature(data_dir: Path) -> tuple[object, ...]:
+    """What changes when a registry file is replaced (atomic writes give it a new inode) or edited in place."""
+    out: list[object] = []
+    for name in PAIRING_FILES:
+        try:
+            st = (data_dir / name).stat()
+        except FileNotFoundError:
+            out.append(None)
+        except OSError as err:
+            out.append(type(err).__name__)
+        else:
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def paired_ble(config: AgentConfig) -> list[Any]:
+    """Device configs of the BLE devices the household paired (``kyojo pair add`` or the home page); [] without
+    any (bleak's driver package is imported only on gateways that have some)."""
+    if not (config.gateway.data_dir / "ble-devices.json").exists():
+        return []
+    from drivers.ble.paired import device_configs
+
+    return list(device_configs(config.gateway.data_dir))
+
+
+def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], float]:
+    """Instantiate the configured and the paired devices. Returns the drivers and the longest polling tick
+    (simulated s)."""
+    ctx = registry.BuildContext(config.gateway.id, clock, config.clock.speed, config.gateway.data_dir)
     drivers: list[Driver] = []
-    for entry in entries:
+    for entry in [*config.devices, *paired_ble(config)]:
         drivers.extend(registry.build(entry, ctx))
     tick = max([1.0, *(float(getattr(d, "tick_s", 1.0)) for d in drivers)])
     return drivers, tick
@@ -86,10 +111,18 @@ class Agent:
     ) -> None:
         self.config = config
         self.clock = clock or make_clock(config)
+        #: the pairing registries as last applied (None: drivers were given, pairing is not watched)
+        self._pairing_sig: tuple[object, ...] | None = None
+        #: the paired BLE devices' configs as last applied, by device id
+        self._paired: dict[str, Any] = {}
         if drivers is None:
+            self._pairing_sig = pairing_signature(config.gateway.data_dir)
             self.drivers, tick = build_drivers(config, self.clock)
+            self._paired = {c.id: c for c in paired_ble(config)}
         else:
             self.drivers, tick = list(drivers), 1.0
+        self._tasks: list[tuple[Driver, asyncio.Task[None]]] = []
+        self.pairing: dict[str, Any] = {"applied": 0, "errors": 0, "last_error": None}
         self.tick = tick
         self.conn = connect(config.db_path)
         self.pipeline = Pipeline(self.conn, config)
@@ -100,8 +133,8 @@ class Agent:
         self.pipeline.min_grace_s = 2 * tick + 2 * speed * config.store.commit_interval.total_seconds()
         self.check_identity()
         self.publisher = Publisher(config)
-        ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
-        self.processors = [processor_kinds.build(p, ctx) for p in config.processors]
+        self._ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
+        self.processors = [processor_kinds.build(p, self._ctx) for p in config.processors]
         for proc in self.processors:
             if proc.lag_s and proc.category is not None:
                 cat = proc.category
@@ -150,6 +183,55 @@ class Agent:
         self.drivers_stopped[device] = f"{type(err).__name__}: {err}"
         log.error("driver %s stopped by an unexpected error; the other drivers keep running", device, exc_info=err)
         return None
+
+    def _start(self, tg: asyncio.TaskGroup, driver: Driver) -> None:
+        self._tasks.append((driver, tg.create_task(self._run_driver(driver), name=f"driver-{driver.device_id}")))
+
+    def apply_pairing(self, tg: asyncio.TaskGroup) -> bool:
+        """Apply the household's pairing changes to the running agent; True when the registries had changed.
+
+        A newly paired BLE device's driver starts, a removed (or reassigned) one's stops (its stored readings
+        stay), and drivers that keep a pairing table of their own (the plugs', ``refresh_pairing()``) re-read it:
+        a plug paired, renamed or forgotten counts from its next message. A registry that cannot be read leaves
+        the devices as they were, logged and counted in ``status()["pairing"]``.
+        """
+        if self._pairing_sig is None:
+            return False
+        sig = pairing_signature(self.config.gateway.data_dir)
+        if sig == self._pairing_sig:
+            return False
+        self._pairing_sig = sig
+        try:
+            wanted = {c.id: c for c in paired_ble(self.config)}
+            stale = {dev for dev, c in self._paired.items() if wanted.get(dev) != c}
+            for driver, task in [(d, t) for d, t in self._tasks if d.device_id in stale]:
+                task.cancel()
+                self._tasks.remove((driver, task))
+                self.drivers.remove(driver)
+            started = [c for dev, c in wanted.items() if self._paired.get(dev) != c]
+            for entry in started:
+                for driver in registry.build(entry, self._ctx):
+                    self.drivers.append(driver)
+                    self._start(tg, driver)
+            self._paired = wanted
+            for driver in self.drivers:
+                refresh = getattr(driver, "refresh_pairing", None)
+                if callable(refresh):
+                    refresh()
+        except (KyojoError, OSError, ValueError) as err:
+            self.pairing["errors"] += 1
+            self.pairing["last_error"] = f"{type(err).__name__}: {err}"[:300]
+            log.warning("pairing change not applied (%s); the devices stay as they were", err)
+            return True
+        self.pairing["applied"] += 1
+        self.pairing["last_error"] = None
+        log.info(
+            "pairing applied: %d BLE device(s) started, %d stopped; %d driver(s) now",
+            len(started),
+            len(stale),
+            len(self.drivers),
+        )
+        return True
 
     def flush(self) -> None:
         """Commit buffered readings, then close due windows (in that order: aggregates see committed rows)."""
@@ -201,6 +283,7 @@ class Agent:
             "drivers": len(self.drivers),
             "driver_errors": dict(self.driver_errors),
             "drivers_stopped": dict(self.drivers_stopped),
+            "pairing": dict(self.pairing),
             "counters": self._counter_causes(),
             "counter_steps_held": dict(self.pipeline.held),
             "receipts_refused": dict(pub.receipts_refused),
@@ -258,16 +341,18 @@ class Agent:
         last_prune = 0.0
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._run_driver(d)) for d in self.drivers]
+                for d in list(self.drivers):
+                    self._start(tg, d)
                 while not stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=interval)
+                    self.apply_pairing(tg)
                     self.flush()
                     if time.monotonic() - last_prune > 3600:
                         self.pipeline.prune(self.clock.now())
                         last_prune = time.monotonic()
                     self.write_status(self.config.status_path)
-                for t in tasks:
+                for _, t in self._tasks:
                     t.cancel()
             sdnotify.stopping()
             self.flush()

@@ -49,17 +49,68 @@ PAIR_HELP = "Pair BLE health devices and assign them to a person (household)."
 
 
 def pairing_site(config: Path) -> ble_pairing.Site:
-    """What ``kyojo pair`` needs from the gateway config: the data dir and the BLE devices it lists."""
+    """What ``kyojo pair`` needs from the gateway config: the data dir and the BLE devices it lists; for ``pair
+    list`` also the config's BLE devices as entries, the household's names for devices and the home's plugs."""
+    from drivers.ble import paired
     from drivers.ble import pairing as ble_pairing
     from edge_agent.config import load_config
 
     cfg = load_config(config)
-    configured = {
-        str(getattr(dev, "address", "")).upper(): str(dev.id)
-        for dev in cfg.devices
-        if getattr(dev, "kind", None) == "ble"
-    }
-    return ble_pairing.Site(data_dir=cfg.gateway.data_dir, configured=configured)
+    ble = [dev for dev in cfg.devices if getattr(dev, "kind", None) == "ble"]
+    configured = {str(dev.address).upper(): str(dev.id) for dev in ble}
+    entries = tuple(
+        paired.PairedDevice(id=dev.id, address=str(dev.address).upper(), profile=dev.profile, subject=dev.subject)
+        for dev in ble
+    )
+    return ble_pairing.Site(
+        data_dir=cfg.gateway.data_dir,
+        configured=configured,
+        config_devices=entries,
+        labels=_device_labels(cfg.gateway.data_dir),
+        others=tuple(_plug_rows(cfg)),
+        lang=_lang(None),
+    )
+
+
+def _device_labels(data_dir: Path) -> dict[str, str]:
+    """Device id -> the household's name for it (the home page's table; none before the page or ``pair rename``)."""
+    if not (data_dir / "web.sqlite3").exists():
+        return {}
+    from edge_agent.web import auth
+    from edge_agent.web.pairing import labels
+
+    web = auth.connect(data_dir)
+    try:
+        return labels(web)
+    finally:
+        web.close()
+
+
+def _plug_rows(cfg: AgentConfig) -> list[dict[str, object]]:
+    """The home's plugs for ``pair list``: configured or paired (heard or not), with when they were last heard."""
+    from drivers.plugs import pairing
+
+    data_dir = cfg.gateway.data_dir
+    seen = {str(r["device"]): r for r in pairing.seen(data_dir)}
+    paired_plugs = pairing.load(data_dir)
+    rows: list[dict[str, object]] = []
+    for dev in cfg.devices:
+        if getattr(dev, "kind", "") != "plugs":
+            continue
+        table = {**paired_plugs, **dev.appliances}
+        for key, appliance in sorted(table.items(), key=lambda kv: kv[1]):
+            last = seen.get(key, {}).get("last_seen")
+            rows.append(
+                {
+                    "id": f"{dev.household}-{appliance}",
+                    "kind": "plug",
+                    "key": key,
+                    "what": appliance,
+                    "source": "config" if key in dev.appliances else "paired",
+                    "last_seen": None if not last else datetime.fromtimestamp(float(last), tz=UTC).isoformat(),
+                }
+            )
+    return rows
 
 
 def pair_app() -> typer.Typer:
@@ -74,6 +125,7 @@ def pair_app() -> typer.Typer:
     ble_pair.use_site_loader(pairing_site)
     if not any(c.name == "plugs" for c in ble_pair.app.registered_commands):
         ble_pair.app.command("plugs")(pair_plugs)
+        ble_pair.app.command("rename")(pair_rename)
     return ble_pair.app
 
 
@@ -590,43 +642,142 @@ def alerts_ack(alert_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
 
 def pair_plugs(
     config: ConfigOpt = DEFAULT_CONFIG,
-    accept: Annotated[str | None, typer.Option(help="plug key to name, e.g. tasmota:tasmota_5A3C7F")] = None,
-    appliance: Annotated[str | None, typer.Option(help="what the plug powers, e.g. kettle")] = None,
+    accept: Annotated[str | None, typer.Option(help="plug key to pair or rename, e.g. tasmota:tasmota_5A3C7F")] = None,
+    appliance: Annotated[
+        str | None, typer.Option(help="what the plug powers: kettle, ケトル, 電子レンジ, or any name of yours")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="the name the household calls it (default: as given)")] = None,
     forget: Annotated[str | None, typer.Option(help="plug key to unpair")] = None,
     as_json: bool = typer.Option(False, "--json"),
+    lang: LangOpt = None,
 ) -> None:
-    """Smart plugs heard on the home's LAN broker; name the appliance behind one (restart the agent after)."""
+    """Smart plugs on the home's LAN broker: the ones heard and the ones paired; pair, rename or forget one. The
+    running agent applies a change within seconds."""
     from drivers.plugs import pairing
+    from edge_agent.web import auth
+    from edge_agent.web.pairing import labels, set_label, valid_label
+    from edge_agent.web.wording import appliance_of
 
+    lg = _lang(lang)
+    _ = _gettext(lg)
     cfg = _load(config)
+    plugs = [d for d in cfg.devices if getattr(d, "kind", "") == "plugs"]
+    if not plugs:
+        raise _fail(KyojoError(_('the gateway config has no kind = "plugs" device (README, installers, step 7)')))
+    household = plugs[0].household
     configured: dict[str, str] = {}
-    for d in cfg.devices:
-        if getattr(d, "kind", "") == "plugs":
-            configured |= dict(d.appliances)
+    for d in plugs:
+        configured |= dict(d.appliances)
     data_dir = cfg.gateway.data_dir
+    web = auth.connect(data_dir)
     try:
         if accept is not None:
             if appliance is None:
-                raise KyojoError("--accept needs --appliance")
-            pairing.accept(data_dir, accept, appliance, configured)
-            typer.echo(f"{accept}: paired as {appliance}; restart the agent (systemctl restart kyojo-agent)")
+                raise _fail(KyojoError(_("--accept needs --appliance")))
+            if label is not None and not valid_label(label):
+                raise _fail(KyojoError(_("a name is 1 to 40 characters")))
+            if accept in configured:
+                msg = _(
+                    "%(key)s is set in the gateway config as %(appliance)s: change it there, or name it with "
+                    "'kyojo pair rename'"
+                )
+                raise _fail(KyojoError(msg % {"key": accept, "appliance": configured[accept]}))
+            before = pairing.load(data_dir)
+            taken = {*before.values(), *configured.values()} - {before.get(accept)}
+            app_id, name = appliance_of(appliance, taken, _gettext("ja"))
+            try:
+                pairing.accept(data_dir, accept, app_id, configured)
+            except KyojoError as err:
+                raise _fail(err) from err
+            device_id = f"{household}-{app_id}"
+            if (old := before.get(accept)) not in (None, app_id):
+                set_label(web, f"{household}-{old}", None)
+            if label is not None or name is not None:
+                set_label(web, device_id, label or name)
+            shown = label or name or app_id
+            typer.echo(
+                _("%(key)s: paired as %(name)s (%(device)s); the running agent uses it from its next message")
+                % {"key": accept, "name": shown, "device": device_id}
+            )
+            if not any(r["device"] == accept for r in pairing.seen(data_dir)):
+                typer.echo(
+                    _(
+                        "note: this plug has not been heard on the LAN broker yet; check the key in 'kyojo pair "
+                        "plugs' (it is used as soon as it reports)"
+                    ),
+                    err=True,
+                )
             return
         if forget is not None:
+            before = pairing.load(data_dir)
             if not pairing.forget(data_dir, forget):
-                raise KyojoError(f"{forget!r} is not paired with kyojo pair plugs")
-            typer.echo(f"{forget}: unpaired; restart the agent")
+                raise _fail(KyojoError(_("%(key)s is not paired with kyojo pair plugs") % {"key": forget}))
+            set_label(web, f"{household}-{before[forget]}", None)
+            typer.echo(_("%(key)s: unpaired; the running agent ignores it from its next message") % {"key": forget})
             return
-    except KyojoError as err:
-        raise _fail(err) from err
+        names = labels(web)
+    finally:
+        web.close()
     paired = {**pairing.load(data_dir), **configured}
-    rows = [{**r, "paired_as": paired.get(str(r["device"]))} for r in pairing.seen(data_dir)]
+    seen = {str(r["device"]): r for r in pairing.seen(data_dir)}
+    rows: list[dict[str, Any]] = []
+    for key in sorted(seen.keys() | paired.keys()):
+        plug_as = paired.get(key)
+        plug_id = None if plug_as is None else f"{household}-{plug_as}"
+        rows.append(
+            {
+                **seen.get(key, {"device": key, "family": key.partition(":")[0]}),
+                "paired_as": plug_as,
+                "device_id": plug_id,
+                "label": names.get(plug_id or ""),
+                "source": "config" if key in configured else "paired" if plug_as else None,
+                "heard": key in seen,
+            }
+        )
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
     if not rows:
-        typer.echo('no plugs heard yet: is the agent running with a kind = "plugs" device?')
+        typer.echo(_("no plugs heard yet: is the agent running, and are the plugs on the LAN broker?"))
+    heard_word = _("heard")
     for r in rows:
-        typer.echo(f"{r['device']:<48} {r.get('family', ''):<12} {r['paired_as'] or 'not paired'}")
+        what = (r["label"] or r["paired_as"]) if r["paired_as"] else _("not paired")
+        last = r.get("last_seen")
+        heard = _when(int(float(last) * 1000), lg) if r["heard"] and last else _("not heard yet")
+        typer.echo(f"{r['device']:<44} {r.get('family', ''):<12} {what:<16} {heard_word} {heard}")
+
+
+def pair_rename(
+    device: Annotated[str, typer.Argument(help="device id, as `kyojo pair list` shows it")],
+    name: Annotated[str | None, typer.Argument(help="the household's name for it, e.g. 父の心拍ベルト")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="forget the name")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    lang: LangOpt = None,
+) -> None:
+    """Give a device the name the household calls it; `kyojo pair list` and the home page show it."""
+    from drivers.ble import pair as ble_pair
+    from edge_agent.web import auth
+    from edge_agent.web.pairing import set_label, valid_label
+
+    _ = _gettext(_lang(lang))
+    if (name is None) == (not clear):
+        raise _fail(KyojoError(_("give a name, or --clear")))
+    if name is not None and not valid_label(name):
+        raise _fail(KyojoError(_("a name is 1 to 40 characters")))
+    site = pairing_site(config)
+    known = {str(r["id"]) for r in ble_pair.list_rows(site)}
+    if device not in known:
+        msg = _("%(device)s is not a device of this home (known: %(known)s)")
+        raise _fail(KyojoError(msg % {"device": device, "known": ", ".join(sorted(known)) or "-"}))
+    web = auth.connect(site.data_dir)
+    try:
+        set_label(web, device, None if clear else " ".join(str(name).split()))
+    finally:
+        web.close()
+    if clear:
+        typer.echo(_("%(device)s: name cleared") % {"device": device})
+    else:
+        typer.echo(_("%(device)s: now called %(name)s") % {"device": device, "name": name})
 
 
 @app.command("doctor")

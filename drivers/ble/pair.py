@@ -415,26 +415,69 @@ def add_cmd(
         raise _fail(str(err), EXIT_USAGE) from err
     how = "bonded" if added.bonded else "no bonding needed"
     typer.echo(f"paired {address} ({added.name or 'no name'}) as {entry.id}: {added.profile} for {person} ({how})")
-    typer.echo("restart the agent (`systemctl restart kyojo-agent`) to start reading it")
+    typer.echo("the running agent starts reading it within seconds (`kyojo agent status` shows its link)")
+
+
+def _local(iso: object, lang: str) -> str | None:
+    """An ISO time as a person reads it: JST (said so) in Japanese, UTC in English."""
+    if not isinstance(iso, str):
+        return None
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    at = datetime.fromisoformat(iso)
+    if lang == "ja":
+        return at.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M JST")
+    return at.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def list_rows(site: Site) -> list[dict[str, object]]:
+    """Every device ``kyojo pair list`` shows: the paired BLE devices (``source`` "paired", the registry's fields),
+    the config's (``source`` "config"), then the home's other devices from the site (plugs); each with the
+    household's name for it (``label``, or None)."""
+    rows: list[dict[str, object]] = []
+    for src, devices in (("paired", _load(site.data_dir)), ("config", list(site.config_devices))):
+        for d in devices:
+            doc: dict[str, object] = d.model_dump(mode="json")
+            if src == "config":
+                doc["added_at"] = None
+            rows.append({**doc, "kind": "ble", "source": src, "label": site.labels.get(d.id)})
+    rows += [{**o, "label": site.labels.get(str(o.get("id")))} for o in site.others]
+    return rows
 
 
 @app.command("list")
 def list_cmd(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
-    """List the paired devices and whom they belong to."""
-    data_dir = _site(config).data_dir
-    devices = _load(data_dir)
+    """List the home's devices: BLE devices paired here or set in the gateway config, and plugs; whom each belongs
+    to and the name the household gave it (``kyojo pair rename``)."""
+    from kyojo.i18n import gettext_for
+
+    site = _site(config)
+    rows = list_rows(site)
     if as_json:
-        typer.echo(json.dumps([d.model_dump(mode="json") for d in devices], ensure_ascii=False))
+        typer.echo(json.dumps(rows, ensure_ascii=False))
         return
-    if not devices:
-        typer.echo("no paired devices (`kyojo pair scan`, then `kyojo pair add`)")
+    _ = gettext_for(site.lang).gettext
+    if not rows:
+        typer.echo(_("no devices yet (`kyojo pair scan`, then `kyojo pair add`; plugs: `kyojo pair plugs`)"))
         return
-    typer.echo(f"{'ID':<24}  {'ADDRESS':<17}  {'PROFILE':<16}  {'PERSON':<12}  BONDED  NAME")
-    for d in devices:
-        typer.echo(
-            f"{d.id:<24}  {d.address:<17}  {d.profile:<16}  {d.subject:<12}  {'yes' if d.bonded else 'no':<6}  "
-            f"{d.name or ''}"
-        )
+    person, bonded, heard_word = _("person"), _("bonded"), _("heard")
+    ble = [r for r in rows if r["kind"] == "ble"]
+    if ble:
+        typer.echo(_("Health devices (Bluetooth)"))
+        for r in ble:
+            source = _("paired here") if r["source"] == "paired" else _("in the gateway config")
+            typer.echo(
+                f"  {r['id']:<24} {r['address']:<17} {r['profile']:<16} {person} {r['subject']:<10} "
+                f"{r['label'] or r['name'] or ''}  ({source}{', ' + bonded if r['bonded'] else ''})"
+            )
+    plugs = [r for r in rows if r["kind"] == "plug"]
+    if plugs:
+        typer.echo(_("Plugs"))
+        for r in plugs:
+            source = _("paired here") if r["source"] == "paired" else _("in the gateway config")
+            heard = _local(r.get("last_seen"), site.lang) or _("not heard yet")
+            typer.echo(f"  {r['id']:<24} {r['key']:<40} {r['label'] or r['what']}  ({source}; {heard_word} {heard})")
 
 
 @app.command("remove")
@@ -459,4 +502,4 @@ def remove_cmd(
         problem = _run(unpair)
         if problem:
             typer.echo(f"warning: could not delete the pairing keys ({problem}); `bluetoothctl remove` it", err=True)
-    typer.echo("restart the agent (`systemctl restart kyojo-agent`) to stop reading it")
+    typer.echo("the running agent stops reading it within seconds")

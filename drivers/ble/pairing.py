@@ -8,7 +8,7 @@ stack; :mod:`drivers.ble.pair` (the radio work and ``kyojo pair``) re-exports ev
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -91,10 +91,19 @@ class Added:
 @dataclass(frozen=True, slots=True)
 class Site:
     """What pairing needs from the gateway's config, which belongs to the agent: where the gateway keeps its data
-    (the paired-devices file goes there) and the BLE devices its config already lists (upper-case address -> id)."""
+    (the paired-devices file goes there) and the BLE devices its config already lists (upper-case address -> id).
+
+    For ``kyojo pair list`` the agent's CLI also fills in the config's BLE devices as entries (``config_devices``),
+    the household's names for devices (``labels``: device id -> name, the home page's), and the home's other
+    devices (``others``: plugs, as rows with ``id``, ``kind``, ``what``, ``source``, ``last_seen``).
+    """
 
     data_dir: Path
     configured: Mapping[str, str]
+    config_devices: tuple[paired.PairedDevice, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    others: tuple[Mapping[str, object], ...] = ()
+    lang: str = "en"
 
 
 def check_free(site: Site, devices: list[paired.PairedDevice], address: str, device_id: str | None = None) -> None:

@@ -101,9 +101,11 @@ def build(config: Config, ctx: BuildContext) -> list[Driver]:
     from drivers.plugs.pairing import load
     from drivers.plugs.session import PlugSession
 
-    # plugs paired with ``kyojo pair plugs``, then the config's own table (which wins on a conflict)
-    appliances = {**load(ctx.data_dir), **config.appliances}
-    session = PlugSession(config.household, appliances, z2m_base=config.z2m_base, max_power_w=config.max_power_w)
+    def pairing() -> dict[str, str]:
+        # plugs paired with ``kyojo pair plugs``, then the config's own table (which wins on a conflict)
+        return {**load(ctx.data_dir), **config.appliances}
+
+    session = PlugSession(config.household, pairing(), z2m_base=config.z2m_base, max_power_w=config.max_power_w)
     return [
         PlugsDriver(
             config.id,
@@ -115,5 +117,6 @@ def build(config: Config, ctx: BuildContext) -> list[Driver]:
             topics=[*default_topics(config.z2m_base), *config.extra_topics],
             clock=ctx.clock,
             state_path=ctx.data_dir / f"plugs-{config.id}.json",
+            pairing=pairing,
         )
     ]

@@ -96,8 +96,11 @@ class PlugsDriver:
         clock: Clock | None = None,
         state_path: Path | None = None,
         save_every_s: float = 60.0,
+        pairing: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.device_id = device_id
+        #: reads the pairing table again (the household's plugs and the config's), for :meth:`refresh_pairing`
+        self._pairing = pairing
         self.session = session
         self.host, self.port = host, port
         self._username, self._password = username, password
@@ -214,6 +217,21 @@ class PlugsDriver:
                 await asyncio.sleep(backoff.next())
         finally:
             self.save_state()
+
+    def refresh_pairing(self) -> dict[str, list[str]]:
+        """Apply the household's pairing changes now, without a restart or a reconnect (the agent calls this when
+        ``plug-appliances.json`` changed; :meth:`PlugSession.set_appliances` says what moves). The changed keys."""
+        if self._pairing is None:
+            return {}
+        changes = self.session.set_appliances(self._pairing())
+        if any(changes.values()):
+            log.info(
+                "%s: pairing applied: %s",
+                self.device_id,
+                "; ".join(f"{what} {', '.join(keys)}" for what, keys in changes.items() if keys),
+            )
+            self.save_state()
+        return changes
 
     def health(self) -> Mapping[str, object]:
         """Connection, counters, parse errors by reason, per-plug states, and plugs waiting to be paired."""

@@ -216,6 +216,41 @@ class PlugSession:
             s.name, s.firmware = _field(ann.name), _field(ann.firmware)
         return paired
 
+    def set_appliances(self, appliances: Mapping[str, str]) -> dict[str, list[str]]:
+        """Take a new pairing table while running (the household paired, renamed or forgot a plug).
+
+        A newly paired plug's discovery record moves to :attr:`seen` and its next readings count; a renamed one
+        keeps its energy counter (its readings carry the new device id from now on); a forgotten one goes back to
+        :attr:`heard` and its counter and states are dropped (a later pairing starts from a fresh baseline, so
+        energy used meanwhile is never booked as one step). Returns the keys ``added``, ``renamed``, ``removed``.
+        """
+        new = dict(appliances)
+        old = dict(self.appliances)
+        changes: dict[str, list[str]] = {"added": [], "renamed": [], "removed": []}
+        for key in sorted(old.keys() - new.keys()):
+            changes["removed"].append(key)
+            self.counters.pop(key, None)
+            self.states.pop(key, None)
+            s = self.seen.pop(key, None)
+            if s is not None:
+                s.paired_as = None
+                self.heard[key] = s
+        for key in sorted(new.keys()):
+            if key not in old:
+                changes["added"].append(key)
+                s = self.heard.pop(key, None)
+                if s is not None:
+                    self.seen[key] = s
+            elif old[key] != new[key]:
+                changes["renamed"].append(key)
+            if key in self.seen:
+                self.seen[key].paired_as = new[key]
+        while len(self.heard) > self.max_unpaired:
+            self.heard.popitem(last=False)
+            self.ignored["forgotten"] += 1
+        self.appliances = new
+        return changes
+
     def unpaired(self) -> list[Seen]:
         """Plugs heard from that are not paired (at most ``max_unpaired``), by key."""
         return sorted(self.heard.values(), key=lambda s: s.device)

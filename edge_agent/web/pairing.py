@@ -11,11 +11,11 @@ The page starts a job and polls it; a job is an asyncio task of the web process 
   (:func:`drivers.plugs.pairing.accept` into ``plug-appliances.json``), which needs no radio and no job.
 
 How this coordinates with the agent (the same way as ``kyojo pair``): the web process never talks to a device the
-agent reads; it writes the two registry files atomically (temporary file + rename), and the agent builds its drivers
-from them when it starts (``edge_agent.agent.build_drivers``). ``systemd/kyojo-agent-reload.path`` restarts the agent
-when either file changes, so a device paired here is read within seconds without a terminal; until the agent
-reports the device in its status (``links``) the page says "waiting for the gateway". One BLE job runs at a time
-(BlueZ allows one discovery per adapter, and two pairings would race on the registry file).
+agent reads; it writes the two registry files atomically (temporary file + rename), and the running agent applies the
+change within one commit interval (``edge_agent.agent.Agent.apply_pairing``: a paired strap's driver starts, a plug's
+readings count from its next message), so a device paired here is read within seconds, without a restart or a
+terminal; until the agent reports the device in its status (``links``) the page says "waiting for the gateway".
+One BLE job runs at a time (BlueZ allows one discovery per adapter, and two pairings would race on the registry file).
 
 Pairing problems become a :class:`Problem` with a :class:`ProblemKind` the page words in plain language with what
 to do next; ``detail`` keeps the stack's own text (shown under "details", never a measurement value).

@@ -7,7 +7,8 @@ Strings are marked with ``N_`` for the catalogs (``python -m kyojo.i18n.catalogs
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+import unicodedata
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,59 @@ from kyojo.contract.vocab import Category
 def N_(text: str) -> str:
     """Marks a message for the catalogs (translated where it is shown)."""
     return text
+
+
+#: what a plug may power: (appliance id, as the energy page and the appliance models know it; name for people).
+#: The home page offers these; ``kyojo pair plugs --appliance`` takes the id or the name in either language.
+APPLIANCES: tuple[tuple[str, str], ...] = (
+    ("kettle", N_("Electric kettle")),
+    ("washing_machine", N_("Washing machine")),
+    ("fridge", N_("Fridge")),
+    ("tv", N_("TV")),
+    ("rice_cooker", N_("Rice cooker")),
+    ("microwave", N_("Microwave")),
+    ("air_conditioner", N_("Air conditioner")),
+    ("other", N_("Something else")),
+)
+#: appliance ids (the plug's, as the config or the page named it) -> names for people
+APPLIANCE_NAMES: dict[str, str] = {**dict(APPLIANCES), "washer": N_("Washing machine")}
+#: more words households use for an appliance, besides its id and its name in Japanese and English (NFKC, casefolded)
+APPLIANCE_WORDS: dict[str, tuple[str, ...]] = {
+    "kettle": ("ケトル", "ポット", "電気ポット", "やかん", "kettle"),
+    "washing_machine": ("洗濯機", "せんたくき", "washer"),
+    "fridge": ("れいぞうこ", "refrigerator"),
+    "tv": ("television", "てれび"),
+    "rice_cooker": ("すいはんき",),
+    "microwave": ("レンジ", "でんしれんじ"),
+    "air_conditioner": ("クーラー", "aircon"),
+}
+
+
+def _fold(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
+
+
+def appliance_of(text: str, taken: Collection[str], ja: Callable[[str], str]) -> tuple[str, str | None]:
+    """What a household typed for a plug's appliance -> (appliance id, its display name or None).
+
+    A known appliance by its id or name in either language (``ja`` is the Japanese catalog's gettext) gets its id
+    and keeps the household's word as the display name when it is not the id: ``"ケトル"`` -> ``("kettle",
+    "ケトル")``. Any other identifier is taken as the id (``"kitchen_kettle"``); anything else (``"こたつ"``,
+    ``"Grandma's heater"``) becomes the next free ``other-<n>`` with the text as its display name, as on the page.
+    """
+    clean = " ".join(unicodedata.normalize("NFKC", text).split())
+    key = clean.casefold()
+    for app_id, name in APPLIANCES:
+        if app_id == "other":
+            continue
+        words = {app_id, app_id.replace("_", " "), _fold(name), _fold(ja(name)), *APPLIANCE_WORDS.get(app_id, ())}
+        if key in words:
+            return app_id, None if clean == app_id else clean
+    from drivers.plugs.pairing import valid_appliance
+
+    if valid_appliance(clean):
+        return clean, None
+    return next(f"other-{i}" for i in range(1, 10_000) if f"other-{i}" not in taken), clean
 
 
 #: what each category means to a household

@@ -164,38 +164,6 @@ def test_timer_units_verify_and_expose_little(service: str, timer: str, tmp_path
 
 def test_every_unit_in_systemd_is_checked_here() -> None:
     """A unit added to systemd/ without a test here would ship unverified."""
-    checked = (
-        set(UNITS) | set(ONESHOTS) | set(ONESHOTS.values()) | {"kyojo-agent-reload.path", "kyojo-agent-reload.service"}
-    )
+    checked = set(UNITS) | set(ONESHOTS) | set(ONESHOTS.values())
     shipped = {p.name for p in UNITS_DIR.iterdir() if p.suffix in (".service", ".timer", ".path")}
     assert shipped == checked
-
-
-def test_pairing_changes_restart_a_running_agent() -> None:
-    """The household pairs from the web page or `kyojo pair`; the agent reads the registries at start, so a change
-    restarts it (only if it runs), without a terminal or root."""
-    path = parse_unit(UNITS_DIR / "kyojo-agent-reload.path")
-    agent = {k: v[-1] for k, v in parse_unit(UNITS_DIR / "kyojo-agent.service").items()}
-    assert set(path["Path.PathChanged"]) == {"/var/lib/kyojo/ble-devices.json", "/var/lib/kyojo/plug-appliances.json"}
-    assert agent["Service.StateDirectory"] == "kyojo"  # the registries live in the agent's state directory
-    svc = {k: v[-1] for k, v in parse_unit(UNITS_DIR / "kyojo-agent-reload.service").items()}
-    assert svc["Service.ExecStart"] == "/bin/systemctl try-restart kyojo-agent.service"
-
-
-@needs_analyze
-def test_reload_units_verify(tmp_path: Path) -> None:
-    assert ANALYZE is not None
-    for name in ("kyojo-agent-reload.path", "kyojo-agent-reload.service", "kyojo-agent.service"):
-        text = (
-            (UNITS_DIR / name)
-            .read_text()
-            .replace("/opt/kyojo/.venv/bin/kyojo", str(Path(sys.executable).with_name("kyojo")))
-        )
-        (tmp_path / name).write_text(text)
-    done = subprocess.run(
-        [ANALYZE, "verify", str(tmp_path / "kyojo-agent-reload.path"), str(tmp_path / "kyojo-agent-reload.service")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0 and (done.stdout + done.stderr).strip() == "", done.stdout + done.stderr

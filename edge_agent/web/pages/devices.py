@@ -27,6 +27,7 @@ from edge_agent.web import household
 from edge_agent.web.pairing import DeviceView, Job, PairingProblem, PairingService, ProblemKind
 from edge_agent.web.site import site_of
 from edge_agent.web.templating import N_, gettext, render
+from edge_agent.web.wording import APPLIANCE_NAMES, APPLIANCES  # one vocabulary with `kyojo pair plugs`
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +136,6 @@ METRIC_NAMES: dict[str, str] = {
 
 NEW_PERSON = "__new__"
 
-#: what a plug may power: (appliance id, as the energy page and the appliance model know it; name for people)
-APPLIANCES: tuple[tuple[str, str], ...] = (
-    ("kettle", N_("Electric kettle")),
-    ("washing_machine", N_("Washing machine")),
-    ("fridge", N_("Fridge")),
-    ("tv", N_("TV")),
-    ("rice_cooker", N_("Rice cooker")),
-    ("microwave", N_("Microwave")),
-    ("air_conditioner", N_("Air conditioner")),
-    ("other", N_("Something else")),
-)
-
 
 def service_of(request: Request) -> PairingService:
     """The app's pairing service (made on first use, kept on the app)."""
@@ -170,10 +159,6 @@ def _people(request: Request) -> list[household.Person]:
     known = {p.id for p in people}
     extra = [household.Person(s, household.name_of(site.web_db, s)) for s in service_of(request).owners() - known]
     return sorted([*people, *extra], key=lambda p: p.id)
-
-
-#: appliance ids (the plug's, as the config or the page named it) -> names for people
-APPLIANCE_NAMES: dict[str, str] = {**dict(APPLIANCES), "washer": N_("Washing machine")}
 
 
 def _title(request: Request, view: DeviceView, people: dict[str, str]) -> str:
