@@ -301,10 +301,34 @@ def verify(conn: sqlite3.Connection) -> Verdict:
 
 
 # -- plain language ----------------------------------------------------------------------------------------------
+# The household reads the log in its own language: messages are gettext ids of Kyojo's catalogs (kyojo/i18n, the
+# home page's), times in JST said so in Japanese and in UTC in English; categories, recipients and purposes in words.
+
+
+def N_(text: str) -> str:
+    """Marks a message for the catalogs (``python -m kyojo.i18n.catalogs update``); translated where shown."""
+    return text
+
+
 _DROP_REASONS = {
-    "outbox_full": ("the send queue was full", "送信待ちがいっぱいでした"),
-    "consent_withdrawn": ("consent was withdrawn", "同意が撤回されました"),
-    "consent_expired": ("consent expired", "同意の期限が切れました"),
+    "outbox_full": N_("the send queue was full"),
+    "consent_withdrawn": N_("consent was withdrawn"),
+    "consent_expired": N_("consent expired"),
+}
+_CATEGORIES = {
+    "health": N_("health data"),
+    "energy": N_("electricity data"),
+    "energy.estimated": N_("estimated appliance electricity"),
+    "ev": N_("EV charging data"),
+    "mobility": N_("vehicle position data"),
+    "device": N_("device status"),
+}
+_CONSENT_EVENTS = {
+    "consent_given": N_("gave consent"),
+    "consent_renewed": N_("renewed consent"),
+    "consent_withdrawn": N_("withdrew consent"),
+    "consent_expired": N_("consent expired"),
+    "erasure_receipt": N_("the cloud confirmed erasure"),
 }
 
 
@@ -314,75 +338,87 @@ def _seqs(b: dict[str, Any]) -> str:
     return shown + (f" (+{len(seqs) - 10})" if len(seqs) > 10 else "")
 
 
+def local_time(at: datetime, lang: str) -> str:
+    """A time as the household reads it: JST (and said so) in Japanese, UTC in English."""
+    if lang == "ja":
+        from zoneinfo import ZoneInfo
+
+        return at.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M:%S JST")
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _purpose_title(purpose: str, lang: str) -> str:
+    from edge_agent.consent import catalog
+
+    p = catalog().get(purpose)
+    return p.title.get(lang, purpose) if p is not None else purpose
+
+
 def describe(e: Entry, lang: str = "en") -> str:
-    """One line of plain language for the household."""
+    """One line of plain language for the household, in ``lang`` (``ja`` or ``en``)."""
+    from kyojo.i18n import gettext_for
+
+    _ = gettext_for(lang).gettext
     b = e.body
-    ja = lang == "ja"
-    when = e.when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    purpose, cid = b.get("purpose", ""), b.get("consent", "")
-    if e.kind == "release":
-        what_en, what_ja = ("events", "イベント") if "events" in b else ("summaries", "要約")
-        if ja:
-            return (
-                f"{when} 送信待ちに入れました: 目的「{purpose}」(同意 {cid}) {b['category']} の{what_ja} "
-                f"{b['items']} 件 → {b['recipient']} (#{b['seq']})"
-            )
-        return (
-            f"{when} queued to send {b['items']} {b['category']} {what_en} for '{purpose}' "
-            f"(consent {cid}) to {b['recipient']} (#{b['seq']})"
-        )
-    if e.kind in ("release_acked", "release_dropped", "release_refused"):
-        k = len(b.get("releases", []))
-        if e.kind == "release_acked":
-            if ja:
-                return (
-                    f"{when} 送信しました（ブローカーが受信を確認）: 目的「{purpose}」(同意 {cid}) "
-                    f"{k} 件のメッセージ {_seqs(b)}、計 {b.get('items', 0)} 件"
-                )
-            return (
-                f"{when} sent (the broker acknowledged it): {k} message(s) {_seqs(b)} with {b.get('items', 0)} "
-                f"item(s) for '{purpose}' (consent {cid})"
-            )
-        if e.kind == "release_refused":
-            if ja:
-                return (
-                    f"{when} 送信できませんでした（ブローカーが拒否: {b.get('reason', '')}）: 目的「{purpose}」"
-                    f"(同意 {cid}) {k} 件のメッセージ {_seqs(b)}"
-                )
-            return (
-                f"{when} not sent (the broker refused it: {b.get('reason', '')}): {k} message(s) {_seqs(b)} "
-                f"for '{purpose}' (consent {cid})"
-            )
-        why_en, why_ja = _DROP_REASONS.get(str(b.get("reason")), (str(b.get("reason")), str(b.get("reason"))))
-        if ja:
-            return (
-                f"{when} 送信せずに破棄しました（{why_ja}）: 目的「{purpose}」(同意 {cid}) "
-                f"{k} 件のメッセージ {_seqs(b)}、計 {b.get('items', 0)} 件"
-            )
-        return (
-            f"{when} dropped without sending ({why_en}): {k} message(s) {_seqs(b)} with {b.get('items', 0)} "
-            f"item(s) for '{purpose}' (consent {cid})"
-        )
-    who = b.get("subject", "")
-    if e.kind == "erasure_incomplete":
-        left = b.get("receipt", {}).get("remaining", "?")
-        if ja:
-            return (
-                f"{when} {who}: クラウドは削除後も {left} 件のデータが残っていると報告しました"
-                f"（目的「{purpose}」、同意 {cid}）"
-            )
-        return (
-            f"{when} {who}: the cloud reported that {left} data point(s) remain after erasure "
-            f"for '{purpose}' (consent {cid})"
-        )
-    labels = {
-        "consent_given": ("gave consent", "同意しました"),
-        "consent_renewed": ("renewed consent", "同意を更新しました"),
-        "consent_withdrawn": ("withdrew consent", "同意を撤回しました"),
-        "consent_expired": ("consent expired", "同意の期限が切れました"),
-        "erasure_receipt": ("the cloud confirmed erasure", "クラウドが削除を確認しました"),
+    words: dict[str, Any] = {
+        "when": local_time(e.when, lang),
+        "purpose": _purpose_title(str(b.get("purpose", "")), lang),
+        "consent": b.get("consent", ""),
+        "who": b.get("subject", ""),
+        "items": b.get("items", 0),
+        "k": len(b.get("releases", [])),
+        "seqs": _seqs(b),
     }
-    en, jp = labels.get(e.kind, (e.kind, e.kind))
-    if ja:
-        return f"{when} {who}: {jp}（目的「{purpose}」、同意 {cid}）"
-    return f"{when} {who}: {en} for '{purpose}' (consent {cid})"
+    if e.kind == "release":
+        category = str(b.get("category", ""))
+        words |= {
+            "what": _("events") if "events" in b else _("summaries"),
+            "category": _(_CATEGORIES[category]) if category in _CATEGORIES else category,
+            "recipient": _(str(b.get("recipient", ""))),
+            "seq": b.get("seq"),
+        }
+        return (
+            _(
+                "%(when)s queued to send %(items)s %(what)s of %(category)s for '%(purpose)s' (consent %(consent)s) "
+                "to %(recipient)s (#%(seq)s)"
+            )
+            % words
+        )
+    if e.kind == "release_acked":
+        return (
+            _(
+                "%(when)s sent (the broker acknowledged it): %(k)s message(s) %(seqs)s with %(items)s item(s) for "
+                "'%(purpose)s' (consent %(consent)s)"
+            )
+            % words
+        )
+    if e.kind == "release_refused":
+        words["reason"] = b.get("reason", "")
+        return (
+            _(
+                "%(when)s not sent (the broker refused it: %(reason)s): %(k)s message(s) %(seqs)s for '%(purpose)s' "
+                "(consent %(consent)s)"
+            )
+            % words
+        )
+    if e.kind == "release_dropped":
+        reason = str(b.get("reason"))
+        words["why"] = _(_DROP_REASONS[reason]) if reason in _DROP_REASONS else reason
+        return (
+            _(
+                "%(when)s dropped without sending (%(why)s): %(k)s message(s) %(seqs)s with %(items)s item(s) for "
+                "'%(purpose)s' (consent %(consent)s)"
+            )
+            % words
+        )
+    if e.kind == "erasure_incomplete":
+        words["left"] = b.get("receipt", {}).get("remaining", "?")
+        return (
+            _(
+                "%(when)s %(who)s: the cloud reported that %(left)s data point(s) remain after erasure for "
+                "'%(purpose)s' (consent %(consent)s)"
+            )
+            % words
+        )
+    words["what"] = _(_CONSENT_EVENTS[e.kind]) if e.kind in _CONSENT_EVENTS else e.kind
+    return _("%(when)s %(who)s: %(what)s for '%(purpose)s' (consent %(consent)s)") % words

@@ -509,48 +509,67 @@ _MARKED = (
 @audit_app.command("show")
 def audit_show(
     config: ConfigOpt = DEFAULT_CONFIG,
-    since: Annotated[str | None, typer.Option(help="ISO date or time, e.g. 2024-06-01")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO date or time, e.g. 2024-06-01 (JST in Japanese, else UTC)")
+    ] = None,
     purpose: Annotated[str | None, typer.Option(help="only this purpose")] = None,
     lang: LangOpt = None,
 ) -> None:
     """Everything that left the home and every consent event, in plain language, oldest first."""
     from edge_agent import audit
 
+    lg = _lang(lang)
     since_ms = None
     if since:
         try:
             dt = datetime.fromisoformat(since)
         except ValueError as err:
-            raise _fail(KyojoError(f"--since: not an ISO date/time: {since!r}")) from err
-        since_ms = int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
-    with _gateway_db(config) as (_, conn):
+            raise _fail(
+                KyojoError(_gettext(lg)("--since: not an ISO date/time: %(value)r") % {"value": since})
+            ) from err
+        if dt.tzinfo is None:
+            from zoneinfo import ZoneInfo
+
+            dt = dt.replace(tzinfo=ZoneInfo("Asia/Tokyo") if lg == "ja" else UTC)
+        since_ms = int(dt.timestamp() * 1000)
+    with _gateway_db(config) as (_cfg, conn):
         for e in audit.entries(conn, since_ms=since_ms, purpose=purpose):
-            typer.echo(audit.describe(e, _lang(lang)))
+            typer.echo(audit.describe(e, lg))
 
 
 @audit_app.command("verify")
 def audit_verify(
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: bool = typer.Option(False, "--json", help="the verdict and the cloud's anchor as JSON"),
+    lang: LangOpt = None,
 ) -> None:
     """Check the log: its hash chain, the gateway's counters and the cloud's anchor. Exits 1 if any entry was
     edited, deleted or reordered, or the newest ones were removed."""
     from edge_agent import audit
 
-    with _gateway_db(config) as (_, conn):
+    with _gateway_db(config) as (_cfg, conn):
         verdict = audit.verify(conn)
+    lg = _lang(lang)
+    _ = _gettext(lg)
     if as_json:
         typer.echo(json.dumps(verdict.as_dict(), ensure_ascii=False))
     elif verdict.ok:
-        typer.echo(f"ok: {verdict.entries} entries, head {verdict.last_n}:{verdict.head}")
+        typer.echo(
+            _("ok: %(n)d entries, head %(last)s:%(head)s")
+            % {"n": verdict.entries, "last": verdict.last_n, "head": verdict.head}
+        )
         a = verdict.anchor
         if a is None:
-            typer.echo("the cloud has not sent an anchor yet: checked against the gateway's own counters only")
+            typer.echo(_("the cloud has not sent an anchor yet: checked against the gateway's own counters only"))
         else:
-            typer.echo(f"matches the cloud's anchor: entry {a['n']} as seen by the cloud at {a['seen_at']}")
+            seen = datetime.fromisoformat(str(a["seen_at"]).replace("Z", "+00:00"))
+            typer.echo(
+                _("matches the cloud's anchor: entry %(n)s as seen by the cloud at %(when)s")
+                % {"n": a["n"], "when": audit.local_time(seen, lg)}
+            )
     else:
-        where = f"entry {verdict.first_bad}: " if verdict.first_bad is not None else ""
-        typer.echo(f"TAMPERED: {where}{verdict.reason}", err=True)
+        where = _("entry %(n)s: ") % {"n": verdict.first_bad} if verdict.first_bad is not None else ""
+        typer.echo(_("TAMPERED: %(where)s%(reason)s") % {"where": where, "reason": verdict.reason}, err=True)
     if not verdict.ok:
         raise typer.Exit(1)
 
@@ -575,31 +594,40 @@ def audit_export(
 
 
 def _alerts(cfg_path: Path) -> list[dict[str, object]]:
-    """Latest state of every alert (events of kind alert.*, folded by alert id), newest first."""
+    """Latest state of every alert (the home page's folding, :func:`edge_agent.web.alerting.list_alerts`), newest
+    first, as ``kyojo alerts list --json`` prints them."""
+    from edge_agent.web.alerting import list_alerts
 
-    with _gateway_db(cfg_path) as (_, conn):
-        rows = conn.execute(
-            "SELECT kind, subject, ts, severity, attrs, state FROM events WHERE kind LIKE 'alert.%' ORDER BY ts"
-        ).fetchall()
-        acks = dict(conn.execute("SELECT alert_id, at FROM alert_acks").fetchall())
-    latest: dict[str, dict[str, object]] = {}
-    for kind, subject, ts, severity, attrs, state in rows:
-        a = json.loads(attrs)
-        aid = str(a.get("alert_id"))
-        latest[aid] = {
-            "alert_id": aid,
-            "person": subject,
-            "kind": kind.removeprefix("alert."),
-            "severity": severity,
-            "level": a.get("level"),
-            "state": a.get("state"),
-            "message": a.get("message"),
-            "started": datetime.fromtimestamp(int(a.get("started_ms", ts)) / 1000, tz=UTC).isoformat(),
-            "updated": datetime.fromtimestamp(ts / 1000, tz=UTC).isoformat(),
-            "shared": state == "released",
-            "acknowledged": aid in acks,
+    with _gateway_db(cfg_path) as (_cfg, conn):
+        views = list_alerts(conn)
+    docs = [
+        {
+            "alert_id": v.alert_id,
+            "person": v.person,
+            "kind": v.kind,
+            "severity": v.severity,
+            "level": v.level,
+            "state": v.state,
+            "message": v.message,
+            "started": datetime.fromtimestamp(v.started_ms / 1000, tz=UTC).isoformat(),
+            "updated": datetime.fromtimestamp(v.updated_ms / 1000, tz=UTC).isoformat(),
+            "shared": v.shared,
+            "acknowledged": v.acknowledged,
         }
-    return sorted(latest.values(), key=lambda d: str(d["updated"]), reverse=True)
+        for v in views
+    ]
+    return sorted(docs, key=lambda d: str(d["updated"]), reverse=True)
+
+
+#: alert levels and states in words (translated where shown)
+ALERT_WORDS = {
+    "urgent": N_("urgent"),
+    "warning": N_("warning"),
+    "advisory": N_("advisory"),
+    "info": N_("for information"),
+    "open": N_("ongoing"),
+    "closed": N_("passed"),
+}
 
 
 @alerts_app.command("list")
@@ -608,36 +636,56 @@ def alerts_list(
     person: Annotated[str | None, typer.Option("--person", help="only this person")] = None,
     open_only: Annotated[bool, typer.Option("--open", help="only alerts not yet closed")] = False,
     as_json: bool = typer.Option(False, "--json"),
+    lang: LangOpt = None,
 ) -> None:
-    """Alerts for the people of this home: what, how urgent, since when, whether it was shared."""
-    docs = [
-        d
-        for d in _alerts(config)
-        if (person is None or d["person"] == person) and (not open_only or d["state"] == "open")
-    ]
+    """Alerts for the people of this home: what, how urgent, since when, whether it was shared, what to do."""
+    from edge_agent.web.alerting import advice, list_alerts
+
+    with _gateway_db(config) as (cfg, conn):
+        views = [v for v in list_alerts(conn, person) if not open_only or v.state == "open"]
     if as_json:
-        typer.echo(json.dumps(docs, ensure_ascii=False))
+        keep = {v.alert_id for v in views}
+        typer.echo(json.dumps([d for d in _alerts(config) if d["alert_id"] in keep], ensure_ascii=False))
         return
-    for d in docs:
-        flags = ("shared" if d["shared"] else "kept on the gateway") + (", acknowledged" if d["acknowledged"] else "")
+    lg = _lang(lang)
+    _ = _gettext(lg)
+    names: dict[str, str] = {}
+    if (cfg.gateway.data_dir / "web.sqlite3").exists():
+        from edge_agent.web import auth, household
+
+        web = auth.connect(cfg.gateway.data_dir)
+        try:
+            names = {v.person: household.name_of(web, v.person) for v in views}
+        finally:
+            web.close()
+    if not views:
+        typer.echo(_("no alerts"))
+    for v in views:
+        words = advice(_, v)
+        shared = _("shared") if v.shared else _("kept on the gateway")
+        seen = ", " + _("acknowledged") if v.acknowledged else ""
+        who = names.get(v.person) or v.person
+        level = _(ALERT_WORDS.get(v.level, v.level))
+        state = _(ALERT_WORDS.get(v.state, v.state))
+        since = _("since")
         typer.echo(
-            f"{d['alert_id']}  {d['person']:<8} {d['kind']:<16} {d['level']:<9} {d['state']:<6} "
-            f"since {d['started']}  ({flags})\n    {d['message']}"
+            f"{v.alert_id}  {who}  {words['title']}  [{level}, {state}]  {since} {_when(v.started_ms, lg)}  "
+            f"({shared}{seen})"
         )
+        typer.echo(f"    {words['todo']}")
 
 
 @alerts_app.command("ack")
-def alerts_ack(alert_id: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+def alerts_ack(alert_id: str, config: ConfigOpt = DEFAULT_CONFIG, lang: LangOpt = None) -> None:
     """Mark an alert as seen by the household."""
+    from edge_agent.web.alerting import acknowledge
 
-    if alert_id not in {d["alert_id"] for d in _alerts(config)}:
-        raise _fail(KyojoError(f"no alert {alert_id!r} on this gateway"))
-    with _gateway_db(config) as (_, conn):
-        conn.execute(
-            "INSERT OR REPLACE INTO alert_acks(alert_id, at, by) VALUES(?, ?, 'household')",
-            (alert_id, int(datetime.now(UTC).timestamp() * 1000)),
-        )
-    typer.echo(f"{alert_id}: acknowledged")
+    _ = _gettext(_lang(lang))
+    with _gateway_db(config) as (_cfg, conn):
+        ok = acknowledge(conn, alert_id, int(datetime.now(UTC).timestamp() * 1000))
+    if not ok:
+        raise _fail(KyojoError(_("no alert %(id)s on this gateway") % {"id": alert_id}))
+    typer.echo(_("%(id)s: acknowledged") % {"id": alert_id})
 
 
 def pair_plugs(

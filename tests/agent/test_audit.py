@@ -180,10 +180,13 @@ def test_broker_acknowledgement_is_logged_with_the_delete(tmp_path: Path, mosqui
     path = toml(tmp_path, gw, cfg.gateway.data_dir)
     code, shown = kyojo("audit", "show", "-c", str(path), "--lang", "en")
     assert code == 0
-    assert shown.count("queued to send 1 health summaries") == 5
-    assert "sent (the broker acknowledged it)" in shown
+    assert shown.count("queued to send 1 summaries of health data for 'Preventive-care alerts'") == 5
+    assert "sent (the broker acknowledged it)" in shown and " UTC " in shown
     code, shown = kyojo("audit", "show", "-c", str(path), "--lang", "ja")
     assert "送信待ちに入れました" in shown and "送信しました（ブローカーが受信を確認）" in shown
+    # one language throughout (issue 22 item 5): the category, the purpose and the times in Japanese, JST said so
+    assert shown.count("健康データの要約") == 5 and " JST " in shown
+    assert not any(w in shown for w in ("health", "UTC", "Preventive", "gave consent"))
 
 
 @pytest.mark.broker

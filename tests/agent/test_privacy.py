@@ -157,7 +157,7 @@ def test_audit_log_records_releases_and_detects_tampering(gw: tuple[Path, Pipeli
     assert result.exit_code == 0
     assert "ok: 5 entries" in result.output
     shown = runner.invoke(app, ["audit", "show", "-c", str(path), "--lang", "en"]).output
-    assert "queued to send 2 health summaries for 'preventive-care'" in shown
+    assert "queued to send 2 summaries of health data for 'Preventive-care alerts'" in shown
     assert "dropped without sending (consent was withdrawn): 2 message(s)" in shown
     assert " sent " not in shown  # queued is not sent: no broker acknowledged anything
     exported = json.loads(runner.invoke(app, ["audit", "export", "-c", str(path)]).output)

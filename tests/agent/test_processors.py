@@ -59,6 +59,13 @@ def test_bp_crisis_alert_is_kept_then_released_only_with_consent(tmp_path: Path)
     out = runner.invoke(app, ["alerts", "ack", str(listed[0]["alert_id"]), "-c", str(path)])
     assert out.exit_code == 0
     assert json.loads(runner.invoke(app, ["alerts", "list", "--json", "-c", str(path)]).output)[0]["acknowledged"]
+    # in Japanese (issue 22 item 5): the alert's title, urgency, state and what to do in words, the time in JST
+    shown = runner.invoke(app, ["alerts", "list", "-c", str(path)], env={"LANG": "ja_JP.UTF-8"}).output
+    assert "緊急" in shown and "継続中" in shown and "2024-06-01 09:00 JST" in shown and "119" in shown
+    assert "確認済み" in shown and "ゲートウェイ内のみ" in shown
+    assert not any(w in shown for w in ("urgent", "open", "UTC", "kept on the gateway", "bp_crisis "))
+    shown = runner.invoke(app, ["alerts", "list", "-c", str(path), "--lang", "en"]).output
+    assert "urgent" in shown and "2024-06-01 00:00 UTC" in shown
 
     p.consents.grant("preventive-care", "p1", now=datetime.fromtimestamp(T0 + 20, tz=UTC))
     # the crisis ends with a normal reading later: the closing update happens under the consent
