@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from drivers import registry
 from drivers.clock import ScaledClock, SystemClock
 from edge_agent import processors as processor_kinds
 from edge_agent.config import AgentConfig, ConfigError
-from edge_agent.db import connect, meta_get
+from edge_agent.db import connect, meta_get, storage_full
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
 from kyojo.contract.vocab import Clock, Driver, Event, KyojoError, Reading
@@ -123,6 +125,8 @@ class Agent:
             self.drivers, tick = list(drivers), 1.0
         self._tasks: list[tuple[Driver, asyncio.Task[None]]] = []
         self.pairing: dict[str, Any] = {"applied": 0, "errors": 0, "last_error": None}
+        #: the database's room: full since when, readings refused because of it (never silently)
+        self.storage: dict[str, Any] = {"full": False, "since": None, "readings_refused": 0, "times_full": 0}
         self.tick = tick
         self.conn = connect(config.db_path)
         self.pipeline = Pipeline(self.conn, config)
@@ -143,6 +147,7 @@ class Agent:
         #: drivers the supervisor stopped after an unexpected exception: device id -> the exception (status)
         self.drivers_stopped: dict[str, str] = {}
         self._buffer: list[Reading] = []
+        self._publisher_started = False
         self._started = time.time()
         self._last_flush = time.monotonic()
 
@@ -183,6 +188,34 @@ class Agent:
         self.drivers_stopped[device] = f"{type(err).__name__}: {err}"
         log.error("driver %s stopped by an unexpected error; the other drivers keep running", device, exc_info=err)
         return None
+
+    def _write(self, op: Callable[[], object], *, readings: int = 0) -> bool:
+        """Run one of the pipeline's write transactions; False when the storage is full (the transaction rolled
+        back: ``readings`` readings were refused). Any other failure is raised as before."""
+        try:
+            op()
+        except (sqlite3.OperationalError, OSError) as err:
+            if not storage_full(err):
+                raise
+            self.pipeline.resync()
+            st = self.storage
+            st["readings_refused"] += readings
+            if not st["full"]:
+                st["full"], st["since"] = True, time.time()
+                st["times_full"] += 1
+                log.error(
+                    "the gateway's storage is full (%s): new readings are refused until there is room again; what is "
+                    "queued keeps being published",
+                    err,
+                )
+            return False
+        if readings and self.storage["full"]:
+            log.warning(
+                "storage has room again: readings are stored again (%d were refused meanwhile)",
+                self.storage["readings_refused"],
+            )
+            self.storage["full"], self.storage["since"] = False, None
+        return True
 
     def _start(self, tg: asyncio.TaskGroup, driver: Driver) -> None:
         self._tasks.append((driver, tg.create_task(self._run_driver(driver), name=f"driver-{driver.device_id}")))
@@ -234,20 +267,24 @@ class Agent:
         return True
 
     def flush(self) -> None:
-        """Commit buffered readings, then close due windows (in that order: aggregates see committed rows)."""
+        """Commit buffered readings, then close due windows (in that order: aggregates see committed rows).
+
+        A full disk does not stop the agent: new readings are refused (counted in ``status()["storage"]``), the
+        windows and events wait, what is queued keeps being published, and all of it resumes when there is room
+        again (:meth:`_write`)."""
         self._last_flush = time.monotonic()
         buf, self._buffer = self._buffer, []
-        if buf:
-            self.pipeline.store(buf)
+        if buf and self._write(lambda: self.pipeline.store(buf), readings=len(buf)):
             for proc in self.processors:
                 out = proc.feed(buf)
-                self.pipeline.store_events(o for o in out if isinstance(o, Event))
+                events = [o for o in out if isinstance(o, Event)]
                 derived = [o for o in out if isinstance(o, Reading)]
+                self._write(functools.partial(self.pipeline.store_events, events))
                 if derived:
-                    self.pipeline.store(derived)
+                    self._write(functools.partial(self.pipeline.store, derived), readings=len(derived))
         now = self.clock.now()
-        self.pipeline.close_windows(now)
-        self.pipeline.release_events(now)
+        self._write(lambda: self.pipeline.close_windows(now))
+        self._write(lambda: self.pipeline.release_events(now))
         self.publisher.wake.set()
 
     def status(self) -> dict[str, Any]:
@@ -279,11 +316,14 @@ class Agent:
             "refused": meta_get(self.conn, "refused"),
             "connected": pub.connected,
             "broker_error": pub.last_error,
+            "publisher_errors": pub.errors,
+            "publisher_alive": self.publisher.is_alive(),
             "inflight": pub.inflight,
             "drivers": len(self.drivers),
             "driver_errors": dict(self.driver_errors),
             "drivers_stopped": dict(self.drivers_stopped),
             "pairing": dict(self.pairing),
+            "storage": dict(self.storage),
             "counters": self._counter_causes(),
             "counter_steps_held": dict(self.pipeline.held),
             "receipts_refused": dict(pub.receipts_refused),
@@ -313,7 +353,12 @@ class Agent:
         return out
 
     def write_status(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(self.status()), mode=0o644)
+        try:
+            atomic_write_text(path, json.dumps(self.status()), mode=0o644)
+        except OSError as err:  # a full disk must not stop the agent; the status file is written again next round
+            if not storage_full(err):
+                raise
+            log.debug("status not written: %s", err)
 
     def check_identity(self) -> None:
         """With mTLS the broker takes the certificate's CN as the identity: it must be this gateway's id."""
@@ -328,13 +373,20 @@ class Agent:
             )
 
     def healthy(self) -> bool:
-        """For the systemd watchdog: the loop flushed recently."""
-        return time.monotonic() - self._last_flush < max(60.0, 10 * self.config.store.commit_interval.total_seconds())
+        """For the systemd watchdog: the loop flushed recently, and the publisher thread is alive and going round
+        (a publisher that died or hangs would stop uploads silently: then the watchdog restarts the agent)."""
+        now = time.monotonic()
+        limit = max(60.0, 10 * self.config.store.commit_interval.total_seconds())
+        publisher_ok = (not self.publisher.is_alive() and not self._publisher_started) or (
+            self.publisher.is_alive() and now - self.publisher.beat < limit
+        )
+        return now - self._last_flush < limit and publisher_ok
 
     async def run(self, stop: asyncio.Event) -> None:
         from kyojo.runtime import sdnotify
 
         self.publisher.start()
+        self._publisher_started = True
         watchdog = asyncio.get_running_loop().create_task(sdnotify.watchdog_task(self.healthy))
         sdnotify.ready(f"gateway {self.config.gateway.id}: {len(self.drivers)} drivers")
         interval = self.config.store.commit_interval.total_seconds()
@@ -349,7 +401,7 @@ class Agent:
                     self.apply_pairing(tg)
                     self.flush()
                     if time.monotonic() - last_prune > 3600:
-                        self.pipeline.prune(self.clock.now())
+                        self._write(functools.partial(self.pipeline.prune, self.clock.now()))
                         last_prune = time.monotonic()
                     self.write_status(self.config.status_path)
                 for _, t in self._tasks:

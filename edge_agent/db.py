@@ -97,7 +97,21 @@ class tx:
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR)
+            self.conn.execute("ROLLBACK")
+
+
+def storage_full(err: BaseException) -> bool:
+    """Whether ``err`` says the gateway's storage is full: SQLite's SQLITE_FULL ("database or disk is full", also
+    what a ``max_page_count`` cap gives) or the file system's ENOSPC/EDQUOT."""
+    import errno
+
+    if isinstance(err, sqlite3.OperationalError):
+        code = getattr(err, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(err)
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def meta_get(conn: sqlite3.Connection, key: str, default: int = 0) -> int:

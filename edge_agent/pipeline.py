@@ -191,6 +191,16 @@ class Pipeline:
         self._consent_version = -1
         self._consents: list[Consent] = []
 
+    def resync(self) -> None:
+        """Read the caches again from the database, after a write transaction failed (its rollback undid rows the
+        caches may already hold: a series id, a watermark)."""
+        self._series = {
+            SeriesKey(d, s, m): i for i, d, s, m in self.conn.execute("SELECT id, device, subject, metric FROM series")
+        }
+        self._streams = {str(c) for (c,) in self.conn.execute("SELECT DISTINCT category FROM series")}
+        self._watermark = {str(c): int(ms) for c, ms in self.conn.execute("SELECT category, next_start FROM watermark")}
+        self._consent_version = -1
+
     # -- raw store ---------------------------------------------------------------------------------------
     def _series_id(self, key: SeriesKey, stream: str) -> int:
         sid = self._series.get(key)

@@ -66,6 +66,7 @@ class PublisherStats:
     anchor_problem: str = ""  # how the local log disagrees with the cloud's anchor ("" if it agrees)
     inflight: int = 0
     last_error: str = ""
+    errors: int = 0  # rounds that failed other than by the network (database, bug): logged, retried
 
 
 class Inflight(NamedTuple):
@@ -94,6 +95,10 @@ class Publisher(threading.Thread):
         self._socket_open = False
         self._maybe_more = True
         self._next_seq = 0  # rows with seq >= this have not been handed to paho in this process
+        self._ever_connected = False
+        self._failed: set[str] = set()  # kinds of round failure already logged with a traceback
+        #: time.monotonic() of the latest round (the agent's watchdog checks it moves)
+        self.beat = time.monotonic()
         self._client = self._make_client()
 
     # -- paho setup --------------------------------------------------------------------------------------
@@ -233,49 +238,70 @@ class Publisher(threading.Thread):
         self.join(timeout)
 
     def run(self) -> None:
+        """The thread: the publishing loop, guarded (:meth:`_round`). A failure of a round that is not the
+        network's (the database full or locked, a bug) is logged with its traceback, counted in
+        ``stats.errors`` and retried with backoff: it never ends the thread silently. :attr:`beat` moves on every
+        round; the agent's systemd watchdog stops being fed when it stalls (:meth:`Agent.healthy`)."""
         conn = connect(self.config.db_path)
         cfg = self.config.mqtt
         backoff = Backoff(cfg.reconnect_min.total_seconds(), cfg.reconnect_max.total_seconds())
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = int(cfg.session_expiry.total_seconds())
-        ever_connected = False
+        failures = Backoff(0.5, 30.0)
         try:
             while not self._stop_evt.is_set():
-                if not self._socket_open:
-                    try:
-                        if ever_connected:
-                            self._client.reconnect()
-                        else:
-                            self._client.connect(
-                                cfg.host,
-                                cfg.port,
-                                keepalive=int(cfg.keepalive.total_seconds()),
-                                clean_start=False,
-                                properties=props,
-                            )
-                            ever_connected = True
-                        self._socket_open = True
-                    except (OSError, ssl.SSLError) as err:
-                        self.stats.last_error = str(err)
-                        self._stop_evt.wait(backoff.next())
-                        continue
-                rc = self._client.loop(timeout=0.05)
-                if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-                    self.stats.connected = False
-                    self._socket_open = False
-                    self._stop_evt.wait(backoff.next())
-                    continue
-                if self.stats.connected:
-                    backoff.reset()
-                self._settle(conn)
-                if self._downlink:
-                    self._take_downlink(conn)
-                if self.stats.connected and (self.wake.is_set() or self._maybe_more):
-                    self.wake.clear()
-                    self._fill(conn)
+                self.beat = time.monotonic()
+                try:
+                    self._round(conn, backoff)
+                    failures.reset()
+                except Exception as err:  # the guard: anything a round raises is reported, then retried
+                    self.stats.errors += 1
+                    self.stats.last_error = f"{type(err).__name__}: {err}"[:300]
+                    if type(err).__name__ not in self._failed:  # each kind of failure once with its traceback
+                        self._failed.add(type(err).__name__)
+                        log.error("publisher round failed; retrying with backoff", exc_info=err)
+                    else:
+                        log.debug("publisher round failed again: %s", err)
+                    self._stop_evt.wait(failures.next())
             self._drain_before_stop(conn)
         finally:
             conn.close()
+
+    def _round(self, conn: Any, backoff: Backoff) -> None:
+        """One round: (re)connect when needed, run paho's loop, settle acknowledgements, take the downlink, fill."""
+        cfg = self.config.mqtt
+        if not self._socket_open:
+            try:
+                if self._ever_connected:
+                    self._client.reconnect()
+                else:
+                    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                    props.SessionExpiryInterval = int(cfg.session_expiry.total_seconds())
+                    self._client.connect(
+                        cfg.host,
+                        cfg.port,
+                        keepalive=int(cfg.keepalive.total_seconds()),
+                        clean_start=False,
+                        properties=props,
+                    )
+                    self._ever_connected = True
+                self._socket_open = True
+            except (OSError, ssl.SSLError) as err:
+                self.stats.last_error = str(err)
+                self._stop_evt.wait(backoff.next())
+                return
+        rc = self._client.loop(timeout=0.05)
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            self.stats.connected = False
+            self._socket_open = False
+            self._stop_evt.wait(backoff.next())
+            return
+        if self.stats.connected:
+            backoff.reset()
+        self._settle(conn)
+        if self._downlink:
+            self._take_downlink(conn)
+        if self.stats.connected and (self.wake.is_set() or self._maybe_more):
+            self.wake.clear()
+            self._fill(conn)
 
     def _drain_before_stop(self, conn: Any) -> None:
         """On a clean stop, give in-flight messages a moment to be acknowledged, then disconnect."""
