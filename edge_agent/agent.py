@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -20,6 +21,7 @@ from typing import Any
 from drivers import registry
 from drivers.clock import ScaledClock, SystemClock
 from edge_agent import processors as processor_kinds
+from edge_agent.clockguard import ClockGuard
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.db import connect, meta_get, storage_full
 from edge_agent.pipeline import Pipeline
@@ -136,6 +138,21 @@ class Agent:
         speed = float(getattr(self.clock, "speed", 1.0))
         self.pipeline.min_grace_s = 2 * tick + 2 * speed * config.store.commit_interval.total_seconds()
         self.check_identity()
+        #: the time windows, consent expiry and pruning act on (a wall clock that jumps is held, see clockguard);
+        #: off for an injected clock unless it says ``guarded = True`` (tests that move time by hand)
+        self.guard: ClockGuard | None = None
+        if clock is None or getattr(clock, "guarded", False):
+            self.guard = ClockGuard(
+                self.clock.now(),
+                speed=speed,
+                released_until=self.pipeline.released_until(),
+                tolerance_s=config.clock.jump_tolerance.total_seconds(),
+                confirm_s=config.clock.jump_confirm.total_seconds(),
+            )
+        #: readings stamped while the guard holds a jump: (the jump, the readings), stored when it is decided
+        self._held: list[tuple[float, list[Reading]]] = []
+        self._undone: tuple[float, float] | None = None  # the jump just undone, and until when (monotonic)
+        self.held_dropped = 0
         self.publisher = Publisher(config)
         self._ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
         self.processors = [processor_kinds.build(p, self._ctx) for p in config.processors]
@@ -271,9 +288,62 @@ class Agent:
 
         A full disk does not stop the agent: new readings are refused (counted in ``status()["storage"]``), the
         windows and events wait, what is queued keeps being published, and all of it resumes when there is room
-        again (:meth:`_write`)."""
+        again (:meth:`_write`). A wall clock that jumps is held by the guard: readings stamped under the jump wait
+        and windows, expiry and pruning go on the trusted time (:mod:`edge_agent.clockguard`)."""
         self._last_flush = time.monotonic()
         buf, self._buffer = self._buffer, []
+        now = self.clock.now()
+        if self.guard is not None:
+            decided = self.guard.observe(now)
+            now = self.guard.trusted
+            jump = self.guard.held_offset()
+            if jump is not None and buf:
+                # stamped under the jump: about ``jump`` away from where the monotonic clock says it is now
+                expected, half, sign = self.guard.expected(), abs(jump) / 2, 1 if jump > 0 else -1
+                self._hold(jump, [r for r in buf if (r.ts - expected) * sign > half])
+                buf = [r for r in buf if (r.ts - expected) * sign <= half]
+            if decided == "undone" and self._held:
+                # readings stamped under the jump that reach the agent a little later are moved back too
+                self._undone = (self._held[-1][0], time.monotonic() + self.UNDO_LATE_S)
+            if self._undone is not None and jump is None:
+                offset, until = self._undone
+                if time.monotonic() > until:
+                    self._undone = None
+                else:
+                    expected, sign = self.guard.expected(), 1 if offset > 0 else -1
+                    late = [r for r in buf if (r.ts - expected) * sign > abs(offset) / 2]
+                    if late:
+                        buf = [r for r in buf if (r.ts - expected) * sign <= abs(offset) / 2]
+                        buf += [dataclasses.replace(r, ts=r.ts - offset) for r in late]
+            if decided in ("undone", "confirmed") and self._held:
+                held, self._held = self._held, []
+                for offset, readings in held:
+                    shift = -offset if decided == "undone" else 0.0
+                    buf += [dataclasses.replace(r, ts=r.ts + shift) for r in readings]
+            buf.sort(key=lambda r: r.ts)
+        self._store(buf)
+        self._write(lambda: self.pipeline.close_windows(now))
+        self._write(lambda: self.pipeline.release_events(now))
+        self.publisher.wake.set()
+
+    #: after a jump is undone, readings stamped under it may still be on their way (a driver's buffer): real s
+    UNDO_LATE_S = 60.0
+    #: readings kept in memory while a clock jump is undecided (a day of a busy home); beyond, counted and dropped
+    MAX_HELD = 500_000
+
+    def trusted_now(self) -> float:
+        """The time windows, consent expiry and pruning act on: the guard's, or the clock's without a guard."""
+        return self.clock.now() if self.guard is None else self.guard.trusted
+
+    def _hold(self, jump: float, readings: list[Reading]) -> None:
+        room = self.MAX_HELD - sum(len(r) for _, r in self._held)
+        if len(readings) > room:
+            self.held_dropped += len(readings) - max(room, 0)
+            readings = readings[: max(room, 0)]
+        if readings:
+            self._held.append((jump, readings))
+
+    def _store(self, buf: list[Reading]) -> None:
         if buf and self._write(lambda: self.pipeline.store(buf), readings=len(buf)):
             for proc in self.processors:
                 out = proc.feed(buf)
@@ -282,10 +352,6 @@ class Agent:
                 self._write(functools.partial(self.pipeline.store_events, events))
                 if derived:
                     self._write(functools.partial(self.pipeline.store, derived), readings=len(derived))
-        now = self.clock.now()
-        self._write(lambda: self.pipeline.close_windows(now))
-        self._write(lambda: self.pipeline.release_events(now))
-        self.publisher.wake.set()
 
     def status(self) -> dict[str, Any]:
         st = self.pipeline.stats
@@ -324,6 +390,13 @@ class Agent:
             "drivers_stopped": dict(self.drivers_stopped),
             "pairing": dict(self.pairing),
             "storage": dict(self.storage),
+            "clock_guard": None
+            if self.guard is None
+            else {
+                **self.guard.status(),
+                "readings_held": sum(len(r) for _, r in self._held),
+                "held_dropped": self.held_dropped,
+            },
             "counters": self._counter_causes(),
             "counter_steps_held": dict(self.pipeline.held),
             "receipts_refused": dict(pub.receipts_refused),
@@ -401,7 +474,7 @@ class Agent:
                     self.apply_pairing(tg)
                     self.flush()
                     if time.monotonic() - last_prune > 3600:
-                        self._write(functools.partial(self.pipeline.prune, self.clock.now()))
+                        self._write(functools.partial(self.pipeline.prune, self.trusted_now()))
                         last_prune = time.monotonic()
                     self.write_status(self.config.status_path)
                 for _, t in self._tasks:

@@ -103,10 +103,15 @@ class OutboxSection(_Section):
 
 
 class SimClockSection(_Section):
-    """Simulated time for demos and tests: starts at ``start`` (epoch s) and runs ``speed`` x real time."""
+    """Simulated time for demos and tests: starts at ``start`` (epoch s) and runs ``speed`` x real time; and how the
+    agent treats a wall clock that jumps (:mod:`edge_agent.clockguard`; both in real time)."""
 
     speed: float = Field(default=1.0, gt=0, le=100_000)
     start: float | None = None
+    #: drift of the wall clock against the monotonic one that counts as a jump
+    jump_tolerance: timedelta = Field(default=timedelta(seconds=120), gt=timedelta(0))
+    #: how long a jump must last to be taken as the new time (NTP set the clock)
+    jump_confirm: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0))
 
 
 class WebTlsSection(_Section):

@@ -191,6 +191,10 @@ class Pipeline:
         self._consent_version = -1
         self._consents: list[Consent] = []
 
+    def released_until(self) -> float | None:
+        """The newest watermark (epoch s): everything before it in some stream was already released."""
+        return max(self._watermark.values()) / 1000 if self._watermark else None
+
     def resync(self) -> None:
         """Read the caches again from the database, after a write transaction failed (its rollback undid rows the
         caches may already hold: a series id, a watermark)."""
