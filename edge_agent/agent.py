@@ -21,9 +21,10 @@ from typing import Any
 from drivers import registry
 from drivers.clock import ScaledClock, SystemClock
 from edge_agent import processors as processor_kinds
+from edge_agent.backup import backup, open_checked
 from edge_agent.clockguard import ClockGuard
 from edge_agent.config import AgentConfig, ConfigError
-from edge_agent.db import connect, meta_get, storage_full
+from edge_agent.db import meta_get, storage_full
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
 from kyojo.contract.vocab import Clock, Driver, Event, KyojoError, Reading
@@ -130,7 +131,8 @@ class Agent:
         #: the database's room: full since when, readings refused because of it (never silently)
         self.storage: dict[str, Any] = {"full": False, "since": None, "readings_refused": 0, "times_full": 0}
         self.tick = tick
-        self.conn = connect(config.db_path)
+        #: opened after an integrity check; a damaged file is set aside and the backup restored (edge_agent.backup)
+        self.conn, self.recovered = open_checked(config.db_path)
         self.pipeline = Pipeline(self.conn, config)
         # A reading is committed at most one polling tick plus one commit interval after it happened; on a busy
         # machine a fast simulated clock moves on meanwhile. Wait two of each (in simulated seconds) before a
@@ -331,6 +333,16 @@ class Agent:
     #: readings kept in memory while a clock jump is undecided (a day of a busy home); beyond, counted and dropped
     MAX_HELD = 500_000
 
+    #: how often the consents, the log and the counters are copied to the backup database (real s)
+    BACKUP_EVERY_S = 60.0
+
+    def _backup(self) -> None:
+        """Refresh the backup (edge_agent.backup); a full disk or a failing copy is logged, never fatal."""
+        try:
+            backup(self.conn, self.config.db_path)
+        except (sqlite3.Error, OSError) as err:
+            log.warning("backup of consents and the log failed (%s); the next one is in a minute", err)
+
     def trusted_now(self) -> float:
         """The time windows, consent expiry and pruning act on: the guard's, or the clock's without a guard."""
         return self.clock.now() if self.guard is None else self.guard.trusted
@@ -390,6 +402,7 @@ class Agent:
             "drivers_stopped": dict(self.drivers_stopped),
             "pairing": dict(self.pairing),
             "storage": dict(self.storage),
+            "database_recovered": self.recovered,
             "clock_guard": None
             if self.guard is None
             else {
@@ -464,6 +477,8 @@ class Agent:
         sdnotify.ready(f"gateway {self.config.gateway.id}: {len(self.drivers)} drivers")
         interval = self.config.store.commit_interval.total_seconds()
         last_prune = 0.0
+        self._backup()
+        last_backup = time.monotonic()
         try:
             async with asyncio.TaskGroup() as tg:
                 for d in list(self.drivers):
@@ -473,6 +488,9 @@ class Agent:
                         await asyncio.wait_for(stop.wait(), timeout=interval)
                     self.apply_pairing(tg)
                     self.flush()
+                    if time.monotonic() - last_backup > self.BACKUP_EVERY_S:
+                        self._backup()
+                        last_backup = time.monotonic()
                     if time.monotonic() - last_prune > 3600:
                         self._write(functools.partial(self.pipeline.prune, self.trusted_now()))
                         last_prune = time.monotonic()
@@ -481,6 +499,7 @@ class Agent:
                     t.cancel()
             sdnotify.stopping()
             self.flush()
+            self._backup()
             self.write_status(self.config.status_path)
         finally:
             watchdog.cancel()

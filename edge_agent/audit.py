@@ -411,6 +411,23 @@ def describe(e: Entry, lang: str = "en") -> str:
             )
             % words
         )
+    if e.kind == "database_recovered":
+        words |= {"kept": b.get("kept_at", ""), "consents": b.get("consents", 0), "entries": b.get("entries", 0)}
+        if not b.get("restored"):
+            return (
+                _(
+                    "%(when)s the gateway's database was damaged and set aside (%(kept)s); there was no usable backup: "
+                    "consents and this log start again here"
+                )
+                % words
+            )
+        return (
+            _(
+                "%(when)s the gateway's database was damaged and set aside (%(kept)s); %(consents)s consent(s) and "
+                "%(entries)s log entries were restored from the backup; readings and unsent messages of before are lost"
+            )
+            % words
+        )
     if e.kind == "erasure_incomplete":
         words["left"] = b.get("receipt", {}).get("remaining", "?")
         return (

@@ -207,6 +207,21 @@ def bluetooth_adapter(sys_class: Path = Path("/sys/class/bluetooth")) -> Check:
     return Check("bluetooth adapter", False, "no hci adapter (rfkill? firmware? dtoverlay=disable-bt?)")
 
 
+def database_intact(state_dir: Path) -> Check:
+    """A gateway database the agent found damaged and set aside (``agent.sqlite3.damaged-<time>``): the household's
+    consents and log were restored from the backup, the raw readings of before are gone; the file is kept for
+    inspection until the installer removes it."""
+    damaged = sorted(p.name for p in state_dir.glob("*.damaged-*") if not p.name.endswith(("-wal", "-shm")))
+    if not damaged:
+        return Check("database", True, "no damaged database set aside")
+    return Check(
+        "database",
+        None,
+        f"the agent found its database damaged and started a fresh one ({', '.join(damaged[-3:])} kept for "
+        "inspection; consents and the log were restored from the backup: see `kyojo audit show`)",
+    )
+
+
 def run_all(
     *,
     state_dir: Path,
@@ -221,7 +236,7 @@ def run_all(
     """The standard set for a gateway whose identity lives in ``<state_dir>/tls`` (``crl``: on the broker host;
     ``lan_brokers``: (plugs entry id, host, port) of each plugs entry's LAN broker)."""
     tls = state_dir / "tls"
-    checks = [clock_synchronised(), disk_space(state_dir)]
+    checks = [clock_synchronised(), disk_space(state_dir), database_intact(state_dir)]
     if local_broker is not None:
         checks.append(broker_reachable(*local_broker))
     checks.append(certificate_valid(tls / "identity.crt"))
