@@ -247,4 +247,8 @@ def unknown_values(s: Sentence) -> dict[str, str]:
         out[f"{name}.quality"] = str(s.quality)
     if isinstance(s, GSA) and s.system_id is not None and s.system_id not in SYSTEM_IDS:
         out[f"{name}.system_id"] = str(s.system_id)
+    if isinstance(s, GSA) and s.op_mode not in ("M", "A"):
+        out[f"{name}.op_mode"] = s.op_mode  # GSA mode 1: M manual, A automatic 2D/3D
+    if isinstance(s, GSA) and s.fix_type is not None and s.fix_type not in (1, 2, 3):
+        out[f"{name}.fix_type"] = str(s.fix_type)  # GSA mode 2: 1 fix not available, 2 2D, 3 3D
     return out

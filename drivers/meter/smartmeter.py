@@ -74,7 +74,11 @@ def property_value(epc: int, edt: bytes) -> Any:
         f = parse_fixed_time(edt, epc)
         return {"at": f.at.isoformat(), "count": f.count}
     if epc == 0x80 and len(edt) == 1:  # operation status: 0x30 ON, 0x31 OFF
-        return {0x30: "on", 0x31: "off"}.get(edt[0], edt.hex())
+        if edt[0] not in (0x30, 0x31):
+            # Appendix, device object super class, EPC 0x80: only 0x30/0x31 are assigned; another code is
+            # reserved: reported as such (describe), never a reason to refuse the frame
+            raise ReservedValue(0x80, edt, f"EPC 0x80: reserved operation status {edt[0]:#04x}")
+        return {0x30: "on", 0x31: "off"}[edt[0]]
     return edt.hex()
 
 

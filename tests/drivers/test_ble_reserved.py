@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import typer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from drivers.ble import convert, gatt, racp
@@ -250,3 +252,33 @@ def test_racp_reserved_response_code_is_reported() -> None:
     assert not racp.parse_response(bytes([0x06, 0x00, 0x01, 0x01])).reserved
     with pytest.raises(racp.RacpError):
         racp.parse_response(bytes([0x06, 0x00, 0x01]))  # truncated: still refused
+
+
+_FLAGGED = [
+    v
+    for v in VECTORS.values()
+    if v["characteristic_uuid"] is not None
+    and v["expected"]["valid"]
+    and int(v["characteristic_uuid"], 16) in {0x2A37, 0x2A35, 0x2A1C, 0x2A18, 0x2A5E, 0x2A5F, 0x2A9D}
+]
+# reserved (RFU) flag bits per characteristic (GSS; see drivers/ble/characteristics/reserved.py)
+_RFU_FLAGS = {0x2A37: 0xE0, 0x2A35: 0xE0, 0x2A1C: 0xF8, 0x2A18: 0xE0, 0x2A5E: 0xE0, 0x2A5F: 0xE0, 0x2A9D: 0xF0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(vector=st.sampled_from(_FLAGGED), bits=st.integers(1, 0xFF))
+def test_reserved_flag_bits_never_change_the_decode(vector: dict[str, Any], bits: int) -> None:
+    """Any combination of RFU flag bits on any curated vector: the same decode, the bits reported."""
+    uuid = int(vector["characteristic_uuid"], 16)
+    rfu = bits & _RFU_FLAGS[uuid]
+    if not rfu:
+        return
+    data = bytearray.fromhex(vector["hex"])
+    data[0] |= rfu
+    lenient = bool(vector.get("lenient"))
+    value = gatt.decode(uuid, bytes(data), lenient=lenient)
+    want = gatt.as_json(gatt.decode(uuid, bytes.fromhex(vector["hex"]), lenient=lenient))
+    got = gatt.as_json(value)
+    assert got["flags"] == want["flags"] | rfu
+    assert {k: v for k, v in got.items() if k != "flags"} == {k: v for k, v in want.items() if k != "flags"}
+    assert gatt.reserved_values(value)["flags"] == rfu

@@ -67,6 +67,8 @@ def _address(line: str, address: str) -> str:
         (_field(GLL_LINE, 7, "Q"), {"GLL.mode": "Q"}),
         (_field(GGA_LINE, 6, "9"), {"GGA.quality": "9"}),
         (_field(GSA_LINE, 18, "9"), {"GSA.system_id": "9"}),
+        (_field(GSA_LINE, 1, "X"), {"GSA.op_mode": "X"}),
+        (_field(GSA_LINE, 2, "7"), {"GSA.fix_type": "7"}),
         (_address(GGA_LINE, "GZGGA"), {"GGA.talker": "GZ"}),
     ],
 )

@@ -81,6 +81,19 @@ def test_reserved_unit_code_keeps_power_and_withholds_energy() -> None:
     assert not dec.unit_reserved
 
 
+def test_reserved_operation_status_is_reported_in_describe() -> None:
+    frame = Frame(
+        5, SMART_METER, CONTROLLER, ESV.GET_RES, (Property(0x80, b"\x42"), Property(0xE7, b"\x00\x00\x01\xf8"))
+    )
+    props = describe(frame)["properties"]
+    assert props[0]["value"] is None and props[0]["reserved"] is True and props[0]["edt"] == "42"
+    assert props[1]["value"] == 504
+    assert (
+        describe(Frame(6, SMART_METER, CONTROLLER, ESV.GET_RES, (Property(0x80, b"\x30"),)))["properties"][0]["value"]
+        == "on"
+    )
+
+
 @pytest.mark.parametrize("code", [0x05, 0x09, 0x0E, 0xFF])
 def test_parse_unit_reserved_codes_raise_the_typed_reserved_error(code: int) -> None:
     with pytest.raises(ReservedValue) as info:
