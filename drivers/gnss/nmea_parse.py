@@ -221,7 +221,8 @@ def _gsv(t: str, f: list[str], raw: str) -> GSV:
     body = f[4:]
     signal = None
     if len(body) % 4 == 1:
-        signal = _int(body[-1], "signal id") if body[-1].isdigit() else None
+        # NMEA 4.10/4.11 signal id: one hex digit (1-F, per constellation); read as hex, not only 0-9
+        signal = int(body[-1], 16) if len(body[-1]) == 1 and body[-1] in _HEX else None
         body = body[:-1]
     elif len(body) % 4:
         raise NmeaError(Reject.TRUNCATED, raw=raw, detail="partial satellite block")

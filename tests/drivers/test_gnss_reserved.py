@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from drivers.gnss.nmea import (
     GGA,
     GSA,
+    GSV,
     RMC,
     ChecksumError,
     FieldError,
@@ -162,3 +163,12 @@ def test_any_letter_in_the_letter_fields_keeps_the_sentence(status: str, mode: s
     assert (s.status, s.mode, s.nav_status) == (status, mode, nav)
     assert set(unknown_values(s)) <= {"RMC.status", "RMC.mode", "RMC.nav_status"}
     assert ("RMC.status" in unknown_values(s)) == (status not in "AV")
+
+
+def test_gsv_signal_id_is_one_hex_digit() -> None:
+    """NMEA 4.10/4.11 GSV signal id is a hex digit (1-F): 'B' was silently read as no signal id."""
+    line = "$GAGSV,3,3,09,33,62,034,08,7*41"  # ZED-F9P_HPG1.11.log
+    s = parse_sentence(line)
+    assert isinstance(s, GSV) and s.signal_id == 7
+    hexed = parse_sentence(_field(line, 8, "B"))
+    assert isinstance(hexed, GSV) and hexed.signal_id == 11 and hexed.sats == s.sats

@@ -9,7 +9,11 @@ from drivers.ble.errors import BadLength
 
 
 def decode_date_time(data: bytes, *, lenient: bool = False) -> DateTime:
-    """Date Time: year uint16 (0 unknown), month, day (0 unknown), hours, minutes, seconds = exactly 7 bytes."""
+    """Date Time: year uint16 (0 unknown), month, day (0 unknown), hours, minutes, seconds = exactly 7 bytes.
+
+    Field values the GSS reserves (year 1..1581 or above 9999, month 13+, ...) are kept as sent and reported by
+    :meth:`DateTime.reserved_fields`; only a wrong length is refused.
+    """
     if len(data) != 7:
         raise BadLength("Date Time is exactly 7 bytes", offset=min(len(data), 7), raw=bytes(data))
     return _Reader(data).date_time()
