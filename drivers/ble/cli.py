@@ -4,6 +4,8 @@ Mounted by the lead's CLI with :func:`register`. Output is one JSON object on st
 with the decoded fields named as in the test vectors, or ``{"valid": false, "error": ..., "reason": ...,
 "offset": ...}`` for a value a conformant decoder must reject (exit code 0 in both cases: the command did its
 job). Unusable arguments (not hex, unknown characteristic) print ``valid: false`` too and exit with 2.
+A value that carries values reserved for future use is valid; ``--reserved`` adds a ``"reserved"`` object
+listing them.
 """
 
 from __future__ import annotations
@@ -37,8 +39,13 @@ def _hex(text: str) -> bytes:
     return binascii.unhexlify(cleaned)
 
 
-def decode_to_json(characteristic: str, hex_value: str, *, lenient: bool = False) -> dict[str, object]:
-    """The JSON object ``kyojo decode ble`` prints for a characteristic value (raises on bad arguments)."""
+def decode_to_json(
+    characteristic: str, hex_value: str, *, lenient: bool = False, reserved: bool = False
+) -> dict[str, object]:
+    """The JSON object ``kyojo decode ble`` prints for a characteristic value (raises on bad arguments).
+
+    ``reserved``: add a ``"reserved"`` object naming the reserved-for-future-use values the value carries.
+    """
     data = _hex(hex_value)
     try:
         decoded = gatt.decode(characteristic, data, lenient=lenient)
@@ -46,7 +53,7 @@ def decode_to_json(characteristic: str, hex_value: str, *, lenient: bool = False
         raise  # an argument error, not a rejected payload
     except BleParseError as err:
         return {"valid": False, "error": err.detail, "reason": err.reason, "offset": err.offset}
-    return {"valid": True, **gatt.as_json(decoded)}
+    return {"valid": True, **gatt.as_json(decoded, reserved=reserved)}
 
 
 def number_to_json(fmt: NumberFormat, hex_value: str) -> dict[str, object]:
@@ -81,6 +88,10 @@ def register(decode_app: typer.Typer) -> None:
         readings: Annotated[
             bool, typer.Option("--readings", help="Also list the Readings and the values held back.")
         ] = False,
+        reserved: Annotated[
+            bool,
+            typer.Option("--reserved", help='Also list values the specification reserves for future use ("reserved").'),
+        ] = False,
     ) -> None:
         """Decode a characteristic value (or a bare SFLOAT/FLOAT) and print one JSON object."""
         want = 1 if number_format is not None else 2
@@ -92,7 +103,7 @@ def register(decode_app: typer.Typer) -> None:
             if number_format is not None:
                 out = number_to_json(number_format, args[0])
             else:
-                out = decode_to_json(args[0], args[1], lenient=lenient)
+                out = decode_to_json(args[0], args[1], lenient=lenient, reserved=reserved)
                 if readings and out["valid"]:
                     conv = to_readings(
                         gatt.decode(args[0], _hex(args[1]), lenient=lenient), device="cli", subject="cli", ts=0.0

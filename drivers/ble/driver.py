@@ -13,6 +13,7 @@ from drivers.ble.convert import to_readings
 from drivers.ble.errors import BleParseError
 from drivers.ble.records import RecordLog
 from drivers.ble.transport import Link
+from drivers.logs import LogLimiter
 from kyojo.contract.vocab import Clock, Reading
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class BleDriver:
         self.records = records if records is not None else link.records
         self.parse_errors: Counter[str] = Counter()
         self.flagged: Counter[str] = Counter()
+        #: values decoded although they carry a value reserved for future use, by ``0xUUID:field``
+        self.reserved_values: Counter[str] = Counter()
+        self._log_limited = LogLimiter(log)
         self.dropped = 0
         self.readings_out = 0
 
@@ -63,6 +67,7 @@ class BleDriver:
             "readings": self.readings_out,
             "parse_errors": dict(self.parse_errors),
             "flagged": dict(self.flagged),
+            "reserved_values": dict(self.reserved_values),
             "dropped": self.dropped,
         }
 
@@ -85,6 +90,13 @@ class BleDriver:
                 )
             self.parse_errors[key] += 1
             return []
+        for name in gatt.reserved_values(value):
+            # A device of a later service revision: the value is kept; say so once per cause, rate-limited.
+            key = f"0x{uuid:04X}:{name}"
+            self.reserved_values[key] += 1
+            self._log_limited(
+                logging.INFO, key, "%s: 0x%04X carries a reserved value in %s (kept)", self.device_id, uuid, name
+            )
         if self.records is not None and not self.records.admit(uuid, value, data):
             self.flagged["duplicate"] += 1
             return []

@@ -53,7 +53,11 @@ class BadLength(BleParseError):
 
 
 class Inconsistent(BleParseError):
-    """Fields that contradict each other or a reserved value where the spec allows none."""
+    """Fields that contradict each other (e.g. the RR-Interval flag with no or an odd number of RR bytes).
+
+    A value reserved for future use is never this error: it is decoded and reported
+    (:func:`drivers.ble.gatt.reserved_values`).
+    """
 
     reason_label = "inconsistent"
 

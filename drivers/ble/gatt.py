@@ -9,6 +9,10 @@ the last announced field raise :class:`TrailingBytes` unless ``lenient=True`` (s
 library, pad values; the gateway enables it per device). Fixed-size values (Date Time, Current Time, Battery
 Level) must have exactly their size. All multi-byte integers are little-endian.
 
+Reserved values are not errors: a flag bit, status bit, enumeration value or Date Time field value that the
+specification reserves for future use is kept as sent and the rest of the value is decoded;
+:func:`reserved_values` lists them (see :mod:`drivers.ble.characteristics.reserved` for the spec references).
+
 This module is the registry (:func:`decode`, :data:`CHARACTERISTICS`) and the JSON shape (:func:`as_json`);
 the decoders live per profile family in :mod:`drivers.ble.characteristics` (``uuids``, ``fields``, ``cardio``,
 ``thermometer``, ``glucose``, ``plx``, ``weight``, ``device``) and every public name is re-exported from here.
@@ -61,6 +65,7 @@ from drivers.ble.characteristics.plx import (
     decode_plx_continuous,
     decode_plx_spot_check,
 )
+from drivers.ble.characteristics.reserved import reserved_values
 from drivers.ble.characteristics.thermometer import (
     TEMPERATURE_TYPES,
     TemperatureMeasurement,
@@ -172,6 +177,7 @@ __all__ = [
     "decode_temperature_measurement",
     "decode_weight_measurement",
     "float_from_word",
+    "reserved_values",
     "sfloat_from_word",
     "uuid16",
     "uuid128",
@@ -254,12 +260,16 @@ def _jsonable(value: object) -> object:
     return value
 
 
-def as_json(value: Decoded) -> dict[str, object]:
+def as_json(value: Decoded, *, reserved: bool = False) -> dict[str, object]:
     """The decoded fields as a JSON-ready dict named as in the vectors' ``expected`` objects (without ``valid``).
 
     IEEE-11073 special values become their strings (``"NaN"``, ``"NRes"``, ``"+INF"``, ``"-INF"``,
-    ``"RESERVED"``); absent optional fields are ``None``.
+    ``"RESERVED"``); absent optional fields are ``None``. With ``reserved=True`` a ``"reserved"`` object
+    (:func:`reserved_values`: field -> raw reserved value or reserved bits) is added when the value carries any;
+    the default shape stays exactly the vectors' (whose rule for reserved flag bits is "ignored", dev-033).
     """
     out = _jsonable(value)
     assert isinstance(out, dict)
+    if reserved and (found := reserved_values(value)):
+        out["reserved"] = found
     return out

@@ -153,6 +153,14 @@ class Response:
         """Success or "no records found" (nothing to report is not a failure)."""
         return self.code in (ResponseCode.SUCCESS, ResponseCode.NO_RECORDS_FOUND)
 
+    @property
+    def reserved(self) -> bool:
+        """A Response Code value the specification reserves (GLS 1.0, RACP Response Code Values: 0x00 and
+        0x0A-0xFF are RFU): kept and reported as such, never a parse error; it is not :attr:`ok`."""
+        if self.code is None:
+            return False
+        return self.code not in ResponseCode._value2member_map_
+
     def describe(self) -> str:
         """Human text of the response."""
         if self.count is not None:
@@ -165,7 +173,12 @@ class Response:
 
 
 def parse_response(data: bytes) -> Response:
-    """Parse an indication of the RACP (client side); raises :class:`RacpError` on anything else."""
+    """Parse an indication of the RACP (client side); raises :class:`RacpError` on anything else.
+
+    A Response Code indication with a reserved Response Code value is parsed (:attr:`Response.reserved`). An
+    indication with a reserved Op Code (0x00, 0x07-0xFF) is refused: its layout is not defined, so nothing of
+    it can be read (there is no "rest of the message" to keep).
+    """
     if len(data) == 4 and data[0] == OpCode.RESPONSE_CODE and data[1] == Operator.NULL:
         return Response(OpCode.RESPONSE_CODE, request_op=data[2], code=data[3])
     if len(data) == 4 and data[0] == OpCode.NUMBER_OF_STORED_RECORDS_RESPONSE and data[1] == Operator.NULL:

@@ -20,7 +20,7 @@ re-exported from here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from typing import Any
 
@@ -49,6 +49,7 @@ from drivers.gnss.nmea_sentences import (
     SatInView,
     Sentence,
     UnsupportedSentence,
+    unknown_values,
 )
 
 __all__ = [
@@ -82,14 +83,21 @@ __all__ = [
     "checksum",
     "parse_sentence",
     "strip_capture_header",
+    "unknown_values",
 ]
 
 
 class NmeaReader:
     """Bytes in, fixes out: an :class:`NmeaDecoder` feeding a :class:`FixAssembler`."""
 
-    def __init__(self, *, date_floor: date = _DEFAULT_DATE_FLOOR, accept_simulated: bool = False) -> None:
-        self.decoder = NmeaDecoder()
+    def __init__(
+        self,
+        *,
+        date_floor: date = _DEFAULT_DATE_FLOOR,
+        accept_simulated: bool = False,
+        on_unknown: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.decoder = NmeaDecoder(on_unknown=on_unknown)
         self.assembler = FixAssembler(date_floor=date_floor, accept_simulated=accept_simulated)
 
     def feed(self, data: bytes) -> list[Fix]:

@@ -247,6 +247,8 @@ class _Epoch:
             self.pos, self.pos_rank = (lat, lon), rank
 
     def _gga(self, s: GGA) -> None:
+        if s.quality is not None and s.quality > 8:
+            return  # a quality NMEA 0183 4.11 does not define (0-8): neither a fix nor "no fix"; position unused
         if s.quality is not None:
             if 1 <= s.quality <= 6:
                 self.yes = True
@@ -266,6 +268,8 @@ class _Epoch:
                     self.sats_by_talker[s.talker] = s.sats
 
     def _rmc(self, s: RMC) -> None:
+        if s.status not in ("A", "V"):
+            return  # a status letter NMEA 0183 does not define: it neither asserts nor denies a fix
         if s.status == "A" and s.mode not in ("N", "S", "M"):
             self.yes = True
             self._position(s.lat, s.lon, 3)
@@ -295,6 +299,8 @@ class _Epoch:
             self.no = True
 
     def _gll(self, s: GLL) -> None:
+        if s.status not in ("A", "V"):
+            return  # as in _rmc
         if s.status == "A" and s.mode not in ("N", "S", "M"):
             self.yes = True
             self._position(s.lat, s.lon, 4)

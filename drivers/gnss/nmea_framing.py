@@ -7,11 +7,19 @@ counts each reject by reason in :attr:`NmeaDecoder.stats`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.gnss.nmea_parse import parse_sentence
-from drivers.gnss.nmea_sentences import MAX_SENTENCE, NmeaError, Reject, Sentence, UnsupportedSentence
+from drivers.gnss.nmea_sentences import (
+    MAX_SENTENCE,
+    NmeaError,
+    Reject,
+    Sentence,
+    UnsupportedSentence,
+    unknown_values,
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # Stream decoder
@@ -27,6 +35,8 @@ class DecoderStats:
     by_type: Counter[str] = field(default_factory=Counter)
     rejects: Counter[str] = field(default_factory=Counter)
     unsupported: Counter[str] = field(default_factory=Counter)  # well-formed, not ours: by address field
+    #: sentences decoded although a field held a value the parser does not know, by ``<TYPE>.<field>``
+    reserved_values: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +45,7 @@ class DecoderStats:
             "by_type": dict(sorted(self.by_type.items())),
             "rejects": dict(sorted(self.rejects.items())),
             "unsupported": dict(sorted(self.unsupported.items())),
+            "reserved_values": dict(sorted(self.reserved_values.items())),
         }
 
 
@@ -47,10 +58,12 @@ class NmeaDecoder:
     waits for more bytes; :meth:`flush` decodes it at the end of a stream.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, on_unknown: Callable[[str, str], None] | None = None) -> None:
         self._buf = bytearray()
         self.stats = DecoderStats()
         self.last_error: NmeaError | None = None
+        #: called with (``<TYPE>.<field>``, value) for each unknown value kept (the transport logs, rate-limited)
+        self.on_unknown = on_unknown
 
     def feed(self, data: bytes) -> list[Sentence]:
         """Decode every complete line in ``data`` (plus what was buffered)."""
@@ -114,6 +127,10 @@ class NmeaDecoder:
             return
         self.stats.sentences += 1
         self.stats.by_type[type(s).__name__] += 1
+        for name, value in unknown_values(s).items():
+            self.stats.reserved_values[name] += 1
+            if self.on_unknown is not None:
+                self.on_unknown(name, value)
         out.append(s)
 
     def _reject(self, err: NmeaError) -> None:

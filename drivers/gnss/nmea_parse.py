@@ -19,7 +19,6 @@ from drivers.gnss.nmea_sentences import (
     GSV,
     MAX_SENTENCE,
     RMC,
-    TALKERS,
     VTG,
     ZDA,
     ChecksumError,
@@ -149,7 +148,9 @@ def _gga(t: str, f: list[str], raw: str) -> GGA:
     # 11 geoid separation, 12 'M', 13 age of DGPS data, 14 DGPS station id
     _need(f, 10, raw)
     quality = _int(f[6], "quality")
-    valid = quality is not None and quality > 0
+    # 1-8 claim a position; a quality beyond the defined 0-8 is kept as sent (reported by unknown_values) and,
+    # like 0, does not make placeholder position fields an error
+    valid = quality is not None and 1 <= quality <= 8
     lat, lon = _void_safe(_latlon, valid, f, 2)
     return GGA(
         t,
@@ -169,8 +170,9 @@ def _rmc(t: str, f: list[str], raw: str) -> RMC:
     # 9 date ddmmyy, 10-11 magnetic variation, 12 mode (NMEA 2.3), 13 navigational status (NMEA 4.10)
     _need(f, 10, raw)
     status = f[2]
-    if status not in ("A", "V"):
+    if len(status) != 1 or not status.isalpha():
         raise FieldError(Reject.BAD_FIELD, raw=raw, detail=f"status={status!r}")
+    # A valid, V warning; another letter is not an error (issue 20 item 4): kept as sent, treated as not valid
     valid = status == "A"
     lat, lon = _void_safe(_latlon, valid, f, 3)
     return RMC(
@@ -183,6 +185,7 @@ def _rmc(t: str, f: list[str], raw: str) -> RMC:
         _void_safe(_float, valid, f[8], "course"),
         _void_safe(_ddmmyy, valid, f[9]),
         _field(f, 12) or None,
+        _field(f, 13) or None,
     )
 
 
@@ -218,7 +221,8 @@ def _gsv(t: str, f: list[str], raw: str) -> GSV:
     body = f[4:]
     signal = None
     if len(body) % 4 == 1:
-        signal = _int(body[-1], "signal id") if body[-1].isdigit() else None
+        # NMEA 4.10/4.11 signal id: one hex digit (1-F, per constellation); read as hex, not only 0-9
+        signal = int(body[-1], 16) if len(body[-1]) == 1 and body[-1] in _HEX else None
         body = body[:-1]
     elif len(body) % 4:
         raise NmeaError(Reject.TRUNCATED, raw=raw, detail="partial satellite block")
@@ -248,8 +252,8 @@ def _gll(t: str, f: list[str], raw: str) -> GLL:
     # 1-2 lat, 3-4 lon, 5 time, 6 status A/V, 7 mode (2.3)
     _need(f, 7, raw)
     status = f[6]
-    if status not in ("A", "V"):
-        raise FieldError(Reject.BAD_FIELD, raw=raw, detail=f"status={status!r}")
+    if len(status) != 1 or not status.isalpha():
+        raise FieldError(Reject.BAD_FIELD, raw=raw, detail=f"status={status!r}")  # empty or not a letter
     lat, lon = _void_safe(_latlon, status == "A", f, 1)
     return GLL(t, _tod(f[5]), lat, lon, status, _field(f, 7) or None)
 
@@ -285,6 +289,7 @@ def _gns(t: str, f: list[str], raw: str) -> GNS:
         _float(f[8], "hdop"),
         _float(f[9], "altitude"),
         _float(f[10], "geoid separation"),
+        _field(f, 13) or None,
     )
 
 
@@ -367,6 +372,9 @@ def _sentence_text(line: str | bytes) -> str:
 def parse_sentence(line: str | bytes) -> Sentence:
     """Decode one sentence, ``$`` to checksum (trailing CR/LF/spaces ignored).
 
+    Values the parser does not know (a status or mode letter, GGA quality, navigational status, system id or
+    talker ID that NMEA 0183 4.11 does not define) are kept as sent; :func:`unknown_values` lists them.
+
     Raises :class:`NmeaError` (reason in :class:`Reject`) and nothing else: :class:`ChecksumError` for a
     missing or wrong checksum, :class:`UnsupportedSentence` for well-formed sentences of other types or talkers
     (proprietary ``$P...``), :class:`FieldError` for fields that do not parse.
@@ -399,8 +407,10 @@ def parse_sentence(line: str | bytes) -> Sentence:
         raise NmeaError(Reject.GARBLED, raw=text, detail=f"address field {address!r}")
     talker, typ = address[:2], address[2:]
     decoder = _DECODERS.get(typ)
-    if decoder is None or talker not in TALKERS:
+    if decoder is None or not talker.isalpha():
         raise UnsupportedSentence(address, raw=text)
+    # A talker ID outside TALKERS (e.g. a constellation added by a later NMEA 0183 edition) is decoded like the
+    # others and reported by unknown_values, not refused: the sentence's layout depends on its type only.
     try:
         sentence: Sentence = decoder(talker, parts, text)
     except FieldError as err:

@@ -92,6 +92,7 @@ class RMC:
     course_deg: float | None
     date: date | None
     mode: str | None  # NMEA 2.3+: A autonomous, D differential, E estimated, M manual, S simulator, N no fix
+    nav_status: str | None = None  # NMEA 4.10+: S safe, C caution, U unsafe, V not valid for navigation
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,7 @@ class GNS:
     hdop: float | None
     alt_m: float | None
     geoid_sep_m: float | None
+    nav_status: str | None = None  # NMEA 4.10+: S safe, C caution, U unsafe, V not valid for navigation
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,3 +203,52 @@ class GBS:
 
 
 Sentence = GGA | RMC | GSA | GSV | VTG | GLL | ZDA | GNS | GST | GBS
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Values this parser does not know: reported, never a reason to refuse the sentence (issue 20, section 4)
+# ----------------------------------------------------------------------------------------------------------
+
+#: RMC / GLL status (NMEA 0183 4.11, RMC and GLL field "Status"): A data valid, V navigation receiver warning
+STATUS_LETTERS = frozenset("AV")
+#: the mode indicator of RMC, GLL, VTG (NMEA 2.3+) and, per constellation, GNS (NMEA 0183 4.11): A autonomous,
+#: D differential, E estimated (dead reckoning), F float RTK, M manual input, N no fix, P precise, R RTK,
+#: S simulator
+MODE_LETTERS = frozenset("ADEFMNPRS")
+#: RMC / GNS navigational status (NMEA 0183 4.10+): S safe, C caution, U unsafe, V not valid for navigation
+NAV_STATUS_LETTERS = frozenset("SCUV")
+#: GGA GPS quality indicator values NMEA 0183 4.11 defines: 0 fix not available ... 8 simulator mode
+GGA_QUALITIES = frozenset(range(9))
+#: GSA GNSS System ID (NMEA 0183 4.11): 1 GPS, 2 GLONASS, 3 Galileo, 4 BeiDou, 5 QZSS, 6 NavIC (IRNSS)
+SYSTEM_IDS = frozenset(range(1, 7))
+
+
+def unknown_values(s: Sentence) -> dict[str, str]:
+    """The fields of ``s`` that hold a value this parser does not know (a letter or code the standard does not
+    define, or one of a later edition), as ``{"RMC.status": "X"}``; empty when there are none.
+
+    Such a sentence is decoded, not refused: an unknown status letter or GGA quality neither asserts nor denies
+    a fix (:class:`~drivers.gnss.nmea_fix.FixAssembler` abstains on it), an unknown mode letter is kept as sent,
+    a talker ID outside :data:`TALKERS` (a constellation or device of a later edition) decodes like any other.
+    """
+    out: dict[str, str] = {}
+    name = type(s).__name__
+    if s.talker not in TALKERS:
+        out[f"{name}.talker"] = s.talker
+    if isinstance(s, RMC | GLL) and s.status not in STATUS_LETTERS:
+        out[f"{name}.status"] = s.status
+    if isinstance(s, RMC | GLL | VTG) and s.mode is not None and s.mode not in MODE_LETTERS:
+        out[f"{name}.mode"] = s.mode
+    if isinstance(s, GNS) and not set(s.mode) <= MODE_LETTERS:
+        out[f"{name}.mode"] = s.mode
+    if isinstance(s, RMC | GNS) and s.nav_status is not None and s.nav_status not in NAV_STATUS_LETTERS:
+        out[f"{name}.nav_status"] = s.nav_status
+    if isinstance(s, GGA) and s.quality is not None and s.quality not in GGA_QUALITIES:
+        out[f"{name}.quality"] = str(s.quality)
+    if isinstance(s, GSA) and s.system_id is not None and s.system_id not in SYSTEM_IDS:
+        out[f"{name}.system_id"] = str(s.system_id)
+    if isinstance(s, GSA) and s.op_mode not in ("M", "A"):
+        out[f"{name}.op_mode"] = s.op_mode  # GSA mode 1: M manual, A automatic 2D/3D
+    if isinstance(s, GSA) and s.fix_type is not None and s.fix_type not in (1, 2, 3):
+        out[f"{name}.fix_type"] = str(s.fix_type)  # GSA mode 2: 1 fix not available, 2 2D, 3 3D
+    return out

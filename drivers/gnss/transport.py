@@ -27,6 +27,7 @@ import serial
 
 from drivers.gnss.gpsd_json import WATCH_COMMAND, GpsdDecoder, GpsdError
 from drivers.gnss.nmea import Fix, NmeaDecoder, NmeaReader
+from drivers.logs import LogLimiter
 from kyojo.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,12 @@ class SerialNmeaSource:
         self.backoff = backoff or Backoff()
         self.opener = opener
         self.bauds = tuple(bauds)
-        self.reader = NmeaReader() if date_floor is None else NmeaReader(date_floor=date_floor)
+        self._limited = LogLimiter(log)
+        self.reader = (
+            NmeaReader(on_unknown=self._note_unknown)
+            if date_floor is None
+            else NmeaReader(date_floor=date_floor, on_unknown=self._note_unknown)
+        )
         self.current_baud: int | None = None
         self.connected = False
         self.connects = 0
@@ -108,6 +114,11 @@ class SerialNmeaSource:
         self._logged: set[str] = set()
 
     # -- connection -------------------------------------------------------------------------------------
+
+    def _note_unknown(self, name: str, value: str) -> None:
+        # A value NMEA 0183 does not define (the sentence was kept): health() counts them under
+        # nmea.reserved_values; the log says so at most once a minute per field.
+        self._limited(logging.INFO, name, "gnss %s: unknown %s=%r kept", self.port, name, value)
 
     def _note_error(self, cause: str, err: BaseException) -> None:
         self.errors[cause] = self.errors.get(cause, 0) + 1

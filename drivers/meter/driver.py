@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, TypeVar
 
+from drivers.logs import LogLimiter
 from drivers.meter.skstack import BRouteSession, SerialLike, SkStack, SkStackError
 from drivers.meter.smartmeter import MeterDecoder
 from kyojo.contract.vocab import MAX_POWER_W, Clock, ParseError, Reading
@@ -66,6 +67,7 @@ class BRouteMeter:
         self.emitted = 0
         self.last_ts: float | None = None
         self.parse_errors: Counter[str] = Counter()
+        self._log_limited = LogLimiter(log)
         self._step: asyncio.Future[Any] | None = None
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -78,10 +80,14 @@ class BRouteMeter:
         out: list[Reading] = []
         now = self.clock.now()
         for frame in frames:
+            before = dict(decoder.reserved)
             try:
                 out += decoder.readings(frame, now)
             except ParseError as err:
                 self.parse_errors[err.reason] += 1
+            for cause, count in decoder.reserved.items():
+                if count != before.get(cause, 0):
+                    self._log_limited(logging.INFO, cause, "%s: reserved value %s (kept)", self.device_id, cause)
         return out
 
     async def readings(self) -> AsyncGenerator[Reading, None]:
@@ -102,8 +108,8 @@ class BRouteMeter:
             await self._call(session.open)
             for _ in range(3):
                 self._decode(await self._call(session.poll, SETUP_EPCS), decoder)
-                if decoder.ready:
-                    break
+                if decoder.ready or decoder.unit_reserved:
+                    break  # a reserved unit code: poll anyway (power and currents), energy is withheld
             else:
                 raise SkStackError("the meter did not report its energy unit (0xE1)")
             while True:
@@ -161,6 +167,7 @@ class BRouteMeter:
             "timeouts": s.timeouts if s else 0,
             "bad_lines": s.bad_lines if s else 0,
             "parse_errors": dict(self.parse_errors),
+            "reserved_values": dict(d.reserved) if d else {},
             "unit_kwh": d.unit_kwh if d else None,
             "coefficient": d.coefficient if d else None,
             "digits": d.digits if d else None,

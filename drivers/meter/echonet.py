@@ -52,9 +52,11 @@ __all__ = [
     "FixedTimeEnergy",
     "Frame",
     "Property",
+    "ReservedValue",
     "decode_frame",
     "encode_frame",
     "get_request",
+    "is_reserved_esv",
     "parse_coefficient",
     "parse_cumulative",
     "parse_currents",
@@ -91,6 +93,31 @@ class ESV(IntEnum):
 
 
 _SETGET = frozenset({ESV.SETGET, ESV.SETGET_RES, ESV.SETGET_SNA})
+
+
+def is_reserved_esv(code: int) -> bool:
+    """True for a service code the specification reserves for future use.
+
+    ECHONET Lite Specification Part II, section 3.2.5 (ESV): the request codes are 0x60-0x6F, the response and
+    notification codes 0x70-0x7F and the "not possible" responses 0x50-0x5F; within these three ranges the
+    codes not assigned (e.g. 0x64-0x6D, 0x75-0x79, 0x7B-0x7D, 0x54-0x5D) are reserved for future use. Such a
+    frame keeps the common format-1 layout (OPC + properties) and is decoded, with its raw ESV, rather than
+    refused; codes outside 0x50-0x7F are not ESVs at all and are refused (``bad_esv``).
+    """
+    return 0x50 <= code <= 0x7F and code not in ESV._value2member_map_
+
+
+class ReservedValue(ParseError):
+    """A property value of the right size that the specification reserves (an unassigned code).
+
+    It is a :class:`~kyojo.contract.errors.ParseError` (reason ``reserved_value``) so that a caller decoding one
+    property on its own learns the value has no meaning to us; :class:`drivers.meter.smartmeter.MeterDecoder`
+    catches it per property, reports and counts it, and keeps the rest of the frame.
+    """
+
+    def __init__(self, epc: int, edt: bytes, detail: str) -> None:
+        super().__init__("reserved_value", raw=edt, detail=detail)
+        self.epc = epc
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,16 +221,16 @@ def _decode_props(data: bytes, pos: int, raw: bytes) -> tuple[tuple[Property, ..
 
 def decode_frame(data: bytes) -> Frame:
     """Parse one format-1 frame. Reasons: ``not_echonet`` (wrong EHD), ``truncated``, ``trailing_bytes``,
-    ``bad_esv`` (a service code outside the specification)."""
+    ``bad_esv`` (a service code outside the ESV ranges). A reserved service code (:func:`is_reserved_esv`)
+    is not an error: the frame is decoded with the common layout and ``esv`` holds the raw code."""
     raw = bytes(data)
     if raw[:2] != EHD:
         raise ParseError("not_echonet", raw=raw, detail=f"EHD {raw[:2].hex()}")
     if len(raw) < _HEADER:
         raise ParseError("truncated", raw=raw, detail=f"{len(raw)} bytes, header needs {_HEADER}")
-    try:
-        esv = ESV(raw[10])
-    except ValueError:
-        raise ParseError("bad_esv", raw=raw, detail=f"ESV {raw[10]:#04x}") from None
+    esv = raw[10]
+    if esv not in ESV._value2member_map_ and not is_reserved_esv(esv):
+        raise ParseError("bad_esv", raw=raw, detail=f"ESV {esv:#04x}")
     props, pos = _decode_props(raw, 11, raw)
     get_props: tuple[Property, ...] = ()
     if esv in _SETGET:
@@ -296,11 +323,16 @@ def parse_coefficient(edt: bytes) -> int:
 
 
 def parse_unit(edt: bytes) -> float:
-    """0xE1: kWh per count of the cumulative registers."""
+    """0xE1: kWh per count of the cumulative registers.
+
+    Appendix "Detailed Requirements for ECHONET Device objects", class 0x0288, EPC 0xE1 assigns the codes
+    0x00-0x04 (1 .. 0.0001 kWh) and 0x0A-0x0D (10 .. 10000 kWh); the other codes are unassigned, reserved for
+    future use: :class:`ReservedValue` (not ``bad_edt``), so that the rest of the frame is kept.
+    """
     _size(edt, 1, 0xE1)
     unit = UNIT_KWH.get(edt[0])
     if unit is None:
-        raise ParseError("bad_edt", raw=edt, detail=f"EPC 0xe1: unknown unit code {edt[0]:#04x}")
+        raise ReservedValue(0xE1, edt, f"EPC 0xe1: reserved unit code {edt[0]:#04x}")
     return unit
 
 

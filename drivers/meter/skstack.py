@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from drivers.meter.echonet import ESV, SMART_METER, Frame, decode_frame, get_request
+from drivers.meter.echonet import ESV, SMART_METER, Frame, decode_frame, get_request, is_reserved_esv
 from kyojo.contract.vocab import KyojoError, ParseError
 
 log = logging.getLogger(__name__)
@@ -438,8 +438,8 @@ class BRouteSession:
             except ParseError:
                 self.bad_lines += 1
                 return
-            if frame.esv in (ESV.INF, ESV.INFC):
-                self.inbox.append(frame)
+            if frame.esv in (ESV.INF, ESV.INFC) or is_reserved_esv(frame.esv):
+                self.inbox.append(frame)  # a reserved ESV goes to the decoder, which counts it
 
     def _next_tid(self) -> int:
         # Skip TIDs with 0x0A/0x0D bytes: the module's echo of SKSENDTO includes the binary frame, and a CR/LF
@@ -481,7 +481,7 @@ class BRouteSession:
                 except ParseError:
                     self.bad_lines += 1
                     continue
-                if reply.esv in (ESV.INF, ESV.INFC):
+                if reply.esv in (ESV.INF, ESV.INFC) or is_reserved_esv(reply.esv):
                     self.inbox.append(reply)
                 elif (
                     reply.tid == tid

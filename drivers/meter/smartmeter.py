@@ -16,6 +16,7 @@ for energy sold (0xE3), only when ``export`` is set.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from drivers.meter.echonet import (
     ESV,
     FixedTimeEnergy,
     Frame,
+    ReservedValue,
+    is_reserved_esv,
     parse_coefficient,
     parse_cumulative,
     parse_currents,
@@ -71,22 +74,46 @@ def property_value(epc: int, edt: bytes) -> Any:
         f = parse_fixed_time(edt, epc)
         return {"at": f.at.isoformat(), "count": f.count}
     if epc == 0x80 and len(edt) == 1:  # operation status: 0x30 ON, 0x31 OFF
-        return {0x30: "on", 0x31: "off"}.get(edt[0], edt.hex())
+        if edt[0] not in (0x30, 0x31):
+            # Appendix, device object super class, EPC 0x80: only 0x30/0x31 are assigned; another code is
+            # reserved: reported as such (describe), never a reason to refuse the frame
+            raise ReservedValue(0x80, edt, f"EPC 0x80: reserved operation status {edt[0]:#04x}")
+        return {0x30: "on", 0x31: "off"}[edt[0]]
     return edt.hex()
 
 
+def esv_name(code: int) -> str:
+    """The ESV's name, or ``reserved_0xNN`` for a code reserved for future use (:func:`is_reserved_esv`)."""
+    return ESV(code).name if code in ESV._value2member_map_ else f"reserved_0x{code:02X}"
+
+
 def describe(frame: Frame) -> dict[str, Any]:
-    """A JSON-ready view of a frame, with smart-meter property values decoded when the source is a meter."""
+    """A JSON-ready view of a frame, with smart-meter property values decoded when the source is a meter.
+
+    A property whose value is reserved (:class:`~drivers.meter.echonet.ReservedValue`) keeps its ``edt`` and gets
+    ``"value": None`` and ``"reserved": true``; the frame's other properties are decoded as usual.
+    """
     meter = frame.seoj.class_code == 0x0288
     props = []
     for p in (*frame.props, *frame.get_props):
         item: dict[str, Any] = {"epc": f"0x{p.epc:02X}", "pdc": len(p.edt), "edt": p.edt.hex()}
         if meter and p.edt:
             item["name"] = PROPERTY_NAMES.get(p.epc, "")
-            item["value"] = property_value(p.epc, p.edt)
+            try:
+                item["value"] = property_value(p.epc, p.edt)
+            except ReservedValue:
+                item["value"], item["reserved"] = None, True
         props.append(item)
-    esv = ESV(frame.esv)
-    return {"tid": frame.tid, "seoj": str(frame.seoj), "deoj": str(frame.deoj), "esv": esv.name, "properties": props}
+    out = {
+        "tid": frame.tid,
+        "seoj": str(frame.seoj),
+        "deoj": str(frame.deoj),
+        "esv": esv_name(frame.esv),
+        "properties": props,
+    }
+    if is_reserved_esv(frame.esv):
+        out["reserved"] = True
+    return out
 
 
 @dataclass(slots=True)
@@ -106,6 +133,10 @@ class MeterDecoder:
     reverse: MonotonicCounter = field(default_factory=MonotonicCounter)
     last_energy_ts: float | None = None
     last_fixed: FixedTimeEnergy | None = None
+    #: the meter's last 0xE1 was a reserved unit code: energy is withheld until a known unit arrives
+    unit_reserved: bool = False
+    #: reserved values seen (not errors), by cause: ``esv:0xNN`` or ``epc:0xNN``
+    reserved: Counter[str] = field(default_factory=Counter)
 
     @property
     def ready(self) -> bool:
@@ -113,14 +144,28 @@ class MeterDecoder:
         return self.unit_kwh is not None
 
     def readings(self, frame: Frame, received_at: float) -> list[Reading]:
-        """Readings in a meter frame (Get_Res, Get_SNA, INF). Raises ParseError on a malformed EDT."""
-        if frame.seoj.class_code != 0x0288 or frame.esv not in VALUE_SERVICES:
+        """Readings in a meter frame (Get_Res, Get_SNA, INF). Raises ParseError on a malformed EDT; a reserved
+        value (ESV or property code) is counted in :attr:`reserved` and the rest of the frame is kept."""
+        if frame.seoj.class_code != 0x0288:
+            return []
+        if is_reserved_esv(frame.esv):
+            # ECHONET Lite Part II 3.2.5: a reserved service code. Its properties are decoded (describe shows
+            # them) but their meaning (request? answer?) is unknown: no Readings, counted, nothing refused.
+            self.reserved[f"esv:0x{frame.esv:02X}"] += 1
+            return []
+        if frame.esv not in VALUE_SERVICES:
             return []
         # Configuration first: coefficient, unit and digits apply to the registers in the same frame.
         if (edt := frame.prop(0xD3)) is not None:
             self.coefficient = parse_coefficient(edt)
         if (edt := frame.prop(0xE1)) is not None:
-            self.unit_kwh = parse_unit(edt)
+            try:
+                self.unit_kwh, self.unit_reserved = parse_unit(edt), False
+            except ReservedValue as err:
+                # A unit code reserved for future use: the registers cannot be converted, so no energy until
+                # a known unit arrives; power and currents in this frame are still read.
+                self.reserved[f"epc:0x{err.epc:02X}"] += 1
+                self.unit_kwh, self.unit_reserved = None, True
         if (edt := frame.prop(0xD7)) is not None:
             self.digits = parse_digits(edt)
             self.normal.modulus = self.reverse.modulus = float(10**self.digits)

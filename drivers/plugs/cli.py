@@ -91,6 +91,8 @@ def decode_plug(
                 "announcements": [_ann(a) for a in dec.announcements],
             }
         )
+        if dec.unknown:  # state words the family does not define: reported, the rest of the message kept
+            out[-1]["unknown"] = [{"device": u.device, "field": u.field, "raw": u.raw} for u in dec.unknown]
     typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
     if failed:
         raise typer.Exit(1)

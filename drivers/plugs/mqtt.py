@@ -246,6 +246,7 @@ class PlugsDriver:
             "readings_emitted": s.readings_out,
             "dropped": self.dropped,
             "parse_errors": dict(s.errors),
+            "reserved_values": dict(s.reserved_values),
             "ignored": dict(s.ignored),
             "counters": s.counter_causes(),
             "last_error": self.last_error or s.last_error,

@@ -49,6 +49,7 @@ __all__ = [
     "Decoded",
     "Family",
     "StateChange",
+    "UnknownValue",
     "decode",
     "family_of",
 ]
@@ -103,6 +104,16 @@ class StateChange:
 
 
 @dataclass(frozen=True, slots=True)
+class UnknownValue:
+    """An enumerated value the family does not define (a relay state other than its on/off words), kept and
+    reported rather than refusing the readings that came in the same message (issue 20, section 4)."""
+
+    device: str
+    field: str
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
 class Announcement:
     """A plug that announced itself (discovery); ``device`` is the key its readings will carry."""
 
@@ -123,6 +134,7 @@ class Decoded:
     readings: tuple[Reading, ...] = ()
     states: tuple[StateChange, ...] = ()
     announcements: tuple[Announcement, ...] = ()
+    unknown: tuple[UnknownValue, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -284,18 +296,21 @@ def _tasmota(topic: str, payload: bytes, ts: float) -> Decoded:
             dev = key + (f"/{power_cmd.group(1)}" if power_cmd.group(1) else "")
             return Decoded("tasmota", states=(StateChange(dev, "output", state, text),))
     obj = _object(payload)
-    states = _tasmota_power_states(key, obj, payload)
+    states, unknown = _tasmota_power_states(key, obj, payload)
+    readings: tuple[Reading, ...] = ()
     if command in ("SENSOR",) or command.startswith("STATUS"):
         body = obj.get("StatusSNS", obj)
         if not isinstance(body, dict):
             raise ParseError("bad_shape", raw=payload, detail="StatusSNS is not an object")
         readings = _tasmota_energy(key, body, payload, ts)
-        return Decoded("tasmota", readings=readings, states=states)
-    return Decoded("tasmota", states=states)
+    return _keep_rest(Decoded("tasmota", readings=readings, states=states, unknown=unknown), payload)
 
 
-def _tasmota_power_states(key: str, obj: Mapping[str, Any], raw: bytes) -> tuple[StateChange, ...]:
-    out = []
+def _tasmota_power_states(
+    key: str, obj: Mapping[str, Any], raw: bytes
+) -> tuple[tuple[StateChange, ...], tuple[UnknownValue, ...]]:
+    out: list[StateChange] = []
+    unknown: list[UnknownValue] = []
     for k, v in obj.items():
         m = _TASMOTA_POWER_KEY_RE.match(k)
         if m is None:
@@ -303,8 +318,21 @@ def _tasmota_power_states(key: str, obj: Mapping[str, Any], raw: bytes) -> tuple
         if not isinstance(v, str):
             raise ParseError("bad_state", raw=raw, detail=f"{k}: {v!r:.40}")
         dev = key + (f"/{m.group(1)}" if m.group(1) else "")
-        out.append(StateChange(dev, "output", _on_off(v, raw, ("ON",), ("OFF",)), v))
-    return tuple(out)
+        if v in ("ON", "OFF"):
+            out.append(StateChange(dev, "output", v == "ON", v))
+        else:
+            unknown.append(UnknownValue(dev, k, v[:40]))
+    return tuple(out), tuple(unknown)
+
+
+def _keep_rest(dec: Decoded, raw: bytes) -> Decoded:
+    """A JSON message with an unknown state word: keep what else it carried, report the word
+    (:attr:`Decoded.unknown`). When the unknown word was all the message had for us, it stays a ``bad_state``
+    error as before: there is no rest to keep, and a misspelt state ("on" for "ON") is a fault to see."""
+    if dec.unknown and not (dec.readings or dec.states or dec.announcements):
+        first = dec.unknown[0]
+        raise ParseError("bad_state", raw=raw, device=first.device, detail=f"{first.field}: {first.raw!r:.40}")
+    return dec
 
 
 def _tasmota_energy(key: str, body: Mapping[str, Any], raw: bytes, ts: float) -> tuple[Reading, ...]:
@@ -547,9 +575,14 @@ def _zigbee2mqtt(name: str, payload: bytes, ts: float) -> Decoded:
             continue
         readings.append(_measure(key, metric, _num(value, field_name, payload) * factor, ts, payload, {}))
     states: list[StateChange] = []
+    unknown: list[UnknownValue] = []
     if "state" in obj:
         state = obj["state"]
         if not isinstance(state, str):
             raise ParseError("bad_state", raw=payload, device=key, detail=f"state: {state!r:.40}")
-        states.append(StateChange(key, "output", _on_off(state, payload, ("ON",), ("OFF",)), state))
-    return Decoded("zigbee2mqtt", readings=tuple(readings), states=tuple(states))
+        if state in ("ON", "OFF"):
+            states.append(StateChange(key, "output", state == "ON", state))
+        else:
+            unknown.append(UnknownValue(key, "state", state[:40]))
+    dec = Decoded("zigbee2mqtt", readings=tuple(readings), states=tuple(states), unknown=tuple(unknown))
+    return _keep_rest(dec, payload)

@@ -114,6 +114,9 @@ class PlugSession:
     #: unpaired plugs heard from, least recently heard first (at most ``max_unpaired``)
     heard: OrderedDict[str, Seen] = field(default_factory=OrderedDict)
     errors: Counter[str] = field(default_factory=Counter)
+    #: state words a family does not define, kept out of :attr:`states` (the message's readings are kept), by
+    #: ``<family>:<field>``
+    reserved_values: Counter[str] = field(default_factory=Counter)
     #: messages (or parts of them) not turned into Readings: ``unpaired``, ``bad_key``, ``forgotten``
     ignored: Counter[str] = field(default_factory=Counter)
     messages: int = 0
@@ -147,6 +150,17 @@ class PlugSession:
         for st in dec.states:
             if self._record(st.device, dec.family, now):
                 self.states.setdefault(st.device, {})[st.key] = st.value
+        for unknown in dec.unknown:
+            cause = f"{dec.family}:{unknown.field}"
+            self.reserved_values[cause] += 1
+            self.log_limited(
+                logging.INFO,
+                f"unknown:{cause}",
+                "plug %s: unknown %s %r (the rest of the message kept)",
+                unknown.device,
+                unknown.field,
+                unknown.raw,
+            )
         out: list[Reading] = []
         unpaired = 0
         for r in dec.readings:

@@ -44,7 +44,7 @@ CASES = [
     ),
     (  # ZED-F9P_HPG1.11.log (S/E hemisphere, empty track, NMEA 4.10 nav status)
         "$GNRMC,003956.00,A,4552.65403,S,17030.00668,E,0.025,,120419,,,A,V*07",
-        RMC("GN", 2396.0, "A", -(45 + 52.65403 / 60), 170 + 30.00668 / 60, 0.025, None, date(2019, 4, 12), "A"),
+        RMC("GN", 2396.0, "A", -(45 + 52.65403 / 60), 170 + 30.00668 / 60, 0.025, None, date(2019, 4, 12), "A", "V"),
     ),
     (  # ZED-F9P_HPG1.11.log: NMEA 4.10 system id in the last field
         "$GNGSA,A,3,82,66,81,,,,,,,,,,1.05,0.64,0.83,2*0C",

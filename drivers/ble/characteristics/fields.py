@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from drivers.ble.errors import Inconsistent, TrailingBytes, Truncated
+from drivers.ble.errors import TrailingBytes, Truncated
 from drivers.ble.ieee11073 import Number, float_from_word, sfloat_from_word
 
 
@@ -51,8 +51,8 @@ class _Reader:
         return float_from_word(int.from_bytes(self.take(4), "little"))
 
     def date_time(self) -> DateTime:
-        start = self.pos
-        return _check_date_time(DateTime(self.u16(), self.u8(), self.u8(), self.u8(), self.u8(), self.u8()), start)
+        # Reserved field values are kept as sent (DateTime.reserved_fields reports them), never refused.
+        return DateTime(self.u16(), self.u8(), self.u8(), self.u8(), self.u8(), self.u8())
 
     def finish(self, lenient: bool) -> None:
         if self.remaining and not lenient:
@@ -68,8 +68,14 @@ def _bit(flags: int, n: int) -> bool:
 
 
 def _names(raw: int, names: dict[int, str]) -> tuple[str, ...]:
-    """Names of the set bits, in bit order (unknown bits are reserved and left out)."""
+    """Names of the set bits, in bit order (unknown bits are reserved and left out: :func:`_reserved_bits`)."""
     return tuple(name for bit, name in sorted(names.items()) if raw >> bit & 1)
+
+
+def _reserved_bits(raw: int, names: dict[int, str], width: int) -> int:
+    """The set bits of a ``width``-bit field that ``names`` does not define (reserved for future use)."""
+    defined = sum(1 << bit for bit in names)
+    return raw & ((1 << width) - 1) & ~defined
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,24 +93,33 @@ class DateTime:
     seconds: int
 
     def to_datetime(self) -> dt.datetime | None:
-        """The naive wall-clock datetime, or None when the date is not known or impossible (e.g. 31 Feb)."""
-        if not (self.year and self.month and self.day):
+        """The naive wall-clock datetime, or None when the date is not known, impossible (e.g. 31 Feb) or
+        carries a reserved value (:meth:`reserved_fields`)."""
+        if not (self.year and self.month and self.day) or self.reserved_fields():
             return None
         try:
             return dt.datetime(self.year, self.month, self.day, self.hours, self.minutes, self.seconds)
         except ValueError:
             return None
 
+    def reserved_fields(self) -> dict[str, int]:
+        """The fields holding a value the specification reserves for future use, with that value.
 
-def _check_date_time(value: DateTime, offset: int) -> DateTime:
-    # Spec ranges: year 1582..9999 or 0, month 0..12, day 0..31, hours 0..23, minutes/seconds 0..59.
-    if not (value.year == 0 or 1582 <= value.year <= 9999):
-        raise Inconsistent(f"Date Time year {value.year} is reserved", offset=offset)
-    limits = (("month", 12), ("day", 31), ("hours", 23), ("minutes", 59), ("seconds", 59))
-    for name, top in limits:
-        if getattr(value, name) > top:
-            raise Inconsistent(f"Date Time {name} {getattr(value, name)} is out of range", offset=offset)
-    return value
+        GATT Specification Supplement, characteristic "Date Time" (0x2A08): Year 1582..9999, 0 = not known;
+        Month 1..12, 0 = not known; Day 1..31, 0 = not known; Hours 0..23; Minutes 0..59; Seconds 0..59; all
+        other values are Reserved for Future Use. A reserved value makes only this time unusable
+        (:meth:`to_datetime` is None): the measurement that carries it is still decoded.
+        """
+        out: dict[str, int] = {}
+        if not (self.year == 0 or 1582 <= self.year <= 9999):
+            out["year"] = self.year
+        for name, top in _DATE_TIME_LIMITS:
+            if getattr(self, name) > top:
+                out[name] = getattr(self, name)
+        return out
+
+
+_DATE_TIME_LIMITS = (("month", 12), ("day", 31), ("hours", 23), ("minutes", 59), ("seconds", 59))
 
 
 @dataclass(frozen=True, slots=True)
