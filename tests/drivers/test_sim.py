@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
@@ -420,25 +419,28 @@ def test_sim_driver_starts_at_clock_now() -> None:
     hr = HeartRateStrap("h-p1-hr", "p1", 1)
     clock = ScaledClock(at(9), speed=3600)
     driver = SimDriver(hr, clock)
+    bounds: list[float] = []
 
     async def run() -> list[Reading]:
         got: list[Reading] = []
+        bounds.append(clock.now())
         async for r in driver.readings():
+            if not got:
+                bounds.append(clock.now())
             got.append(r)
-            if r.ts >= at(9) + 120:
+            if r.ts >= got[0].ts + 120:
                 break
         return got
 
     got = asyncio.run(asyncio.wait_for(run(), timeout=30))
     hrs = [r for r in got if r.metric == "heart_rate"]
     assert len(hrs) >= 110
-    assert hrs[0].ts <= at(9) + 5  # began where the clock was
+    # began where the clock was when it started (a fast clock moves on meanwhile: bounded by its readings around)
+    assert bounds[0] - 1 <= hrs[0].ts <= bounds[1]
 
 
-def test_household_six_hours_is_fast() -> None:
+def test_household_six_hours_in_one_go() -> None:
+    """Six hours of a household and a truck in one call (its speed is bench/edge.py's to measure, not a test's)."""
     sims = household("home-1", 42) + truck("truck-1", 42)
-    began = time.perf_counter()
     n = sum(len(s.readings_between(at(8), at(14))) for s in sims)
-    elapsed = time.perf_counter() - began
     assert n > 150_000
-    assert elapsed < 10.0
