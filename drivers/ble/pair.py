@@ -293,8 +293,41 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="gateway config 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
+def N_(text: str) -> str:
+    """Marks a message for Kyojo's catalogs (kyojo/i18n); translated where shown."""
+    return text
+
+
+#: what each failure means for the household, in its language; the stack's own words follow as the detail
+_SUMMARY = {
+    EXIT_USAGE: N_("This cannot be done as asked."),
+    EXIT_NO_ADAPTER: N_("The gateway's Bluetooth is not available (is it switched on?)."),
+    EXIT_NOT_FOUND: N_("The device was not found: switch it on or take a measurement, bring it closer, try again."),
+    EXIT_WRONG_PROFILE: N_("This device does not offer what was asked (check the device or the --profile)."),
+    EXIT_PAIRING_REFUSED: N_("The device refused to pair: put it in pairing mode (see its manual) and try again."),
+    EXIT_LINK: N_("The connection to the device failed: bring it closer and try again."),
+}
+
+
+def _lang() -> str:
+    """The household's language for these commands: Japanese when LC_ALL or LANG says so, else English."""
+    value = os.environ.get("LC_ALL") or os.environ.get("LANG") or "en"
+    return "ja" if value.lower().startswith("ja") else "en"
+
+
+def _t(text: str) -> str:
+    from kyojo.i18n import gettext_for
+
+    return gettext_for(_lang()).gettext(text)
+
+
 def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    if _lang() == "en":
+        typer.echo(f"error: {message}", err=True)
+    else:
+        word, summary = _t("error"), _t(_SUMMARY.get(code, _SUMMARY[EXIT_USAGE]))
+        typer.echo(f"{word}: {summary}", err=True)
+        typer.echo(f"  ({message})", err=True)
     return typer.Exit(code)
 
 
@@ -314,9 +347,10 @@ def _site(config: Path) -> Site:
     if _site_loader is None:
         raise _fail("kyojo pair needs the gateway's config reader (mount it from the agent's CLI)", EXIT_USAGE)
     try:
-        return _site_loader(config)
+        site = _site_loader(config)
     except KyojoError as err:
         raise _fail(str(err), EXIT_USAGE) from err
+    return site
 
 
 def _load(data_dir: Path) -> list[paired.PairedDevice]:
@@ -366,9 +400,13 @@ def scan_cmd(
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
     if not found:
-        typer.echo(f"no health device advertised within {timeout:g} s (switch it on or take a measurement)")
+        typer.echo(
+            _t("no health device advertised within %(s)s s (switch it on or take a measurement)")
+            % {"s": f"{timeout:g}"}
+        )
         return
-    typer.echo(f"{'ADDRESS':<17}  {'RSSI':>4}  {'PROFILE':<16}  {'NAME':<20}  PAIRED")
+    head = (_t("ADDRESS"), "RSSI", _t("PROFILE"), _t("NAME"), _t("PAIRED"))
+    typer.echo(f"{head[0]:<17}  {head[1]:>4}  {head[2]:<16}  {head[3]:<20}  {head[4]}")
     for n in found:
         mark = f"{known[n.address].id} ({known[n.address].subject})" if n.address in known else "-"
         typer.echo(f"{n.address:<17}  {n.rssi:>4}  {','.join(n.profiles):<16}  {n.name or '?':<20}  {mark}")
@@ -413,9 +451,10 @@ def add_cmd(
         entry = record(site, added, person, device_id)
     except (AlreadyPaired, paired.RegistryError) as err:
         raise _fail(str(err), EXIT_USAGE) from err
-    how = "bonded" if added.bonded else "no bonding needed"
-    typer.echo(f"paired {address} ({added.name or 'no name'}) as {entry.id}: {added.profile} for {person} ({how})")
-    typer.echo("the running agent starts reading it within seconds (`kyojo agent status` shows its link)")
+    how = _t("bonded") if added.bonded else _t("no bonding needed")
+    words = {"address": address, "name": added.name or "-", "id": entry.id, "profile": added.profile, "person": person}
+    typer.echo(_t("paired %(address)s (%(name)s) as %(id)s: %(profile)s for %(person)s") % words + f" ({how})")
+    typer.echo(_t("the running agent starts reading it within seconds (`kyojo agent status` shows its link)"))
 
 
 def _local(iso: object, lang: str) -> str | None:
@@ -491,9 +530,14 @@ def remove_cmd(
     devices = _load(data_dir)
     entry = paired.find(devices, address)
     if entry is None:
-        raise _fail(f"{address.upper()} is not paired (see `kyojo pair list`)", EXIT_NOT_FOUND)
+        raise _fail(
+            _t("%(address)s is not paired (see `kyojo pair list`)") % {"address": address.upper()}, EXIT_NOT_FOUND
+        )
     paired.save(data_dir, [d for d in devices if d is not entry])
-    typer.echo(f"removed {entry.id} ({entry.address}, {entry.profile} of {entry.subject})")
+    typer.echo(
+        _t("removed %(id)s (%(address)s, %(profile)s of %(person)s)")
+        % {"id": entry.id, "address": entry.address, "profile": entry.profile, "person": entry.subject}
+    )
     if forget and entry.bonded:
 
         async def unpair(backend: BleBackend | None) -> str | None:
@@ -501,5 +545,9 @@ def remove_cmd(
 
         problem = _run(unpair)
         if problem:
-            typer.echo(f"warning: could not delete the pairing keys ({problem}); `bluetoothctl remove` it", err=True)
-    typer.echo("the running agent stops reading it within seconds")
+            typer.echo(
+                _t("warning: could not delete the pairing keys (%(problem)s); `bluetoothctl remove` it")
+                % {"problem": problem},
+                err=True,
+            )
+    typer.echo(_t("the running agent stops reading it within seconds"))

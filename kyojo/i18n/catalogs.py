@@ -27,7 +27,7 @@ METHODS = [("**.py", "python"), ("**/templates/**.html", "jinja2")]
 OPTIONS = {
     "**/templates/**.html": {"extensions": "jinja2.ext.i18n", "trimmed": "true"},
 }
-KEYWORDS = {"_": None, "N_": None, "gettext": None, "ngettext": (1, 2)}
+KEYWORDS = {"_": None, "_t": None, "N_": None, "gettext": None, "ngettext": (1, 2)}
 HERE = Path(__file__).resolve().parent
 FIXED = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -213,3 +213,20 @@ def test_paired_device_is_read_by_the_agent_driver_over_the_bond(tmp_path: Path)
             await air.close()
 
     run(main)
+
+
+def test_pair_speaks_japanese_when_the_household_does(radio: Radio, gateway: Path) -> None:
+    """Issue 22 item 5: LANG=ja_JP.UTF-8 gives Japanese words, the stack's own detail in brackets."""
+    ja = {"LANG": "ja_JP.UTF-8"}
+    radio.devices = [(STRAP, "heart_rate", {"name": "Strap"})]
+    table = CliRunner().invoke(pair.app, ["scan", "--timeout", "0.3", "--config", str(gateway)], env=ja)
+    assert table.exit_code == 0 and "アドレス" in table.stdout and "Strap" in table.stdout
+    out = CliRunner().invoke(pair.app, ["add", STRAP, "--person", "p1", "--config", str(gateway)], env=ja)
+    assert out.exit_code == 0 and "として登録しました" in out.stdout and "p1 の heart_rate" in out.stdout
+    missing = CliRunner().invoke(
+        pair.app, ["add", METER, "--person", "p1", "--timeout", "0.3", "--config", str(gateway)], env=ja
+    )
+    assert missing.exit_code == pair.EXIT_NOT_FOUND
+    assert "機器が見つかりません" in missing.stderr and "error:" not in missing.stderr
+    gone = CliRunner().invoke(pair.app, ["remove", STRAP, "--config", str(gateway)], env=ja)
+    assert gone.exit_code == 0 and "削除しました" in gone.stdout
