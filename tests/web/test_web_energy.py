@@ -63,7 +63,12 @@ def test_today_on_a_phone_in_japanese(seeded_home: Home, seeded_web: WebServer, 
     untrusted = phone.locator('[data-level="untrusted"]')
     assert "kWh" not in untrusted.inner_text(), "no number where the model card says not to trust it"
     assert untrusted.get_by_test_id("untrusted").is_visible()
-    assert "≈" in phone.locator('[data-level="medium"]').inner_text()
+    medium = phone.locator('[data-level="medium"]')
+    day_began = local_days(datetime.now().timestamp(), 1)[0][0] / 1000
+    if datetime.now().timestamp() - day_began > 2 * 3600:  # the model works an hour behind the meter
+        assert "≈" in medium.inner_text()
+    else:  # early in the gateway's day: no estimate yet, and the page says why instead of a bare dash
+        assert "≈" in medium.inner_text() or medium.get_by_test_id("estimate-pending").is_visible()
     assert axe_violations(phone) == []
 
 
@@ -75,6 +80,8 @@ def test_this_week_on_a_desktop_in_english(seeded_web: WebServer, desktop: Page)
     desktop.wait_for_url("**/energy?range=week")
     assert desktop.locator("html").get_attribute("lang") == "en"
     desktop.wait_for_function("document.documentElement.getAttribute('data-charts') === '3'")
+    # the week always holds estimates (the seeded days before today): a number, marked as an estimate
+    assert "≈" in desktop.locator('[data-level="medium"]').inner_text()
     # a week of hourly buckets on the whole-home chart
     n = desktop.evaluate("JSON.parse(document.querySelector('script.chart-data').textContent).x.length")
     assert 6 * 24 <= n <= 7 * 24
