@@ -117,6 +117,7 @@ class RecordEpisodes:
             "episodes_caught": self.caught,
             "episode_sensitivity": round(self.caught / self.episodes, 4) if self.episodes else None,
             "median_detection_delay_s": round(statistics.median(self.delays_s), 1) if self.delays_s else None,
+            "detection_delays_s": [round(d, 1) for d in self.delays_s],
             "alerts": self.alerts,
             "false_alerts": self.false_alerts,
             "non_af_hours": round(self.non_af_hours, 3),

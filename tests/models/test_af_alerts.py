@@ -319,3 +319,30 @@ def test_alert_event_of_a_rule_alert_has_no_episode_attrs() -> None:
         "msg",
     )
     assert "burden" not in alert_event(a).attrs
+
+
+# ---- ectopy ------------------------------------------------------------------------------------------------------
+def _with_ectopy(rec: Record, rng: np.random.Generator, frac: float, prem: float, pause: float) -> Record:
+    """``rec``'s sinus rhythm with premature beats at random positions (``frac`` of beats; coupling ``prem`` and
+    pause ``pause`` of the current cycle: 0.7/1.3 = compensatory, 0.7/1.1 = non-compensatory, atrial)."""
+    rr = rec.rr_ms.copy()
+    i = 3
+    while i < rr.shape[0] - 2:
+        if rng.random() < frac:
+            c = rr[i]
+            rr[i], rr[i + 1] = prem * c * rng.uniform(0.9, 1.1), pause * c * rng.uniform(0.97, 1.03)
+            i += 2
+        else:
+            i += 1
+    return Record(rec.name, rec.t_s[0] + np.cumsum(rr) / 1000.0, rr, rec.rhythm)
+
+
+@pytest.mark.parametrize(("frac", "prem", "pause"), [(0.1, 0.7, 1.3), (0.3, 0.7, 1.1), (0.2, 0.85, 1.05)])
+def test_frequent_premature_beats_are_not_called_af(model: AfModel, frac: float, prem: float, pause: float) -> None:
+    """Up to 30 % premature beats (ventricular with compensatory pause, atrial without) in the sinus excerpt: no
+    alert and at most 5 % of windows called AF (the ectopy feature ``frac_compensated`` and the alert rule)."""
+    rec = _with_ectopy(load_record(DATA / "afdb_04015.csv"), np.random.default_rng(0), frac, prem, pause)
+    assert np.mean(np.abs(np.diff(rec.rr_ms)) > 100) > frac  # the ectopy is really there
+    p = evaluate([rec], model).pooled
+    assert p.specificity >= 0.95
+    assert AfMonitor(model).push_series("x", T0 + rec.t_s, rec.rr_ms) == []
