@@ -100,8 +100,7 @@ def register(eval_app: typer.Typer) -> None:
         if faults is not None:
             out["injected"] = faults.label()
         if episodes:
-            _progress("af eval: alerts per person")
-            ep = evaluate_episodes(tested, af_model, truths=records)
+            ep = evaluate_episodes(tested, af_model, truths=records, progress=_progress)
             per = ep.pop("per_record")
             out.update(ep)
             if per_record:

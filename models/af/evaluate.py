@@ -7,7 +7,7 @@ in the counts and scored 0 (non-AF), so a detector cannot improve its numbers by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,7 +64,11 @@ def evaluate(records: Sequence[Record], model: AfModel | None = None) -> Evaluat
 
 
 def evaluate_episodes(
-    records: Sequence[Record], model: AfModel | None = None, *, truths: Sequence[Record] | None = None
+    records: Sequence[Record],
+    model: AfModel | None = None,
+    *,
+    truths: Sequence[Record] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
     """Person-level figures of ``model`` with its threshold and alert rule: pooled, and ``per_record``.
 
@@ -82,10 +86,11 @@ def evaluate_episodes(
             p[ok] = m.scores(x[ok])
         return p
 
-    res = [
-        evaluate_record(t, clean_record(r)[0], score, model.threshold, model.alert_rule)
-        for r, t in zip(records, truths or records, strict=True)
-    ]
+    res = []
+    for r, t in zip(records, truths or records, strict=True):
+        if progress is not None:
+            progress(f"af eval: alerts of record {r.name}")
+        res.append(evaluate_record(t, clean_record(r)[0], score, model.threshold, model.alert_rule))
     out = pooled(res)
     out["alert_rule"] = model.alert_rule.to_json()
     out["per_record"] = {r.name: r.as_dict() for r in res}

@@ -346,3 +346,23 @@ def test_frequent_premature_beats_are_not_called_af(model: AfModel, frac: float,
     p = evaluate([rec], model).pooled
     assert p.specificity >= 0.95
     assert AfMonitor(model).push_series("x", T0 + rec.t_s, rec.rr_ms) == []
+
+
+def test_the_af_alert_event_fits_the_wire_contract() -> None:
+    """The added attributes keep the event valid for the cloud (attribute names, count and value types)."""
+    from kyojo.contract.wire import EventItem
+
+    rec = load_record(DATA / "afdb_08219.csv")
+    events = HealthProcessor(Config(kind="health")).feed(as_readings(rec.rr_ms, rec.t_s, "p1"))
+    assert events
+    for e in events:
+        item = EventItem(
+            id=e.id,
+            kind=e.kind,
+            subject=e.subject,
+            device=e.device,
+            at=int(e.ts * 1000),
+            severity=e.severity,
+            attrs=dict(e.attrs),
+        )
+        assert item.attrs["burden"] == e.attrs["burden"]
