@@ -182,7 +182,3 @@ class BurdenRule:
         )
         out.append(self._open)
         return out
-
-    def finish(self) -> list[EpisodeUpdate]:
-        """End of data (evaluation): nothing more to do; an open alert stays open."""
-        return []

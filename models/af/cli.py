@@ -90,7 +90,7 @@ def register(eval_app: typer.Typer) -> None:
             report = loro_mod.run(records, faults, seed, progress=_progress)
             if not per_record:
                 report.pop("per_record")
-            report["model_version"] = af_model.version
+            report["model_version"] = f"loro: refitted per held-out record (shipped: {af_model.version})"
             typer.echo(json.dumps(report))
             return
         tested = [inject_faults(r, faults, seed) for r in records] if faults is not None else records

@@ -107,6 +107,8 @@ def run(
     outcomes: list[RecordEpisodes] = []
     y_all: list[npt.NDArray[np.bool_]] = []
     d_all: list[npt.NDArray[np.float64]] = []
+    s_all: list[npt.NDArray[np.float64]] = []
+    undecided = 0
     for k, held in enumerate(clean):
         name = held.truth.name
         train = [p for j, p in enumerate(clean) if j != k]
@@ -137,6 +139,8 @@ def run(
         outcomes.append(ep)
         y_all.append(y)
         d_all.append(decided)
+        s_all.append(s)
+        undecided += int((~test.ok).sum())
         per_record[name] = {
             **win,
             "undecided_windows": int((~test.ok).sum()),
@@ -146,12 +150,15 @@ def run(
         }
     y_cat, d_cat = np.concatenate(y_all), np.concatenate(d_all)
     pooled_win = Metrics.compute(y_cat, d_cat, 0.5).as_dict()
-    pooled_win.pop("auroc")
+    # AUROC of the pooled held-out P(AF) (each record scored by its own fold's model)
+    pooled_win["auroc"] = Metrics.compute(y_cat, np.concatenate(s_all), 0.5).as_dict()["auroc"]
     return {
+        **pooled_win,
+        "undecided_windows": undecided,
+        "threshold": None,  # one per fold: per_record[...]["threshold"]
         "protocol": "leave-one-record-out; threshold and alert rule chosen by inner LORO on the training records",
         "injected": faults.label() if faults is not None else "",
         "seed": seed,
-        **pooled_win,
         **pooled(outcomes),
         "per_record": per_record,
     }

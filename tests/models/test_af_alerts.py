@@ -366,3 +366,27 @@ def test_the_af_alert_event_fits_the_wire_contract() -> None:
             attrs=dict(e.attrs),
         )
         assert item.attrs["burden"] == e.attrs["burden"]
+
+
+def test_the_rule_is_chosen_for_fewest_errors_then_the_slowest_within_the_delay_budget(model: AfModel) -> None:
+    """models.af.loro.choose_rule (what every LORO fold and train.py run on out-of-fold scores; no scikit-learn
+    needed here): when the sinus excerpt looks like 3 AF windows in every 4, the rules that would alert on it
+    (confirmation 3 and on-burden <= 0.7) are not chosen."""
+    from models.af.loro import DELAY_BUDGET_S, RULE_GRID, choose_rule, prepare
+
+    preps = [prepare(r) for r in load_dir(DATA)]
+    scores = [np.where(p.ok, model.scores(p.x), 0.0) for p in preps]
+    sinus = next(i for i, p in enumerate(preps) if p.truth.name == "04015")
+    scores[sinus] = np.where(np.arange(scores[sinus].shape[0]) % 4 == 3, 0.0, 0.99)
+    naive = replay(
+        RULE,
+        preps[sinus].windows.t_start.tolist(),
+        preps[sinus].windows.t_end.tolist(),
+        (scores[sinus] >= model.threshold).tolist(),
+    )
+    assert naive  # the pattern does fool a confirm-3 / 70 % rule
+    rule, figs = choose_rule(preps, scores, model.threshold)
+    assert rule in RULE_GRID and figs["false_alerts"] == 0
+    assert rule.confirm > 3 or rule.on_burden > 0.75
+    delay = figs["median_detection_delay_s"]
+    assert delay is None or (isinstance(delay, float) and delay <= DELAY_BUDGET_S)
