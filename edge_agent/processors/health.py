@@ -7,12 +7,18 @@ from Readings, :func:`alert_event` the one to Events.
 Each alert update (opened, escalated, closed) becomes an :class:`kyojo.contract.vocab.Event` of kind ``alert.<kind>``,
 category ``health``: it is kept on the gateway (``kyojo alerts list``) and leaves only under the person's
 preventive-care consent, as a summary (kind, severity, times, the evidence's count/min/max/mean, the rule's
-source, the model version). Raw readings and RR series never leave.
+source, the model version; for an AF episode also its start estimate, end estimate and AF burden). Raw readings
+and RR series never leave.
+
+Bad RR input (values outside physiology, time going backwards) never stops the processor: the AF monitor's
+artefact filter rejects and counts it (``health()["af_artefacts"]``), and it is logged once per person and then
+at most once per :data:`LOG_EVERY_S` of input time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -26,6 +32,13 @@ from models.rules.profile import INTERNATIONAL, JAPAN
 if TYPE_CHECKING:
     from drivers.registry import BuildContext
     from models.af.runtime import AfMonitor
+
+log = logging.getLogger(__name__)
+
+#: Attributes of an AF alert's evidence that travel with its event (start and end estimates, AF burden).
+EPISODE_ATTRS = ("episode_start_ms", "episode_end_ms", "burden")
+#: at most one log line per person per this much input time about rejected RR values
+LOG_EVERY_S = 3600.0
 
 _WIRE_SEVERITY = {
     Severity.INFO: "info",
@@ -91,6 +104,10 @@ def alert_event(alert: Alert) -> Event:
         attrs["ended_ms"] = int(alert.ended * 1000)
     if alert.model_version:
         attrs["model_version"] = alert.model_version[:200]
+    for key in EPISODE_ATTRS:
+        value = ev.detail.get(key)
+        if isinstance(value, int | float):
+            attrs[key] = value
     return Event(
         id=f"al-{digest}",
         kind=f"alert.{alert.kind}",
@@ -116,6 +133,18 @@ class HealthProcessor:
 
             self.af = AfMonitor()
         self.alerts = 0
+        self._rejected_logged: dict[str, tuple[int, float]] = {}
+
+    def _log_rejected(self, readings: Sequence[Reading]) -> None:
+        """Log rejected RR values once per person, then at most once per LOG_EVERY_S of input time."""
+        if self.af is None:
+            return
+        for person, count in self.af.rejected_by_person().items():
+            seen, at = self._rejected_logged.get(person, (0, float("-inf")))
+            now = max((r.ts for r in readings if r.subject == person), default=at)
+            if count > seen and now - at >= LOG_EVERY_S:
+                log.warning("af: %d RR values of %s rejected as artefacts so far", count, person)
+                self._rejected_logged[person] = (count, now)
 
     def feed(self, readings: Sequence[Reading]) -> list[Event]:
         out: list[Event] = []
@@ -125,12 +154,14 @@ class HealthProcessor:
                 alerts += feed_af(self.af, [r])
             out.extend(alert_event(a) for a in alerts)
         self.alerts += len(out)
+        self._log_rejected(readings)
         return out
 
     def health(self) -> Mapping[str, object]:
         out: dict[str, object] = {"alert_updates": self.alerts, "open": len(self.engine.open_alerts())}
         if self.af is not None:
             out["af_windows"] = self.af.windows
+            out["af_artefacts"] = self.af.artefacts.as_dict()
         return out
 
 

@@ -1,4 +1,5 @@
-"""The evaluation protocol of MODEL_CARD.md, implemented once: records -> windows -> features -> ONNX -> metrics.
+"""The evaluation protocol of MODEL_CARD.md, implemented once: records -> artefact filter -> windows -> features ->
+ONNX -> metrics (window level); :func:`evaluate_episodes` adds the person-level figures of :mod:`models.af.episodes`.
 
 Windows whose RR intervals are too corrupted for a decision (fewer than ``MIN_KEPT`` clean intervals) are kept
 in the counts and scored 0 (non-AF), so a detector cannot improve its numbers by abstaining.
@@ -6,12 +7,13 @@ in the counts and scored 0 (non-AF), so a detector cannot improve its numbers by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
-from models.af.data import Record, make_windows
+from models.af.data import Record
 from models.af.features import batch_features
 from models.af.metrics import Metrics
 from models.af.model import AfModel
@@ -40,8 +42,10 @@ class Evaluation:
 
 def evaluate(records: Sequence[Record], model: AfModel | None = None) -> Evaluation:
     """Score every protocol window of ``records`` with ``model`` (default: the committed one)."""
+    from models.af.episodes import protocol_windows
+
     model = model or AfModel()
-    w = make_windows(records)
+    w = protocol_windows(records)
     x, ok = batch_features(w.rr_ms)
     scores = np.zeros(len(w), dtype=np.float64)
     if ok.any():
@@ -57,3 +61,37 @@ def evaluate(records: Sequence[Record], model: AfModel | None = None) -> Evaluat
         threshold=model.threshold,
         model_version=model.version,
     )
+
+
+def evaluate_episodes(
+    records: Sequence[Record],
+    model: AfModel | None = None,
+    *,
+    truths: Sequence[Record] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, object]:
+    """Person-level figures of ``model`` with its threshold and alert rule: pooled, and ``per_record``.
+
+    ``truths`` are the reference records when ``records`` carry injected faults (default: ``records``)."""
+    from models.af.artefacts import clean_record
+    from models.af.episodes import evaluate_record, pooled
+
+    model = model or AfModel()
+    m = model
+
+    def score(rr: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        x, ok = batch_features(rr)
+        p = np.full(rr.shape[0], np.nan)
+        if ok.any():
+            p[ok] = m.scores(x[ok])
+        return p
+
+    res = []
+    for r, t in zip(records, truths or records, strict=True):
+        if progress is not None:
+            progress(f"af eval: alerts of record {r.name}")
+        res.append(evaluate_record(t, clean_record(r)[0], score, model.threshold, model.alert_rule))
+    out = pooled(res)
+    out["alert_rule"] = model.alert_rule.to_json()
+    out["per_record"] = {r.name: r.as_dict() for r in res}
+    return out

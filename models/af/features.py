@@ -16,7 +16,9 @@ Features (:data:`FEATURE_NAMES`), after Dash et al. 2009 (RMSSD, turning points 
 Lake & Moorman 2011 (sample entropy with m = 1, r = 30 ms) and Tateno & Glass 2001 (RR variability):
 ``cv``, ``nrmssd``, ``pnn50``, ``prr6``, ``tpr``, ``sampen``, ``shannon``,
 ``ac1``, ``sd1_sd2``, ``frac_removed``, ``raw_nrmssd``, ``raw_cv``, ``mad_rel``, ``frac_flat``, ``dominant``,
-``lorenz_cells`` (the last three target sinus rhythm with frequent ectopy, see the comments in the code).
+``lorenz_cells``, ``frac_compensated`` (the last four target sinus rhythm with frequent ectopy, see the comments in
+the code; ``frac_compensated`` is the fraction of intervals in premature-beat groups whose sum is a whole number of
+dominant cycles: the compensatory pause of ectopic beats, which AF lacks).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ FLAT_FRACTION = 0.03
 DOMINANT_FRACTION = 0.05
 #: cell size of the Lorenz-plot occupancy feature
 LORENZ_CELL_MS = 40.0
+#: Ectopy signature: a premature interval (< PREMATURE_FRACTION of the median) that starts a group of 2 or 3
+#: intervals summing to 2 or 3 median cycles within COMPENSATION_TOLERANCE (the compensatory pause of an atrial or
+#: ventricular premature beat, a couplet, bigeminy). In AF, interval sums are not locked to a dominant cycle.
+PREMATURE_FRACTION = 0.90
+COMPENSATION_TOLERANCE = 0.08
 #: A window with fewer kept intervals than this gives no decision (too much artefact).
 MIN_KEPT = 20
 
@@ -62,6 +69,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "frac_flat",
     "dominant",
     "lorenz_cells",
+    "frac_compensated",
 )
 N_FEATURES = len(FEATURE_NAMES)
 
@@ -110,6 +118,30 @@ def cosen(x: FloatArray) -> float:
     leave-one-record-out validation (MODEL_CARD.md); kept for analysis and comparison.
     """
     return sample_entropy(x) + math.log(2.0 * SAMPEN_R_MS / 1000.0) - math.log(float(np.mean(x)) / 1000.0)
+
+
+def frac_compensated(valid: FloatArray) -> float:
+    """Fraction of the intervals that belong to a compensated premature-beat group (see PREMATURE_FRACTION)."""
+    med = float(np.median(valid))
+    v = valid.tolist()
+    n = len(v)
+    in_group = 0
+    i = 0
+    while i < n - 1:
+        if v[i] < PREMATURE_FRACTION * med:
+            for length, cycles in ((2, 2), (3, 3), (3, 2)):
+                if (
+                    i + length <= n
+                    and abs(sum(v[i : i + length]) - cycles * med) <= COMPENSATION_TOLERANCE * med * cycles
+                ):
+                    in_group += length
+                    i += length
+                    break
+            else:
+                i += 1
+            continue
+        i += 1
+    return in_group / n if n else 0.0
 
 
 def _adjacent_diffs(rr: FloatArray, keep: npt.NDArray[np.bool_]) -> FloatArray:
@@ -193,6 +225,7 @@ def window_features(rr_ms: npt.ArrayLike) -> FloatArray | None:
             frac_flat,
             dominant,
             lorenz_cells,
+            frac_compensated(valid),
         ],
         dtype=np.float64,
     )

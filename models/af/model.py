@@ -7,7 +7,7 @@ The ONNX file carries its own decision threshold, feature list and version in ``
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from kyojo.contract.errors import KyojoError
+from models.af.alerting import AlertRule
 from models.af.features import FEATURE_NAMES
 
 #: The committed model, next to this file.
@@ -33,6 +34,7 @@ class ModelInfo:
     threshold: float
     features: tuple[str, ...]
     sha256: str
+    alert_rule: AlertRule = field(default_factory=AlertRule)
 
 
 class AfModel:
@@ -53,12 +55,13 @@ class AfModel:
             features = tuple(meta["features"].split(","))
             threshold = float(meta["threshold"])
             base_version = meta["version"]
-        except (KeyError, ValueError) as err:
+            rule = AlertRule.from_json(meta["alert_rule"]) if "alert_rule" in meta else AlertRule()
+        except (KeyError, ValueError, TypeError) as err:
             raise ModelError(f"{path}: missing or bad metadata ({err})") from err
         if features != FEATURE_NAMES:
             raise ModelError(f"{path}: model features {features} differ from this code's {FEATURE_NAMES}")
         sha = hashlib.sha256(raw).hexdigest()
-        self.info = ModelInfo(f"{base_version}+{sha[:12]}", threshold, features, sha)
+        self.info = ModelInfo(f"{base_version}+{sha[:12]}", threshold, features, sha, rule)
         self._input = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self._prob_output = "probabilities" if "probabilities" in outputs else outputs[-1]
@@ -67,6 +70,11 @@ class AfModel:
     def threshold(self) -> float:
         """Decision threshold on P(AF), chosen by training-time cross-validation."""
         return self.info.threshold
+
+    @property
+    def alert_rule(self) -> AlertRule:
+        """The alert rule chosen with the model (``alert_rule`` metadata; the defaults for an older file)."""
+        return self.info.alert_rule
 
     @property
     def version(self) -> str:

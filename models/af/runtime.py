@@ -1,11 +1,14 @@
 """Run the AF model on a person's live ``rr_interval`` stream and turn window decisions into episode alerts.
 
-Every :data:`~models.af.data.STEP_BEATS` beats, the last :data:`~models.af.data.WINDOW_BEATS` RR intervals (ms)
-are classified (the same features and model as the evaluation protocol). An episode opens after ``on_windows``
-consecutive AF windows (3 windows = 120 beats, longer than the 30 s that defines an AF episode) and closes after
-``off_windows`` consecutive windows below the lower threshold; see :mod:`models.rules.alert` for the alert
-semantics (one id per episode; reopened within the cooldown). A gap in the beat stream (strap off, link lost)
-empties the window, so no window ever spans a gap.
+Each beat first goes through the artefact filter (:class:`models.af.artefacts.RrCleaner`: values outside
+physiology rejected and counted, extra detections merged, missed beats split). Every
+:data:`~models.af.data.STEP_BEATS` cleaned beats, the last :data:`~models.af.data.WINDOW_BEATS` RR intervals (ms)
+are classified (the same filter, features and model as the evaluation protocol), and the decision goes to the
+alert rule (:class:`models.af.alerting.BurdenRule`: AF burden over a sliding window, a confirmation count, a
+refractory period; its parameters come from the model file, chosen by cross-validation in ``train.py``). One
+alert per episode, carrying the episode's start estimate, end estimate and burden in ``evidence.detail``
+(``episode_start_ms``, ``episode_end_ms``, ``burden``). A gap in the beat stream (strap off, link lost) empties the
+window, so no window ever spans a gap.
 
 The ONNX session is created once per monitor (onnxruntime, one intra-op thread) and shared by all persons.
 """
@@ -18,10 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from models.af.alerting import AlertRule, BurdenRule, EpisodeUpdate
+from models.af.artefacts import MAX_GAP_S, CleanerCounts, RrCleaner
 from models.af.data import STEP_BEATS, WINDOW_BEATS
 from models.af.features import window_features
 from models.af.model import AfModel
-from models.rules.alert import Alert, EpisodeTracker, Persistence, Severity, State
+from models.rules.alert import Alert, Evidence, Severity
+
+AF_KIND = "atrial_fibrillation"
 
 AF_SOURCE = (
     "Kyojo RR-interval AF classifier, models/af/MODEL_CARD.md (trained on the MIT-BIH AF Database, ODC-By 1.0). "
@@ -36,87 +43,137 @@ AF_MESSAGE = (
 
 @dataclass
 class _Stream:
+    rule: BurdenRule
+    cleaner: RrCleaner = field(default_factory=RrCleaner)
     rr: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW_BEATS))
+    times: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW_BEATS))
     last_ts: float | None = None
     since_decision: int = 0
-    tracker: EpisodeTracker | None = None
+    probs: list[float] = field(default_factory=list)  # P(AF) of the AF windows of the open episode
+    current: Alert | None = None
 
 
 class AfMonitor:
     """AF episodes per person from their RR intervals (:meth:`push`, one beat at a time, or :meth:`push_series`).
 
-    :mod:`edge_agent.processors.health` feeds it the gateway's ``rr_interval`` Readings."""
+    :mod:`edge_agent.processors.health` feeds it the gateway's ``rr_interval`` Readings. ``rule`` overrides the
+    alert rule stored in the model file."""
 
     def __init__(
         self,
         model: AfModel | None = None,
         *,
-        on_windows: int = 3,
-        off_windows: int = 4,
-        off_margin: float = 0.1,
-        max_beat_gap_s: float = 5.0,
-        cooldown_s: float = 600.0,
+        rule: AlertRule | None = None,
+        max_beat_gap_s: float = MAX_GAP_S,
     ) -> None:
         self.model = model or AfModel()
-        self.on_threshold = self.model.threshold
-        self.off_threshold = max(self.model.threshold - off_margin, 0.0)
-        self.persistence = Persistence(
-            min_count=on_windows,
-            clear_count=off_windows,
-            # decisions come every STEP_BEATS beats (<= 45 s at 40 bpm); more than that is a gap
-            max_gap_s=2.0 * STEP_BEATS * 60.0 / 40.0,
-            cooldown_s=cooldown_s,
-        )
+        self.threshold = self.model.threshold
+        self.rule = rule or self.model.alert_rule
         self.max_beat_gap_s = max_beat_gap_s
         self._streams: dict[str, _Stream] = {}
         #: windows classified, and windows skipped for too many artefacts
         self.windows = 0
         self.undecided = 0
 
+    @property
+    def artefacts(self) -> CleanerCounts:
+        """What the artefact filter did, summed over persons."""
+        total = CleanerCounts()
+        for s in self._streams.values():
+            for k, v in s.cleaner.counts.as_dict().items():
+                setattr(total, k, getattr(total, k) + v)
+        return total
+
+    def rejected_by_person(self) -> dict[str, int]:
+        """RR values rejected by the artefact filter (outside physiology, time backwards), per person."""
+        return {p: s.cleaner.counts.rejected for p, s in self._streams.items()}
+
     def _stream(self, person: str) -> _Stream:
         s = self._streams.get(person)
         if s is None:
-            s = _Stream()
-            s.tracker = EpisodeTracker(
-                person,
-                "atrial_fibrillation",
-                metric="rr_interval",
-                unit="ms",
-                source=AF_SOURCE,
-                persistence=self.persistence,
-                model_version=self.model.version,
-            )
+            s = _Stream(BurdenRule(self.rule))
             self._streams[person] = s
         return s
 
     def push(self, person: str, ts: float, rr_ms: float) -> list[Alert]:
-        """Feed one RR interval (ms) of ``person`` beating at ``ts``; returns the AF alerts it opened or closed."""
+        """Feed one RR interval (ms) of ``person`` beating at ``ts``; returns the AF alerts it opened or closed.
+
+        Bad values (NaN, negative, outside physiology, time going backwards) are counted by the artefact filter
+        (:attr:`artefacts`) and never raise."""
         s = self._stream(person)
-        if s.last_ts is not None and (ts <= s.last_ts - 1e-9 or ts - s.last_ts > self.max_beat_gap_s):
+        out: list[Alert] = []
+        for t, rr, _ in s.cleaner.push(float(ts), float(rr_ms)):
+            out += self._beat(person, s, t, rr)
+        return out
+
+    def _beat(self, person: str, s: _Stream, ts: float, rr_ms: float) -> list[Alert]:
+        out: list[Alert] = []
+        if s.last_ts is not None and ts - s.last_ts > self.max_beat_gap_s:
             s.rr.clear()
+            s.times.clear()
             s.since_decision = 0
-        s.last_ts = ts if s.last_ts is None else max(s.last_ts, ts)
+            out += self._updates(person, s, s.rule.idle(ts))
+        s.last_ts = ts
         s.rr.append(rr_ms)
+        s.times.append(ts)
         s.since_decision += 1
         if len(s.rr) < WINDOW_BEATS or s.since_decision < STEP_BEATS:
-            return []
+            return out
         s.since_decision = 0
         feats = window_features(np.fromiter(s.rr, dtype=np.float64, count=len(s.rr)))
         if feats is None:
             self.undecided += 1
-            return []
+            return out
         self.windows += 1
         p = float(self.model.scores(feats[None, :])[0])
-        state: State = "on" if p >= self.on_threshold else "clear" if p < self.off_threshold else "between"
-        assert s.tracker is not None
-        return s.tracker.step(
-            ts,
-            state,
-            p,
-            severity=Severity.ADVISORY,
-            detail={"threshold": round(self.on_threshold, 4), "window_beats": WINDOW_BEATS},
-            message=AF_MESSAGE,
-        )
+        af = p >= self.threshold
+        start = s.times[0] - s.rr[0] / 1000.0
+        if af and s.rule.is_open:
+            s.probs.append(p)
+        updates = s.rule.step(ts, start, af)
+        if af and updates and updates[-1].end is None:
+            s.probs.append(p)
+        return out + self._updates(person, s, updates)
+
+    def _updates(self, person: str, s: _Stream, updates: list[EpisodeUpdate]) -> list[Alert]:
+        out: list[Alert] = []
+        for u in updates:
+            if u.end is None and not u.reopened:
+                s.probs = s.probs[-1:]
+            probs = s.probs or [self.threshold]
+            end_estimate = u.end if u.end is not None else u.raised
+            alert = Alert(
+                id=f"{person}:{AF_KIND}:{int(u.alert_start)}",
+                person=person,
+                kind=AF_KIND,
+                severity=Severity.ADVISORY,
+                started=u.start,
+                ended=u.end,
+                evidence=Evidence(
+                    "rr_interval",
+                    "ms",
+                    u.windows,
+                    u.start,
+                    end_estimate,
+                    min(probs),
+                    max(probs),
+                    sum(probs) / len(probs),
+                    {
+                        "threshold": round(self.threshold, 4),
+                        "window_beats": WINDOW_BEATS,
+                        "episode_start_ms": int(u.start * 1000),
+                        "episode_end_ms": int(end_estimate * 1000),
+                        "burden": round(u.burden, 4),
+                        "raised_ms": int(u.raised * 1000),
+                    },
+                ),
+                source=AF_SOURCE,
+                message=AF_MESSAGE,
+                model_version=self.model.version,
+            )
+            s.current = alert if u.end is None else None
+            out.append(alert)
+        return out
 
     def push_series(self, person: str, ts: npt.ArrayLike, rr_ms: npt.ArrayLike) -> list[Alert]:
         """Feed ``person``'s beats in order (beat times in UTC s, RR intervals in ms, equal lengths); all alerts
@@ -132,4 +189,4 @@ class AfMonitor:
 
     def open_alerts(self) -> list[Alert]:
         """AF episodes still open."""
-        return [s.tracker.current for s in self._streams.values() if s.tracker and s.tracker.current]
+        return [s.current for s in self._streams.values() if s.current is not None]

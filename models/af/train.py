@@ -5,12 +5,14 @@
 
 Needs the ``train`` extra (scikit-learn, skl2onnx, onnx); the runtime needs none of them.
 
-Protocol (MODEL_CARD.md): the windows of :mod:`models.af.data`; features of :mod:`models.af.features`;
+Protocol (MODEL_CARD.md): the records through the artefact filter (:mod:`models.af.artefacts`), the runtime's
+windows (:func:`models.af.episodes.protocol_windows`); features of :mod:`models.af.features`;
 a standardised logistic regression with balanced class weights (deterministic lbfgs, no randomness).
 Validation is leave-one-record-out: for each held-out record, the decision threshold is chosen by an *inner*
-leave-one-record-out over the remaining records only (maximising Youden's J on their out-of-fold scores), the
-model is refitted on those records, and the held-out record is scored once. The shipped model is fitted on all
-records, with the threshold chosen the same way over all records' out-of-fold scores.
+leave-one-record-out over the remaining records only (maximising Youden's J on their out-of-fold scores) and so is
+the alert rule (:func:`models.af.loro.choose_rule`), the model is refitted on those records, and the held-out
+record is scored once (:mod:`models.af.loro`). The shipped model is fitted on all records, with the threshold and
+the alert rule chosen the same way over all records' out-of-fold scores (both stored in the ONNX metadata).
 
 Only the records in ``--data`` are used; the script refuses a directory without ``afdb_*.csv``.
 """
@@ -26,9 +28,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.af.data import STEP_BEATS, WINDOW_BEATS, load_dir, make_windows
-from models.af.features import FEATURE_NAMES, batch_features
-from models.af.metrics import Metrics
+from models.af.data import STEP_BEATS, WINDOW_BEATS, load_dir
+from models.af.features import FEATURE_NAMES
 
 #: Version of the model family; the runtime appends the file's SHA-256 prefix.
 MODEL_VERSION = "af_rr-1.0"
@@ -86,21 +87,7 @@ def oof_scores(
     return out
 
 
-def loro(
-    x: npt.NDArray[np.float64], y: npt.NDArray[np.bool_], groups: npt.NDArray[np.str_]
-) -> tuple[npt.NDArray[np.float64], dict[str, float]]:
-    """Outer leave-one-record-out scores and the threshold each fold chose by inner LORO on its training records."""
-    scores = np.zeros(y.shape[0], dtype=np.float64)
-    thresholds: dict[str, float] = {}
-    for g in np.unique(groups):
-        te = groups == g
-        inner = oof_scores(x[~te], y[~te], groups[~te])
-        thresholds[str(g)] = youden_threshold(y[~te], inner)
-        scores[te] = _score(_fit(x[~te], y[~te]), x[te])
-    return scores, thresholds
-
-
-def export_onnx(clf: object, threshold: float, n_train: int, records: Sequence[str]) -> bytes:
+def export_onnx(clf: object, threshold: float, n_train: int, records: Sequence[str], alert_rule: str) -> bytes:
     """The fitted pipeline as ONNX (float32 input ``features``, no ZipMap) with our metadata."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
@@ -118,6 +105,7 @@ def export_onnx(clf: object, threshold: float, n_train: int, records: Sequence[s
     meta = {
         "version": MODEL_VERSION,
         "threshold": repr(threshold),
+        "alert_rule": alert_rule,
         "features": ",".join(FEATURE_NAMES),
         "window_beats": str(WINDOW_BEATS),
         "step_beats": str(STEP_BEATS),
@@ -133,7 +121,9 @@ def export_onnx(clf: object, threshold: float, n_train: int, records: Sequence[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run LORO, print the report, write the ONNX model and the JSON report."""
+    """Run LORO (window and person level), print the report, write the ONNX model and the JSON report."""
+    from models.af import loro as loro_mod
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=HERE / "af_rr.onnx")
@@ -141,38 +131,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     records = load_dir(args.data)
-    w = make_windows(records)
-    x, ok = batch_features(w.rr_ms)
-    if not ok.all():
-        print(f"{int((~ok).sum())} windows without enough clean beats are excluded from training", file=sys.stderr)
-    x, y, groups = x[ok], w.is_af[ok], w.record[ok]
+    report_loro = loro_mod.run(records)
 
-    scores, fold_thresholds = loro(x, y, groups)
-    decided = np.array([scores[i] >= fold_thresholds[str(g)] for i, g in enumerate(groups)])
-    per_record = {}
-    for g in np.unique(groups):
-        m = groups == g
-        met = Metrics.compute(y[m], np.where(decided[m], 1.0, 0.0), 0.5)
-        d = met.as_dict()
-        d["auroc"] = Metrics.compute(y[m], scores[m], 0.5).as_dict()["auroc"]
-        d["threshold"] = fold_thresholds[str(g)]
-        per_record[str(g)] = d
-    pooled = Metrics.compute(y, np.where(decided, 1.0, 0.0), 0.5).as_dict()
-    pooled["auroc"] = Metrics.compute(y, scores, 0.5).as_dict()["auroc"]
-
-    final_threshold = youden_threshold(y, scores)
+    # the shipped model: all records; threshold and alert rule from all records' out-of-fold scores
+    preps = [loro_mod.prepare(r) for r in records]
+    x = np.concatenate([p.x[p.ok] for p in preps])
+    y = np.concatenate([p.windows.is_af[p.ok] for p in preps])
+    groups = np.concatenate([np.full(int(p.ok.sum()), p.truth.name) for p in preps])
+    if sum(int((~p.ok).sum()) for p in preps):
+        print("windows without enough clean beats are excluded from training", file=sys.stderr)
+    oof = oof_scores(x, y, groups)
+    final_threshold = youden_threshold(y, oof)
+    per_prep = []
+    for p in preps:
+        s = np.zeros(p.x.shape[0])
+        s[p.ok] = oof[groups == p.truth.name]
+        per_prep.append(s)
+    rule, rule_figs = loro_mod.choose_rule(preps, per_prep, final_threshold)
     clf = _fit(x, y)
     names = [r.name for r in records]
-    blob = export_onnx(clf, final_threshold, int(y.shape[0]), names)
+    blob = export_onnx(clf, final_threshold, int(y.shape[0]), names, rule.to_json())
     args.out.write_bytes(blob)
 
     report = {
         "model_version": MODEL_VERSION,
-        "protocol": {"window_beats": WINDOW_BEATS, "step_beats": STEP_BEATS, "af_if_afib_fraction_at_least": 0.5},
+        "protocol": {
+            "window_beats": WINDOW_BEATS,
+            "step_beats": STEP_BEATS,
+            "af_if_afib_fraction_at_least": 0.5,
+            "artefact_filter": "models/af/artefacts.py RrCleaner",
+        },
         "records": names,
-        "loro_pooled": pooled,
-        "loro_per_record": per_record,
+        "loro": report_loro,
         "final_threshold": final_threshold,
+        "final_alert_rule": json.loads(rule.to_json()),
+        "final_alert_rule_out_of_fold": rule_figs,
         "onnx_bytes": len(blob),
     }
     args.report.write_text(json.dumps(report, indent=2) + "\n")
