@@ -688,6 +688,10 @@ def alerts_list(
             f"{v.alert_id}  {who}  {words['title']}  [{level}, {state}]  {since} {_when(v.started_ms, lg)}  "
             f"({shared}{seen})"
         )
+        if v.burden is not None:
+            span = _when(v.episode_start_ms, lg) + (f" - {_when(v.episode_end_ms, lg)}" if v.episode_end_ms else "")
+            rhythm = _("irregular rhythm %(percent)d%% of the time") % {"percent": round(v.burden * 100)}
+            typer.echo(f"    {rhythm} ({span})")
         typer.echo(f"    {words['todo']}")
 
 

@@ -42,6 +42,10 @@ class AlertView:
     shared: bool
     acknowledged: bool
     model_version: str | None = None
+    #: an AF episode's evidence (the health processor's AF monitor): start and end estimates, share of AF windows
+    episode_start_ms: int | None = None
+    episode_end_ms: int | None = None
+    burden: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -83,6 +87,9 @@ def list_alerts(conn: sqlite3.Connection, person: str | None = None) -> list[Ale
             shared=state == "released" or bool(prev and prev.shared),
             acknowledged=aid in acks,
             model_version=None if a.get("model_version") is None else str(a["model_version"]),
+            episode_start_ms=_int(a.get("episode_start_ms")),
+            episode_end_ms=_int(a.get("episode_end_ms")),
+            burden=_num(a.get("burden")),
         )
         view.history = [*(prev.history if prev else []), {"at_ms": int(ts), "level": view.level, "state": view.state}]
         latest[aid] = view
@@ -93,6 +100,10 @@ def list_alerts(conn: sqlite3.Connection, person: str | None = None) -> list[Ale
 def _urgent(view: Any) -> bool:
     """The crisis rule's alerts and any alert at level ``urgent``: the ones that can need a 119 call."""
     return bool(view.kind == "bp_crisis" or view.level == "urgent")
+
+
+def _int(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _num(value: object) -> float | None:

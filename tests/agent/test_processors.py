@@ -197,3 +197,38 @@ def test_af_model_runs_inside_the_agent_on_the_simulated_strap(tmp_path: Path, m
     assert "alert.af" not in kinds
     status = json.loads(cfg.status_path.read_text())
     assert status["processors"]["health"]["af_windows"] == health["af_windows"]
+
+
+def test_an_af_alert_shows_its_episode_in_words(tmp_path: Path) -> None:
+    """Issue 21: the AF alert's burden and start/end estimates reach the household (kyojo alerts list, as the
+    alerts page shows them), in Japanese with JST times."""
+    path = tmp_path / "agent.toml"
+    path.write_text('[gateway]\nid = "home-af"\ndata_dir = "data"\n', encoding="utf-8")
+    cfg = load_config(path)
+    conn = connect(cfg.db_path)
+    attrs = {
+        "alert_id": "af-1",
+        "level": "advisory",
+        "state": "closed",
+        "message": "AF burden 92% over 10 min",
+        "started_ms": int(T0 * 1000),
+        "ended_ms": int((T0 + 2400) * 1000),
+        "episode_start_ms": int(T0 * 1000),
+        "episode_end_ms": int((T0 + 2400) * 1000),
+        "burden": 0.92,
+        "metric": "rr_interval",
+    }
+    conn.execute(
+        "INSERT INTO events(id, kind, category, subject, device, ts, severity, attrs, state) "
+        "VALUES('e1', 'alert.af', 'health', 'p1', 'strap', ?, 'advisory', ?, 'pending')",
+        (int((T0 + 2400) * 1000), json.dumps(attrs)),
+    )
+    conn.close()
+    shown = CliRunner().invoke(app, ["alerts", "list", "-c", str(path), "--lang", "ja"]).output
+    assert "不規則な脈が時間の 92%" in shown and "2024-06-01 09:00 JST - 2024-06-01 09:40 JST" in shown
+    from edge_agent.web.alerting import list_alerts
+
+    conn = connect(cfg.db_path)
+    (view,) = list_alerts(conn)
+    conn.close()
+    assert (view.burden, view.episode_start_ms, view.episode_end_ms) == (0.92, int(T0 * 1000), int((T0 + 2400) * 1000))
