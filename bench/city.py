@@ -86,7 +86,7 @@ from cloud_ingest.mqtt5 import (  # noqa: E402
     encode_varint,
 )
 from kyojo.contract.wire import ConsentRecord, ConsentStatus, agg_topic, consent_topic, event_topic  # noqa: E402
-from kyojo.runtime.backoff import Backoff  # noqa: E402
+from kyojo.runtime.backoff import Backoff, jittered  # noqa: E402
 
 HOST = "127.0.0.1"
 WINDOW_MS = 60_000
@@ -392,6 +392,7 @@ class Out:
     points: int
     retain: bool = False
     sent_once: bool = False
+    tries: int = 0
 
 
 @dataclass
@@ -413,6 +414,7 @@ class Gw:
     acked_events: int = 0
     connected_once: float = 0.0
     done: bool = False
+    limbo: int = 0  # messages waiting to be sent again after a PUBACK 0x10
 
 
 class Sim:
@@ -544,6 +546,23 @@ class Sim:
         if ack.reason_code >= 0x80:
             self.c[f"refused_{m.kind}_0x{ack.reason_code:02x}"] += 1
             return
+        if ack.reason_code == 0x10 and not m.retain:
+            # "No matching subscribers": the broker accepted it and delivered it to nobody. Mosquitto 2.0.11 does
+            # not restore $share subscriptions from its persistence file, so after a restart this is what a
+            # gateway hears until the ingesters have subscribed again (bench docstring, docs/OPERATIONS.md).
+            self.c[f"acked_no_subscribers_{m.kind}"] += 1
+            if self.spec["retry_no_subscribers"]:  # keep it, send it again later as a new message
+                m.sent_once = False
+                m.tries += 1
+                gw.limbo += 1
+                self.c["requeued_no_subscribers"] += 1
+
+                def again(gw: Gw = gw, m: Out = m) -> None:
+                    gw.limbo -= 1
+                    self.queue(gw, [m])
+
+                asyncio.get_running_loop().call_later(jittered(m.tries - 1, 1.0, 30.0), again)
+                return
         self.c[f"acked_{m.kind}"] += 1
         if m.kind == "agg":
             gw.acked_points += m.points
@@ -595,7 +614,7 @@ class Sim:
                         gw.consents_sent = True
                         self.queue(gw, self.consent_records(gw))
                     while True:
-                        if gw.done and not gw.outbox:
+                        if gw.done and not gw.outbox and not gw.limbo:
                             writer.write(DISCONNECT_PACKET)
                             await writer.drain()
                             return
@@ -617,7 +636,7 @@ class Sim:
             finally:
                 if writer is not None:
                     writer.close()
-            if gw.done and not gw.outbox:
+            if gw.done and not gw.outbox and not gw.limbo:
                 return
             await asyncio.sleep(backoff.next())
 
@@ -671,7 +690,7 @@ class Sim:
         for gw in self.gws:
             gw.done = True
         # readers blocked in read(): wake them by pinging (the PINGRESP returns to the loop)
-        while any(gw.outbox for gw in self.gws):
+        while any(gw.outbox or gw.limbo for gw in self.gws):
             for gw in self.gws:
                 if gw.writer is not None:
                     gw.writer.write(PINGREQ_PACKET)
@@ -788,6 +807,12 @@ def main() -> None:
     ap.add_argument("--storm-periods", type=float, default=2.0, help="periods of load after the restart")
     ap.add_argument("--reconnect-min", type=float, default=0.5, help="gateway backoff base (agent: 0.5 s)")
     ap.add_argument("--reconnect-max", type=float, default=30.0, help="gateway backoff cap (agent: 30 s)")
+    ap.add_argument(
+        "--retry-no-subscribers",
+        action="store_true",
+        help="gateways keep a message the broker answered with PUBACK 0x10 (no matching subscribers) and send it "
+        "again later (the agent today treats 0x10 as delivered)",
+    )
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--_ingest", help=argparse.SUPPRESS)
     ap.add_argument("--_sim", help=argparse.SUPPRESS)
@@ -809,6 +834,8 @@ def main() -> None:
         "ingesters": args.ingesters,
         "sim_workers": workers,
         "period_s": args.period,
+        "gateway_backoff_s": [args.reconnect_min, args.reconnect_max],
+        "retry_no_subscribers": args.retry_no_subscribers,
         "machine": {"cpus": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in load], "nofile": hard,
                     "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
     }  # fmt: skip
@@ -872,6 +899,7 @@ def main() -> None:
                     "period": args.period, "seed": 1000 + w, "connect_rate": args.connect_rate / workers,
                     "offset": w / workers, "event_rate": args.event_rate, "acl_probe_rate": args.acl_probes,
                     "reconnect_min": args.reconnect_min, "reconnect_max": args.reconnect_max,
+                    "retry_no_subscribers": args.retry_no_subscribers,
                 }  # fmt: skip
                 sims.append(SimProc(spec, errlog))
 
@@ -1037,6 +1065,7 @@ def main() -> None:
                 "acl_probes_refused": c["probe_refused"],
                 "acl_probes_ACCEPTED": c["probe_ACCEPTED"],
                 "other_refusals": {k: v for k, v in c.items() if k.startswith("refused_")},
+                "puback_0x10_no_subscribers": {k: v for k, v in c.items() if k.startswith("acked_no_subscribers")},
                 "ingester_rejected": [f.get("rejected") for f in finals],
                 "split": [f.get("received") for f in finals],
                 "broker_drop_episodes": broker.dropped_messages(),
