@@ -583,20 +583,23 @@ class Sim:
             t0 = time.monotonic()
             writer: asyncio.StreamWriter | None = None
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(HOST, self.port, ssl=gw.ctx, server_hostname=HOST), 30
-                )
-                writer.write(packet)
-                parser = Parser()
-                connack: Connack | None = None
-                while connack is None:
-                    data = await asyncio.wait_for(reader.read(65536), 30)
-                    if not data:
-                        raise ConnectionError("closed before CONNACK")
-                    _msgs, ctls = parser.feed(data)
-                    for ctl in ctls:
-                        if isinstance(ctl, Connack):
-                            connack = ctl
+                # One Python process stands in for thousands of gateways, each with its own CPU in real life: a few
+                # handshakes at a time keep this loop responsive (thousands at once all crawl and time out together)
+                async with self.handshakes:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection(HOST, self.port, ssl=gw.ctx, server_hostname=HOST), 30
+                    )
+                    writer.write(packet)
+                    parser = Parser()
+                    connack: Connack | None = None
+                    while connack is None:
+                        data = await asyncio.wait_for(reader.read(65536), 30)
+                        if not data:
+                            raise ConnectionError("closed before CONNACK")
+                        _msgs, ctls = parser.feed(data)
+                        for ctl in ctls:
+                            if isinstance(ctl, Connack):
+                                connack = ctl
                 if connack.reason_code >= 0x80:
                     raise ConnectionError(f"CONNACK 0x{connack.reason_code:02x}")
                 backoff.reset()
@@ -668,6 +671,7 @@ class Sim:
 
     async def main(self) -> None:
         self.schedule: list[Gw] = []
+        self.handshakes = asyncio.Semaphore(self.spec["handshake_concurrency"])
         loop = asyncio.get_running_loop()
         stop_evt = asyncio.Event()
         loop.add_reader(sys.stdin.fileno(), lambda: (sys.stdin.readline(), stop_evt.set()))
@@ -813,6 +817,7 @@ def main() -> None:
         help="gateways keep a message the broker answered with PUBACK 0x10 (no matching subscribers) and send it "
         "again later (the agent today treats 0x10 as delivered)",
     )
+    ap.add_argument("--handshake-concurrency", type=int, default=32, help="TLS handshakes at once per simulator")
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--_ingest", help=argparse.SUPPRESS)
     ap.add_argument("--_sim", help=argparse.SUPPRESS)
@@ -900,6 +905,7 @@ def main() -> None:
                     "offset": w / workers, "event_rate": args.event_rate, "acl_probe_rate": args.acl_probes,
                     "reconnect_min": args.reconnect_min, "reconnect_max": args.reconnect_max,
                     "retry_no_subscribers": args.retry_no_subscribers,
+                    "handshake_concurrency": args.handshake_concurrency,
                 }  # fmt: skip
                 sims.append(SimProc(spec, errlog))
 

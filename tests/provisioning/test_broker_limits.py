@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from provisioning import broker as brokerlib
-from provisioning.local import CustomMosquitto
+from provisioning.local import CustomMosquitto, Mosquitto
 from tests.citykit import HOST, City
 from tests.kit import free_port, wait_for
+
+NO_MATCHING_SUBSCRIBERS = 0x10
 
 
 def _settings(tmp_path: Path, **kw: object) -> brokerlib.BrokerSettings:
@@ -82,3 +90,51 @@ def test_a_real_broker_refuses_connections_beyond_max_connections(city: City, tm
         assert "max_connections exceeded" in b.log_path.read_text()
         a.close()  # a freed slot is taken again
         wait_for(lambda: _handshake(city, "gw-c", port) == "connack", 5, "a free connection slot")
+
+
+def _session(broker: Mosquitto, client_id: str, topic_filter: str) -> None:
+    """A persistent session (clean_start=False, 1 h expiry) subscribed to ``topic_filter``, then gone."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
+    acked = threading.Event()
+    c.on_subscribe = lambda *_a: acked.set()
+    c.connect(broker.host, broker.port, clean_start=False, properties=props)
+    c.loop_start()
+    c.subscribe(topic_filter, qos=1)
+    assert acked.wait(5)
+    c.disconnect()
+    c.loop_stop()
+
+
+def _puback(broker: Mosquitto, topic: str) -> int:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{topic.replace('/', '-')}", protocol=mqtt.MQTTv5)
+    got: list[int] = []
+    done = threading.Event()
+
+    def on_publish(_c: object, _u: object, _mid: int, rc: ReasonCode, _p: object) -> None:
+        got.append(rc.value)
+        done.set()
+
+    c.on_publish = on_publish
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.publish(topic, b"x", qos=1)
+    assert done.wait(5)
+    c.disconnect()
+    c.loop_stop()
+    return got[0]
+
+
+@pytest.mark.broker
+def test_mosquitto_2_0_forgets_shared_subscriptions_when_it_restarts(fresh_mosquitto: Mosquitto) -> None:
+    """Pitfall measured (docs/OPERATIONS.md, "Restarting the broker"): with persistence on, a persistent session's
+    plain subscription survives a restart, its ``$share`` subscription does not. Until the ingesters have
+    reconnected and subscribed again, a gateway's data gets PUBACK 0x10 (No matching subscribers), i.e. it was
+    accepted and delivered to nobody. If a Mosquitto upgrade fixes this, this test fails: update the docs."""
+    _session(fresh_mosquitto, "ingest-shared", "$share/g/kyojo/v1/+/agg/+")
+    _session(fresh_mosquitto, "ingest-plain", "kyojo/v1/+/event/+")
+    assert _puback(fresh_mosquitto, "kyojo/v1/gw-a/agg/energy") == 0x00
+    fresh_mosquitto.restart()
+    assert _puback(fresh_mosquitto, "kyojo/v1/gw-a/event/health") == 0x00  # the plain one was restored
+    assert _puback(fresh_mosquitto, "kyojo/v1/gw-a/agg/energy") == NO_MATCHING_SUBSCRIBERS  # the shared one not
