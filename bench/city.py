@@ -817,6 +817,12 @@ def main() -> None:
         help="gateways keep a message the broker answered with PUBACK 0x10 (no matching subscribers) and send it "
         "again later (the agent today treats 0x10 as delivered)",
     )
+    ap.add_argument(
+        "--influx-max-values-per-tag",
+        type=int,
+        default=1_000_000,
+        help="InfluxDB [data] max-values-per-tag (its default 100,000 stops a city at ~6,700 gateways; 0: default)",
+    )
     ap.add_argument("--handshake-concurrency", type=int, default=32, help="TLS handshakes at once per simulator")
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--_ingest", help=argparse.SUPPRESS)
@@ -861,7 +867,12 @@ def main() -> None:
         result["broker_conf"] = [
             ln for ln in conf.splitlines() if ln.startswith(("max_", "persist", "autosave", "set_tcp"))
         ]
-        influx = InfluxDB(base / "influx")
+        # InfluxDB 1.x refuses new tag values beyond max-values-per-tag (default 100,000): with 15 devices per
+        # gateway the `device` tag of `power` passes it at ~6,700 gateways, and every write is refused from then on
+        # (the ingesters hold and retry, the broker queues). Measured: docs/SCALING.md. 0 = the default.
+        influx_data = {"max-values-per-tag": args.influx_max_values_per_tag} if args.influx_max_values_per_tag else {}
+        result["influx_data_settings"] = influx_data
+        influx = InfluxDB(base / "influx", data_settings=influx_data)
         influx.start()
         influx.create_database("kyojo")
         scope_key = secrets.token_hex(32)
@@ -924,9 +935,11 @@ def main() -> None:
             def progress() -> None:
                 c = counters()
                 s = sampler.samples[-1] if sampler.samples else (0, {"broker": 0.0}, 0.0)
+                blocked = [p.last.get("capacity_blocked") for p in ingesters if p.last.get("capacity_blocked")]
                 log(
                     f"connected {connected()}/{n}, flushes {c['flushes']}, acked agg {c['acked_agg']}, "
                     f"probes refused {c['probe_refused']}, written {written()}, broker RSS {s[2]:.0f} MiB"
+                    + (f"; INGEST BLOCKED BY THE STORE: {blocked[0]}" if blocked else "")
                 )
 
             connect_s = wait_until(
