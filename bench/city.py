@@ -821,7 +821,7 @@ def main() -> None:
         "--influx-max-values-per-tag",
         type=int,
         default=1_000_000,
-        help="InfluxDB [data] max-values-per-tag (its default 100,000 stops a city at ~6,700 gateways; 0: default)",
+        help="InfluxDB [data] max-values-per-tag (its default 100,000 stops a city at ~9,100 gateways; 0: default)",
     )
     ap.add_argument("--handshake-concurrency", type=int, default=32, help="TLS handshakes at once per simulator")
     ap.add_argument("--json", type=Path, help="also write the result here")
@@ -867,8 +867,8 @@ def main() -> None:
         result["broker_conf"] = [
             ln for ln in conf.splitlines() if ln.startswith(("max_", "persist", "autosave", "set_tcp"))
         ]
-        # InfluxDB 1.x refuses new tag values beyond max-values-per-tag (default 100,000): with 15 devices per
-        # gateway the `device` tag of `power` passes it at ~6,700 gateways, and every write is refused from then on
+        # InfluxDB 1.x refuses new tag values beyond max-values-per-tag (default 100,000): with 11 power devices per
+        # gateway the `device` tag of `power` passes it at ~9,100 gateways, and every write is refused from then on
         # (the ingesters hold and retry, the broker queues). Measured: docs/SCALING.md. 0 = the default.
         influx_data = {"max-values-per-tag": args.influx_max_values_per_tag} if args.influx_max_values_per_tag else {}
         result["influx_data_settings"] = influx_data
