@@ -34,8 +34,19 @@ Figures (the last stdout line is one JSON object; a table goes to stderr; progre
   peak broker CPU (0.5 s samples), lag of the windows that closed around it.
 - ``loss``: every point a gateway got a PUBACK for must be in InfluxDB exactly once: counted per household tag
   after the drain (``lost`` and ``duplicates`` must be 0; a redelivery overwrites, so ``rewrites`` may not be 0).
+  ``puback_0x10_no_subscribers`` counts batches the broker accepted and delivered to nobody: Mosquitto 2.0.11 does
+  not restore ``$share`` subscriptions from its persistence file, so right after a restart, until the ingesters
+  have subscribed again, that is what a gateway hears. The agent treats 0x10 as delivered (they are then lost);
+  ``--retry-no-subscribers`` makes the simulated gateways keep such a batch and send it again after a backoff,
+  the behaviour docs/OPERATIONS.md recommends.
 
-    .venv/bin/python bench/city.py --gateways 1000 [--minutes 3] [--storm] [--workers 2] [--json out.json]
+Simulator limits, not the broker's: one Python process does the client side of every handshake of its slice, so
+``--handshake-concurrency`` (32) bounds the handshakes in flight per process (thousands at once in one asyncio
+loop all crawl and time out together), and ``--workers`` (default one per 5,000 gateways) spreads them.
+InfluxDB runs with ``max-values-per-tag`` 1,000,000 (``--influx-max-values-per-tag``): its default, 100,000,
+stops ingestion at ~9,100 gateways (the ``device`` tag of ``power``; docs/SCALING.md).
+
+    .venv/bin/python bench/city.py --gateways 1000 [--minutes 3] [--storm] [--retry-no-subscribers] [--json out.json]
 
 Run it on an otherwise idle machine if you can; it prints the load average at start next to the figures.
 """
