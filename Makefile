@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Playwright (a dev dependency) drives Debian's chromium; it must never download a browser of its own
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: venv services demo test lint typecheck unit bench clean train-af train-nilm vendor-js
+.PHONY: venv services demo test lint typecheck unit bench bench-city clean train-af train-nilm vendor-js
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: services
 	$(BIN)/python bench/af.py
 	$(BIN)/python bench/nilm.py
 	$(BIN)/python bench/web.py
+
+# A city against one broker (not part of `make bench`: ~5 min; docs/OPERATIONS.md has the figures). N=... to size it.
+N ?= 1000
+bench-city: services
+	$(BIN)/python bench/city.py --gateways $(N) --minutes 2 --storm --storm-periods 1
 
 # Reproduce the committed models from ../shared/data (fixed seeds; see each model card).
 SHARED ?= ../shared/data

@@ -326,6 +326,12 @@ def broker_config(
         typer.Option(help="the broker's user: owns the key and the dynsec JSON (default: mosquitto if root)"),
     ] = None,
     ingest: Annotated[list[str] | None, typer.Option(help="ingest identities (default: valid ones in the CA)")] = None,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="connections the listener accepts (docs/OPERATIONS.md)")
+    ] = broker.BrokerSettings.max_connections,
+    nofile: Annotated[
+        int, typer.Option(min=1024, help="LimitNOFILE of the systemd drop-in (above --max-connections)")
+    ] = broker.BrokerSettings.nofile,
 ) -> None:
     """Render Mosquitto's config fragment (mTLS listener, CRL, limits, dynamic-security plugin) and the plugin's
     first dynamic-security.json (roles of every valid identity in the CA); later changes: broker-sync."""
@@ -340,6 +346,8 @@ def broker_config(
         port=port,
         bind=bind,
         dynsec_plugin=plugin,
+        max_connections=max_connections,
+        nofile=nofile,
     )
     try:
         group = broker.load_share_group(ca_dir, create=True)

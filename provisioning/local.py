@@ -31,6 +31,7 @@ from provisioning.services.install import _BINARIES as _BINARIES  # patched by t
 from provisioning.services.install import ensure_installed
 from provisioning.services.mosquitto import CustomMosquitto, Mosquitto
 from provisioning.services.process import _Service, free_port
+from provisioning.services.victoria import VictoriaMetrics
 
 __all__ = [
     "CustomMosquitto",
@@ -39,6 +40,7 @@ __all__ = [
     "LocalStack",
     "Mosquitto",
     "ServiceError",
+    "VictoriaMetrics",
     "ensure_installed",
     "free_port",
 ]

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 _BINARIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "mosquitto": ("mosquitto", ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")),
     "influxdb": ("influxd", ("/usr/bin/influxd", "/usr/local/bin/influxd")),
+    # the clustered-store path (docs/SCALING.md): tests/ingest/test_victoria.py; not installed by default
+    "victoria-metrics": ("victoria-metrics", ("/usr/bin/victoria-metrics",)),
 }
 
 
