@@ -6,7 +6,9 @@ no jitter, and a city's gateways reconnecting in lock-step after a broker restar
 
 Facts this relies on (docs/ARCHITECTURE.md, "Pitfalls measured"):
 - MQTT v5, QoS 1: a refused publish comes back as a PUBACK reason code >= 0x80 (e.g. 0x87 not authorised);
-  those rows move to the ``refused`` table and are counted, never retried in a loop.
+  those rows move to the ``refused`` table and are counted, never retried in a loop. A PUBACK 0x10 ("no matching
+  subscribers": after a broker restart Mosquitto 2.0 has not restored the ingesters' shared subscriptions yet) is
+  not a delivery: the row stays queued and is sent again after a backoff (``stats.unrouted``).
 - paho's message ids are 16-bit and ``publish()`` reports a full queue only in ``rc``: in-flight messages are
   bounded by ``mqtt.max_inflight`` and every ``rc`` is checked.
 - Persistent session (clean_start=False + session expiry): paho re-sends its unacknowledged messages after a
@@ -47,6 +49,9 @@ from kyojo.runtime.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
+#: PUBACK reason code 0x10 (MQTT 5): accepted, but no subscription matched, so nobody will get it
+NO_MATCHING_SUBSCRIBERS = 0x10
+
 
 @dataclass
 class PublisherStats:
@@ -67,6 +72,7 @@ class PublisherStats:
     inflight: int = 0
     last_error: str = ""
     errors: int = 0  # rounds that failed other than by the network (database, bug): logged, retried
+    unrouted: int = 0  # PUBACKs 0x10 (no matching subscribers): kept and sent again, never counted as sent
 
 
 class Inflight(NamedTuple):
@@ -76,6 +82,7 @@ class Inflight(NamedTuple):
     items: int
     topic: str
     consent: str | None  # None for consent records
+    retained: bool = False  # a retained message is kept by the broker even with no subscriber
 
 
 class Publisher(threading.Thread):
@@ -96,6 +103,12 @@ class Publisher(threading.Thread):
         self._maybe_more = True
         self._next_seq = 0  # rows with seq >= this have not been handed to paho in this process
         self._ever_connected = False
+        #: rows the broker routed to nobody (PUBACK 0x10), by seq, to send again at ``_unrouted_due`` (monotonic)
+        self._unrouted: dict[int, Inflight] = {}
+        self._unrouted_due = 0.0
+        self._unrouted_backoff = Backoff(
+            config.mqtt.reconnect_min.total_seconds(), config.mqtt.reconnect_max.total_seconds()
+        )
         self._failed: set[str] = set()  # kinds of round failure already logged with a traceback
         #: time.monotonic() of the latest round (the agent's watchdog checks it moves)
         self.beat = time.monotonic()
@@ -299,7 +312,8 @@ class Publisher(threading.Thread):
         self._settle(conn)
         if self._downlink:
             self._take_downlink(conn)
-        if self.stats.connected and (self.wake.is_set() or self._maybe_more):
+        due = bool(self._unrouted) and time.monotonic() >= self._unrouted_due
+        if self.stats.connected and (self.wake.is_set() or self._maybe_more or due):
             self.wake.clear()
             self._fill(conn)
 
@@ -333,12 +347,27 @@ class Publisher(threading.Thread):
             code = reason.value if isinstance(reason, ReasonCode) else int(reason)
             if code >= 0x80:
                 refused.append((row, str(reason)))
+            elif code == NO_MATCHING_SUBSCRIBERS and not row.retained:
+                # nobody took it (Mosquitto 2.0 does not restore the ingesters' $share subscriptions after a
+                # restart, docs/OPERATIONS.md): not delivered, so it stays queued and is sent again after a backoff
+                self._unrouted[row.seq] = row
+                self.stats.unrouted += 1
             else:
                 done.append(row)
                 if "/event/" in row.topic:
                     events += row.items
                 else:
                     items += row.items
+        if self._unrouted and not self._unrouted_due:
+            delay = self._unrouted_backoff.next()
+            self._unrouted_due = time.monotonic() + delay
+            log.warning(
+                "%d message(s) reached no subscriber (no ingester subscribed yet); sending them again in %.1f s",
+                len(self._unrouted),
+                delay,
+            )
+        if done:
+            self._unrouted_backoff.reset()
         if not done and not refused:
             return
         now_ms = int(time.time() * 1000)
@@ -376,6 +405,26 @@ class Publisher(threading.Thread):
         if room <= 0:
             self._maybe_more = True
             return
+        if self._unrouted and self._unrouted_due and time.monotonic() >= self._unrouted_due:
+            again = sorted(self._unrouted)[:room]
+            marks = ",".join("?" * len(again))
+            rows = conn.execute(
+                f"SELECT seq, topic, payload, retain, items, consent FROM outbox WHERE seq IN ({marks})",  # noqa: S608
+                again,
+            ).fetchall()
+            for seq in again:
+                del self._unrouted[seq]
+            self._unrouted_due = 0.0
+            for seq, topic, payload, retain, items, consent in rows:
+                info = self._client.publish(topic, bytes(payload), qos=1, retain=bool(retain))
+                if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    self._inflight[info.mid] = Inflight(seq, items, topic, consent, bool(retain))
+                else:
+                    self._unrouted[seq] = Inflight(seq, items, topic, consent, bool(retain))
+            room = self.config.mqtt.max_inflight - len(self._inflight)
+            self._maybe_more = True
+            if room <= 0:
+                return
         rows = conn.execute(
             "SELECT seq, topic, payload, retain, items, consent FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?",
             (self._next_seq, room),
@@ -385,14 +434,14 @@ class Publisher(threading.Thread):
             info = self._client.publish(topic, bytes(payload), qos=1, retain=bool(retain))
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 # paho keeps the message and sends it after reconnecting; track it like any other.
-                self._inflight[info.mid] = Inflight(seq, items, topic, consent)
+                self._inflight[info.mid] = Inflight(seq, items, topic, consent, bool(retain))
                 self._next_seq = seq + 1
                 break
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.stats.last_error = f"publish rc={info.rc}"
                 log.warning("paho did not queue seq %d: %s", seq, mqtt.error_string(info.rc))
                 break
-            self._inflight[info.mid] = Inflight(seq, items, topic, consent)
+            self._inflight[info.mid] = Inflight(seq, items, topic, consent, bool(retain))
             self._next_seq = seq + 1
         self.stats.inflight = len(self._inflight)
 
