@@ -7,10 +7,11 @@ The layout (one directory per part, see README "Tests"): tests/{contract,drivers
 e2e}/; the shared helpers are in tests/kit.py (re-exported here), the kits of a real agent and of a city in
 tests/agentkit.py and tests/citykit.py (its ``city`` fixture is registered below), device captures in tests/data/.
 
-Every test that starts a Mosquitto carries ``@pytest.mark.broker`` and every test that starts an InfluxDB
-``@pytest.mark.influx`` (so ``pytest -m "not broker and not influx"`` runs without either). The section
-"Service markers" below makes that hold by itself: a test that asks for a service fixture, or starts a service in
-this process, without its marker fails, saying which marker to add.
+Every test that starts a Mosquitto carries ``@pytest.mark.broker``, every test that starts an InfluxDB
+``@pytest.mark.influx`` and one that starts a VictoriaMetrics ``@pytest.mark.victoria`` (so ``pytest -m "not broker
+and not influx and not victoria"`` runs without any). The section "Service markers" below makes that hold by
+itself: a test that asks for a service fixture, or starts a service in this process, without its marker fails,
+saying which marker to add.
 """
 
 import uuid
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from provisioning.local import InfluxDB, Mosquitto
+from provisioning.local import InfluxDB, Mosquitto, VictoriaMetrics
 from provisioning.services.install import _find_binary
 from provisioning.services.process import _Service
 from tests.kit import DATA, ROOT, free_port, wait_for, wait_for_async
@@ -81,7 +82,11 @@ _running: list[pytest.Item] = []  # the test being run (set for its setup, call 
 
 
 def _marker_of(service: _Service) -> str:
-    return "broker" if isinstance(service, Mosquitto) else "influx" if isinstance(service, InfluxDB) else ""
+    if isinstance(service, Mosquitto):
+        return "broker"
+    if isinstance(service, InfluxDB):
+        return "influx"
+    return "victoria" if isinstance(service, VictoriaMetrics) else ""
 
 
 def _advice(item: pytest.Item, marker: str, why: str) -> str:
