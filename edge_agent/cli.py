@@ -156,25 +156,24 @@ def _gateway_db(config: Path) -> Iterator[tuple[AgentConfig, sqlite3.Connection]
     from edge_agent.db import connect
 
     cfg = _load(config)
+
+    def damaged(err: sqlite3.DatabaseError) -> typer.Exit:
+        return _fail(
+            KyojoError(
+                f"the gateway database {cfg.db_path} is damaged ({err}): the agent sets it aside and restores the "
+                "consents and the log from its backup when it starts (systemctl restart kyojo-agent; kyojo doctor)"
+            )
+        )
+
     try:
         conn = connect(cfg.db_path)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as err:
-        raise _fail(
-            KyojoError(
-                f"the gateway database {cfg.db_path} is damaged ({err}): the agent sets it aside and restores the "
-                "consents and the log from its backup when it starts (systemctl restart kyojo-agent; kyojo doctor)"
-            )
-        ) from err
+        raise damaged(err) from err
     try:
         yield cfg, conn
     except sqlite3.DatabaseError as err:
-        raise _fail(
-            KyojoError(
-                f"the gateway database {cfg.db_path} is damaged ({err}): the agent sets it aside and restores the "
-                "consents and the log from its backup when it starts (systemctl restart kyojo-agent; kyojo doctor)"
-            )
-        ) from err
+        raise damaged(err) from err
     finally:
         conn.close()
 

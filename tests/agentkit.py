@@ -33,6 +33,32 @@ def agent_config(data_dir: Path, port: int, *, gateway: str = "gw-1", **extra: A
     return AgentConfig.model_validate(doc)
 
 
+class ManualClock:
+    """Time the test moves by hand (``clock.t = ...``); the agent's loop is not run, the test calls ``flush()``."""
+
+    speed = 1.0
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:  # pragma: no cover - no driver sleeps on it
+        self.t += seconds
+
+
+def read_status(config: AgentConfig) -> dict[str, Any]:
+    """The agent's status file as it was last written ({} before the first)."""
+    import json
+
+    try:
+        doc = json.loads(config.status_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 class LockstepClock:
     """The clock of a fast end-to-end run: scaled wall time, but never more than ``lead`` simulated seconds past
     what the slowest simulated driver has covered (``covered_until``).

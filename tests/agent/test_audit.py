@@ -98,9 +98,21 @@ def cloud(mosquitto: Mosquitto) -> Iterator[Cloud]:
 
 
 def running_publisher(cfg: AgentConfig) -> Publisher:
+    """A started publisher, with a subscriber standing for the cloud on the gateway's topics (a message nobody
+    subscribed to is answered 0x10 and stays queued); ``pub.stop()`` also closes the subscriber."""
+    from tests.agentkit import Collector
+
+    cloud = Collector(cfg.mqtt.port, f"kyojo/v1/{cfg.gateway.id}/#", client_id=f"cloud-{cfg.gateway.id}")
     pub = Publisher(cfg)
     pub.start()
     wait_for(lambda: pub.stats.connected)
+    stop = pub.stop
+
+    def stop_both(timeout: float = 10.0) -> None:
+        stop(timeout)
+        cloud.close()
+
+    pub.stop = stop_both  # type: ignore[method-assign]
     return pub
 
 

@@ -7,7 +7,6 @@ as NTP or a wrong RTC moves a Pi's clock; the monotonic clock underneath keeps r
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from edge_agent.consent import open_store
 from edge_agent.db import connect
 from kyojo.contract.vocab import Reading, reading
 from provisioning.local import Mosquitto
-from tests.agentkit import agent_config, run_agent_in_thread
+from tests.agentkit import agent_config, read_status, run_agent_in_thread
 from tests.kit import wait_for
 
 HOUR = 3600.0
@@ -66,16 +65,8 @@ class Strap:
         return {"emitted": len(self.emitted)}
 
 
-def _status(config: Any) -> dict[str, Any]:
-    try:
-        doc = json.loads(config.status_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
 def _guard(config: Any) -> dict[str, Any]:
-    return _status(config).get("clock_guard") or {}
+    return read_status(config).get("clock_guard") or {}
 
 
 def _db(config: Any, sql: str) -> list[tuple[Any, ...]]:
@@ -129,8 +120,8 @@ def test_a_wrong_jump_forward_then_back_releases_nothing_early_and_loses_nothing
         wait_for(lambda: _guard(config).get("jumps_undone") == 1, 30, "the jump undone")
         wait_for(lambda: _guard(config).get("readings_held") == 0, 30, "the held readings stored")
         n = len(strap.emitted)
-        wait_for(lambda: _status(config).get("readings", 0) >= n, 30, "the agent to store what the strap sent")
-        status = _status(config)
+        wait_for(lambda: read_status(config).get("readings", 0) >= n, 30, "the agent to store what the strap sent")
+        status = read_status(config)
         assert status["late"] == 0 and status["clock_guard"]["held_dropped"] == 0
         # every reading is stored once, at the time it really happened (the jumped stamps moved back)
         truth = sorted(r.ts - 9 * HOUR if r.ts > start + 5 * HOUR else r.ts for r in strap.emitted[:n])
@@ -151,8 +142,8 @@ def test_a_jump_that_lasts_is_the_new_time_and_its_readings_count(fresh_mosquitt
         wait_for(lambda: _guard(config).get("jumps_confirmed") == 1, 30, "the jump confirmed")
         wait_for(lambda: _released_until(config) > start + 3 * HOUR, 60, "windows on the new time")
         n = len(strap.emitted)
-        wait_for(lambda: _status(config).get("readings", 0) >= n, 30, "the agent to store what the strap sent")
-        assert _status(config)["late"] == 0
+        wait_for(lambda: read_status(config).get("readings", 0) >= n, 30, "the agent to store what the strap sent")
+        assert read_status(config)["late"] == 0
         assert _stored(config)[:n] == pytest.approx(sorted(r.ts for r in strap.emitted[:n]), abs=0.002)
         assert any(r.ts > start + 3 * HOUR for r in strap.emitted[before:n])
 

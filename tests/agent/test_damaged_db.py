@@ -22,22 +22,9 @@ from edge_agent.db import meta_get
 from firmware_tests.doctor import database_intact
 from kyojo.cli import app
 from kyojo.contract.vocab import reading
-from tests.agentkit import T0, agent_config
+from tests.agentkit import T0, ManualClock, agent_config
 
 runner = CliRunner()
-
-
-class ManualClock:
-    speed = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:  # pragma: no cover
-        self.t += seconds
 
 
 def _toml(tmp_path: Path, data: Path) -> Path:

@@ -22,25 +22,10 @@ from edge_agent.agent import Agent
 from edge_agent.db import connect
 from kyojo.contract.vocab import reading
 from provisioning.local import Mosquitto
-from tests.agentkit import T0, Collector, agent_config
+from tests.agentkit import T0, Collector, ManualClock, agent_config
 from tests.kit import wait_for
 
 pytestmark = pytest.mark.broker
-
-
-class ManualClock:
-    """The test moves time by hand."""
-
-    speed = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:  # pragma: no cover - no driver sleeps here
-        self.t += seconds
 
 
 def _outbox(config: object, topic: str = "%") -> int:
@@ -119,6 +104,7 @@ def test_the_publisher_survives_failing_rounds_and_the_watchdog_sees_a_dead_one(
     agent.flush()
     assert _outbox(config) > 0
     pub = agent.publisher
+    cloud = Collector(fresh_mosquitto.port, "kyojo/v1/gw-pub/#", client_id="cloud-gw-pub")
     settle, failures = pub._settle, [3]
 
     def flaky_settle(conn: sqlite3.Connection) -> None:  # the fault: the database fails three rounds in a row
@@ -144,4 +130,5 @@ def test_the_publisher_survives_failing_rounds_and_the_watchdog_sees_a_dead_one(
         assert agent.status()["publisher_alive"] is False
     finally:
         pub.stop()
+        cloud.close()
         agent.conn.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from drivers.sim.energy import Plug
 from edge_agent.agent import Agent
 from edge_agent.db import connect
 from provisioning.local import Mosquitto
-from tests.agentkit import agent_config, run_agent_in_thread
+from tests.agentkit import agent_config, read_status, run_agent_in_thread
 from tests.kit import wait_for
 
 pytestmark = pytest.mark.broker
@@ -49,18 +48,10 @@ def _rows(config: Any, device: str) -> list[tuple[float, float]]:
         conn.close()
 
 
-def _status(config: Any) -> dict[str, Any]:
-    try:
-        doc = json.loads(config.status_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
 def _next_status(config: Any) -> None:
     """Wait until the agent has gone once more round its loop (apply pairing, commit, write its status)."""
-    at = _status(config).get("at", 0)
-    wait_for(lambda: _status(config).get("at", 0) > at, 30, "the agent's next round")
+    at = read_status(config).get("at", 0)
+    wait_for(lambda: read_status(config).get("at", 0) > at, 30, "the agent's next round")
 
 
 def test_pairing_changes_apply_to_the_running_agent(fresh_mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -107,7 +98,7 @@ def test_pairing_changes_apply_to_the_running_agent(fresh_mosquitto: Mosquitto, 
         # paired (kyojo pair plugs --accept / the home page): its readings count from the next message on
         pairing.accept(data, wire.native_key, "kettle", {})
         wait_for(lambda: len(_rows(config, f"{HOME}-kettle")) >= 3, 30, "kettle readings")
-        assert _status(config)["pairing"]["applied"] >= 1
+        assert read_status(config)["pairing"]["applied"] >= 1
 
         # renamed: the same counter goes on under the new name; nothing is booked twice or lost as a reset
         pairing.accept(data, wire.native_key, "kitchen_kettle", {})
@@ -129,17 +120,17 @@ def test_pairing_changes_apply_to_the_running_agent(fresh_mosquitto: Mosquitto, 
         # a BLE strap paired and removed: its driver starts and stops in the running agent
         strap = paired.PairedDevice(id="heart-rate-p1", address="C0:00:00:00:07:01", profile="heart_rate", subject="p1")
         paired.save(data, [strap])
-        wait_for(lambda: _status(config).get("drivers") == 2, 30, "the strap's driver")
+        wait_for(lambda: read_status(config).get("drivers") == 2, 30, "the strap's driver")
         assert "heart-rate-p1" in {d.device_id for d in agent.drivers}
         paired.save(data, [])
-        wait_for(lambda: _status(config).get("drivers") == 1, 30, "the strap's driver to stop")
+        wait_for(lambda: read_status(config).get("drivers") == 1, 30, "the strap's driver to stop")
         assert plugs.connects == 1  # nothing reconnected or restarted on the way
-        assert _status(config)["pairing"]["errors"] == 0
+        assert read_status(config)["pairing"]["errors"] == 0
 
         # a registry that cannot be read leaves the devices as they were, and says so
         (data / paired.REGISTRY_FILE).write_text("{not json", encoding="utf-8")
-        wait_for(lambda: _status(config).get("pairing", {}).get("errors") == 1, 30, "the refusal")
-        assert _status(config)["drivers"] == 1
+        wait_for(lambda: read_status(config).get("pairing", {}).get("errors") == 1, 30, "the refusal")
+        assert read_status(config)["drivers"] == 1
     finally:
         if task:
             loop.call_soon_threadsafe(task[0].cancel)

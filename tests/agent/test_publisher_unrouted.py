@@ -16,23 +16,10 @@ from edge_agent.agent import Agent
 from edge_agent.db import connect
 from kyojo.contract.vocab import reading
 from provisioning.local import Mosquitto
-from tests.agentkit import T0, Collector, agent_config
+from tests.agentkit import T0, Collector, ManualClock, agent_config
 from tests.kit import wait_for
 
 pytestmark = pytest.mark.broker
-
-
-class ManualClock:
-    speed = 1.0
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:  # pragma: no cover
-        self.t += seconds
 
 
 def _queued(config: object) -> list[int]:

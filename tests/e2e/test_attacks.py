@@ -445,6 +445,7 @@ def test_4_receipts_come_only_from_the_eraser(world: World) -> None:
 
 def test_5_outbox_overflow_is_in_the_households_log(world: World) -> None:
     w = world
+    w.ingester()  # the city's side: a message nobody subscribed to would stay queued (PUBACK 0x10)
     agent = w.start_victim(outbox={"max_messages": 10})
     wait_for(lambda: agent.publisher.stats.messages_sent >= 3, what="first releases acknowledged")
     w.broker.stop()  # the city's broker is down for a while; the gateway keeps releasing into its outbox

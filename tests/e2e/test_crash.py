@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +68,43 @@ def status(cfg_path: Path) -> dict[str, object]:
         return {}
 
 
+def influx_matches_raw(cfg: Any, ingester: IngesterProc, influxdb: InfluxDB, influx_db: str) -> int:
+    """After a clean stop: the outbox is empty and InfluxDB holds exactly the windows of the raw store (consented
+    series only), value for value. Returns how many windows."""
+    conn = connect(cfg.db_path)
+    assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+    marks = {c: int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")}
+    raw = [
+        Reading(d, s, m, v, METRICS[m].unit, ts / 1000)
+        for ts, d, s, m, v in conn.execute(
+            "SELECT r.ts, s.device, s.subject, s.metric, r.value FROM raw r JOIN series s ON s.id = r.series"
+        )
+    ]
+    sent_total = int(conn.execute("SELECT value FROM meta WHERE key = 'aggregates_sent'").fetchone()[0])
+    conn.close()
+    wait_for(lambda: ingester.last.get("written", 0) >= sent_total, timeout=60)
+    final = ingester.stop()
+    assert final.get("rejected", {}) == {}
+
+    expected = {}
+    for category in ("health", "energy"):
+        rs = [r for r in raw if r.category.value == category]
+        expected.update(
+            {
+                k: v
+                for k, v in truth(rs, 60, marks[category]).items()
+                if (category == "health" and k[2] == "p1") or (category == "energy" and k[2] == GW)
+            }
+        )
+    ids = {r.device for r in raw} | {r.subject for r in raw}
+    got = influx_points(influxdb, influx_db, load_keys(cfg.gateway.data_dir), ids)
+    assert set(got) == set(expected), (sorted(set(expected) - set(got))[:3], sorted(set(got) - set(expected))[:3])
+    for key, want in expected.items():
+        for field, value in want.items():
+            assert got[key][field] == pytest.approx(value, rel=1e-9, abs=1e-9), (key, field)
+    return len(expected)
+
+
 def test_kill_9_agent_loses_and_doubles_nothing(
     tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB, influx_db: str
 ) -> None:
@@ -97,39 +135,8 @@ def test_kill_9_agent_loses_and_doubles_nothing(
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(30) == 0
 
-    conn = connect(cfg.db_path)
-    assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
-    marks = {c: int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")}
-    raw = [
-        Reading(d, s, m, v, METRICS[m].unit, ts / 1000)
-        for ts, d, s, m, v in conn.execute(
-            "SELECT r.ts, s.device, s.subject, s.metric, r.value FROM raw r JOIN series s ON s.id = r.series"
-        )
-    ]
-    sent_total = int(conn.execute("SELECT value FROM meta WHERE key = 'aggregates_sent'").fetchone()[0])
-    conn.close()
-    wait_for(lambda: ingester.last.get("written", 0) >= sent_total, timeout=60)
-    final = ingester.stop()
-    assert final.get("rejected", {}) == {}
-
-    expected = {}
-    for category in ("health", "energy"):
-        rs = [r for r in raw if r.category.value == category]
-        expected.update(
-            {
-                k: v
-                for k, v in truth(rs, 60, marks[category]).items()
-                if (category == "health" and k[2] == "p1") or (category == "energy" and k[2] == GW)
-            }
-        )
-    ids = {r.device for r in raw} | {r.subject for r in raw}
-    got = influx_points(influxdb, influx_db, load_keys(cfg.gateway.data_dir), ids)
     assert left >= 0
-    assert set(got) == set(expected), (sorted(set(expected) - set(got))[:3], sorted(set(got) - set(expected))[:3])
-    for key, want in expected.items():
-        for field, value in want.items():
-            assert got[key][field] == pytest.approx(value, rel=1e-9, abs=1e-9), (key, field)
-    assert len(expected) > 500
+    assert influx_matches_raw(cfg, ingester, influxdb, influx_db) > 500
 
 
 #: the devices of the power-cut loop: a strap (health) and the meter and a plug (energy)
@@ -177,34 +184,4 @@ def test_a_hundred_power_cuts_in_a_row_at_random_points(
     wait_for(lambda: float(status(cfg_path).get("clock", 0)) > resume + 1800, timeout=60)  # type: ignore[arg-type]
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(30) == 0
-    conn = connect(cfg.db_path)
-    assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
-    marks = {c: int(ms) for c, ms in conn.execute("SELECT category, next_start FROM watermark")}
-    raw = [
-        Reading(d, s, m, v, METRICS[m].unit, ts / 1000)
-        for ts, d, s, m, v in conn.execute(
-            "SELECT r.ts, s.device, s.subject, s.metric, r.value FROM raw r JOIN series s ON s.id = r.series"
-        )
-    ]
-    sent_total = int(conn.execute("SELECT value FROM meta WHERE key = 'aggregates_sent'").fetchone()[0])
-    conn.close()
-    wait_for(lambda: ingester.last.get("written", 0) >= sent_total, timeout=60)
-    final = ingester.stop()
-    assert final.get("rejected", {}) == {}
-    expected = {}
-    for category in ("health", "energy"):
-        rs = [r for r in raw if r.category.value == category]
-        expected.update(
-            {
-                k: v
-                for k, v in truth(rs, 60, marks[category]).items()
-                if (category == "health" and k[2] == "p1") or (category == "energy" and k[2] == GW)
-            }
-        )
-    ids = {r.device for r in raw} | {r.subject for r in raw}
-    got = influx_points(influxdb, influx_db, load_keys(cfg.gateway.data_dir), ids)
-    assert set(got) == set(expected), (sorted(set(expected) - set(got))[:3], sorted(set(got) - set(expected))[:3])
-    for key, want in expected.items():
-        for field, value in want.items():
-            assert got[key][field] == pytest.approx(value, rel=1e-9, abs=1e-9), (key, field)
-    assert len(expected) > 100
+    assert influx_matches_raw(cfg, ingester, influxdb, influx_db) > 100
