@@ -91,6 +91,14 @@ def build_drivers(config: AgentConfig, clock: Clock) -> tuple[list[Driver], floa
     return drivers, tick
 
 
+def _split_jumped(readings: list[Reading], jump: float, expected: float) -> tuple[list[Reading], list[Reading]]:
+    """(stamped under ``jump``, the others): a reading stamped under a jump is about ``jump`` away from where the
+    monotonic clock says the wall clock is (``expected``), more than half of it in the jump's direction."""
+    sign, half = (1 if jump > 0 else -1), abs(jump) / 2
+    under = [r for r in readings if (r.ts - expected) * sign > half]
+    return under, [r for r in readings if (r.ts - expected) * sign <= half]
+
+
 def certificate_identity(cert_path: Path) -> str:
     """The CN of the gateway's certificate: the identity the broker uses as username and client id.
 
@@ -300,10 +308,8 @@ class Agent:
             now = self.guard.trusted
             jump = self.guard.held_offset()
             if jump is not None and buf:
-                # stamped under the jump: about ``jump`` away from where the monotonic clock says it is now
-                expected, half, sign = self.guard.expected(), abs(jump) / 2, 1 if jump > 0 else -1
-                self._hold(jump, [r for r in buf if (r.ts - expected) * sign > half])
-                buf = [r for r in buf if (r.ts - expected) * sign <= half]
+                under, buf = _split_jumped(buf, jump, self.guard.expected())
+                self._hold(jump, under)
             if decided == "undone" and self._held:
                 # readings stamped under the jump that reach the agent a little later are moved back too
                 self._undone = (self._held[-1][0], time.monotonic() + self.UNDO_LATE_S)
@@ -312,11 +318,8 @@ class Agent:
                 if time.monotonic() > until:
                     self._undone = None
                 else:
-                    expected, sign = self.guard.expected(), 1 if offset > 0 else -1
-                    late = [r for r in buf if (r.ts - expected) * sign > abs(offset) / 2]
-                    if late:
-                        buf = [r for r in buf if (r.ts - expected) * sign <= abs(offset) / 2]
-                        buf += [dataclasses.replace(r, ts=r.ts - offset) for r in late]
+                    late, buf = _split_jumped(buf, offset, self.guard.expected())
+                    buf += [dataclasses.replace(r, ts=r.ts - offset) for r in late]
             if decided in ("undone", "confirmed") and self._held:
                 held, self._held = self._held, []
                 for offset, readings in held:

@@ -48,6 +48,19 @@ class ManualClock:
         self.t += seconds
 
 
+def consenting_agent(config: AgentConfig, start: float = T0) -> tuple[Any, ManualClock]:
+    """An agent (no drivers, its loop not run) on a :class:`ManualClock` at ``start``, p1 having given the
+    preventive-care consent a minute before."""
+    from datetime import UTC, datetime
+
+    from edge_agent.agent import Agent
+
+    clock = ManualClock(start)
+    agent = Agent(config, clock=clock, drivers=[])
+    agent.pipeline.consents.grant("preventive-care", "p1", now=datetime.fromtimestamp(start - 60, tz=UTC))
+    return agent, clock
+
+
 def read_status(config: AgentConfig) -> dict[str, Any]:
     """The agent's status file as it was last written ({} before the first)."""
     import json

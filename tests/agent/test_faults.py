@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from edge_agent.agent import Agent
 from edge_agent.db import connect
 from kyojo.contract.vocab import reading
 from provisioning.local import Mosquitto
-from tests.agentkit import T0, Collector, ManualClock, agent_config
+from tests.agentkit import T0, Collector, agent_config, consenting_agent
 from tests.kit import wait_for
 
 pytestmark = pytest.mark.broker
@@ -45,9 +44,7 @@ def test_a_full_disk_refuses_new_readings_keeps_publishing_and_recovers(
     fresh_mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     config = agent_config(tmp_path / "data", fresh_mosquitto.port, gateway="gw-full")
-    clock = ManualClock(T0)
-    agent = Agent(config, clock=clock, drivers=[])
-    agent.pipeline.consents.grant("preventive-care", "p1", now=datetime.fromtimestamp(T0 - 60, tz=UTC))
+    agent, clock = consenting_agent(config)
     collector = Collector(fresh_mosquitto.port, "kyojo/v1/gw-full/agg/#")
     try:
         _half_hour(agent, T0)
@@ -96,9 +93,7 @@ def test_the_publisher_survives_failing_rounds_and_the_watchdog_sees_a_dead_one(
     fresh_mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     config = agent_config(tmp_path / "data", fresh_mosquitto.port, gateway="gw-pub")
-    clock = ManualClock(T0)
-    agent = Agent(config, clock=clock, drivers=[])
-    agent.pipeline.consents.grant("preventive-care", "p1", now=datetime.fromtimestamp(T0 - 60, tz=UTC))
+    agent, clock = consenting_agent(config)
     _half_hour(agent, T0)
     clock.t = T0 + 1800 + 120
     agent.flush()

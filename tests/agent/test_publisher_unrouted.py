@@ -7,16 +7,14 @@ delivered and deleted the row: the data was gone. Here a real Mosquitto has no s
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from edge_agent.agent import Agent
 from edge_agent.db import connect
 from kyojo.contract.vocab import reading
 from provisioning.local import Mosquitto
-from tests.agentkit import T0, Collector, ManualClock, agent_config
+from tests.agentkit import T0, Collector, agent_config, consenting_agent
 from tests.kit import wait_for
 
 pytestmark = pytest.mark.broker
@@ -34,9 +32,7 @@ def test_a_batch_nobody_subscribed_to_stays_queued_until_someone_does(
     fresh_mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     config = agent_config(tmp_path / "data", fresh_mosquitto.port, gateway="gw-0x10")
-    clock = ManualClock(T0)
-    agent = Agent(config, clock=clock, drivers=[])
-    agent.pipeline.consents.grant("preventive-care", "p1", now=datetime.fromtimestamp(T0 - 60, tz=UTC))
+    agent, clock = consenting_agent(config)
     for i in range(0, 1800, 5):
         agent._on_reading(reading("strap", "p1", "heart_rate", 70.0, T0 + i))
     clock.t = T0 + 1800 + 120
