@@ -338,15 +338,6 @@ def _seqs(b: dict[str, Any]) -> str:
     return shown + (f" (+{len(seqs) - 10})" if len(seqs) > 10 else "")
 
 
-def local_time(at: datetime, lang: str) -> str:
-    """A time as the household reads it: JST (and said so) in Japanese, UTC in English."""
-    if lang == "ja":
-        from zoneinfo import ZoneInfo
-
-        return at.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M:%S JST")
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _purpose_title(purpose: str, lang: str) -> str:
     from edge_agent.consent import catalog
 
@@ -356,12 +347,12 @@ def _purpose_title(purpose: str, lang: str) -> str:
 
 def describe(e: Entry, lang: str = "en") -> str:
     """One line of plain language for the household, in ``lang`` (``ja`` or ``en``)."""
-    from kyojo.i18n import gettext_for
+    from kyojo.i18n import gettext_for, local_time
 
     _ = gettext_for(lang).gettext
     b = e.body
     words: dict[str, Any] = {
-        "when": local_time(e.when, lang),
+        "when": local_time(e.when, lang, seconds=True),
         "purpose": _purpose_title(str(b.get("purpose", "")), lang),
         "consent": b.get("consent", ""),
         "who": b.get("subject", ""),

@@ -270,8 +270,9 @@ def render_status(doc: dict[str, Any], *, now: float) -> str:
 
 
 def _lang(lang: str | None) -> str:
-    value = lang or os.environ.get("LC_ALL") or os.environ.get("LANG") or "en"
-    return "ja" if value.lower().startswith("ja") else "en"
+    from kyojo.i18n import from_env
+
+    return from_env(lang)
 
 
 LangOpt = Annotated[str | None, typer.Option("--lang", help="en or ja (default: from LANG)")]
@@ -385,13 +386,9 @@ def _gettext(lang: str) -> Callable[[str], str]:
 
 def _when(ms: int | None, lang: str) -> str:
     """A time as a person reads it: JST (and said so) in Japanese, UTC in English."""
-    if ms is None:
-        return "-"
-    if lang == "ja":
-        from zoneinfo import ZoneInfo
+    from kyojo.i18n import local_time
 
-        return datetime.fromtimestamp(ms / 1000, tz=ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M JST")
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "-" if ms is None else local_time(datetime.fromtimestamp(ms / 1000, tz=UTC), lang)
 
 
 @consent_app.command("list")
@@ -561,6 +558,7 @@ def audit_verify(
     """Check the log: its hash chain, the gateway's counters and the cloud's anchor. Exits 1 if any entry was
     edited, deleted or reordered, or the newest ones were removed."""
     from edge_agent import audit
+    from kyojo.i18n import local_time
 
     with _gateway_db(config) as (_cfg, conn):
         verdict = audit.verify(conn)
@@ -580,7 +578,7 @@ def audit_verify(
             seen = datetime.fromisoformat(str(a["seen_at"]).replace("Z", "+00:00"))
             typer.echo(
                 _("matches the cloud's anchor: entry %(n)s as seen by the cloud at %(when)s")
-                % {"n": a["n"], "when": audit.local_time(seen, lg)}
+                % {"n": a["n"], "when": local_time(seen, lg, seconds=True)}
             )
     else:
         where = _("entry %(n)s: ") % {"n": verdict.first_bad} if verdict.first_bad is not None else ""

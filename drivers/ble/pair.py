@@ -310,9 +310,10 @@ _SUMMARY = {
 
 
 def _lang() -> str:
-    """The household's language for these commands: Japanese when LC_ALL or LANG says so, else English."""
-    value = os.environ.get("LC_ALL") or os.environ.get("LANG") or "en"
-    return "ja" if value.lower().startswith("ja") else "en"
+    """The household's language for these commands (LC_ALL or LANG)."""
+    from kyojo.i18n import from_env
+
+    return from_env()
 
 
 def _t(text: str) -> str:
@@ -462,12 +463,10 @@ def _local(iso: object, lang: str) -> str | None:
     if not isinstance(iso, str):
         return None
     from datetime import datetime
-    from zoneinfo import ZoneInfo
 
-    at = datetime.fromisoformat(iso)
-    if lang == "ja":
-        return at.astimezone(ZoneInfo("Asia/Tokyo")).strftime("%Y-%m-%d %H:%M JST")
-    return at.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%d %H:%M UTC")
+    from kyojo.i18n import local_time
+
+    return local_time(datetime.fromisoformat(iso), lang)
 
 
 def list_rows(site: Site) -> list[dict[str, object]]:

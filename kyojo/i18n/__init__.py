@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gettext
 import io
+import os
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Final
@@ -20,7 +22,17 @@ from typing import Final
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
-__all__ = ["DEFAULT", "DOMAIN", "LANGS", "catalog_path", "gettext_for", "normalise", "translations"]
+__all__ = [
+    "DEFAULT",
+    "DOMAIN",
+    "LANGS",
+    "catalog_path",
+    "from_env",
+    "gettext_for",
+    "local_time",
+    "normalise",
+    "translations",
+]
 
 #: the languages Kyojo speaks, the default first
 LANGS: Final = ("ja", "en")
@@ -57,3 +69,20 @@ def translations(lang: str) -> gettext.GNUTranslations:
 def gettext_for(lang: str) -> gettext.GNUTranslations:
     """:func:`translations` for a possibly unnormalised language tag."""
     return translations(normalise(lang))
+
+
+def from_env(explicit: str | None = None) -> str:
+    """A command's language: ``--lang`` when given, else ``LC_ALL``/``LANG``; Japanese when it says so, English
+    otherwise (unlike :func:`normalise`, a terminal that says nothing is spoken to in English)."""
+    value = explicit or os.environ.get("LC_ALL") or os.environ.get("LANG") or "en"
+    return "ja" if value.lower().startswith("ja") else "en"
+
+
+def local_time(at: datetime, lang: str, *, seconds: bool = False) -> str:
+    """A time as a household reads it: JST (and said so) in Japanese, UTC in English."""
+    fmt = "%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M"
+    if lang == "ja":
+        from zoneinfo import ZoneInfo
+
+        return at.astimezone(ZoneInfo("Asia/Tokyo")).strftime(fmt + " JST")
+    return at.astimezone(UTC).strftime(fmt + " UTC")
