@@ -488,7 +488,8 @@ class Agent:
                     self._start(tg, d)
                 while not stop.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=interval)
+                        async with asyncio.timeout(interval):
+                            await stop.wait()
                     self.apply_pairing(tg)
                     self.flush()
                     if time.monotonic() - last_backup > self.BACKUP_EVERY_S:

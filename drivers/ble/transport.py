@@ -29,6 +29,7 @@ from drivers.ble.profiles import Subscription
 from drivers.ble.records import RecordLog
 from kyojo.contract.vocab import Clock
 from kyojo.runtime.backoff import Backoff
+from kyojo.runtime.cancel import honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ class SharedScanner:
         self._waiters.setdefault(key, []).append(fut)
         await self._acquire()
         try:
-            return await asyncio.wait_for(fut, within_s)
+            async with asyncio.timeout(within_s):  # not wait_for: 3.11's can swallow a cancellation
+                return await fut
         finally:
             waiters = self._waiters.get(key, [])
             if fut in waiters:
@@ -235,6 +237,8 @@ class Link:
         """
         attempt = 0
         while True:
+            # a cancellation swallowed inside bleak's or the backend's connect (3.11's wait_for) still counts
+            honour_cancellation()
             if self.state.connects or attempt:
                 self.state.reconnects += 1
             try:
@@ -285,7 +289,8 @@ class Link:
             while client.is_connected and not dropped.is_set():
                 # Polled as well as evented: some backends report a drop only through is_connected.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(dropped.wait(), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await dropped.wait()
             self.state.last_error = "disconnected"
             return True
         finally:

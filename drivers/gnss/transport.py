@@ -269,16 +269,16 @@ class GpsdSource:
         while True:
             writer: asyncio.StreamWriter | None = None
             try:
-                reader, w = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self.connect_timeout_s
-                )
+                async with asyncio.timeout(self.connect_timeout_s):
+                    reader, w = await asyncio.open_connection(self.host, self.port)
                 writer = w
                 w.write(WATCH_COMMAND)
                 await w.drain()
                 self.connected = True
                 self.connects += 1
                 while True:
-                    line = await asyncio.wait_for(reader.readline(), self.stale_s)
+                    async with asyncio.timeout(self.stale_s):
+                        line = await reader.readline()
                     if not line:
                         raise ConnectionError("gpsd closed the connection")
                     try:

@@ -128,14 +128,16 @@ class BRouteMeter:
         if step is not None and not step.done():
             sk.abort()
             try:
-                await asyncio.wait_for(asyncio.shield(step), timeout=5.0)
+                async with asyncio.timeout(5.0):
+                    await asyncio.shield(step)
             except Exception as err:  # the step's own error is irrelevant now: we are stopping
                 log.debug("step ended with %r while stopping", err)
         sk._abort = False
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(None, session.close)
         try:
-            await asyncio.wait_for(fut, timeout=5.0)
+            async with asyncio.timeout(5.0):
+                await fut
         except (SkStackError, OSError, TimeoutError) as err:
             log.debug("SKTERM on stop failed: %s", err)
         finally:

@@ -36,6 +36,7 @@ from drivers.plugs.pairing import write_durably
 from drivers.plugs.session import PlugSession
 from kyojo.contract.vocab import Clock, Reading
 from kyojo.runtime.backoff import Backoff
+from kyojo.runtime.cancel import honour_cancellation
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +188,10 @@ class PlugsDriver:
             )
         backoff = Backoff(RECONNECT_MIN_S, RECONNECT_MAX_S)
         last_save = time.monotonic()
-        me = asyncio.current_task()
         try:
             while True:
-                # Python 3.11's asyncio.wait_for (inside aiomqtt's connect) can swallow a cancellation that lands as
-                # the CONNACK does; the request is still counted on the task: honour it instead of retrying forever
-                if me is not None and me.cancelling():
-                    raise asyncio.CancelledError
+                # 3.11's wait_for inside aiomqtt's connect can swallow a cancellation that lands with the CONNACK
+                honour_cancellation()
                 joined = False
                 try:
                     async with self._client() as client:

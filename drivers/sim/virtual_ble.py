@@ -497,7 +497,8 @@ class VirtualPeripheral:
 
     async def wait_subscribed(self, uuid16: int, within_s: float = 5.0) -> None:
         """Wait until the gateway has enabled notifications/indications on ``uuid16``."""
-        await asyncio.wait_for(self._subscribed[uuid16].wait(), within_s)
+        async with asyncio.timeout(within_s):
+            await self._subscribed[uuid16].wait()
 
     async def send(self, uuid16: int, value: bytes) -> None:
         """Notify or indicate ``value`` (as the characteristic's properties say) to every subscriber."""

@@ -409,7 +409,8 @@ class PairingService:
                     log.info("scan: BLE part failed: %s", problem.kind)
                 finally:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(plugs, timeout=max(1.0, job.duration_s - (self.clock() - job.started)))
+                        async with asyncio.timeout(max(1.0, job.duration_s - (self.clock() - job.started))):
+                            await asyncio.shield(plugs)
                     if not plugs.done():
                         plugs.cancel()
                         with contextlib.suppress(asyncio.CancelledError, Exception):

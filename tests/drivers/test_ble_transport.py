@@ -358,3 +358,40 @@ def test_config_and_build(tmp_path: Path) -> None:
             await air.close()
 
     run(main)
+
+
+def test_a_link_stops_when_a_library_swallowed_its_cancellation() -> None:
+    """Python 3.11's asyncio.wait_for (inside bleak's and Bumble's connects) can turn a cancellation that lands
+    as the awaited thing completes into a result or a TimeoutError. The link used to carry on reconnecting, so
+    the agent (or a test) waiting for its driver to stop waited forever; it now honours the request still
+    counted on its task (found as a 1-in-60 hang of test_ble_pair under load)."""
+
+    class SwallowingScanner:
+        def __init__(self) -> None:
+            self.sightings: dict[str, Any] = {}
+            self.looking = asyncio.Event()
+            self.finds = 0
+
+        async def find(self, address: str, within_s: float) -> Any:
+            self.finds += 1
+            self.looking.set()
+            if self.finds > 1:  # only the first (so that a failing test still ends)
+                await asyncio.sleep(3600)
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise TimeoutError("the cancellation was swallowed, as 3.11's wait_for can") from None
+
+    async def main() -> None:
+        scanner = SwallowingScanner()
+        link = Link("AA:BB:CC:DD:EE:01", (), scanner=scanner, clock=RealClock(), backoff=Backoff(0.01, 0.05))  # type: ignore[arg-type]
+        task = asyncio.create_task(link.run(lambda *_: None))
+        await scanner.looking.wait()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)  # not `await task`: that would cancel it again
+        assert task in done, "the link kept reconnecting after it was cancelled"
+        assert task.cancelled()
+        assert scanner.finds == 1  # it did not look for its peer again after being told to stop
+        assert link.state.last_error is not None and "swallowed" in link.state.last_error
+
+    run(main, timeout=30)
