@@ -61,6 +61,8 @@ class Decoded:
     seq: int = 0
     #: the batch's ``audit_head`` as sent (``"<n>:<hash>"``; None or an old bare hash from older gateways)
     audit_head: str | None = None
+    #: the kinds of an event batch's events (empty for aggregates)
+    kinds: frozenset[str] = frozenset()
 
 
 class IdentCache:
@@ -135,6 +137,7 @@ class BatchDecoder:
             body="\n".join(lines),
             points=len(lines),
             devices=frozenset(ev.device for ev in batch.events),
+            kinds=frozenset(ev.kind for ev in batch.events),
             t_min=min(times),
             t_max=max(times),
             seq=batch.seq,

@@ -715,6 +715,9 @@ class Ingester:
             return "consent_mismatch", f"{gw}/{d.consent}: subjects {subjects} != {rec.subject!r}"
         if not d.metrics_in_category:
             return "metric_category", f"{gw}: a metric outside category {d.category!r}"
+        rules = self._rules.get(d.purpose)
+        if d.kinds and (rules is None or not rules.allows_events(d.kinds)):
+            return "event_kind", f"{gw}/{d.consent}: events {sorted(d.kinds)} are not what {d.purpose!r} carries"
         if d.t_min < rec.given_ms:
             return "consent_time", f"{gw}/{d.consent}: data from {d.t_min} before the consent was given"
         if rec.end_ms is not None and d.t_max > rec.end_ms:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import bisect
+import fnmatch
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,6 +31,12 @@ class PurposeRules:
 
     categories: frozenset[str]
     min_window_s: int
+    #: globs of the event kinds the purpose may carry (``watchover.*``); None: any event of its categories
+    event_kinds: tuple[str, ...] | None = None
+
+    def allows_events(self, kinds: Iterable[str]) -> bool:
+        pats = self.event_kinds
+        return pats is None or all(any(fnmatch.fnmatchcase(k, g) for g in pats) for k in kinds)
 
 
 def load_purpose_rules(path: Path | None = None) -> dict[str, PurposeRules]:
@@ -39,7 +47,11 @@ def load_purpose_rules(path: Path | None = None) -> dict[str, PurposeRules]:
         text = path.read_text(encoding="utf-8")
     doc = json.loads(text)
     return {
-        name: PurposeRules(frozenset(str(c) for c in spec["categories"]), int(spec["min_window_s"]))
+        name: PurposeRules(
+            frozenset(str(c) for c in spec["categories"]),
+            int(spec["min_window_s"]),
+            tuple(str(k) for k in spec["event_kinds"]) if "event_kinds" in spec else None,
+        )
         for name, spec in doc["purposes"].items()
     }
 

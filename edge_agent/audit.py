@@ -321,6 +321,7 @@ _CATEGORIES = {
     "energy.estimated": N_("estimated appliance electricity"),
     "ev": N_("EV charging data"),
     "mobility": N_("vehicle position data"),
+    "wellbeing": N_("watch-over notices"),
     "device": N_("device status"),
 }
 _CONSENT_EVENTS = {

@@ -26,6 +26,7 @@ reports nothing remaining; a receipt that admits data remains is logged as such 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import secrets
 import sqlite3
@@ -75,6 +76,11 @@ class Purpose:
     retention_days: int
     jurisdiction: str
     withdrawal_method: dict[str, str]
+    #: which events the purpose releases (globs such as ``watchover.*``); None: every event of its categories
+    event_kinds: tuple[str, ...] | None = None
+
+    def releases_event(self, kind: str) -> bool:
+        return self.event_kinds is None or any(fnmatch.fnmatchcase(kind, g) for g in self.event_kinds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
                 retention_days=int(spec["retention_days"]),
                 jurisdiction=spec["jurisdiction"],
                 withdrawal_method=spec["withdrawal_method"],
+                event_kinds=tuple(spec["event_kinds"]) if "event_kinds" in spec else None,
             )
             for name, spec in doc["purposes"].items()
         },

@@ -282,6 +282,7 @@ class Pipeline:
                     for c in consents.values()
                     if c.subject == subject
                     and category in c.effective_categories(self.catalog)
+                    and self.catalog.purposes[c.purpose].releases_event(kind)
                     and c.given_at <= ts
                     and (c.expires_at is None or ts < c.expires_at)
                 ]

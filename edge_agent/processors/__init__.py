@@ -1,4 +1,4 @@
-"""The agent's processor registry: ``[[processors]] kind = "health" | "nilm" | "truck"``.
+"""The agent's processor registry: ``[[processors]] kind = "health" | "nilm" | "truck" | "watchover"``.
 
 A processor adapts the gateway's Readings to a model's or tracker's input and its output back to Events (alerts,
 pickups) or derived Readings (estimates). The models themselves (``models/``) take arrays and the contract's
@@ -23,6 +23,7 @@ PROCESSORS: dict[str, str] = {
     "truck": "edge_agent.processors.truck",
     "health": "edge_agent.processors.health",
     "nilm": "edge_agent.processors.nilm",
+    "watchover": "edge_agent.processors.watchover",
 }
 
 

@@ -83,6 +83,7 @@ CATEGORY_WORDS = {
     Category.ENERGY: N_("summaries of your home's electricity use (whole home and each plug)"),
     Category.EV: N_("summaries of your electric car's charging (power, energy, battery level)"),
     Category.MOBILITY: N_("the vehicle's position and stops"),
+    Category.WELLBEING: N_("a notice when your home has been quiet for much longer than usual, and when it is not"),
     Category.DEVICE: N_("device housekeeping (battery level)"),
 }
 #: names in the shipped catalog that have a Japanese rendering (unknown names are shown as they are)
@@ -91,12 +92,14 @@ CATALOG_NAMES = (
     N_("City Energy Planning Office"),
     N_("City Mobility and Energy Office"),
     N_("City Sanitation Bureau"),
+    N_("City Welfare Office"),
+    N_("the family contacts you named"),
     N_("City data platform, InfluxDB, Japan"),
     N_("JP (APPI)"),
 )
 #: which purposes a gateway of each profile offers
 PROFILE_CATEGORIES = {
-    Profile.HOME: {Category.HEALTH, Category.ENERGY, Category.EV},
+    Profile.HOME: {Category.HEALTH, Category.ENERGY, Category.EV, Category.WELLBEING},
     Profile.TRUCK: {Category.MOBILITY},
     Profile.CHARGING_SITE: {Category.EV, Category.ENERGY},
 }

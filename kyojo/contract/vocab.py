@@ -45,6 +45,8 @@ class Category(StrEnum):
     ENERGY = "energy"
     EV = "ev"
     MOBILITY = "mobility"
+    #: signs of life in a home (watch-over, safety status): events only, derived on the gateway, never a reading
+    WELLBEING = "wellbeing"
     DEVICE = "device"  # device housekeeping (battery level): never personal, never released in v1
 
 

@@ -17,6 +17,7 @@ whatever it likes on the wire. After each attack the victim's data, the rollup a
 | 6 audit chain only checked against itself | test_6_a_truncated_log_is_caught_by_the_cloud_and_the_household |
 | 6 consent signatures checked in the cloud | test_6_consent_records_must_carry_their_gateways_signature |
 | 7 consent terms not enforced in the cloud | test_7_the_cloud_enforces_the_consents_terms |
+| 7 a purpose's event kinds (issue 17) | test_7_a_purpose_carries_only_its_own_events |
 | 8 resource floods | test_8_floods_of_consents_and_devices_stay_bounded; tests/ingest/test_ingest_trust.py (series) |
 | 9 anyone joins the shared subscription | test_9_the_shared_subscription_cannot_be_joined |
 | 10 LAN devices | tests/drivers/test_lan_trust.py, tests/drivers/test_ocpp_server.py (no city broker involved) |
@@ -56,6 +57,7 @@ from kyojo.contract.wire import (
     ErasureReceipt,
     agg_topic,
     consent_topic,
+    event_topic,
     receipt_topic,
 )
 from kyojo.keys import GatewayKeys, load_keys
@@ -562,6 +564,37 @@ def test_7_the_cloud_enforces_the_consents_terms(world: World) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # 8. floods
 # ------------------------------------------------------------------------------------------------------------
+
+
+def test_7_a_purpose_carries_only_its_own_events(world: World) -> None:
+    """Issue 17: the family's watch-over consent covers ``wellbeing`` events of kind ``watchover.*`` only. A hostile
+    gateway holding such a consent cannot pass anything else off under it (a health alert relabelled, a disaster
+    status), whatever category it claims."""
+    w = world
+    ing = w.ingester()
+    evil = w.attacker()
+    given = datetime(2024, 6, 1, tzinfo=UTC)
+    t = int(given.timestamp() * 1000) + 600_000
+    rec = {"gateway": ATTACKER, "id": "wo1", "subject": "s-1", "purpose": "watchover-family",
+           "categories": ["wellbeing"], "status": ConsentStatus.ACTIVE, "given_at": given}  # fmt: skip
+    assert evil.puback(consent_topic(ATTACKER, "wo1"), signed(w.attacker_keys, **rec), retain=True) == 0
+
+    def events(seq: int, *kinds: str) -> bytes:
+        evs = [{"id": f"e{seq}-{i}", "kind": k, "subject": "s-1", "device": "m", "at": t + i, "severity": "warning"}
+               for i, k in enumerate(kinds)]  # fmt: skip
+        doc = {"v": 1, "gateway": ATTACKER, "seq": seq, "sent": int(time.time() * 1000), "consent": "wo1"}
+        return orjson.dumps(doc | {"purpose": "watchover-family", "category": "wellbeing", "events": evs})
+
+    topic = event_topic(ATTACKER, Category.WELLBEING)
+    assert evil.puback(topic, events(1, "alert.af_burden")) == 0
+    assert evil.puback(topic, events(2, "watchover.absence", "safety.status")) == 0
+    assert evil.puback(topic, events(3, "watchover.absence")) == 0
+    wait_for(lambda: ing.stats()["received"] == 3, what="the three batches judged")
+    assert ing.wait_idle()
+    assert ing.stats()["rejected"] == {"event_kind": 2}
+    assert [(r["kind"], r["event_id"]) for r in w.points("events", "purpose = 'watchover-family'")] == [
+        ("watchover.absence", "e3-0")
+    ]
 
 
 def test_8_floods_of_consents_and_devices_stay_bounded(world: World) -> None:

@@ -51,6 +51,7 @@ CATEGORY_WORDS = {
     "energy": N_("electricity summaries"),
     "ev": N_("EV charging summaries"),
     "mobility": N_("vehicle positions"),
+    "wellbeing": N_("watch-over notices"),
 }
 REASON_WORDS = {
     "outbox_full": N_("the send queue was full"),
