@@ -241,5 +241,3 @@ def evaluate(
             progress(f"{h.name}: {len(h.ts) / 1440:.0f} days")
         houses.append(evaluate_house(h, zone, prm))
     return {"protocol": "watchover-v1", "tz": tz, "params": asdict(prm), "houses": houses, "skipped": skipped}
-
-

@@ -22,9 +22,9 @@ START = datetime(2024, 6, 3, tzinfo=JST).timestamp()
 FAST = Params(learn_days=7, calibrate_days=7)
 
 
-def person_alone(days: int, *, absent_day: int | None = None, cut_min: int = 8 * 60, seed: int = 7) -> Iterator[
-    tuple[float, float]
-]:
+def person_alone(
+    days: int, *, absent_day: int | None = None, cut_min: int = 8 * 60, seed: int = 7
+) -> Iterator[tuple[float, float]]:
     """(minute start, mean W) of a home where one person is in all day: a fridge that cycles below the step,
     breakfast with the kettle, something done now and then through the morning and afternoon, lunch in the
     microwave, TV in the evening. On ``absent_day`` nothing but the fridge from ``cut_min`` to midnight."""
