@@ -251,6 +251,63 @@ def erasure(
     _emit(eraser.stats(), final=True)
 
 
+@app.command("notify")
+def ingest_notify(
+    config: ConfigOpt = None,
+    influx_url: Annotated[str | None, typer.Option(help="InfluxDB 1.x base URL")] = None,
+    influx_db: Annotated[str | None, typer.Option(help="database")] = None,
+    influx_username: Annotated[str | None, typer.Option(help="InfluxDB user (password: config or env)")] = None,
+    store: Annotated[Path, typer.Option(help="the notifier's own SQLite file (sign-ups, notices sent)")] = Path(
+        "notify.sqlite3"
+    ),
+    smtp_host: Annotated[str, typer.Option(help="the city's mail relay")] = "127.0.0.1",
+    smtp_port: Annotated[int, typer.Option(help="its port")] = 25,
+    starttls: Annotated[bool, typer.Option(help="STARTTLS to the relay")] = False,
+    sender: Annotated[str, typer.Option(help="From: address")] = "mimamori@city.example.jp",
+    listen: Annotated[str, typer.Option(help="host:port of the family's sign-up page")] = "127.0.0.1:8090",
+    base_url: Annotated[str | None, typer.Option(help="the page's public URL, for links in mails")] = None,
+    interval: Annotated[float, typer.Option(help="seconds between polls of the events")] = 30.0,
+    once: Annotated[bool, typer.Option(help="poll once, print the stats and exit (no page)")] = False,
+    log_level: Annotated[str, typer.Option(help="logging level (stderr)")] = "INFO",
+) -> None:
+    """E-mail families who signed up when a home under watch-over goes unusually quiet, and when it is not.
+
+    Reads only the watchover-family events the ingester accepted; serves the families' sign-up page (Japanese
+    first). Prints one JSON line of stats per poll."""
+    from cloud_ingest.erasure import InfluxV1Admin
+    from cloud_ingest.notify import Mailer, Notifier, serve
+
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _load(config, influx_url=influx_url, influx_db=influx_db, influx_username=influx_username)
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise _fail(f"--listen must be host:port, got {listen!r}")
+    notifier = Notifier(
+        store,
+        InfluxV1Admin.from_settings(settings),
+        Mailer(smtp_host, smtp_port, sender, starttls=starttls),
+        base_url or f"http://{host}:{port}",
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = None if once else serve(notifier, host, int(port))
+    while True:
+        try:
+            notifier.poll()
+        except Exception as err:  # the database away for a while must not stop the page or the next poll
+            logging.getLogger("kyojo.notify").warning("poll failed: %s", err)
+        _emit(vars(notifier.stats) | {"refused": dict(notifier.stats.refused)})
+        if once or stop.wait(interval):
+            break
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    notifier.close()
+
+
 @app.command("rollup")
 def ingest_rollup(
     config: ConfigOpt = None,

@@ -378,6 +378,29 @@ def consent_withdraw(consent_id: str, config: ConfigOpt = DEFAULT_CONFIG, lang: 
     )
 
 
+@consent_app.command("family-code")
+def consent_family_code(
+    person: str = typer.Option(..., "--person", help="the person living alone, as in the watchover processor"),
+    config: ConfigOpt = DEFAULT_CONFIG,
+    lang: LangOpt = None,
+) -> None:
+    """The code the person's family types on the city's watch-over page to receive the notices (it stays the same;
+    give it only to family)."""
+    from edge_agent.processors.watchover import family_code
+
+    _ = _gettext(_lang(lang))
+    cfg = _load(config)
+    code = family_code(cfg.data_dir, person)
+    typer.echo(_("Family code for %(person)s: %(code)s") % {"person": person, "code": code})
+    typer.echo(
+        _(
+            "Give it to the family members who should be told when the home is unusually quiet. They enter it, with "
+            "their e-mail address, on the city's watch-over page and confirm by e-mail. Notices go out only while "
+            "the watchover-family consent is given."
+        )
+    )
+
+
 def _gettext(lang: str) -> Callable[[str], str]:
     from kyojo.i18n import gettext_for
 

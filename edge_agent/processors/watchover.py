@@ -12,6 +12,12 @@ what the last sign of life was, the score against the home's own threshold), nev
 gateway only under a ``watchover-family`` consent (the catalog restricts that purpose to ``watchover.*``
 events). The learned rhythm is kept in ``watchover-<subject>.json`` (a damaged file is set aside and learning
 starts again, counted in ``state_resets``).
+
+The family code. The person's family signs up for the notices on the city's notifier page with a code the
+household gives them (``kyojo consent family-code``; kept in ``watchover-<subject>.code``, mode 0600). Events
+carry only ``family_key``, a one-way hash of it (:func:`kyojo.contract.wire.family_key`), so neither the
+gateway nor the city's database ever holds the family's e-mail addresses next to the home, and an analyst who
+sees the events cannot sign up as family.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +36,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kyojo.contract.vocab import Category, Event, Reading
+from kyojo.contract.wire import FAMILY_ALPHABET, family_key
 from kyojo.runtime.files import atomic_write_text
 from models.watchover.rhythm import ActivityDetector, Finding, Params, Watch
 
@@ -59,6 +68,25 @@ class Config(BaseModel):
         return Params(step_w=self.step_w, learn_days=self.learn_days, calibrate_days=self.calibrate_days)
 
 
+def family_code(data_dir: Path, subject: str) -> str:
+    """The person's family code (``XXXX-XXXX-XXXX-XXXX``, 80 random bits), made on first use."""
+    path = data_dir / f"watchover-{subject}.code"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    raw = "".join(secrets.choice(FAMILY_ALPHABET) for _ in range(16))
+    code = "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made by another process (the agent, the web page) just now
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(code + "\n")
+    return code
+
+
 class WatchoverProcessor:
     name = "watchover"
     category: Category | None = None  # Events only
@@ -67,6 +95,7 @@ class WatchoverProcessor:
     def __init__(self, config: Config, state_path: Path) -> None:
         self.config = config
         self.state_path = state_path
+        self.family_key = family_key(family_code(state_path.parent, config.subject))
         self.state_resets = 0
         self.watch = self._load()
         self.detector = ActivityDetector(config.step_w)
@@ -148,6 +177,7 @@ class WatchoverProcessor:
             "usual_hours": ",".join(f"{h:02d}" for h in f.usual),
             "score": round(f.score, 2),
             "threshold": round(f.threshold, 2),
+            "family_key": self.family_key,
         }
         if f.signal is not None:
             attrs["last_signal"] = f.signal

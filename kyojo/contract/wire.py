@@ -22,6 +22,7 @@ schema version it does not know.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal, TypeVar
@@ -257,6 +258,27 @@ class GatewayStatus(_Msg):
     online: bool
     at: int = Field(ge=0)
     detail: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+#: the alphabet of a family code (Crockford's base32: no I, L, O, U to misread)
+FAMILY_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def normalize_family_code(code: str) -> str | None:
+    """A family code as typed (any case, with or without dashes/spaces) in its canonical 16-character form; None
+    when it cannot be one."""
+    raw = "".join(ch for ch in code.upper() if ch not in "- ")
+    raw = raw.replace("O", "0").replace("I", "1").replace("L", "1")
+    return raw if len(raw) == 16 and all(ch in FAMILY_ALPHABET for ch in raw) else None
+
+
+def family_key(code: str) -> str:
+    """What a watch-over event carries instead of the family code (``attrs.family_key``) and what the cloud's
+    notifier files a family's sign-up under: neither can be turned back into the code. ValueError: not a code."""
+    canon = normalize_family_code(code)
+    if canon is None:
+        raise ValueError("not a family code (16 letters and digits, e.g. KJ7Q-M2XP-9RT4-WZ3H)")
+    return hashlib.sha256(f"kyojo-watchover|{canon}".encode()).hexdigest()[:32]
 
 
 def agg_topic(gateway: str, category: Category | str) -> str:

@@ -62,7 +62,8 @@ def test_an_absence_becomes_an_event_released_only_under_the_familys_consent(tmp
     assert all(day >= 4 for _, _, day in kinds)  # two days of profile and two of calibration first
     absence = next(e for e in events if e.kind == "watchover.absence")
     assert absence.category is Category.WELLBEING and absence.subject == "h1"
-    assert set(absence.attrs) <= {"quiet_min", "since_ms", "usual_hours", "score", "threshold", "last_signal"}
+    keys = {"quiet_min", "since_ms", "usual_hours", "score", "threshold", "last_signal", "family_key"}
+    assert set(absence.attrs) <= keys
     assert absence.attrs["quiet_min"] >= 60 and absence.attrs["last_signal"] in {"kettle", "meter"}
     assert proc.health()["learning"] is False and proc.health()["events"] == len(events)
 
