@@ -390,7 +390,7 @@ def consent_family_code(
 
     _ = _gettext(_lang(lang))
     cfg = _load(config)
-    code = family_code(cfg.data_dir, person)
+    code = family_code(cfg.gateway.data_dir, person)
     typer.echo(_("Family code for %(person)s: %(code)s") % {"person": person, "code": code})
     typer.echo(
         _(

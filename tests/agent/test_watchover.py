@@ -104,3 +104,20 @@ def test_the_learned_rhythm_survives_a_restart_and_a_damaged_file_is_set_aside(t
     fresh = processor(tmp_path)
     assert fresh.health()["state_resets"] == 1 and fresh.health()["days_seen"] == 0
     assert (tmp_path / "watchover-h1.damaged").read_text(encoding="utf-8") == "{not json"
+
+
+def test_the_household_gets_the_family_code_from_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.processors.watchover import family_code
+    from kyojo.cli import app
+
+    path = tmp_path / "agent.toml"
+    path.write_text('[gateway]\nid = "home-w"\ndata_dir = "data"\n', encoding="utf-8")
+    out = CliRunner().invoke(
+        app, ["consent", "family-code", "--person", "h1", "-c", str(path)], env={"LANG": "ja_JP.UTF-8"}
+    )
+    assert out.exit_code == 0, out.output
+    code = family_code(tmp_path / "data", "h1")  # the same code every time
+    assert f"h1 さんのご家族用コード: {code}" in out.stdout and "市の見守りページ" in out.stdout
+    assert (tmp_path / "data" / "watchover-h1.code").stat().st_mode & 0o777 == 0o600
