@@ -308,6 +308,82 @@ def ingest_notify(
     notifier.close()
 
 
+@app.command("declare")
+def ingest_declare(
+    file: Annotated[Path, typer.Argument(help="the signed declaration (kyojo provision declare --out FILE)")],
+    config: ConfigOpt = None,
+    broker_host: Annotated[str | None, typer.Option(help="MQTT broker host")] = None,
+    broker_port: Annotated[int | None, typer.Option(help="MQTT broker port")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA bundle (enables TLS)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="the downlink identity's certificate (role eraser)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="its key")] = None,
+) -> None:
+    """Publish a signed disaster declaration (or its end) to every gateway, retained. Exit 1 when the broker does
+    not take it (only the cloud's downlink identity may write the topic)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    from kyojo.contract.wire import DisasterDeclaration, disaster_topic
+
+    try:
+        decl = DisasterDeclaration.model_validate_json(file.read_bytes())
+    except (OSError, ValueError) as err:
+        raise _fail(f"{file}: not a declaration: {err}") from err
+    if not decl.sig:
+        raise _fail(f"{file}: not signed (kyojo provision declare signs it)")
+    settings = _load(
+        config, broker_host=broker_host, broker_port=broker_port, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+    )
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id="kyojo-declare", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    if settings.tls:
+        client.tls_set(
+            ca_certs=str(settings.tls_ca) if settings.tls_ca else None,
+            certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            keyfile=str(settings.tls_key) if settings.tls_key else None,
+        )
+    acked: list[int] = []
+    client.on_publish = lambda _c, _u, _mid, rc, _p: acked.append(int(rc.value))
+    try:
+        client.connect(settings.broker_host, settings.broker_port)
+    except OSError as err:
+        raise _fail(f"broker {settings.broker_host}:{settings.broker_port}: {err}", 1) from err
+    client.loop_start()
+    try:
+        info = client.publish(disaster_topic(), decl.model_dump_json().encode(), qos=1, retain=True)
+        info.wait_for_publish(30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    if not acked or acked[0] >= 0x80:
+        raise _fail(f"the broker did not take the declaration (reason {acked[0] if acked else 'none'})", 1)
+    typer.echo(f"published {decl.id} ({decl.status}) for {decl.area}, number {decl.seq}")
+
+
+@app.command("safety")
+def ingest_safety(
+    declaration: Annotated[str, typer.Option(help="the declaration's id (kyojo provision declare prints it)")],
+    config: ConfigOpt = None,
+    influx_url: Annotated[str | None, typer.Option(help="InfluxDB 1.x base URL")] = None,
+    influx_db: Annotated[str | None, typer.Option(help="database")] = None,
+    influx_username: Annotated[str | None, typer.Option(help="InfluxDB user (password: config or env)")] = None,
+    k: Annotated[int, typer.Option(min=2, help="counts below k are shown as <k")] = 5,
+) -> None:
+    """Households' answers to a disaster declaration, counted per area (k-anonymous), and the households that
+    asked to be checked on and said where (JSON)."""
+    from cloud_ingest.erasure import InfluxV1Admin
+    from cloud_ingest.safety import latest_statuses, report
+
+    settings = _load(config, influx_url=influx_url, influx_db=influx_db, influx_username=influx_username)
+    admin = InfluxV1Admin.from_settings(settings)
+    try:
+        rows = latest_statuses(admin, declaration)
+    except Exception as err:  # the database's own error, worded
+        raise _fail(f"query failed: {err}", 1) from err
+    typer.echo(json.dumps(report(rows, declaration, k), ensure_ascii=False))
+
+
 @app.command("rollup")
 def ingest_rollup(
     config: ConfigOpt = None,

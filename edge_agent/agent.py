@@ -25,6 +25,7 @@ from edge_agent.backup import backup, open_checked
 from edge_agent.clockguard import ClockGuard
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.db import meta_get, storage_full
+from edge_agent.disaster import DeclarationError, Declarations, SafetyStatus, load_city_key
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
 from kyojo.contract.vocab import Clock, Driver, Event, KyojoError, Reading
@@ -164,6 +165,16 @@ class Agent:
         self._undone: tuple[float, float] | None = None  # the jump just undone, and until when (monotonic)
         self.held_dropped = 0
         self.publisher = Publisher(config)
+        city_ca = config.safety.city_ca or (config.mqtt.tls.ca if config.mqtt.tls is not None else None)
+        try:
+            city_key = load_city_key(city_ca) if city_ca is not None else None
+        except (OSError, ValueError, DeclarationError) as err:
+            log.warning("city CA %s unreadable (%s): disaster declarations will be refused", city_ca, err)
+            city_key = None
+        self.declarations = Declarations(config.gateway.data_dir, city_key)
+        self.safety = SafetyStatus(self.declarations, config.gateway.area, config.safety.interval.total_seconds())
+        self.publisher.declarations = self.declarations
+        self.publisher.now = self.trusted_now
         self._ctx = registry.BuildContext(config.gateway.id, self.clock, config.clock.speed, config.gateway.data_dir)
         self.processors = [processor_kinds.build(p, self._ctx) for p in config.processors]
         for proc in self.processors:
@@ -327,6 +338,7 @@ class Agent:
                     buf += [dataclasses.replace(r, ts=r.ts + shift) for r in readings]
             buf.sort(key=lambda r: r.ts)
         self._store(buf)
+        self._safety_status(now)
         self._write(lambda: self.pipeline.close_windows(now))
         self._write(lambda: self.pipeline.release_events(now))
         self.publisher.wake.set()
@@ -368,6 +380,23 @@ class Agent:
                 if derived:
                     self._write(functools.partial(self.pipeline.store, derived), readings=len(derived))
 
+    def _safety_status(self, now: float) -> None:
+        """While a disaster is declared for this area: the home's coarse status, for each person who granted
+        disaster-safety (edge_agent.disaster)."""
+        if self.declarations.active(self.config.gateway.area, now) is None:
+            return
+        subjects = sorted({c.subject for c in self.pipeline.active_consents() if c.purpose == "disaster-safety"})
+        watch = next((p for p in self.processors if p.name == "watchover"), None)
+        events = self.safety.due(
+            now,
+            subjects,
+            last_activity=getattr(getattr(watch, "watch", None), "last_activity", None),
+            power_seen=getattr(watch, "last_power", None),
+            device=getattr(getattr(watch, "config", None), "meter", "gateway"),
+        )
+        if events:
+            self._write(functools.partial(self.pipeline.store_events, events))
+
     def status(self) -> dict[str, Any]:
         st = self.pipeline.stats
         pub = self.publisher.stats
@@ -404,6 +433,15 @@ class Agent:
             "driver_errors": dict(self.driver_errors),
             "drivers_stopped": dict(self.drivers_stopped),
             "pairing": dict(self.pairing),
+            "safety": {
+                "area": self.config.gateway.area,
+                "declaration": getattr(
+                    self.declarations.active(self.config.gateway.area, self.trusted_now()), "id", None
+                ),
+                "taken": self.declarations.taken,
+                "refused": dict(self.declarations.refused),
+                "statuses": self.safety.made,
+            },
             "storage": dict(self.storage),
             "database_recovered": self.recovered,
             "clock_guard": None

@@ -42,6 +42,8 @@ class GatewaySection(_Section):
     id: Ident
     profile: Profile = Profile.HOME
     data_dir: Path = Path("/var/lib/kyojo")
+    #: the city's area this gateway answers disaster declarations for (none: it answers none)
+    area: Ident | None = None
 
 
 class TlsSection(_Section):
@@ -168,6 +170,13 @@ DeviceConfig = Annotated[Any, BeforeValidator(registry.validate)]
 ProcessorConfig = Annotated[Any, BeforeValidator(processor_kinds.validate)]
 
 
+class SafetySection(_Section):
+    """Disaster declarations (edge_agent.disaster): who may declare, how often the home answers."""
+
+    city_ca: Path | None = Field(default=None, description="the city CA certificate (default: [mqtt.tls] ca)")
+    interval: timedelta = Field(default=timedelta(minutes=30), description="between two safety statuses")
+
+
 class AgentConfig(_Section):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
@@ -176,6 +185,7 @@ class AgentConfig(_Section):
     outbox: OutboxSection = OutboxSection()
     clock: SimClockSection = SimClockSection()
     web: WebSection = WebSection()
+    safety: SafetySection = SafetySection()
     devices: list[DeviceConfig] = Field(default_factory=list)
     processors: list[ProcessorConfig] = Field(default_factory=list)
 
@@ -203,6 +213,9 @@ def load_config(path: Path) -> AgentConfig:
     gw = raw.get("gateway")
     if isinstance(gw, dict) and "data_dir" in gw and not Path(str(gw["data_dir"])).is_absolute():
         gw["data_dir"] = str((path.parent / str(gw["data_dir"])).resolve())
+    safety = raw.get("safety")
+    if isinstance(safety, dict) and "city_ca" in safety and not Path(str(safety["city_ca"])).is_absolute():
+        safety["city_ca"] = str((path.parent / str(safety["city_ca"])).resolve())
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as err:

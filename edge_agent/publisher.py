@@ -24,11 +24,12 @@ refused ones), so "queued" and "sent" are different facts in the log. Downlink: 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -43,7 +44,16 @@ from edge_agent import audit
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.consent import ConsentStore, QueuedRow, ReceiptError, log_releases
 from edge_agent.db import connect, meta_add, tx
-from kyojo.contract.wire import AuditAnchor, ErasureReceipt, GatewayStatus, anchor_topic, receipt_topic, status_topic
+from edge_agent.disaster import DeclarationError, Declarations
+from kyojo.contract.wire import (
+    AuditAnchor,
+    ErasureReceipt,
+    GatewayStatus,
+    anchor_topic,
+    disaster_topic,
+    receipt_topic,
+    status_topic,
+)
 from kyojo.keys import load_keys
 from kyojo.runtime.backoff import Backoff
 
@@ -112,6 +122,9 @@ class Publisher(threading.Thread):
         self._failed: set[str] = set()  # kinds of round failure already logged with a traceback
         #: time.monotonic() of the latest round (the agent's watchdog checks it moves)
         self.beat = time.monotonic()
+        #: where the city's disaster declarations go (the agent sets it, with the clock they are judged on)
+        self.declarations: Declarations | None = None
+        self.now: Callable[[], float] = time.time
         self._client = self._make_client()
 
     # -- paho setup --------------------------------------------------------------------------------------
@@ -161,8 +174,8 @@ class Publisher(threading.Thread):
         status = GatewayStatus(gateway=self.gateway, online=True, at=int(time.time() * 1000))
         client.publish(status_topic(self.gateway), status.model_dump_json(), qos=1, retain=True)
         client.subscribe(
-            [(receipt_topic(self.gateway, "+"), 1), (anchor_topic(self.gateway), 1)]  # receipts, audit anchor
-        )
+            [(receipt_topic(self.gateway, "+"), 1), (anchor_topic(self.gateway), 1), (disaster_topic(), 1)]
+        )  # receipts, the audit anchor, the city's disaster declarations
         log.info("connected to %s:%d", self.config.mqtt.host, self.config.mqtt.port)
         self.wake.set()
 
@@ -193,6 +206,10 @@ class Publisher(threading.Thread):
         for topic, payload in messages:
             if topic == anchor_topic(self.gateway):
                 self._take_anchor(conn, payload)
+            elif topic == disaster_topic():
+                if self.declarations is not None:
+                    with contextlib.suppress(DeclarationError):  # counted and logged by the declarations
+                        self.declarations.take(payload, self.now())
             else:
                 self._take_receipt(conn, topic, payload)
 

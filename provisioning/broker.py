@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from kyojo.contract.vocab import valid_id
-from kyojo.contract.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT
+from kyojo.contract.wire import MAX_PAYLOAD_BYTES, TOPIC_ROOT, disaster_topic
 from kyojo.runtime.files import atomic_write
 from provisioning import pki
 
@@ -291,6 +291,7 @@ def render_acl(ingesters: Sequence[str] = ()) -> str:
         f"pattern write {root}/%u/status",
         f"pattern read {root}/%u/receipt/+",
         f"pattern read {root}/%u/anchor",
+        f"topic read {root}/city/disaster",
     ]
     for name in sorted(set(ingesters)):
         lines += [
@@ -338,12 +339,13 @@ def _read(topic_filter: str, receive: str | None = None) -> list[Acl]:
 
 def gateway_acls(gateway: str) -> list[Acl]:
     """A gateway: writes only its own aggregates, events, consent records and status (also its will); reads
-    only its own erasure receipts and audit anchor."""
+    only its own erasure receipts and audit anchor, and the city's disaster declarations (which it verifies)."""
     own = f"{TOPIC_ROOT}/{gateway}"
     return [
         *(Acl(SEND, f"{own}/{leaf}") for leaf in ("agg/+", "event/+", "consent/+", "status")),
         *_read(f"{own}/receipt/+"),
         *_read(f"{own}/anchor"),
+        *_read(disaster_topic()),
     ]
 
 
@@ -370,11 +372,13 @@ def ingest_acls(name: str, group: str) -> list[Acl]:
 
 def eraser_acls() -> list[Acl]:
     """The erasure service: reads consent records; the only writer of erasure receipts; writes anchors too (the
-    cloud's downlink identity; the ingesters also write anchors, see :func:`ingest_acls`)."""
+    cloud's downlink identity; the ingesters also write anchors, see :func:`ingest_acls`) and the city's signed
+    disaster declarations (``kyojo ingest declare``; the gateways check the CA's signature, not the sender)."""
     return [
         *_read(f"{TOPIC_ROOT}/+/consent/+"),
         Acl(SEND, f"{TOPIC_ROOT}/+/receipt/+"),
         Acl(SEND, f"{TOPIC_ROOT}/+/anchor"),
+        Acl(SEND, disaster_topic()),
     ]
 
 

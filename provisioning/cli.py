@@ -298,6 +298,33 @@ def gateway_keys(
         typer.echo(f"wrote {out} ({len(ca.gateway_keys())} gateways): set gateway_keys = {str(out)!r} on the cloud")
 
 
+@app.command("declare")
+def declare(
+    ca_dir: CaDir,
+    area: Annotated[str | None, typer.Option(help="the area (as gateways name it in [gateway] area)")] = None,
+    hours: Annotated[float, typer.Option(min=0.1, help="how long the declaration lasts")] = 72.0,
+    kind: Annotated[str, typer.Option(help="earthquake, flood, typhoon, ...")] = "earthquake",
+    end: Annotated[str | None, typer.Option(help="end this declaration (its id) instead")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the signed JSON here (default: print it)")] = None,
+) -> None:
+    """Sign a disaster declaration (or its end) with the city CA's key; publish it with ``kyojo ingest declare``.
+
+    Gateways of the area answer with their coarse safety status while it lasts, if the household gave the
+    disaster-safety consent."""
+    if (area is None) == (end is None):
+        raise _fail(ValueError("give --area for a new declaration, or --end ID to end one"))
+    try:
+        decl = _ca(ca_dir).declare(area or "", hours, kind=kind, end=end)
+    except (pki.PkiError, ValueError) as err:
+        raise _fail(err) from err
+    text = decl.model_dump_json() + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}: declaration {decl.id} ({decl.status}) for {decl.area}, number {decl.seq}")
+
+
 @app.command("list")
 def list_issued(ca_dir: CaDir) -> None:
     """Everything issued, one JSON object per line."""

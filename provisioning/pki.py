@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -50,6 +50,9 @@ from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 from kyojo.contract.errors import KyojoError
 from kyojo.contract.vocab import ID_PATTERN, valid_id
 from kyojo.runtime.files import atomic_write
+
+if TYPE_CHECKING:
+    from kyojo.contract.wire import DisasterDeclaration
 
 __all__ = [
     "CertificateAuthority",
@@ -480,6 +483,45 @@ class CertificateAuthority:
 
     def _key(self) -> ec.EllipticCurvePrivateKey:
         return _load_key(self.ca_dir / "ca.key")
+
+    def declare(
+        self,
+        area: str,
+        hours: float,
+        *,
+        kind: str = "earthquake",
+        end: str | None = None,
+        now: dt.datetime | None = None,
+    ) -> DisasterDeclaration:
+        """Sign a disaster declaration for ``area`` lasting ``hours`` (or, with ``end=<id>``, the end of that
+        declaration). Numbers grow per CA (``declarations.json``), so gateways can refuse a replayed one."""
+        from kyojo.contract.wire import DisasterDeclaration
+
+        log_path = self.ca_dir / "declarations.json"
+        issued: list[dict[str, Any]] = json.loads(log_path.read_text()) if log_path.exists() else []
+        now = now or _now()
+        seq = 1 + max((int(d["seq"]) for d in issued), default=0)
+        if end is not None:
+            before = [d for d in issued if d["id"] == end and d["status"] == "active"]
+            if not before:
+                raise PkiError(f"no active declaration {end!r} was issued by this CA")
+            area, kind, ident = before[-1]["area"], before[-1]["kind"], end
+        else:
+            ident = f"d{seq}-{_check_id(area)}"
+        decl = DisasterDeclaration(
+            id=ident,
+            seq=seq,
+            area=area,
+            kind=kind,
+            status="ended" if end is not None else "active",
+            issued_at=now,
+            ends_at=now if end is not None else now + dt.timedelta(hours=hours),
+        )
+        der = self._key().sign(decl.signing_bytes(), ec.ECDSA(hashes.SHA256()))
+        decl = decl.model_copy(update={"sig": base64.b64encode(der).decode()})
+        issued.append(decl.model_dump(mode="json", exclude={"sig"}))
+        atomic_write(log_path, json.dumps(issued, indent=1).encode(), mode=0o644)
+        return decl
 
     def records(self) -> list[IssuedRecord]:
         """Everything issued so far (``index.json``)."""

@@ -52,7 +52,7 @@ from drivers.sim.energy import Meter, Plug
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.db import connect
 from provisioning.local import Mosquitto
-from tests.agentkit import run_agent_in_thread
+from tests.agentkit import Collector, run_agent_in_thread
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright
@@ -234,6 +234,7 @@ class Home:
         self._emit_thread: threading.Thread | None = None
         self._emit_task: asyncio.Task[None] | None = None
         self.emitter: PlugEmitter | None = None
+        self._cloud: Any = None
         household = {s.device_id: s for s in sim.household(HOME_ID, SEED)}
         meter = household[f"{HOME_ID}-meter"]
         assert isinstance(meter, Meter)
@@ -266,6 +267,8 @@ class Home:
         from edge_agent.agent import Agent
 
         cfg = self.config
+        # a subscriber standing for the city: a release nobody subscribed to is answered 0x10 and stays queued
+        self._cloud = Collector(self.broker.port, f"kyojo/v1/{cfg.gateway.id}/#", client_id=f"cloud-{self.root.name}")
         _, self._stop_agent, holder = run_agent_in_thread(lambda: Agent(cfg))
         self.agent = holder[0]
         self.clock.target = self.agent.clock
@@ -304,6 +307,9 @@ class Home:
         if self._stop_agent is not None:
             stop, self._stop_agent = self._stop_agent, None
             stop()
+        if self._cloud is not None:
+            cloud, self._cloud = self._cloud, None
+            cloud.close()
         self.clock.target = None
 
     def stop(self) -> None:

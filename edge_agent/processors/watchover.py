@@ -107,6 +107,7 @@ class WatchoverProcessor:
         self._saved = time.monotonic()
         self.minutes = 0
         self.events = 0
+        self.last_power: float | None = None  # when the meter last reported power above zero (disaster status)
 
     def _load(self) -> Watch:
         tz, params = self.config.timezone, self.config.params()
@@ -137,6 +138,8 @@ class WatchoverProcessor:
                 continue
             if r.device != self.config.meter:
                 continue
+            if r.value > 0:
+                self.last_power = r.ts
             minute = int(r.ts // 60) * 60
             if self._minute is None:
                 self._minute = minute

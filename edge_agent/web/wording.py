@@ -93,6 +93,7 @@ CATALOG_NAMES = (
     N_("City Mobility and Energy Office"),
     N_("City Sanitation Bureau"),
     N_("City Welfare Office"),
+    N_("City Disaster Management Office"),
     N_("the family contacts you named"),
     N_("City data platform, InfluxDB, Japan"),
     N_("JP (APPI)"),

@@ -220,6 +220,27 @@ class ErasureReceipt(_Msg):
     store: str = Field(max_length=200, description="where it was erased, e.g. influxdb:kyojo")
 
 
+class DisasterDeclaration(_Msg):
+    """The city declares (or ends) a disaster for an area (cloud -> every gateway, retained on
+    :func:`disaster_topic`). Signed with the city CA's key (ECDSA P-256, SHA-256, DER, base64) over
+    :meth:`signing_bytes`; ``seq`` grows with every declaration the city issues, so a gateway refuses a replayed
+    or an older one. ``status`` ``ended`` ends declaration ``id`` before ``ends_at``."""
+
+    v: Literal[1] = 1
+    id: Ident
+    seq: int = Field(ge=1)
+    area: Ident
+    kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")] = "earthquake"
+    status: Literal["active", "ended"] = "active"
+    issued_at: datetime
+    ends_at: datetime
+    sig: str | None = Field(default=None, max_length=200)
+
+    def signing_bytes(self) -> bytes:
+        doc = self.model_dump(mode="json", exclude={"sig"})
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
 class AuditAnchor(_Msg):
     """The newest audit head the cloud holds for a gateway (cloud -> gateway, retained).
 
@@ -299,6 +320,11 @@ def receipt_topic(gateway: str, consent_id: str) -> str:
 
 def anchor_topic(gateway: str) -> str:
     return f"{TOPIC_ROOT}/{gateway}/anchor"
+
+
+def disaster_topic() -> str:
+    """The city's disaster declarations, retained; every gateway reads it, only the city's downlink writes it."""
+    return f"{TOPIC_ROOT}/city/disaster"
 
 
 def status_topic(gateway: str) -> str:

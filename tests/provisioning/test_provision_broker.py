@@ -234,7 +234,7 @@ def test_unknown_identity_gets_nothing(city: City) -> None:
         assert new.suback(f) == NOT_AUTHORIZED, f
     assert eraser.puback("kyojo/v1/gw-new/receipt/c-1", b"r") == 0x10  # no subscriber took it
     assert city.sync() == [
-        "role gateway:gw-new: created (10 ACLs)",
+        "role gateway:gw-new: created (13 ACLs)",
         "client gw-new: created with role gateway:gw-new",
     ]
     assert accepted(new.puback("kyojo/v1/gw-new/agg/health"))
@@ -408,7 +408,9 @@ def test_rendered_dynsec_denies_by_default_and_names_every_cn(city: City) -> Non
     assert "%u" not in text and "%c" not in text and "gw-b" not in text
     gw_topics = {(a["acltype"], a["topic"]) for a in roles["gateway:gw-a"]}
     assert ("publishClientSend", "kyojo/v1/gw-a/agg/+") in gw_topics
-    assert not [t for _k, t in gw_topics if "gw-a" not in t]
+    # its own topics, and the city's signed disaster declarations (read only)
+    assert {t for _k, t in gw_topics if "gw-a" not in t} == {"kyojo/v1/city/disaster"}
+    assert ("publishClientSend", "kyojo/v1/city/disaster") not in gw_topics
     shared = [a["topic"] for a in roles["ingest:ingest-1"] if a["topic"].startswith("$share/")]
     assert shared and all(t.startswith(f"$share/{city.group}/") for t in shared)
     assert not [a for r in roles.values() for a in r if not a["allow"]]
@@ -463,7 +465,7 @@ def test_broker_sync_is_idempotent_and_repairs_drift(city: City) -> None:
         "default access: deny all (allowed before: subscribe)",
         "group backdoor: deleted (Kyojo grants rights only through per-identity roles)",
         "role gateway:gw-a: 1 ACLs removed, 0 added",
-        "role gateway:gw-d: created (10 ACLs)",
+        "role gateway:gw-d: created (13 ACLs)",
         *(f"role ingest:{n}: 4 ACLs removed, 4 added" for n in sorted((*INGESTERS, *CONSENTS))),
         "client gw-c: role gateway:gw-c added",
         "client gw-d: created with role gateway:gw-d",
