@@ -131,6 +131,7 @@ def test_a_declared_area_answers_with_a_coarse_status_until_it_ends(
     finally:
         agent.publisher.stop(10)
         cloud.close()
+        city.publish(disaster_topic(), b"", qos=1, retain=True).wait_for_publish(10)  # the session's broker is shared
         city.loop_stop()
         city.disconnect()
 
