@@ -1,0 +1,177 @@
+"""The navigator's web app: a public, read-only page (Japanese first, English too, phone first, no script),
+``/api/status`` (JSON) and ``/api/route.geojson``.
+
+The page uses Kyojo's one stylesheet (:mod:`kyojo.style`, the household page's) and the same gettext catalogs
+(:mod:`kyojo.i18n`). It refreshes itself every minute (``<meta http-equiv=refresh>``); ``?point=<id>`` puts a
+resident's own collection point on top, ``?lang=en`` switches to English. The route is drawn as an outline of its
+points (server-side SVG, no map tiles: it works offline).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route as Path_
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from cloud_ingest.influx import InfluxError
+from cloud_ingest.navi.routes import Route, geojson
+from cloud_ingest.navi.service import Navigator, Snapshot
+from kyojo.i18n import LANGS, translations
+from kyojo.style import CSS
+
+TEMPLATES = Path(__file__).with_name("templates")
+NAVI_CSS = Path(__file__).with_name("static") / "navi.css"
+#: no script, no frame, nothing from elsewhere
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@cache
+def environment(lang: str) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html", "xml"]),
+        extensions=["jinja2.ext.i18n"],
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.install_gettext_translations(translations(lang), newstyle=True)  # type: ignore[attr-defined]
+    return env
+
+
+def outline(route: Route, statuses: dict[str, str], size: float = 320.0, margin: float = 20.0) -> dict[str, Any]:
+    """The route's points projected into an SVG square (equirectangular around the route's centre; north up)."""
+    lat0 = sum(p.lat for p in route.points) / len(route.points)
+    k = math.cos(math.radians(lat0))
+    xs = [p.lon * k for p in route.points]
+    ys = [p.lat for p in route.points]
+    span = max(max(xs) - min(xs), max(ys) - min(ys)) or 1e-6
+    scale = (size - 2 * margin) / span
+    x0 = min(xs) - ((size - 2 * margin) / scale - (max(xs) - min(xs))) / 2
+    y1 = max(ys) + ((size - 2 * margin) / scale - (max(ys) - min(ys))) / 2
+    dots = [
+        {
+            "id": p.id,
+            "name": p.name,
+            "order": i + 1,
+            "x": round(margin + (x - x0) * scale, 1),
+            "y": round(margin + (y1 - y) * scale, 1),
+            "status": statuses.get(p.id, "not_yet"),
+        }
+        for i, (p, x, y) in enumerate(zip(route.points, xs, ys, strict=True))
+    ]
+    path = " ".join(f"{d['x']},{d['y']}" for d in dots)
+    return {"size": size, "dots": dots, "path": path}
+
+
+def _lang(request: Request) -> str:
+    lang = request.query_params.get("lang", "ja")
+    return lang if lang in LANGS else "ja"
+
+
+class _Headers:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    *((k.lower().encode(), v.encode()) for k, v in HEADERS.items()),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def create_app(navigator: Navigator, *, run_sync: Callable[..., Any] | None = None) -> ASGIApp:
+    """The navigator's ASGI app over ``navigator``."""
+    from starlette.concurrency import run_in_threadpool
+
+    call = run_sync or run_in_threadpool
+
+    async def snapshot() -> Snapshot | None:
+        try:
+            snap: Snapshot = await call(navigator.snapshot)
+        except InfluxError:
+            return None
+        return snap
+
+    async def page(request: Request) -> Response:
+        lang = _lang(request)
+        env = environment(lang)
+        snap = await snapshot()
+        if snap is None:
+            other = "en" if lang == "ja" else "ja"
+            html = env.get_template("unavailable.html").render(lang=lang, other_lang=other, switch=f"?lang={other}")
+            return HTMLResponse(html, status_code=503, headers={"Retry-After": "60"})
+        doc = navigator.status_json(snap)
+        chosen = request.query_params.get("point")
+        mine = None
+        routes = []
+        for r in doc["routes"]:
+            route = navigator.routes[r["route"]]
+            statuses = {p["id"]: p["status"] for p in r["points"]}
+            for p in r["points"]:
+                if p["id"] == chosen:
+                    mine = p
+            routes.append({**r, "outline": outline(route, statuses)})
+        other = "en" if lang == "ja" else "ja"
+        switch = "?" + urlencode({"lang": other, **({"point": chosen} if mine else {})})
+        html = env.get_template("navi.html").render(
+            lang=lang,
+            doc=doc,
+            routes=routes,
+            mine=mine,
+            chosen=chosen if mine else None,
+            switch=switch,
+            other_lang=other,
+        )
+        return HTMLResponse(html)
+
+    async def status(request: Request) -> Response:
+        snap = await snapshot()
+        if snap is None:
+            return JSONResponse({"error": "unavailable"}, status_code=503, headers={"Retry-After": "60"})
+        return JSONResponse(navigator.status_json(snap), headers={"Cache-Control": "public, max-age=15"})
+
+    async def route_geojson(request: Request) -> Response:
+        return JSONResponse(geojson(navigator.routes), media_type="application/geo+json")
+
+    async def stylesheet(request: Request) -> Response:
+        return FileResponse(CSS, media_type="text/css")
+
+    async def navi_css(request: Request) -> Response:
+        return FileResponse(NAVI_CSS, media_type="text/css")
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True, "errors": navigator.errors, "rounds": navigator.model.rounds})
+
+    app = Starlette(
+        routes=[
+            Path_("/", page),
+            Path_("/api/status", status),
+            Path_("/api/route.geojson", route_geojson),
+            Path_("/static/kyojo.css", stylesheet),
+            Path_("/static/navi.css", navi_css),
+            Path_("/healthz", health),
+        ]
+    )
+    app.state.navigator = navigator
+    return _Headers(app)
