@@ -2,9 +2,9 @@
 ``/api/status`` (JSON) and ``/api/route.geojson``.
 
 The page uses Kyojo's one stylesheet (:mod:`kyojo.style`, the household page's) and the same gettext catalogs
-(:mod:`kyojo.i18n`). It refreshes itself every minute (``<meta http-equiv=refresh>``); ``?point=<id>`` puts a
-resident's own collection point on top, ``?lang=en`` switches to English. The route is drawn as an outline of its
-points (server-side SVG, no map tiles: it works offline).
+(:mod:`kyojo.i18n`). It does not refresh itself (a timed refresh fails WCAG 2.2.1): its Update button reloads it.
+``?point=<id>`` puts a resident's own collection point on top, ``?lang=en`` switches to English. The route is drawn
+as an outline of its points (server-side SVG, no map tiles: it works offline).
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def create_app(navigator: Navigator, *, run_sync: Callable[..., Any] | None = No
                     mine = p
             routes.append({**r, "outline": outline(route, statuses)})
         other = "en" if lang == "ja" else "ja"
-        switch = "?" + urlencode({"lang": other, **({"point": chosen} if mine else {})})
+        keep = {"point": chosen} if mine else {}
+        switch = "?" + urlencode({"lang": other, **keep})
         html = env.get_template("navi.html").render(
             lang=lang,
             doc=doc,
@@ -142,6 +143,7 @@ def create_app(navigator: Navigator, *, run_sync: Callable[..., Any] | None = No
             chosen=chosen if mine else None,
             switch=switch,
             other_lang=other,
+            here=urlencode({"lang": lang, **keep}),
         )
         return HTMLResponse(html)
 

@@ -7,8 +7,7 @@ and skipped, nothing personal is served, and InfluxDB going away is said, never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,73 +15,17 @@ from starlette.testclient import TestClient
 
 from cloud_ingest.navi.app import create_app
 from cloud_ingest.navi.model import hhmm
-from cloud_ingest.navi.routes import load_routes
-from cloud_ingest.navi.service import Navigator
-from cloud_ingest.navi.source import InfluxPickups, truck_tags
-from cloud_ingest.scope import Scope, new_key, parse_key
-from drivers.gnss.truck import Pickup
+from cloud_ingest.navi.source import truck_tags
 from drivers.sim.gnss import DEFAULT_ROUTE
-from drivers.sim.rounds import VariedTruck, pickups_of_day, route_geojson
 from provisioning.local import InfluxDB, free_port
-from tests.navikit import at_jst, first_visits, local_day, pickup_lines
+from tests.navikit import DAY, HISTORY, HOSTILE_GW, ROUTE, ROUTES, TRUCK_GW, Town, at_jst, seed_town
 
 pytestmark = pytest.mark.influx
-
-ROUTE = "chiyoda-1"
-TRUCK_GW = "truck-07"
-HOSTILE_GW = "home-666"
-DAY = date(2026, 10, 7)
-HISTORY = 5
-GEO = route_geojson(DEFAULT_ROUTE, ROUTE)
-ROUTES = load_routes(GEO)
-
-
-@dataclass
-class Town:
-    influx: InfluxDB
-    db: str
-    scope: Scope
-    today: list[Pickup]
-    truth: dict[str, int]
-    clock: float = 0.0  # the navigators' time (POSIX seconds)
-
-    def navigator(self, now: float, *, url: str | None = None) -> tuple[Navigator, InfluxPickups]:
-        source = InfluxPickups(
-            url or self.influx.url,
-            self.db,
-            truck_tags([TRUCK_GW], self.scope),
-            points=[p.id for p in ROUTES[ROUTE].points],
-        )
-        self.clock = now
-        nav = Navigator(ROUTES, source, history_days=HISTORY, refresh_s=0.0, now=lambda: self.clock)
-        return nav, source
 
 
 @pytest.fixture
 def town(influxdb: InfluxDB, influx_db: str) -> Town:
-    """HISTORY days of the truck's rounds and today's, plus a hostile gateway's and one malformed pickup."""
-    scope = Scope(parse_key(new_key()))
-    truck = VariedTruck("truck-07", "truck-07", 3, shift_h=(8.0, 12.0))
-    lines: list[str] = []
-    today: list[Pickup] = []
-    for d in range(-HISTORY, 1):
-        day = DAY + timedelta(days=d)
-        pk = pickups_of_day(truck, GEO, local_day(day))
-        lines += pickup_lines(pk, TRUCK_GW, scope=scope)
-        if d == 0:
-            today = pk
-    # the hostile gateway says every point was collected at 07:00 today (under its own consent to waste-collection)
-    t7 = at_jst(DAY, 7)
-    fake = [Pickup("truck-07", p.id, ROUTE, t7 + i, t7 + i + 30, 0.0) for i, p in enumerate(ROUTES[ROUTE].points)]
-    lines += pickup_lines(fake, HOSTILE_GW, subject="p-truck", scope=scope)
-    # the truck's gateway names a point that is on no route
-    lines += pickup_lines([Pickup("truck-07", "cp-99", ROUTE, t7, t7 + 40, 0.0)], TRUCK_GW, scope=scope)
-    influxdb.write_lines("\n".join(lines), influx_db, precision="ms")
-    return Town(influxdb, influx_db, scope, today, first_visits(today))
-
-
-def _round(town: Town) -> list[Pickup]:
-    return sorted((p for p in town.today if int(p.arrived * 1000) == town.truth[p.point]), key=lambda p: p.arrived)
+    return seed_town(influxdb, influx_db)
 
 
 def _points(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -91,7 +34,7 @@ def _points(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_status_during_the_round_from_influxdb(town: Town) -> None:
-    rnd = _round(town)
+    rnd = town.round()
     assert len(rnd) == len(DEFAULT_ROUTE)
     now = rnd[7].departed + 1  # the 8th point of the round was just collected
     nav, source = town.navigator(now)
@@ -120,7 +63,7 @@ def test_status_during_the_round_from_influxdb(town: Town) -> None:
 
 
 def test_nothing_personal_is_served(town: Town) -> None:
-    rnd = _round(town)
+    rnd = town.round()
     nav, _ = town.navigator(rnd[3].departed + 1)
     client = TestClient(create_app(nav, run_sync=_direct))
     bodies = [client.get(path).text for path in ("/api/status", "/", "/?lang=en", "/api/route.geojson")]
@@ -139,7 +82,7 @@ def test_nothing_personal_is_served(town: Town) -> None:
 
 
 def test_the_page_in_japanese_first_and_in_english(town: Town) -> None:
-    rnd = _round(town)
+    rnd = town.round()
     nav, _ = town.navigator(rnd[5].departed + 1)
     client = TestClient(create_app(nav, run_sync=_direct))
     ja = client.get("/")
