@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +29,11 @@ def serve(
     port: Annotated[int, typer.Option("--port")] = 8090,
     history_days: Annotated[int, typer.Option("--history-days", min=1, help="past days the ETA model learns")] = 28,
     dev_key: Annotated[bool, typer.Option("--dev-key", help="the development scope key (local demo only)")] = False,
+    clock_start: Annotated[
+        float | None,
+        typer.Option("--clock-start", hidden=True, help="a scaled clock's time now (epoch s; kyojo demo's)"),
+    ] = None,
+    clock_speed: Annotated[float, typer.Option("--clock-speed", hidden=True, min=0.0)] = 1.0,
 ) -> None:
     """Serve the public navigator page, /api/status (JSON) and /api/route.geojson.
 
@@ -63,6 +69,13 @@ def serve(
         points=[p.id for r in routes.values() for p in r.points],
         token=os.environ.get("KYOJO_INGEST_INFLUX_TOKEN") or None,
     )
-    navigator = Navigator(routes, source, history_days=history_days)
+    now = time.time
+    if clock_start is not None:  # kyojo demo: the trucks' gateways run on a scaled clock, and so must "today"
+        t0, start = time.time(), clock_start
+
+        def now() -> float:
+            return start + (time.time() - t0) * clock_speed
+
+    navigator = Navigator(routes, source, history_days=history_days, now=now)
     typer.echo(f"navigator on http://{host}:{port}/ ({len(routes)} route(s), {len(tags)} truck(s))", err=True)
     uvicorn.run(create_app(navigator), host=host, port=port, log_level="warning")
