@@ -44,6 +44,7 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
     assert summary["navigator_page"].startswith("http://127.0.0.1:")
     assert re.search(r"garbage-collection navigator: http://127\.0\.0\.1:\d+/ ", proc.stdout)
     assert summary["navigator"]["chiyoda-1"]["points"] == 20, summary["navigator"]
+    assert summary["navigator"]["chiyoda-1"]["collected"] > 0, summary["navigator"]  # the truck's pickups, via InfluxDB
     assert summary["readings"] > 1000
     assert summary["aggregates_sent"] > 50
     assert summary["aggregates_sent"] == summary["points_in_influxdb"]  # every aggregate sent is in InfluxDB once
