@@ -96,6 +96,7 @@ TRUCK_GW = "truck-07"
 HOSTILE_GW = "home-666"
 DAY = date(2026, 10, 7)
 HISTORY = 5
+#: the demo truck's route (drivers/sim/data/collection_points.geojson holds the same points)
 GEO = route_geojson(DEFAULT_ROUTE, ROUTE)
 ROUTES = load_routes(GEO)
 
@@ -106,6 +107,7 @@ class Town:
 
     influx: InfluxDB
     db: str
+    key: str  # the scope key (hex), as the ingesters and the navigator are given it
     scope: Scope
     today: list[Pickup]
     truth: dict[str, int]
@@ -130,7 +132,8 @@ class Town:
 
 def seed_town(influxdb: InfluxDB, db: str) -> Town:
     """HISTORY days of the truck's rounds and today's, plus a hostile gateway's and one malformed pickup."""
-    scope = Scope(parse_key(new_key()))
+    key = new_key()
+    scope = Scope(parse_key(key))
     truck = VariedTruck("truck-07", "truck-07", 3, shift_h=(8.0, 12.0))
     lines: list[str] = []
     today: list[Pickup] = []
@@ -147,4 +150,4 @@ def seed_town(influxdb: InfluxDB, db: str) -> Town:
     # the truck's gateway names a point that is on no route
     lines += pickup_lines([Pickup("truck-07", "cp-99", ROUTE, t7, t7 + 40, 0.0)], TRUCK_GW, scope=scope)
     influxdb.write_lines("\n".join(lines), db, precision="ms")
-    return Town(influxdb, db, scope, today, first_visits(today))
+    return Town(influxdb, db, key, scope, today, first_visits(today))

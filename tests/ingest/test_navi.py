@@ -7,7 +7,13 @@ and skipped, nothing personal is served, and InfluxDB going away is said, never 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import urllib.request
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +24,8 @@ from cloud_ingest.navi.model import hhmm
 from cloud_ingest.navi.source import truck_tags
 from drivers.sim.gnss import DEFAULT_ROUTE
 from provisioning.local import InfluxDB, free_port
-from tests.navikit import DAY, HISTORY, HOSTILE_GW, ROUTE, ROUTES, TRUCK_GW, Town, at_jst, seed_town
+from tests.kit import wait_for
+from tests.navikit import DAY, GEO, HISTORY, HOSTILE_GW, ROUTE, ROUTES, TRUCK_GW, Town, at_jst, seed_town
 
 pytestmark = pytest.mark.influx
 
@@ -129,3 +136,45 @@ def test_influxdb_unreachable_is_said_not_crashed(town: Town) -> None:
 async def _direct(fn: Any, *args: Any) -> Any:
     """Run the navigator in the request's own thread: TestClient's portal, no thread pool to wait on."""
     return fn(*args)
+
+
+def test_kyojo_navi_serve_counts_only_the_trucks_named_under_the_ingesters_key(town: Town, tmp_path: Path) -> None:
+    """The real command: the scope key from the environment turns --truck into the tag the ingester wrote."""
+    points = tmp_path / "points.geojson"
+    points.write_text(json.dumps(GEO), encoding="utf-8")
+    rnd = town.round()
+    port = free_port()
+    kyojo = Path(sys.executable).with_name("kyojo")
+    base = [str(kyojo), "navi", "serve", "--points", str(points), "--influx-url", town.influx.url]
+    base += ["--influx-db", town.db, "--port", str(port), "--clock-start", repr(rnd[4].departed + 1)]
+    # without the ingesters' key (and without --dev-key) it refuses to start: the tags could not match
+    env = {k: v for k, v in os.environ.items() if k != "KYOJO_INGEST_SCOPE_KEY"}
+    refused = subprocess.run([*base, "--truck", TRUCK_GW], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "KYOJO_INGEST_SCOPE_KEY" in refused.stderr
+    proc = subprocess.Popen(
+        [*base, "--truck", TRUCK_GW, "--clock-speed", "0"],
+        env={**env, "KYOJO_INGEST_SCOPE_KEY": town.key},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/status"
+        wait_for(lambda: _get(url) is not None, 60, "kyojo navi serve to answer")
+        doc = _get(url)
+        assert doc is not None
+        collected = {p["id"] for p in doc["routes"][0]["points"] if p["status"] == "collected"}
+        assert collected == {pk.point for pk in rnd[:5]}
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def _get(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - a loopback URL of the test
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
+    except OSError:
+        return None
