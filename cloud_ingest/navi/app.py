@@ -10,17 +10,17 @@ as an outline of its points (server-side SVG, no map tiles: it works offline).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette import routing
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.routing import Route as Path_
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_ingest.influx import InfluxError
@@ -100,15 +100,12 @@ class _Headers:
         await self.app(scope, receive, with_headers)
 
 
-def create_app(navigator: Navigator, *, run_sync: Callable[..., Any] | None = None) -> ASGIApp:
-    """The navigator's ASGI app over ``navigator``."""
-    from starlette.concurrency import run_in_threadpool
-
-    call = run_sync or run_in_threadpool
+def create_app(navigator: Navigator) -> ASGIApp:
+    """The navigator's ASGI app over ``navigator`` (whose InfluxDB queries run in the thread pool)."""
 
     async def snapshot() -> Snapshot | None:
         try:
-            snap: Snapshot = await call(navigator.snapshot)
+            snap: Snapshot = await run_in_threadpool(navigator.snapshot)
         except InfluxError:
             return None
         return snap
@@ -167,12 +164,12 @@ def create_app(navigator: Navigator, *, run_sync: Callable[..., Any] | None = No
 
     app = Starlette(
         routes=[
-            Path_("/", page),
-            Path_("/api/status", status),
-            Path_("/api/route.geojson", route_geojson),
-            Path_("/static/kyojo.css", stylesheet),
-            Path_("/static/navi.css", navi_css),
-            Path_("/healthz", health),
+            routing.Route("/", page),
+            routing.Route("/api/status", status),
+            routing.Route("/api/route.geojson", route_geojson),
+            routing.Route("/static/kyojo.css", stylesheet),
+            routing.Route("/static/navi.css", navi_css),
+            routing.Route("/healthz", health),
         ]
     )
     app.state.navigator = navigator

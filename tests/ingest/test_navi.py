@@ -45,7 +45,7 @@ def test_status_during_the_round_from_influxdb(town: Town) -> None:
     assert len(rnd) == len(DEFAULT_ROUTE)
     now = rnd[7].departed + 1  # the 8th point of the round was just collected
     nav, source = town.navigator(now)
-    client = TestClient(create_app(nav, run_sync=_direct))
+    client = TestClient(create_app(nav))
     resp = client.get("/api/status")
     assert resp.status_code == 200
     doc = resp.json()
@@ -72,7 +72,7 @@ def test_status_during_the_round_from_influxdb(town: Town) -> None:
 def test_nothing_personal_is_served(town: Town) -> None:
     rnd = town.round()
     nav, _ = town.navigator(rnd[3].departed + 1)
-    client = TestClient(create_app(nav, run_sync=_direct))
+    client = TestClient(create_app(nav))
     bodies = [client.get(path).text for path in ("/api/status", "/", "/?lang=en", "/api/route.geojson")]
     tags = truck_tags([TRUCK_GW, HOSTILE_GW], town.scope)
     for body in bodies:
@@ -91,7 +91,7 @@ def test_nothing_personal_is_served(town: Town) -> None:
 def test_the_page_in_japanese_first_and_in_english(town: Town) -> None:
     rnd = town.round()
     nav, _ = town.navigator(rnd[5].departed + 1)
-    client = TestClient(create_app(nav, run_sync=_direct))
+    client = TestClient(create_app(nav))
     ja = client.get("/")
     assert ja.status_code == 200 and '<html lang="ja">' in ja.text
     assert "ごみ収集ナビ" in ja.text and "収集済み" in ja.text and "あと 1 か所" in ja.text
@@ -118,24 +118,19 @@ def test_the_model_is_relearned_each_day(town: Town) -> None:
 def test_influxdb_unreachable_is_said_not_crashed(town: Town) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     nav, _ = town.navigator(at_jst(DAY, 9), url=dead)
-    client = TestClient(create_app(nav, run_sync=_direct))
+    client = TestClient(create_app(nav))
     resp = client.get("/api/status")
     assert resp.status_code == 503 and resp.json() == {"error": "unavailable"}
     page = client.get("/")
     assert page.status_code == 503 and "ただいま収集情報を表示できません" in page.text
     # once it had an answer, the last one is served, marked stale
     nav2, source = town.navigator(at_jst(DAY, 9))
-    client2 = TestClient(create_app(nav2, run_sync=_direct))
+    client2 = TestClient(create_app(nav2))
     assert client2.get("/api/status").json()["stale"] is False
     source.url = dead
     doc = client2.get("/api/status").json()
     assert doc["stale"] is True and nav2.errors == 1
     assert any(p["status"] == "collected" for p in _points(doc).values())
-
-
-async def _direct(fn: Any, *args: Any) -> Any:
-    """Run the navigator in the request's own thread: TestClient's portal, no thread pool to wait on."""
-    return fn(*args)
 
 
 def test_kyojo_navi_serve_counts_only_the_trucks_named_under_the_ingesters_key(town: Town, tmp_path: Path) -> None:
@@ -151,11 +146,12 @@ def test_kyojo_navi_serve_counts_only_the_trucks_named_under_the_ingesters_key(t
     env = {k: v for k, v in os.environ.items() if k != "KYOJO_INGEST_SCOPE_KEY"}
     refused = subprocess.run([*base, "--truck", TRUCK_GW], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "KYOJO_INGEST_SCOPE_KEY" in refused.stderr
+    log = (tmp_path / "navi.log").open("wb")
     proc = subprocess.Popen(
         [*base, "--truck", TRUCK_GW, "--clock-speed", "0"],
         env={**env, "KYOJO_INGEST_SCOPE_KEY": town.key},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         url = f"http://127.0.0.1:{port}/api/status"
@@ -167,8 +163,7 @@ def test_kyojo_navi_serve_counts_only_the_trucks_named_under_the_ingesters_key(t
     finally:
         proc.terminate()
         proc.wait(20)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        log.close()
 
 
 def _get(url: str) -> dict[str, Any] | None:
