@@ -20,17 +20,18 @@ from starlette import routing
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_ingest.influx import InfluxError
 from cloud_ingest.navi.routes import Route, geojson
 from cloud_ingest.navi.service import Navigator, Snapshot
 from kyojo.i18n import LANGS, translations
-from kyojo.style import CSS
+from kyojo.style import PACKAGE_STATIC
 
 TEMPLATES = Path(__file__).with_name("templates")
-NAVI_CSS = Path(__file__).with_name("static") / "navi.css"
+STATIC = Path(__file__).with_name("static")
 #: no script, no frame, nothing from elsewhere
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; "
@@ -153,12 +154,6 @@ def create_app(navigator: Navigator) -> ASGIApp:
     async def route_geojson(request: Request) -> Response:
         return JSONResponse(geojson(navigator.routes), media_type="application/geo+json")
 
-    async def stylesheet(request: Request) -> Response:
-        return FileResponse(CSS, media_type="text/css")
-
-    async def navi_css(request: Request) -> Response:
-        return FileResponse(NAVI_CSS, media_type="text/css")
-
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True, "errors": navigator.errors, "rounds": navigator.model.rounds})
 
@@ -167,8 +162,8 @@ def create_app(navigator: Navigator) -> ASGIApp:
             routing.Route("/", page),
             routing.Route("/api/status", status),
             routing.Route("/api/route.geojson", route_geojson),
-            routing.Route("/static/kyojo.css", stylesheet),
-            routing.Route("/static/navi.css", navi_css),
+            # navi.css, and kyojo.css: the household page's stylesheet (kyojo.style)
+            routing.Mount("/static", app=StaticFiles(directory=STATIC, packages=[PACKAGE_STATIC])),
             routing.Route("/healthz", health),
         ]
     )

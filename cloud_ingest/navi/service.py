@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -55,6 +55,7 @@ class Navigator:
         self._today: tuple[float, list[Visit]] | None = None
         self._last: Snapshot | None = None
         self.errors = 0
+        self._failing = False
 
     def relearn(self, day: date) -> EtaModel:
         """Learn the model from the ``history_days`` rounds before ``day`` (JST)."""
@@ -73,15 +74,21 @@ class Navigator:
             try:
                 if self.model_day != day:
                     self.relearn(day)
-                if self._today is None or t - self._today[0] >= self.refresh_s or t < self._today[0]:
-                    self._today = (t, self.source.visits(day_start_ms(day), now_ms + 1))
+                cached = self._today
+                if cached is None or not 0 <= t - cached[0] < self.refresh_s or jst_day(int(cached[0] * 1000)) != day:
+                    self._today = cached = (t, self.source.visits(day_start_ms(day), now_ms + 1))
             except InfluxError as err:
                 self.errors += 1
-                log.warning("InfluxDB did not answer the navigator: %s", err)
+                if not self._failing:  # once per outage, not once per resident's request
+                    log.warning("InfluxDB did not answer the navigator (serving the last known state): %s", err)
+                    self._failing = True
                 if self._last is None:
                     raise
-                return Snapshot(**{**_fields(self._last), "stale": True})
-            visits = self._today[1]
+                return replace(self._last, stale=True)
+            if self._failing:
+                log.info("InfluxDB answers the navigator again (%d failed requests)", self.errors)
+                self._failing = False
+            visits = cached[1]
             snap = Snapshot(
                 now_ms,
                 day,
@@ -113,10 +120,6 @@ class Navigator:
                 for rid, statuses in snap.routes.items()
             ],
         }
-
-
-def _fields(snap: Snapshot) -> dict[str, Any]:
-    return {name: getattr(snap, name) for name in Snapshot.__slots__}
 
 
 def _point_json(route: Route, s: PointStatus) -> dict[str, Any]:

@@ -23,15 +23,15 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from edge_agent.web import pages
 from edge_agent.web.guard import Guard
 from edge_agent.web.site import Site
 from edge_agent.web.templating import STATIC, render
-from kyojo.style import CSS
+from kyojo.style import PACKAGE_STATIC
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", {"status": status, "detail": detail}, status_code=status)
 
 
-async def _stylesheet(request: Request) -> Response:
-    return FileResponse(CSS, media_type="text/css")
-
-
 def _lifespan(site: Site) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,12 +65,9 @@ def _lifespan(site: Site) -> Callable[[Starlette], AbstractAsyncContextManager[N
 def create_app(config_path: Path, *, now: Callable[[], float] = time.time) -> Starlette:
     """The household page of the gateway that ``config_path`` (the agent's TOML) describes."""
     site = Site.open(config_path, now=now)
-    routes = [
-        *page_routes(),
-        # the stylesheet is shared with the city's public pages (kyojo.style), the rest is this app's own
-        Route("/static/kyojo.css", _stylesheet, methods=["GET", "HEAD"]),
-        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
-    ]
+    # /static/: this app's own files, and the stylesheet it shares with the city's public pages (kyojo.style)
+    static = StaticFiles(directory=STATIC, packages=[PACKAGE_STATIC])
+    routes = [*page_routes(), Mount("/static", app=static, name="static")]
     guard = Middleware(Guard, auth=lambda: site.auth, secure=site.config.web.tls is not None)
     app = Starlette(
         routes=routes,

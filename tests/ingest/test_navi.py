@@ -8,6 +8,7 @@ and skipped, nothing personal is served, and InfluxDB going away is said, never 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_the_model_is_relearned_each_day(town: Town) -> None:
     assert nav.model.usual_s[(ROUTE, "cp-02")] > 8 * 3600
 
 
-def test_influxdb_unreachable_is_said_not_crashed(town: Town) -> None:
+def test_influxdb_unreachable_is_said_not_crashed(town: Town, caplog: pytest.LogCaptureFixture) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     nav, _ = town.navigator(at_jst(DAY, 9), url=dead)
     client = TestClient(create_app(nav))
@@ -131,6 +132,16 @@ def test_influxdb_unreachable_is_said_not_crashed(town: Town) -> None:
     doc = client2.get("/api/status").json()
     assert doc["stale"] is True and nav2.errors == 1
     assert any(p["status"] == "collected" for p in _points(doc).values())
+    # every resident's request during the outage is counted; the log says it once, and again when it is over
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="cloud_ingest.navi.service")
+    for _ in range(3):
+        assert client2.get("/").status_code == 200
+    assert nav2.errors == 4
+    source.url = town.influx.url
+    assert client2.get("/api/status").json()["stale"] is False
+    said = [r.getMessage() for r in caplog.records if r.name == "cloud_ingest.navi.service"]
+    assert len(said) == 1 and "again (4 failed requests)" in said[0], said
 
 
 def test_kyojo_navi_serve_counts_only_the_trucks_named_under_the_ingesters_key(town: Town, tmp_path: Path) -> None:
