@@ -42,6 +42,7 @@ bench: services
 	$(BIN)/python bench/af.py
 	$(BIN)/python bench/nilm.py
 	$(BIN)/python bench/web.py
+	$(BIN)/python bench/navi.py
 
 # A city against one broker (not part of `make bench`: ~5 min; docs/OPERATIONS.md has the figures). N=... to size it.
 N ?= 1000

@@ -103,6 +103,15 @@ def _ocpp() -> typer.Typer:
     return app
 
 
+def _navi() -> typer.Typer:
+    """The garbage-collection navigator (``cloud_ingest/navi``), a cloud-side public page."""
+    from cloud_ingest.navi.cli import app as navi_app
+
+    app = typer.Typer()
+    app.add_typer(navi_app, name="navi", help=COMMANDS["navi"][1])
+    return app
+
+
 def _ingest() -> typer.Typer:
     from cloud_ingest import initdb
     from cloud_ingest.cli import app as ingest_app
@@ -138,6 +147,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "models": (_models, "On-gateway models: evaluation with the protocols of their model cards."),
     "plugs": (_plugs, "Smart plugs on the home's LAN broker: what was heard, the LAN broker's config."),
     "ocpp": (_ocpp, "EV chargers: the local OCPP 1.6J central system (installers)."),
+    "navi": (_navi, "The garbage-collection navigator for residents (public page and JSON, cloud side)."),
     "ingest": (_ingest, "Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB."),
 }
 

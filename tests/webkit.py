@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import pytest
 
@@ -359,24 +359,21 @@ class Home:
 # ------------------------------------------------------------------------------------------------------------
 
 
-class WebServer:
-    """``create_app(config_path)`` under uvicorn on a free loopback port, in a thread; ``stop()`` ends it."""
+class AppServer:
+    """An ASGI app under uvicorn on a free loopback port, in a thread; ``stop()`` ends it. (:class:`WebServer` for
+    the household page; the navigator's tests serve ``cloud_ingest.navi.app.create_app(...)`` with it.)"""
 
-    def __init__(self, config_path: Path, *, port: int | None = None) -> None:
+    def __init__(self, app: Any, *, port: int | None = None) -> None:
         import uvicorn
 
-        from edge_agent.web.app import create_app
-
-        self.config_path = config_path
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(config_path)
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="auto")
         )
         self.thread = threading.Thread(target=self.server.run, name="web", daemon=True)
 
-    def start(self) -> WebServer:
+    def start(self) -> Self:
         self.thread.start()
         wait_for("the web server to listen", lambda: self.server.started, 20)
         return self
@@ -386,11 +383,21 @@ class WebServer:
         self.thread.join(20)
         assert not self.thread.is_alive(), "uvicorn did not stop"
 
-    def __enter__(self) -> WebServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class WebServer(AppServer):
+    """``create_app(config_path)`` (the household page) under uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, config_path: Path, *, port: int | None = None) -> None:
+        from edge_agent.web.app import create_app
+
+        self.config_path = config_path
+        super().__init__(create_app(config_path), port=port)
 
 
 def pair_code(config_path: Path, *, member: bool = False) -> str:

@@ -31,6 +31,7 @@ from edge_agent.web import pages
 from edge_agent.web.guard import Guard
 from edge_agent.web.site import Site
 from edge_agent.web.templating import STATIC, render
+from kyojo.style import PACKAGE_STATIC
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ def _lifespan(site: Site) -> Callable[[Starlette], AbstractAsyncContextManager[N
 def create_app(config_path: Path, *, now: Callable[[], float] = time.time) -> Starlette:
     """The household page of the gateway that ``config_path`` (the agent's TOML) describes."""
     site = Site.open(config_path, now=now)
-    routes = [*page_routes(), Mount("/static", app=StaticFiles(directory=STATIC), name="static")]
+    # /static/: this app's own files, and the stylesheet it shares with the city's public pages (kyojo.style)
+    static = StaticFiles(directory=STATIC, packages=[PACKAGE_STATIC])
+    routes = [*page_routes(), Mount("/static", app=static, name="static")]
     guard = Middleware(Guard, auth=lambda: site.auth, secure=site.config.web.tls is not None)
     app = Starlette(
         routes=routes,

@@ -4,7 +4,8 @@ Starts Mosquitto and InfluxDB on free loopback ports with data under ``workdir``
 (wearables, plugs, meter, EV charger) and one garbage-truck gateway as agent processes, and one ingester
 process; grants a sample set of consents (person p2 gives none, so their data never leaves); starts the
 household web page of home-001 (``kyojo web serve``, loopback, port 8080 when free) and prints its URL and a
-one-time pairing code; prints progress every second; stops everything it started on Ctrl-C or after
+one-time pairing code; starts the garbage-collection navigator (``kyojo navi serve``, port 8090 when free) on the
+truck's route and prints its URL; prints progress every second; stops everything it started on Ctrl-C or after
 ``duration``; returns a summary.
 
 The devices are the deterministic simulators of :mod:`drivers.sim`, and most of them reach the gateways over
@@ -46,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -373,11 +375,12 @@ def _stop(proc: _Proc, timeout: float = 20.0) -> None:
 
 
 WEB_PORT = 8080
+NAVI_PORT = 8090
 
 
-def _web_port() -> int:
-    """8080 when it is free, else any free loopback port."""
-    for port in (WEB_PORT, 0):
+def _web_port(preferred: int = WEB_PORT) -> int:
+    """``preferred`` (8080) when it is free, else any free loopback port."""
+    for port in (preferred, 0):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -412,6 +415,58 @@ def _start_web(config_path: Path, config: AgentConfig, procs: list[_Proc]) -> tu
             return url, auth.format_code(code)
         time.sleep(0.1)
     raise RuntimeError("the household page did not start listening within 30 s")
+
+
+def _start_navi(influx_url: str, clock_now: float, speed: float, workdir: Path, procs: list[_Proc]) -> str:
+    """``kyojo navi serve`` (the garbage-collection navigator, a cloud-side public page) for the demo truck's
+    route, on the trucks' scaled clock (``clock_now``: their simulated time now)."""
+    port = _web_port(NAVI_PORT)
+    navi = _spawn(
+        "navi",
+        [
+            "-m",
+            "kyojo",
+            "navi",
+            "serve",
+            "--points",
+            str(COLLECTION_POINTS),
+            "--truck",
+            TRUCK,
+            "--influx-url",
+            influx_url,
+            "--influx-db",
+            DB,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dev-key",
+            "--clock-start",
+            repr(clock_now),
+            "--clock-speed",
+            repr(speed),
+        ],
+        workdir / "navi.log",
+    )
+    procs.append(navi)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if navi.popen.poll() is not None:
+            raise RuntimeError(f"the navigator exited with {navi.popen.returncode}; see navi.log")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return f"http://127.0.0.1:{port}/"
+        time.sleep(0.1)
+    raise RuntimeError("the navigator did not start listening within 30 s")
+
+
+def _navi_status(url: str) -> dict[str, Any]:
+    """What the navigator's /api/status says about the demo route (points, collected), or the error."""
+    try:
+        with urllib.request.urlopen(url + "api/status", timeout=10) as resp:  # noqa: S310 - our own loopback URL
+            doc = json.loads(resp.read())
+    except (OSError, ValueError) as err:
+        return {"error": str(err)}
+    return {r["route"]: {"points": r["points_total"], "collected": r["collected"]} for r in doc.get("routes", [])}
 
 
 def _agent_status(path: Path) -> dict[str, Any]:
@@ -494,6 +549,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
                 workdir / "eraser.log",
             )
         )
+        agents_at = time.time()  # the agents' scaled clocks start at `start` about now
         for gw in GATEWAYS:
             cfg_path = workdir / gw / "agent.toml"
             procs.append(
@@ -514,6 +570,13 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             file=out,
             flush=True,
         )
+        navi_url = _start_navi(stack.influxdb.url, start + (time.time() - agents_at) * speed, speed, workdir, procs)
+        print(
+            f"garbage-collection navigator: {navi_url}  (the public page of {TRUCK}'s round; no sign-in, "
+            "Japanese first)",
+            file=out,
+            flush=True,
+        )
         print(_analyst_hint(stack.influxdb.url, start, speed, time.time()), file=out, flush=True)
         deadline = None if duration is None else time.monotonic() + duration
         try:
@@ -525,6 +588,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
                 print(_progress(configs, ingester), file=out, flush=True)
         except KeyboardInterrupt:
             print("stopping ...", file=out, flush=True)
+        navigator = _navi_status(navi_url)
         for p in procs[1:]:
             _stop(p)
         wire.stop()
@@ -534,6 +598,8 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         summary["readings_by_path"] = _readings_by_path(configs)
         summary["wire"] = wire.stats()
         summary["household_page"] = web_url
+        summary["navigator_page"] = navi_url
+        summary["navigator"] = navigator
         points = stack.influxdb.query_rows('SELECT count("last") FROM /.*/', DB)
         summary["points_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in points))
         events = stack.influxdb.query_rows('SELECT count("event_id") FROM "events"', DB)

@@ -22,7 +22,13 @@ from kyojo.i18n import DOMAIN, LANGS, catalog_path
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the packages (and single modules) whose strings are Kyojo's to translate: the web app and the household CLI
-SOURCES = ("edge_agent/web", "edge_agent/cli.py", "edge_agent/audit.py", "drivers/ble/pair.py")
+SOURCES = (
+    "edge_agent/web",
+    "edge_agent/cli.py",
+    "edge_agent/audit.py",
+    "drivers/ble/pair.py",
+    "cloud_ingest/navi",
+)
 METHODS = [("**.py", "python"), ("**/templates/**.html", "jinja2")]
 OPTIONS = {
     "**/templates/**.html": {"extensions": "jinja2.ext.i18n", "trimmed": "true"},

@@ -40,6 +40,11 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
     # the household page was up, and its URL and one-time pairing code were printed
     assert summary["household_page"].startswith("http://127.0.0.1:")
     assert re.search(r"household page: http://127\.0\.0\.1:\d+/ +\(pairing code \d{4} \d{4};", proc.stdout)
+    # the garbage-collection navigator was up on the truck's route (issue 17 section 3), and answered from InfluxDB
+    assert summary["navigator_page"].startswith("http://127.0.0.1:")
+    assert re.search(r"garbage-collection navigator: http://127\.0\.0\.1:\d+/ ", proc.stdout)
+    assert summary["navigator"]["chiyoda-1"]["points"] == 20, summary["navigator"]
+    assert summary["navigator"]["chiyoda-1"]["collected"] > 0, summary["navigator"]  # the truck's pickups, via InfluxDB
     assert summary["readings"] > 1000
     assert summary["aggregates_sent"] > 50
     assert summary["aggregates_sent"] == summary["points_in_influxdb"]  # every aggregate sent is in InfluxDB once

@@ -49,6 +49,8 @@ def test_the_wheel_carries_every_file_of_the_packages(tmp_path: Path) -> None:
     for must in (
         "edge_agent/web/templates/base.html",
         "edge_agent/web/static/vendor/htmx.min.js",
+        "kyojo/style/static/kyojo.css",
+        "cloud_ingest/navi/templates/navi.html",
         "kyojo/i18n/locale/ja/LC_MESSAGES/kyojo.po",
         "models/af/af_rr.onnx",
     ):
