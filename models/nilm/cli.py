@@ -10,7 +10,9 @@ The lead mounts it with ``register(eval_app)``. Output (stdout) is one JSON obje
 Any file of the shared format works: appliances without a column are skipped (and named in ``skipped``), extra
 columns (``shower_w``, ``fridge_w``) are ignored. ``shown_fraction`` is the share of scored minutes where the gated
 output (confidence >= :data:`models.nilm.metrics.SHOW_CONFIDENCE`) shows a number, ``mae_w_shown`` the model's MAE
-over those minutes and ``always_off_mae_w_shown`` always-off's over the same minutes.
+over those minutes and ``always_off_mae_w_shown`` always-off's over the same minutes; as on the gateway, only a
+model whose manifest entry has ``confidence_release`` shows numbers on confidence (the others need a plug
+calibration, which a file cannot give).
 
 plus, with ``--plugs a,b``, ``"plug_assisted": {name: {...}}`` for the other appliances when ``a`` and ``b`` are
 treated as plugged (their true columns play the plug readings and are subtracted from the mains). Baseline
@@ -23,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from models.nilm.data import APPLIANCES, NilmDataError, load_csv
@@ -45,7 +48,8 @@ def run_eval(data: Path, models_dir: Path = MODEL_DIR, plugs: tuple[str, ...] = 
         series,
         {a: v[0] for a, v in both.items()},
         models.manifest["baselines"],
-        confidence={a: v[1] for a, v in both.items()},
+        # the release rule of the gateway: confidence counts only where the manifest allows it (models.nilm.gate)
+        confidence={a: v[1] if models.models[a].confidence_release else np.zeros_like(v[1]) for a, v in both.items()},
     )
     result["skipped"] = [a for a in APPLIANCES if a not in present]
     if plugs:

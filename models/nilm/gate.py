@@ -11,7 +11,9 @@ only when there is evidence for this home:
    beats always-off on those minutes (MAE at most :data:`BEAT_RATIO` x always-off's), its estimates are shown once
    the plug is gone; if not, they are withheld for this home whatever the model's confidence.
 2. **Confidence** (no calibration yet): shown when the model's confidence in the state it reports,
-   ``max(p_on, 1 - p_on)``, is at least :data:`models.nilm.metrics.SHOW_CONFIDENCE`.
+   ``max(p_on, 1 - p_on)``, is at least :data:`models.nilm.metrics.SHOW_CONFIDENCE` *and* the model's manifest
+   entry has ``confidence_release`` (the leave-one-house-out protocol showed that this gate meets the target on
+   most held-out houses for that appliance; for the others a confident number was too often wrong in a new home).
 
 Everything else is withheld: the page says "not enough evidence for this home" instead of a number.
 Pure numpy, no I/O: the runtime feeds it, the tests drive it directly.
@@ -135,8 +137,14 @@ class PlugCalibrator:
         return None
 
 
-def shown(confidence: float, calibration: Calibration | None, show_confidence: float = SHOW_CONFIDENCE) -> bool:
+def shown(
+    confidence: float,
+    calibration: Calibration | None,
+    show_confidence: float = SHOW_CONFIDENCE,
+    *,
+    confidence_release: bool = True,
+) -> bool:
     """The release rule for one model estimate (see the module docstring)."""
     if calibration is not None:
         return calibration.beats_always_off
-    return confidence >= show_confidence
+    return confidence_release and confidence >= show_confidence

@@ -66,9 +66,7 @@ def appliance_metrics(pred: FloatArray, true: FloatArray, threshold: float) -> d
     }
 
 
-def gated_metrics(
-    pred: FloatArray, true: FloatArray, shown: npt.NDArray[np.bool_]
-) -> dict[str, float | None]:
+def gated_metrics(pred: FloatArray, true: FloatArray, shown: npt.NDArray[np.bool_]) -> dict[str, float | None]:
     """What the gated output scores: ``shown_fraction`` (share of the minutes with a number shown),
     ``mae_w_shown`` (model MAE over the shown minutes) and ``always_off_mae_w_shown`` (always-off over the same
     minutes, the figure it must beat); the MAEs are ``None`` when nothing was shown."""

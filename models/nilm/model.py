@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,14 @@ class ApplianceModel:
     max_w: float
     path: Path
     session: ort.InferenceSession
+    confidence_release: bool = False  # the card's protocol showed its confidence gate holds on unseen houses
 
     @property
     def delay_min(self) -> int:
         """Minutes of future context the estimate for a minute needs (the run-time delay)."""
         return self.window // 2
 
-    @property
+    @cached_property
     def has_confidence(self) -> bool:
         """Whether the file also outputs ``p_on`` (the on-probability; models before issue 19 do not)."""
         return any(o.name == "p_on" for o in self.session.get_outputs())
@@ -123,7 +125,9 @@ class NilmModels:
                 sess = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
             except Exception as err:  # onnxruntime's own types derive from Exception only
                 raise NilmModelError(f"{path}: not a model onnxruntime can load ({err})") from err
-            self.models[name] = ApplianceModel(name, int(e["window"]), float(e["max_w"]), path, sess)
+            self.models[name] = ApplianceModel(
+                name, int(e["window"]), float(e["max_w"]), path, sess, bool(e.get("confidence_release", False))
+            )
 
     @property
     def appliances(self) -> tuple[str, ...]:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.nilm.data import STEP_S, FloatArray
-from models.nilm.gate import Calibration, PlugCalibrator, p_on_of, shown
+from models.nilm.gate import MIN_ACTIVATIONS, Calibration, PlugCalibrator, p_on_of, shown
 from models.nilm.model import NilmModels
 from models.nilm.windows import fill_windows
 
@@ -114,9 +114,9 @@ class NilmRuntime:
         self.energy_wh = {a: float((initial_energy_wh or {}).get(a, 0.0)) for a in self.models.appliances}
         self.stats = {"readings": 0, "late": 0, "ignored": 0, "minutes": 0, "inferences": 0, "estimates": 0}
         self.calibrations: dict[str, Calibration] = dict(calibrations or {})
-        kw = {} if min_activations is None else {"min_activations": min_activations}
+        n_act = MIN_ACTIVATIONS if min_activations is None else min_activations
         self.calibrators = {
-            a: PlugCalibrator(a, **kw) for a in set(self.plugs.values()) if a in self.models.appliances
+            a: PlugCalibrator(a, min_activations=n_act) for a in set(self.plugs.values()) if a in self.models.appliances
         }
         self.shown_counts = dict.fromkeys(self.models.appliances, 0)
         self.withheld_counts = dict.fromkeys(self.models.appliances, 0)
@@ -236,7 +236,7 @@ class NilmRuntime:
                 calib = self.calibrations.get(name)
                 if calib is not None:
                     value = float(calib.apply(pw, p_on_of(pw, cf))[0])
-                show = shown(conf, calib)
+                show = shown(conf, calib, confidence_release=m.confidence_release)
             value = max(value, 0.0)
             if show:
                 self.energy_wh[name] += value * STEP_S / 3600.0

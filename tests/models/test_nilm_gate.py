@@ -9,7 +9,6 @@ June 2013 file: the first 14 days play the plug, the remaining days are scored. 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,6 +62,7 @@ def test_gated_metrics_by_hand() -> None:
 
 
 def test_release_rule() -> None:
+    assert not shown(1.0, None, confidence_release=False)  # this appliance may not be shown on confidence alone
     assert shown(SHOW_CONFIDENCE, None)
     assert not shown(SHOW_CONFIDENCE - 0.01, None)
     good = Calibration("kettle", 5, 100, 0.5, 1.0, 1.0, 10.0, beats_always_off=True)
@@ -130,7 +130,9 @@ def test_cli_skips_missing_channels_and_ignores_extra_ones() -> None:
     for a, m in out["appliances"].items():
         assert {"mae_w", "sae", "nde", "f1_on", "shown_fraction", "mae_w_shown"} <= set(m)
         assert 0.0 <= m["shown_fraction"] <= 1.0
-        assert out["baselines"]["always_off"][a]["mae_w"] == pytest.approx(np.mean(series.appliances[a][mask]), abs=1e-2)
+        assert out["baselines"]["always_off"][a]["mae_w"] == pytest.approx(
+            np.mean(series.appliances[a][mask]), abs=1e-2
+        )
         if m["mae_w_shown"] is None:
             assert m["shown_fraction"] == 0.0
     # a plug the file cannot play is an error, not a silent skip

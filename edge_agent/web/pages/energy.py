@@ -63,17 +63,15 @@ class Trust:
 
 @cache
 def model_trust() -> dict[str, Trust]:
-    """Per appliance, from the NILM protocol report shipped with the models (leave-one-house-out summary)."""
+    """Per appliance, from the NILM protocol report shipped with the models (the shipped files on held-out houses)."""
     # found without importing models.nilm (which imports numpy: ~11 MB the web process does not need)
     spec = importlib.util.find_spec("models")
     assert spec is not None
     assert spec.submodule_search_locations
     report = Path(next(iter(spec.submodule_search_locations))) / "nilm" / "protocol_report.json"
     doc = json.loads(report.read_text(encoding="utf-8"))
-    summary: dict[str, Any] = doc.get("loho", {}).get("summary", {})
-    return {
-        name: Trust(name, s.get("f1_on_mean"), name in JAPAN_UNTRUSTED) for name, s in sorted(summary.items())
-    }
+    summary: dict[str, Any] = doc.get("shipped", {}).get("summary", {})
+    return {name: Trust(name, s.get("f1_on_mean"), name in JAPAN_UNTRUSTED) for name, s in sorted(summary.items())}
 
 
 # -- the home's devices ---------------------------------------------------------------------------------------------
@@ -262,17 +260,19 @@ def energy_view(conn: sqlite3.Connection, cfg: AgentConfig, key_db: str, now: fl
     plugged = set(setup.plug_appliance.values())
     estimates = []
     prefix = f"{setup.meter}.nilm."
-    names = sorted(
-        set(trust) | {d.removeprefix(prefix) for d, m in ids if m == "power" and d.startswith(prefix)}
-    ) if setup.meter else []
+    names = (
+        sorted(set(trust) | {d.removeprefix(prefix) for d, m in ids if m == "power" and d.startswith(prefix)})
+        if setup.meter
+        else []
+    )
     for appliance in names:
         device = f"{prefix}{appliance}"
-        sid = ids.get((device, "power"))
+        power_sid = ids.get((device, "power"))
         t = trust.get(appliance)
         level = "untrusted" if t is None else t.level(setup.japanese_home)
         if appliance in plugged:
             level = "plug"
-        points = _points(doc, sid) if level != "untrusted" else []
+        points = _points(doc, power_sid) if level != "untrusted" else []
         if level not in ("untrusted", "plug") and not points:
             level = "withheld"  # the gate showed no number for this home in the range
         shown = level not in ("untrusted", "withheld")
