@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,7 +87,7 @@ class NilmProcessor:
         self.config = config
         self.state_path = state_path
         initial: dict[str, float] = {}
-        calibrations: dict[str, dict[str, object]] = {}
+        calibrations: dict[str, dict[str, Any]] = {}
         if state_path.exists():
             state = json.loads(state_path.read_text(encoding="utf-8"))
             if "energy_wh" in state:
@@ -104,7 +104,7 @@ class NilmProcessor:
             meter=config.meter,
             plugs=config.plugs,
             initial_energy_wh=initial,
-            calibrations={k: Calibration(**v) for k, v in calibrations.items()},  # type: ignore[arg-type]
+            calibrations={k: Calibration.from_dict(v) for k, v in calibrations.items()},
             min_activations=config.min_activations,
         )
         self.estimates = 0

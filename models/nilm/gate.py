@@ -59,7 +59,22 @@ class Calibration:
         return np.where(np.asarray(p_on) >= self.p_on_threshold, np.asarray(power_w) * self.scale, 0.0)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the processor's state file and health)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        """Back from :meth:`as_dict` (the state file survives restarts)."""
+        return cls(
+            appliance=str(d["appliance"]),
+            activations=int(d["activations"]),
+            minutes=int(d["minutes"]),
+            p_on_threshold=float(d["p_on_threshold"]),
+            scale=float(d["scale"]),
+            mae_w=float(d["mae_w"]),
+            always_off_mae_w=float(d["always_off_mae_w"]),
+            beats_always_off=bool(d["beats_always_off"]),
+        )
 
 
 def p_on_of(power_w: FloatArray, confidence: FloatArray) -> FloatArray:

@@ -9,13 +9,14 @@ June 2013 file: the first 14 days play the plug, the remaining days are scored. 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from edge_agent.processors.nilm import feed_nilm, to_readings
+from edge_agent.processors.nilm import Config, NilmProcessor, feed_nilm, to_readings
 from kyojo.contract.vocab import Reading, reading
 from models.nilm.cli import register
 from models.nilm.data import ON_THRESHOLD_W, Series, load_csv
@@ -257,3 +258,18 @@ def test_plug_calibration_before_after_on_an_unseen_house(fold_models: NilmModel
             assert r["mae_shown_after"] <= 0.7 * r["off_shown_after"], a
     gains = [1 - r["mae_after"] / r["mae_before"] for r in res.values() if r["mae_before"]]  # type: ignore[operator]
     assert np.mean(gains) > 0.0
+
+
+def test_calibration_survives_a_restart_of_the_processor(tmp_path: Path) -> None:
+    state = tmp_path / "nilm.json"
+    cal = Calibration("kettle", 6, 20160, 0.9, 1.15, 3.4, 14.2, beats_always_off=True)
+    state.write_text(json.dumps({"energy_wh": {"kettle": 12.5}, "calibrations": {"kettle": cal.as_dict()}}))
+    proc = NilmProcessor(Config(kind="nilm", meter="m", subject="h", plugs={"plug-k": "kettle"}), state)
+    assert proc.runtime.calibrations == {"kettle": cal}
+    assert proc.runtime.energy_wh["kettle"] == 12.5
+    assert proc.health()["calibrations"] == {"kettle": cal.as_dict()}
+    # the state file of the format before issue 19 (appliance -> Wh) still loads
+    state.write_text(json.dumps({"kettle": 3.0}))
+    old = NilmProcessor(Config(kind="nilm", meter="m", subject="h"), state)
+    assert old.runtime.energy_wh["kettle"] == 3.0
+    assert old.runtime.calibrations == {}
