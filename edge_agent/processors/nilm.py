@@ -5,7 +5,12 @@ Feeds the meter's (and the plugs') power Readings to :class:`models.nilm.runtime
 ``<meter>.nilm.<appliance>`` (marked ``extra["estimated"] = "true"``), which go through the raw store, the windows
 and the energy consent like any other energy reading. Estimates describe a minute that ended up to ``LAG_S`` ago
 (the models look at a window centred on it), so the agent holds the energy windows open that much longer. The
-cumulative estimated energy survives restarts (a small JSON file).
+cumulative estimated energy and the plug calibrations survive restarts (a small JSON file).
+
+Only *shown* estimates become Readings (:mod:`models.nilm.gate`: a plug calibration for this home says the model
+beats always-off, or its confidence is high); a withheld estimate never enters the raw store, so it can neither be
+shown nor released. ``health()`` counts, per appliance, how many minutes were shown and withheld, and lists the
+calibrations.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +40,9 @@ class Config(BaseModel):
     meter: str = Field(description="device id of the whole-home meter")
     subject: str = Field(description="the household (subject of the energy consent)")
     plugs: dict[str, str] = Field(default_factory=dict, description="plug device id -> appliance it powers")
+    min_activations: int = Field(
+        default=5, ge=1, description="plug activations of an appliance before its calibration for this home is fitted"
+    )
 
 
 def feed_nilm(runtime: NilmRuntime, readings: Iterable[Reading]) -> list[Estimate]:
@@ -50,12 +58,20 @@ def feed_nilm(runtime: NilmRuntime, readings: Iterable[Reading]) -> list[Estimat
 def to_readings(estimates: Iterable[Estimate], device_prefix: str, subject: str) -> list[Reading]:
     """``power`` and ``energy`` Readings for estimates, device ``{device_prefix}.nilm.{appliance}``.
 
-    ``extra`` marks them: ``estimated="true"``, ``source`` (``nilm-model`` or ``plug``), ``appliance``.
+    ``extra`` marks them: ``estimated="true"``, ``source`` (``nilm-model`` or ``plug``), ``appliance`` and
+    ``confidence``. Withheld estimates (``shown`` false) give no Reading.
     """
     out: list[Reading] = []
     for e in estimates:
+        if not e.shown:
+            continue
         dev = f"{device_prefix}.nilm.{e.appliance}"
-        extra = {"estimated": "true", "source": e.source, "appliance": e.appliance}
+        extra = {
+            "estimated": "true",
+            "source": e.source,
+            "appliance": e.appliance,
+            "confidence": f"{e.confidence:.3f}",
+        }
         for metric, value in (("power", e.power_w), ("energy", e.energy_wh)):
             r = reading(dev, subject, metric, value, e.ts)
             out.append(Reading(r.device, r.subject, r.metric, r.value, r.unit, r.ts, extra))
@@ -71,13 +87,26 @@ class NilmProcessor:
         self.config = config
         self.state_path = state_path
         initial: dict[str, float] = {}
+        calibrations: dict[str, dict[str, Any]] = {}
         if state_path.exists():
-            initial = {k: float(v) for k, v in json.loads(state_path.read_text(encoding="utf-8")).items()}
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            if "energy_wh" in state:
+                initial = {k: float(v) for k, v in state["energy_wh"].items()}
+                calibrations = dict(state.get("calibrations", {}))
+            else:  # the format before issue 19: appliance -> Wh
+                initial = {k: float(v) for k, v in state.items()}
         # imported here, not at the top: validating a config (the web app, ``kyojo consent ...``) must not load
         # numpy and onnxruntime
+        from models.nilm.gate import Calibration
         from models.nilm.runtime import NilmRuntime
 
-        self.runtime = NilmRuntime(meter=config.meter, plugs=config.plugs, initial_energy_wh=initial)
+        self.runtime = NilmRuntime(
+            meter=config.meter,
+            plugs=config.plugs,
+            initial_energy_wh=initial,
+            calibrations={k: Calibration.from_dict(v) for k, v in calibrations.items()},
+            min_activations=config.min_activations,
+        )
         self.estimates = 0
 
     def feed(self, readings: Sequence[Reading]) -> list[Reading]:
@@ -86,11 +115,21 @@ class NilmProcessor:
         if not estimates:
             return []
         self.estimates += len(estimates)
-        atomic_write_text(self.state_path, json.dumps(self.runtime.energy_wh), mode=0o644)
+        state = {
+            "energy_wh": self.runtime.energy_wh,
+            "calibrations": {k: c.as_dict() for k, c in self.runtime.calibrations.items()},
+        }
+        atomic_write_text(self.state_path, json.dumps(state), mode=0o644)
         return to_readings(estimates, self.config.meter, self.config.subject)
 
     def health(self) -> Mapping[str, object]:
-        return {"estimates": self.estimates, **self.runtime.stats}
+        return {
+            "estimates": self.estimates,
+            **self.runtime.stats,
+            "shown": dict(self.runtime.shown_counts),
+            "withheld": dict(self.runtime.withheld_counts),
+            "calibrations": {k: c.as_dict() for k, c in self.runtime.calibrations.items()},
+        }
 
 
 def build(config: Config, ctx: BuildContext) -> NilmProcessor:

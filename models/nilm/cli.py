@@ -2,8 +2,17 @@
 
 The lead mounts it with ``register(eval_app)``. Output (stdout) is one JSON object::
 
-    {"appliances": {name: {"mae_w", "sae", "nde", "f1_on"}},
-     "baselines": {"always_off": {...}, "mean": {...}, "co": {...}}}
+    {"appliances": {name: {"mae_w", "sae", "nde", "f1_on", "shown_fraction", "mae_w_shown",
+                           "always_off_mae_w_shown"}},
+     "baselines": {"always_off": {...}, "mean": {...}, "co": {...}},
+     "skipped": [names without a ground-truth column in the file]}
+
+Any file of the shared format works: appliances without a column are skipped (and named in ``skipped``), extra
+columns (``shower_w``, ``fridge_w``) are ignored. ``shown_fraction`` is the share of scored minutes where the gated
+output (confidence >= :data:`models.nilm.metrics.SHOW_CONFIDENCE`) shows a number, ``mae_w_shown`` the model's MAE
+over those minutes and ``always_off_mae_w_shown`` always-off's over the same minutes; as on the gateway, only a
+model whose manifest entry has ``confidence_release`` shows numbers on confidence (the others need a plug
+calibration, which a file cannot give).
 
 plus, with ``--plugs a,b``, ``"plug_assisted": {name: {...}}`` for the other appliances when ``a`` and ``b`` are
 treated as plugged (their true columns play the plug readings and are subtracted from the mains). Baseline
@@ -16,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from models.nilm.data import APPLIANCES, NilmDataError, load_csv
@@ -26,13 +36,24 @@ from models.nilm.model import MODEL_DIR, NilmModelError, NilmModels, residual_ma
 def run_eval(data: Path, models_dir: Path = MODEL_DIR, plugs: tuple[str, ...] = ()) -> dict[str, Any]:
     """The evaluation the command prints, as a dict."""
     series = load_csv(data)
-    missing = [a for a in APPLIANCES if a not in series.appliances]
-    if missing:
-        raise NilmDataError(f"{data}: no ground-truth column for {', '.join(missing)}")
-    models = NilmModels(models_dir)
-    result = evaluate(series, models.predict_series(series.mains), models.manifest["baselines"])
+    present = [a for a in APPLIANCES if a in series.appliances]
+    if not present:
+        raise NilmDataError(f"{data}: no ground-truth column for any of {', '.join(APPLIANCES)}")
+    absent_plugs = [p for p in plugs if p not in series.appliances]
+    if absent_plugs:
+        raise NilmDataError(f"{data}: no column to play the plug of {', '.join(absent_plugs)}")
+    models = NilmModels(models_dir, present)
+    both = models.predict_series_with_confidence(series.mains)
+    result = evaluate(
+        series,
+        {a: v[0] for a, v in both.items()},
+        models.manifest["baselines"],
+        # the release rule of the gateway: confidence counts only where the manifest allows it (models.nilm.gate)
+        confidence={a: v[1] if models.models[a].confidence_release else np.zeros_like(v[1]) for a, v in both.items()},
+    )
+    result["skipped"] = [a for a in APPLIANCES if a not in present]
     if plugs:
-        rest = [a for a in models.appliances if a not in plugs]
+        rest = [a for a in present if a not in plugs]
         resid = residual_mains(series.mains, [series.appliances[p] for p in plugs])
         assisted = evaluate(series, models.predict_series(resid, rest), models.manifest["baselines"])
         result["plug_assisted"] = assisted["appliances"]
@@ -60,4 +81,6 @@ def register(eval_app: typer.Typer) -> None:
         except (OSError, NilmDataError, NilmModelError) as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from err
+        if result["skipped"]:
+            typer.echo(f"skipped (no column in {data.name}): {', '.join(result['skipped'])}", err=True)
         typer.echo(json.dumps(result, sort_keys=False))

@@ -22,8 +22,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from models.nilm.data import APPLIANCES, ON_THRESHOLD_W, FloatArray, Series
+
+#: An estimate is shown (and released) on confidence alone when the model's confidence in the state it reports
+#: (``max(p_on, 1 - p_on)``) is at least this. Fixed before the leave-one-house-out protocol first ran; not tuned.
+SHOW_CONFIDENCE = 0.9
 
 CO_STATES = 3  # per appliance, including off; NILMTK's default max_num_clusters is 3
 _KMEANS_ITERS = 50
@@ -61,6 +66,20 @@ def appliance_metrics(pred: FloatArray, true: FloatArray, threshold: float) -> d
     }
 
 
+def gated_metrics(pred: FloatArray, true: FloatArray, shown: npt.NDArray[np.bool_]) -> dict[str, float | None]:
+    """What the gated output scores: ``shown_fraction`` (share of the minutes with a number shown),
+    ``mae_w_shown`` (model MAE over the shown minutes) and ``always_off_mae_w_shown`` (always-off over the same
+    minutes, the figure it must beat); the MAEs are ``None`` when nothing was shown."""
+    pred = np.nan_to_num(np.asarray(pred, dtype=np.float64), nan=0.0)
+    true = np.asarray(true, dtype=np.float64)
+    n_shown = int(np.sum(shown))
+    return {
+        "shown_fraction": round(n_shown / len(true), 4) if len(true) else None,
+        "mae_w_shown": round(float(np.mean(np.abs(pred[shown] - true[shown]))), 3) if n_shown else None,
+        "always_off_mae_w_shown": round(float(np.mean(np.abs(true[shown]))), 3) if n_shown else None,
+    }
+
+
 def _kmeans_1d(x: FloatArray, k: int) -> FloatArray:
     """Deterministic 1-D k-means (quantile initialisation); returns sorted centroids."""
     c = np.quantile(x, (np.arange(k) + 0.5) / k)
@@ -78,7 +97,7 @@ def fit_baselines(train: Sequence[Series], appliances: Iterable[str] = APPLIANCE
     means: dict[str, float] = {}
     states: dict[str, list[float]] = {}
     for a in appliances:
-        vals = np.concatenate([s.appliances[a][s.scored()] for s in train])
+        vals = np.concatenate([s.appliances[a][s.scored()] for s in train if a in s.appliances])
         means[a] = round(float(vals.mean()), 3)
         on = vals[vals > 10.0]  # below ~10 W is standby (README caveat 5: standby is zeroed upstream)
         cent = _kmeans_1d(on, CO_STATES - 1) if on.size >= CO_STATES else np.array([])
@@ -105,12 +124,17 @@ def evaluate(
     baselines: Mapping[str, Any],
     *,
     co_input: FloatArray | None = None,
+    confidence: Mapping[str, FloatArray] | None = None,
+    show_confidence: float = SHOW_CONFIDENCE,
 ) -> dict[str, Any]:
     """Metrics of the model and of the three baselines on one series, as the CLI prints them.
 
     ``predictions`` come from :meth:`models.nilm.model.NilmModels.predict_series` on the same series;
     ``baselines`` from :func:`fit_baselines` on the training data; ``co_input`` is what CO sees as mains
-    (default: the series' mains).
+    (default: the series' mains). With ``confidence`` (per appliance, per minute, as
+    :meth:`models.nilm.model.NilmModels.predict_series_with_confidence` gives it), each appliance's block also has
+    the gated figures of :func:`gated_metrics`, a minute being shown when its confidence is at least
+    ``show_confidence``.
     """
     apps = [a for a in predictions if a in series.appliances]
     mask = series.scored()
@@ -120,6 +144,9 @@ def evaluate(
         thr = ON_THRESHOLD_W[a]
         true = series.appliances[a][mask]
         out["appliances"][a] = appliance_metrics(predictions[a][mask], true, thr)
+        if confidence is not None:
+            conf = np.nan_to_num(np.asarray(confidence[a], dtype=np.float64)[mask], nan=0.0)
+            out["appliances"][a].update(gated_metrics(predictions[a][mask], true, conf >= show_confidence))
         out["baselines"]["always_off"][a] = appliance_metrics(np.zeros_like(true), true, thr)
         out["baselines"]["mean"][a] = appliance_metrics(np.full_like(true, baselines["mean"][a]), true, thr)
         out["baselines"]["co"][a] = appliance_metrics(co[a][mask], true, thr)

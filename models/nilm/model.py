@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +42,35 @@ class ApplianceModel:
     max_w: float
     path: Path
     session: ort.InferenceSession
+    confidence_release: bool = False  # the card's protocol showed its confidence gate holds on unseen houses
 
     @property
     def delay_min(self) -> int:
         """Minutes of future context the estimate for a minute needs (the run-time delay)."""
         return self.window // 2
 
+    @cached_property
+    def has_confidence(self) -> bool:
+        """Whether the file also outputs ``p_on`` (the on-probability; models before issue 19 do not)."""
+        return any(o.name == "p_on" for o in self.session.get_outputs())
+
     def run(self, windows: FloatArray) -> FloatArray:
         """Power (W) for already-filled windows, shape ``(n, window)`` -> ``(n,)``."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
         out = self.session.run(["power_w"], {"mains_w": x})[0]
         return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    def run_with_confidence(self, windows: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Power (W) and confidence in [0.5, 1] (``max(p_on, 1 - p_on)``, the probability of the state the power
+        reflects) for already-filled windows; a model without ``p_on`` gets confidence 0 (never shown on
+        confidence alone: default deny)."""
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        if not self.has_confidence:
+            power = self.run(windows)
+            return power, np.zeros_like(power)
+        power, p_on = self.session.run(["power_w", "p_on"], {"mains_w": x})
+        p = np.asarray(p_on, dtype=np.float64).reshape(-1)
+        return np.asarray(power, dtype=np.float64).reshape(-1), np.maximum(p, 1.0 - p)
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -106,7 +125,9 @@ class NilmModels:
                 sess = ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
             except Exception as err:  # onnxruntime's own types derive from Exception only
                 raise NilmModelError(f"{path}: not a model onnxruntime can load ({err})") from err
-            self.models[name] = ApplianceModel(name, int(e["window"]), float(e["max_w"]), path, sess)
+            self.models[name] = ApplianceModel(
+                name, int(e["window"]), float(e["max_w"]), path, sess, bool(e.get("confidence_release", False))
+            )
 
     @property
     def appliances(self) -> tuple[str, ...]:
@@ -120,16 +141,25 @@ class NilmModels:
 
     def predict_series(self, mains: FloatArray, appliances: Iterable[str] | None = None) -> dict[str, FloatArray]:
         """Per-minute estimates (W) over a whole regular 1-minute series; NaN where the gap rule gives none."""
-        out: dict[str, FloatArray] = {}
+        return {k: v[0] for k, v in self.predict_series_with_confidence(mains, appliances).items()}
+
+    def predict_series_with_confidence(
+        self, mains: FloatArray, appliances: Iterable[str] | None = None
+    ) -> dict[str, tuple[FloatArray, FloatArray]]:
+        """Per-minute ``(estimate W, confidence)`` over a regular series; NaN (both) where the gap rule gives none."""
+        out: dict[str, tuple[FloatArray, FloatArray]] = {}
         for name in appliances if appliances is not None else self.models:
             m = self.models[name]
             views = series_windows(mains, m.window)
             pred = np.full(views.shape[0], np.nan)
+            conf = np.full(views.shape[0], np.nan)
             for s in range(0, views.shape[0], _BATCH):
                 filled, ok = fill_windows(views[s : s + _BATCH])
                 if ok.any():
-                    pred[s : s + _BATCH][ok] = m.run(filled[ok])
-            out[name] = pred
+                    p, c = m.run_with_confidence(filled[ok])
+                    pred[s : s + _BATCH][ok] = p
+                    conf[s : s + _BATCH][ok] = c
+            out[name] = (pred, conf)
         return out
 
 

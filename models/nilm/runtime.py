@@ -27,6 +27,15 @@ Plug assistance
     measured, and from its model otherwise.
 
 Estimates are non-negative, at most the (residual) mains of their minute and at most the model's ``max_w``.
+
+Honest release (:mod:`models.nilm.gate`)
+    Every model estimate carries its ``confidence`` and a ``shown`` flag: shown when a plug calibration for this
+    home says the (calibrated) model beats always-off, or, without one, when the confidence is at least
+    :data:`models.nilm.metrics.SHOW_CONFIDENCE`. While an appliance has a plug, the model still runs on the mains
+    minus the *other* plugs and a :class:`models.nilm.gate.PlugCalibrator` learns from the pairs; after enough
+    activations its :class:`models.nilm.gate.Calibration` (threshold, scale, verdict) applies to the model's later
+    estimates (when the plug is gone). ``shown_counts`` / ``withheld_counts`` count per appliance; the energy
+    counters advance only over shown minutes (a withheld number is not counted anywhere).
 """
 
 from __future__ import annotations
@@ -38,7 +47,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.nilm.data import STEP_S
+from models.nilm.data import STEP_S, FloatArray
+from models.nilm.gate import MIN_ACTIVATIONS, Calibration, PlugCalibrator, p_on_of, shown
 from models.nilm.model import NilmModels
 from models.nilm.windows import fill_windows
 
@@ -55,6 +65,8 @@ class Estimate:
     power_w: float
     energy_wh: float
     source: str
+    confidence: float = 1.0
+    shown: bool = True
 
 
 def minute_of(ts: float) -> int:
@@ -92,6 +104,8 @@ class NilmRuntime:
         plugs: Mapping[str, str] | None = None,
         initial_energy_wh: Mapping[str, float] | None = None,
         close_lag_min: int = 1,
+        calibrations: Mapping[str, Calibration] | None = None,
+        min_activations: int | None = None,
     ) -> None:
         self.models = models if models is not None else NilmModels()
         self.meter = meter
@@ -99,6 +113,13 @@ class NilmRuntime:
         self.close_lag_min = close_lag_min
         self.energy_wh = {a: float((initial_energy_wh or {}).get(a, 0.0)) for a in self.models.appliances}
         self.stats = {"readings": 0, "late": 0, "ignored": 0, "minutes": 0, "inferences": 0, "estimates": 0}
+        self.calibrations: dict[str, Calibration] = dict(calibrations or {})
+        n_act = MIN_ACTIVATIONS if min_activations is None else min_activations
+        self.calibrators = {
+            a: PlugCalibrator(a, min_activations=n_act) for a in set(self.plugs.values()) if a in self.models.appliances
+        }
+        self.shown_counts = dict.fromkeys(self.models.appliances, 0)
+        self.withheld_counts = dict.fromkeys(self.models.appliances, 0)
         width = self.models.max_window
         self._ts: deque[int] = deque(maxlen=width)  # closed minutes (start), oldest first
         self._mains: deque[float] = deque(maxlen=width)
@@ -173,6 +194,15 @@ class NilmRuntime:
         self.stats["minutes"] += 1
         return self._infer()
 
+    def _window(self, series: FloatArray, w: int) -> FloatArray | None:
+        """The last ``w`` minutes of ``series`` filled per the gap rule, or None when the rule gives no estimate."""
+        n = series.shape[0]
+        win = np.full(w, np.nan)
+        take = min(w, n)
+        win[w - take :] = series[n - take :]
+        filled, ok = fill_windows(win[None, :])
+        return filled if ok[0] else None
+
     def _infer(self) -> list[Estimate]:
         out: list[Estimate] = []
         n = len(self._ts)
@@ -184,18 +214,36 @@ class NilmRuntime:
                 continue
             plug = self._plug[c].get(name)
             if plug is not None:
-                value, source = plug, PLUG_SOURCE
+                value, source, conf, show = plug, PLUG_SOURCE, 1.0, True
+                cal = self.calibrators.get(name)
+                if cal is not None:
+                    # the model on the mains minus the *other* plugs, beside this plug's truth
+                    own = np.fromiter((p.get(name, 0.0) for p in self._plug), dtype=np.float64, count=n)
+                    filled = self._window(resid + own, w)
+                    if filled is not None:
+                        self.stats["inferences"] += 1
+                        pw, cf = m.run_with_confidence(filled)
+                        fitted = cal.add(float(pw[0]), float(p_on_of(pw, cf)[0]), plug)
+                        if fitted is not None:
+                            self.calibrations[name] = fitted
             else:
-                win = np.full(w, np.nan)
-                take = min(w, n)
-                win[w - take :] = resid[n - take :]
-                filled, ok = fill_windows(win[None, :])
-                if not ok[0]:
+                filled = self._window(resid, w)
+                if filled is None:
                     continue
                 self.stats["inferences"] += 1
-                value, source = float(m.run(filled)[0]), MODEL_SOURCE
+                pw, cf = m.run_with_confidence(filled)
+                value, conf, source = float(pw[0]), float(cf[0]), MODEL_SOURCE
+                calib = self.calibrations.get(name)
+                if calib is not None:
+                    value = float(calib.apply(pw, p_on_of(pw, cf))[0])
+                show = shown(conf, calib, confidence_release=m.confidence_release)
             value = max(value, 0.0)
-            self.energy_wh[name] += value * STEP_S / 3600.0
-            out.append(Estimate(name, float(self._ts[c] + STEP_S), value, self.energy_wh[name], source))
+            if show:
+                self.energy_wh[name] += value * STEP_S / 3600.0
+                self.shown_counts[name] += 1
+            else:
+                self.withheld_counts[name] += 1
+            ts = float(self._ts[c] + STEP_S)
+            out.append(Estimate(name, ts, value, self.energy_wh[name], source, conf, show))
         self.stats["estimates"] += len(out)
         return out

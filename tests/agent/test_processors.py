@@ -117,9 +117,14 @@ def test_nilm_estimates_enter_the_energy_path_with_a_longer_grace(tmp_path: Path
     energies = [r.value for r in derived if r.metric == "energy"]
     assert energies == sorted(energies) or len({r.device for r in derived}) > 1
     state = json.loads((tmp_path / "nilm.json").read_text())
-    assert set(state) >= {"kettle", "dishwasher"}
+    assert set(state["energy_wh"]) >= {"kettle", "dishwasher"}
     again = NilmProcessor(NilmConfig(kind="nilm", meter=meter.device_id, subject="home-n"), tmp_path / "nilm.json")
-    assert again.runtime.energy_wh == state  # cumulative estimates survive a restart
+    assert again.runtime.energy_wh == state["energy_wh"]  # cumulative estimates survive a restart
+    # only shown estimates became Readings; the others were counted as withheld
+    health = proc.health()
+    n_power = sum(r.metric == "power" for r in derived)
+    assert sum(health["shown"].values()) == n_power  # type: ignore[attr-defined]
+    assert health["estimates"] == n_power + sum(health["withheld"].values())  # type: ignore[attr-defined]
 
     cfg = AgentConfig.model_validate({"gateway": {"id": "home-n", "data_dir": str(tmp_path / "gw")}})
     p = Pipeline(connect(cfg.db_path), cfg)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,10 +202,11 @@ def test_runtime_matches_batch_evaluation_and_skips_gaps(models: NilmModels, ref
         assert all(got[a][k] == pytest.approx(want[k], abs=1e-3) for k in want)
         gap_ends = {float(t + 60) for t in part.ts[~np.isfinite(part.mains)]}
         assert not gap_ends & got[a].keys()
-    # one ONNX run per appliance per estimated minute; energy counters = sum of power x 1 min
+    # one ONNX run per appliance per estimated minute; energy counters = sum of the *shown* power x 1 min
     assert rt.stats["inferences"] == len(est)
     for a in APPLIANCES:
-        assert rt.energy_wh[a] == pytest.approx(sum(got[a].values()) / 60.0)
+        assert rt.energy_wh[a] == pytest.approx(sum(e.power_w for e in est if e.appliance == a and e.shown) / 60.0)
+        assert rt.shown_counts[a] + rt.withheld_counts[a] == len(got[a])
         last = [e for e in est if e.appliance == a][-1]
         assert last.energy_wh == pytest.approx(rt.energy_wh[a])
     assert {e.source for e in est} == {MODEL_SOURCE}
@@ -260,14 +262,14 @@ def test_runtime_on_simulated_meter_with_an_outage(models: NilmModels) -> None:
         assert e.power_w <= np.mean(minute_power[m]) + 1e-3
         assert not outage[0] <= m < outage[1]
     for a in APPLIANCES:
-        assert rt.energy_wh[a] == pytest.approx(sum(e.power_w for e in est if e.appliance == a) / 60.0)
+        assert rt.energy_wh[a] == pytest.approx(sum(e.power_w for e in est if e.appliance == a and e.shown) / 60.0)
     # every closed minute outside the outage and the stream's edges got one estimate per appliance
     n_minutes = len({minute_of(r.ts) for r in power if not outage[0] < r.ts <= outage[1]})
     for a, m in models.models.items():
         edge_and_outage = 2 * (m.window // 2) + 20 + 2 * (m.window // 2)
         assert n_minutes - edge_and_outage <= sum(e.appliance == a for e in est) <= n_minutes
     assert rt.stats["late"] == 0
-    rs = to_readings(est[:2], "h-meter", "h")
+    rs = to_readings([replace(e, shown=True) for e in est[:2]], "h-meter", "h")
     assert [r.metric for r in rs] == ["power", "energy", "power", "energy"]
     assert rs[0].extra["estimated"] == "true" and rs[0].device == f"h-meter.nilm.{est[0].appliance}"
 
@@ -300,12 +302,15 @@ def test_cli_prints_metrics_and_three_baselines(ukdale: Series) -> None:
     res = CliRunner().invoke(_app(), ["nilm", "--data", str(UKDALE)])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert set(out) == {"appliances", "baselines"}
+    assert set(out) == {"appliances", "baselines", "skipped"}
+    assert out["skipped"] == []
     assert set(out["baselines"]) == {"always_off", "mean", "co"}
+    gated = {"shown_fraction", "mae_w_shown", "always_off_mae_w_shown"}
     for block in [out["appliances"], *out["baselines"].values()]:
         assert set(block) == set(APPLIANCES)
         for m in block.values():
-            assert set(m) == {"mae_w", "sae", "nde", "f1_on"}
+            assert set(m) - gated == {"mae_w", "sae", "nde", "f1_on"}
+    assert all(set(m) >= gated for m in out["appliances"].values())
     off = out["baselines"]["always_off"]
     for a in APPLIANCES:
         assert off[a]["mae_w"] == pytest.approx(np.mean(ukdale.appliances[a]), abs=1e-2)

@@ -2,15 +2,15 @@
 
 Everything is read from the agent's raw store (the web process only reads): the meter's and the plugs' ``power``
 series, averaged into buckets (5 min for today, 1 h for the week) for the charts, and their ``energy`` counters for
-the totals. The NILM processor's estimates (devices ``<meter>.nilm.<appliance>``) are shown as *estimates* with
-their confidence, judged from the model card's held-out-house evaluation (``models/nilm/protocol_report.json``):
+the totals. The NILM processor's estimates (devices ``<meter>.nilm.<appliance>``) are shown as *estimates*:
 
 - an appliance the NILM config reads from a plug is shown as measured (the plug is exact);
-- where the model card says the estimate is not trustworthy for this home, the page says so instead of a number:
-  kettle and microwave in a Japanese home (a B-route meter) — the card's "Known limits" — and any appliance whose
-  estimate was worse than always-off on an unseen house;
-- otherwise the number is shown with its confidence (the worst F1 on an unseen house: >= 0.7 high, >= 0.5
-  medium, else low).
+- the processor writes only *shown* estimates (:mod:`models.nilm.gate`: a plug calibration for this home says the
+  model beats always-off, or the model's confidence is high), so an appliance with no estimate in the range says
+  "not enough evidence for this home" instead of a number (``level == "withheld"``);
+- kettle and microwave in a Japanese home (a B-route meter) stay untrusted (the card's "Known limits");
+- a shown number carries the card's leave-one-house-out on-state F1 (mean over held-out houses: >= 0.7 high,
+  >= 0.5 medium, else low) as context.
 
 Settled hours are summarised once (one scan of the raw store's time index for every series) and cached: the rows
 of a past hour do not change, so a page reads only the last two hours again.
@@ -49,15 +49,12 @@ JAPAN_UNTRUSTED = frozenset({"kettle", "microwave"})
 @dataclass(frozen=True, slots=True)
 class Trust:
     appliance: str
-    f1_unseen: float | None  # worst F1 over both held-out-house directions
-    mae_gain_unseen: float | None  # worst MAE reduction vs always-off on an unseen house (0.3 = 30 % lower)
+    f1_unseen: float | None  # mean on-state F1 over the held-out houses (leave-one-house-out)
     japan_caveat: bool
 
     def level(self, japanese_home: bool) -> str:
         """``untrusted``, ``low``, ``medium`` or ``high``."""
         if (japanese_home and self.japan_caveat) or self.f1_unseen is None:
-            return "untrusted"
-        if self.mae_gain_unseen is not None and self.mae_gain_unseen < 0:
             return "untrusted"
         if self.f1_unseen >= 0.7:
             return "high"
@@ -66,27 +63,15 @@ class Trust:
 
 @cache
 def model_trust() -> dict[str, Trust]:
-    """Per appliance, from the NILM protocol report shipped with the models (held-out house splits)."""
+    """Per appliance, from the NILM protocol report shipped with the models (the shipped files on held-out houses)."""
     # found without importing models.nilm (which imports numpy: ~11 MB the web process does not need)
     spec = importlib.util.find_spec("models")
     assert spec is not None
     assert spec.submodule_search_locations
     report = Path(next(iter(spec.submodule_search_locations))) / "nilm" / "protocol_report.json"
     doc = json.loads(report.read_text(encoding="utf-8"))
-    out: dict[str, Trust] = {}
-    splits = list(doc.get("house", {}).values())
-    names = {a for s in splits for a in s.get("appliances", {})}
-    for name in sorted(names):
-        f1s, gains = [], []
-        for s in splits:
-            model = s["appliances"].get(name, {})
-            off = s.get("baselines", {}).get("always_off", {}).get(name, {})
-            if model.get("f1_on") is not None:
-                f1s.append(float(model["f1_on"]))
-            if model.get("mae_w") is not None and off.get("mae_w"):
-                gains.append(1.0 - float(model["mae_w"]) / float(off["mae_w"]))
-        out[name] = Trust(name, min(f1s) if f1s else None, min(gains) if gains else None, name in JAPAN_UNTRUSTED)
-    return out
+    summary: dict[str, Any] = doc.get("shipped", {}).get("summary", {})
+    return {name: Trust(name, s.get("f1_on_mean"), name in JAPAN_UNTRUSTED) for name, s in sorted(summary.items())}
 
 
 # -- the home's devices ---------------------------------------------------------------------------------------------
@@ -275,15 +260,22 @@ def energy_view(conn: sqlite3.Connection, cfg: AgentConfig, key_db: str, now: fl
     plugged = set(setup.plug_appliance.values())
     estimates = []
     prefix = f"{setup.meter}.nilm."
-    for (device, metric), sid in sorted(ids.items()):
-        if metric != "power" or not device.startswith(prefix):
-            continue
-        appliance = device.removeprefix(prefix)
+    names = (
+        sorted(set(trust) | {d.removeprefix(prefix) for d, m in ids if m == "power" and d.startswith(prefix)})
+        if setup.meter
+        else []
+    )
+    for appliance in names:
+        device = f"{prefix}{appliance}"
+        power_sid = ids.get((device, "power"))
         t = trust.get(appliance)
         level = "untrusted" if t is None else t.level(setup.japanese_home)
         if appliance in plugged:
             level = "plug"
-        shown = level != "untrusted"
+        points = _points(doc, power_sid) if level != "untrusted" else []
+        if level not in ("untrusted", "plug") and not points:
+            level = "withheld"  # the gate showed no number for this home in the range
+        shown = level not in ("untrusted", "withheld")
         estimates.append(
             {
                 "appliance": appliance,
@@ -291,7 +283,7 @@ def energy_view(conn: sqlite3.Connection, cfg: AgentConfig, key_db: str, now: fl
                 "f1": None if t is None else t.f1_unseen,
                 "japan_caveat": bool(t and t.japan_caveat and setup.japanese_home),
                 "kwh": _used_kwh(doc, ids.get((device, "energy"))) if shown else None,
-                "points": _points(doc, sid) if shown else [],
+                "points": points if shown else [],
             }
         )
     return {
@@ -340,7 +332,7 @@ async def energy(request: Request) -> Response:
                 view["bucket_s"],
             )
         )
-    shown = [e for e in view["estimates"] if e["level"] not in ("untrusted", "plug")]
+    shown = [e for e in view["estimates"] if e["level"] not in ("untrusted", "plug", "withheld")]
     if shown:
         charts.append(
             _chart(
