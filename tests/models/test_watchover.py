@@ -142,8 +142,8 @@ def test_models_eval_watchover_prints_the_protocol(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
     assert doc["protocol"] == "watchover-v1" and doc["tz"] == "Europe/London"
-    assert [h["house"] for h in doc["houses"]] == ["refit_house2"]
-    assert doc["skipped"] == ["ukdale_house2"]  # one day is not enough to learn a rhythm
+    assert [h["house"] for h in doc["houses"]] == ["refit_house2", "ukdale_house2"]  # a month each
+    assert doc["skipped"] == ["ideal_house65"]  # one day is not enough to learn a rhythm
     assert evaluate([tmp_path]) == {
         "protocol": "watchover-v1",
         "tz": "Europe/London",
