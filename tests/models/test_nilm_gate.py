@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from edge_agent.processors.nilm import Config, NilmProcessor, feed_nilm, to_readings
 from kyojo.contract.vocab import Reading, reading
-from models.nilm.cli import register
 from models.nilm.data import ON_THRESHOLD_W, Series, load_csv
 from models.nilm.gate import (
     Calibration,
@@ -32,23 +30,13 @@ from models.nilm.metrics import SHOW_CONFIDENCE, appliance_metrics, gated_metric
 from models.nilm.model import NilmModels
 from models.nilm.runtime import MODEL_SOURCE, PLUG_SOURCE, NilmRuntime
 from tests import kit
+from tests.models.test_nilm import _app
 
 DATA = kit.DATA / "nilm"
 IDEAL = DATA / "ideal_house65_2018-04-03_1min.csv.gz"  # shower_w extra; no kettle or microwave column
 UKDALE_MONTH = DATA / "ukdale_house2_2013-06_1min.csv.gz"
 WITHOUT_UKDALE = DATA / "without_ukdale_h2"
 ADAPT_DAYS = 14
-
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _root() -> None:
-        """A root so that ``nilm`` stays a subcommand."""
-
-    return app
 
 
 # -- the gate, by hand -------------------------------------------------------------------------------------------
