@@ -8,12 +8,17 @@ import datetime as dt
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from playwright.sync_api import Page
+
 from edge_agent.config import load_config
 from edge_agent.db import connect
 from edge_agent.disaster import Declarations, SafetyStatus, load_city_key
 from edge_agent.pipeline import Pipeline
 from provisioning import pki
 from tests.web.appkit import csrf_of, make_client, sign_in, write_config
+from tests.webkit import WebServer, axe_violations
+from tests.webkit import sign_in as browser_sign_in
 
 
 def test_the_household_answers_a_declared_disaster_from_the_home_page(tmp_path: Path) -> None:
@@ -50,3 +55,34 @@ def test_the_household_answers_a_declared_disaster_from_the_home_page(tmp_path: 
     status2 = SafetyStatus(decls, "aizu-1", 1800)
     (ev2,) = status2.due(now.timestamp() + 120, ["p1"], last_activity=None, power_seen=None, device="meter")
     assert ev2.attrs["safe"] is True and "contact" not in ev2.attrs  # only with a request to be checked on
+
+
+@pytest.mark.browser
+def test_the_disaster_card_on_a_phone(tmp_path: Path, phone: Page) -> None:
+    """Real Chromium on a phone, in Japanese: the card comes first, its two buttons are large, pressing one says so
+    in words, nothing scrolls sideways and axe-core finds nothing serious."""
+    path = write_config(tmp_path)
+    path.write_text(path.read_text(encoding="utf-8").replace('data_dir = "', 'area = "aizu-1"\ndata_dir = "', 1))
+    cfg = load_config(path)
+    ca = pki.init_ca(tmp_path / "ca")
+    now = datetime.now(UTC)
+    Declarations(cfg.gateway.data_dir, load_city_key(ca.cert_path)).take(
+        ca.declare("aizu-1", 72, now=now).model_dump_json().encode(), now.timestamp()
+    )
+    Pipeline(connect(cfg.db_path), cfg).consents.grant("disaster-safety", "p1", now=now - dt.timedelta(minutes=1))
+    with WebServer(path) as web:
+        browser_sign_in(phone, web)
+        phone.goto(web.url + "/")
+        card = phone.get_by_test_id("safety")
+        assert "お住まいの地域に災害が宣言されています" in card.inner_text()
+        first = phone.locator("main h2").first
+        assert first.inner_text() == "お住まいの地域に災害が宣言されています"  # above every other card
+        for label in ("無事です", "確認に来てほしい"):
+            box = card.get_by_role("button", name=label).bounding_box()
+            assert box is not None and box["height"] >= 44 and box["width"] >= 200, (label, box)
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+        assert axe_violations(phone) == []
+        card.get_by_label("見つけてもらうためのお名前と住所（任意）").fill("会津若松市 1-2-3 山田")
+        card.get_by_role("button", name="確認に来てほしい").click()
+        phone.wait_for_url(lambda url: url.endswith("/#safety"))
+        assert phone.get_by_test_id("safety-said").inner_text() == "「確認に来てほしい」と知らせています。"
