@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,11 +43,11 @@ from urllib.parse import parse_qs, urlsplit
 
 from cloud_ingest.erasure import InfluxV1Admin
 from kyojo.contract.wire import family_key
+from kyojo.i18n import local_time
 
 log = logging.getLogger(__name__)
 
 PURPOSE = "watchover-family"
-JST = timezone(timedelta(hours=9), "JST")
 #: a late write (a gateway catching up) is still found: the cursor looks this far back
 OVERLAP_MS = 6 * 3600 * 1000
 MAX_CONTACTS = 5
@@ -299,12 +299,9 @@ class Notifier:
 
 
 # -- words ------------------------------------------------------------------------------------------------------
-def _jst(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(JST).strftime("%Y-%m-%d %H:%M JST")
-
-
-def _utc(ms: float) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _at(ms: float, lang: str) -> str:
+    """A time in the mail's language: JST in Japanese, UTC in English (kyojo.i18n.local_time)."""
+    return local_time(datetime.fromtimestamp(ms / 1000, tz=UTC), lang)
 
 
 def _confirm_mail(lang: str, link: str) -> tuple[str, str]:
@@ -327,9 +324,9 @@ def _notice_mail(lang: str, row: dict[str, Any], ack: str, stop: str, acked: int
     hours = [h for h in str(row.get("usual_hours") or "").split(",") if h]
     h, m = divmod(quiet, 60)
     if lang == "en":
-        when = _utc(since) if isinstance(since, int | float) else "-"
+        when = _at(since, "en") if isinstance(since, int | float) else "-"
         if kind == "watchover.resumed":
-            seen = f" (acknowledged {_utc(acked)})" if acked else ""
+            seen = f" (acknowledged {_at(acked, 'en')})" if acked else ""
             return "Watch-over: activity again at home", (
                 f"The home you watch over shows activity again, after being quiet since {when}{seen}.\n\n"
                 f"Stop these notices: {stop}\n"
@@ -342,9 +339,9 @@ def _notice_mail(lang: str, row: dict[str, Any], ack: str, stop: str, acked: int
             "Please call them to check. When you have, open this link (it tells the rest of the family):\n"
             f"{ack}\n\nThis is an estimate from electricity use, not a diagnosis.\nStop these notices: {stop}\n"
         )
-    when = _jst(since) if isinstance(since, int | float) else "-"
+    when = _at(since, "ja") if isinstance(since, int | float) else "-"
     if kind == "watchover.resumed":
-        seen = f"（{_jst(acked)} に確認済み）" if acked else ""
+        seen = f"（{_at(acked, 'ja')} に確認済み）" if acked else ""
         return "見守りのお知らせ：ご自宅に動きが戻りました", (
             f"{when} から静かだったご自宅に、生活の動きが戻りました{seen}。\n\n配信の停止：{stop}\n"
         )
@@ -461,7 +458,7 @@ def make_handler(notifier: Notifier) -> type[BaseHTTPRequestHandler]:
                 if acked is None:
                     self._msg(lang, "unknown", 404)
                 else:
-                    when = _jst(acked[1]) if acked[0] == "ja" else _utc(acked[1])
+                    when = _at(acked[1], acked[0])
                     self._msg(acked[0], "acked", when=when)
             else:
                 self._msg(lang, "unknown", 404)

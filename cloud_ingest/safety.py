@@ -16,15 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cloud_ingest.erasure import InfluxV1Admin
+from cloud_ingest.erasure import InfluxV1Admin, _lit
 from cloud_ingest.scope import HOUSEHOLD_TAG
 
 PURPOSE = "disaster-safety"
 COUNTED = ("answered", "active_1h", "active_3h", "active_12h", "power", "safe", "check_on_us")
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def latest_statuses(admin: InfluxV1Admin, declaration: str) -> dict[str, dict[str, Any]]:

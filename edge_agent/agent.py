@@ -385,14 +385,16 @@ class Agent:
         disaster-safety (edge_agent.disaster)."""
         if self.declarations.active(self.config.gateway.area, now) is None:
             return
+        from edge_agent.processors.watchover import WatchoverProcessor  # only while a disaster is declared
+
         subjects = sorted({c.subject for c in self.pipeline.active_consents() if c.purpose == "disaster-safety"})
-        watch = next((p for p in self.processors if p.name == "watchover"), None)
+        watch = next((p for p in self.processors if isinstance(p, WatchoverProcessor)), None)
         events = self.safety.due(
             now,
             subjects,
-            last_activity=getattr(getattr(watch, "watch", None), "last_activity", None),
-            power_seen=getattr(watch, "last_power", None),
-            device=getattr(getattr(watch, "config", None), "meter", "gateway"),
+            last_activity=None if watch is None else watch.watch.last_activity,
+            power_seen=None if watch is None else watch.last_power,
+            device="gateway" if watch is None else watch.config.meter,
         )
         if events:
             self._write(functools.partial(self.pipeline.store_events, events))

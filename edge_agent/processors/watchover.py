@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import secrets
 import time
@@ -197,13 +196,15 @@ class WatchoverProcessor:
 
     def health(self) -> Mapping[str, object]:
         w = self.watch
-        quiet = None if w.last_activity is None or self._minute is None else (self._minute - w.last_activity) / 60
+        quiet = (
+            None if w.last_activity is None or self._minute is None else round((self._minute - w.last_activity) / 60)
+        )
         return {
             "learning": w.threshold is None,
             "days_seen": sum(1 for d in w.days.values() if d.complete),
             "minutes": self.minutes,
             "events": self.events,
-            "quiet_min": None if quiet is None or not math.isfinite(quiet) else round(quiet),
+            "quiet_min": quiet,
             "absence_open": w.open is not None,
             "state_resets": self.state_resets,
         }

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from models.nilm.data import load_csv
-from models.watchover.rhythm import SLOT_MIN, ActivityDetector, Params, Watch, local_midnight, usual_start
+from models.watchover.rhythm import SLOT_MIN, ActivityDetector, Day, Params, Watch, local_midnight, usual_start
 
 #: the shared data are UK households, their timestamps UTC
 DEFAULT_TZ = "Europe/London"
@@ -88,16 +88,17 @@ def households(paths: Iterable[Path]) -> list[Household]:
 @dataclass
 class Replay:
     alerts: list[tuple[float, float]]  # (at, since) of each absence raised
-    day_active: dict[int, bool]  # local day ordinal -> any activity
-    day_complete: dict[int, bool]
-    day_slots: dict[int, tuple[bool, bytearray]]
+    days: dict[int, Day]  # local day ordinal -> the watch's own record of it (activity per slot, minutes measured)
     armed: set[int]  # local days the watch had a threshold all day (past learning and calibration)
 
 
 def replay(h: Household, tz: ZoneInfo, params: Params) -> Replay:
+    """One pass of the record through a :class:`Watch`; the per-day facts are the watch's own :class:`Day`
+    records, kept here beyond its history window."""
     watch = Watch(tz, params)
     det = ActivityDetector(params.step_w)
     alerts: list[tuple[float, float]] = []
+    days: dict[int, Day] = {}
     armed: set[int] = set()
     prev_strong = 0.0
     for t, w, s in zip(h.ts.tolist(), h.mains.tolist(), h.strong.tolist(), strict=True):
@@ -110,36 +111,12 @@ def replay(h: Household, tz: ZoneInfo, params: Params) -> Replay:
         for f in watch.push(t, measured=measured, active=active, signal=signal):
             if f.kind == "absence":
                 alerts.append((f.at, f.since))
-        if watch.threshold is not None and watch.today is not None:
-            armed.add(watch.today)
-    # the watch keeps only its history window: recompute the per-day facts from the same pass's rules
-    return Replay(alerts, *_days(h, tz, params), armed)
-
-
-def _days(
-    h: Household, tz: ZoneInfo, params: Params
-) -> tuple[dict[int, bool], dict[int, bool], dict[int, tuple[bool, bytearray]]]:
-    det = ActivityDetector(params.step_w)
-    active: dict[int, bool] = {}
-    measured: dict[int, int] = defaultdict(int)
-    slots: dict[int, tuple[bool, bytearray]] = {}
-    prev_strong = 0.0
-    for t, w, s in zip(h.ts.tolist(), h.mains.tolist(), h.strong.tolist(), strict=True):
-        local = datetime.fromtimestamp(t, tz)
-        o = local.toordinal()
-        if o not in slots:
-            slots[o] = (local.weekday() >= 5, bytearray(24 * 60 // SLOT_MIN))
-            active[o] = False
-        ok = not math.isnan(w)
-        a = det.minute(w if ok else None) or (s >= STRONG_ON_W > prev_strong)
-        prev_strong = s
-        if ok:
-            measured[o] += 1
-        if a:
-            active[o] = True
-            slots[o][1][(local.hour * 60 + local.minute) // SLOT_MIN] = 1
-    complete = {o: measured[o] >= 23 * 60 for o in slots}
-    return active, complete, slots
+        today = watch.today
+        if today is not None and today not in days:
+            days[today] = watch.days[today]
+        if watch.threshold is not None and today is not None:
+            armed.add(today)
+    return Replay(alerts, days, armed)
 
 
 def cut(h: Household, tz: ZoneInfo, cut_min: int) -> tuple[Household, list[tuple[int, float, float]]]:
@@ -177,14 +154,16 @@ def _stats(values: Sequence[float]) -> dict[str, float | None]:
 
 def evaluate_house(h: Household, tz: ZoneInfo, params: Params) -> dict[str, object]:
     normal = replay(h, tz, params)
-    after = [o for o in normal.day_complete if o in normal.armed and normal.day_complete[o]]
-    home_days = [o for o in after if normal.day_active[o]]
-    away_days = [o for o in after if not normal.day_active[o]]
-    false = [a for a in normal.alerts if datetime.fromtimestamp(a[0], tz).toordinal() in set(home_days)]
-    away_alerts = [a for a in normal.alerts if datetime.fromtimestamp(a[0], tz).toordinal() in set(away_days)]
+    after = [o for o, d in normal.days.items() if o in normal.armed and d.complete]
+    home_days = [o for o in after if normal.days[o].active]
+    away_days = [o for o in after if not normal.days[o].active]
+    alert_days = [(a, datetime.fromtimestamp(a[0], tz).toordinal()) for a in normal.alerts]
+    home, away = set(home_days), set(away_days)
+    false = [a for a, o in alert_days if o in home]
+    away_alerts = [a for a, o in alert_days if o in away]
     result: dict[str, object] = {
         "house": h.name,
-        "days": len(normal.day_complete),
+        "days": len(normal.days),
         "normal_days": len(home_days),
         "away_days": len(away_days),
         "false_alerts": len(false),
@@ -197,8 +176,9 @@ def evaluate_house(h: Household, tz: ZoneInfo, params: Params) -> dict[str, obje
         delays, from_cut, missed = [], [], 0
         injected = [x for x in injected if x[0] in normal.armed]
         for o, mid, at in injected:
-            hist = [normal.day_slots[d] for d in range(o - params.history_days, o) if normal.day_complete.get(d)]
-            weekend = normal.day_slots[o][0]
+            past = [normal.days.get(d) for d in range(o - params.history_days, o)]
+            hist = [(d.weekend, d.slots) for d in past if d is not None and d.complete]
+            weekend = normal.days[o].weekend
             start = usual_start(hist, weekend, cut_min // SLOT_MIN)
             ref = mid + (start if start is not None else 24 * 60 // SLOT_MIN) * SLOT_MIN * 60
             ref = max(ref, at)

@@ -186,7 +186,7 @@ class Watch:
         pv = self._p[slot]
         self.score += -math.log1p(-pv) / SLOT_MIN
         if pv >= 0.5:
-            self._usual.add(datetime.fromtimestamp(ts, self.tz).hour)
+            self._usual.add(slot * SLOT_MIN // 60)  # the slot is local time already
         if self.away_until is not None and ts < self.away_until:
             self.score = 0.0  # away: the quiet counts from the household's return
             day.scored = False  # and a day partly away does not calibrate the threshold
