@@ -123,6 +123,15 @@ def _ingest() -> typer.Typer:
     return app
 
 
+def _ledger() -> typer.Typer:
+    """The city's energy-trading ledger (``cloud_ingest/ledger``); ``verify`` runs anywhere, offline."""
+    from cloud_ingest.ledger.cli import app as ledger_app
+
+    app = typer.Typer()
+    app.add_typer(ledger_app, name="ledger", help=COMMANDS["ledger"][1])
+    return app
+
+
 #: command -> (mount, short help shown by ``kyojo --help``), in the order ``--help`` lists them.
 COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "query": (_query, "Run one of the dashboards' canned queries ('kyojo query list' shows them)."),
@@ -149,6 +158,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "ocpp": (_ocpp, "EV chargers: the local OCPP 1.6J central system (installers)."),
     "navi": (_navi, "The garbage-collection navigator for residents (public page and JSON, cloud side)."),
     "ingest": (_ingest, "Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB."),
+    "ledger": (_ledger, "The city's energy-trading ledger: run the matcher, export, verify."),
 }
 
 

@@ -67,6 +67,22 @@ class GatewayKeys:
         raw = self.signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return base64.b64encode(raw).decode()
 
+    def purpose_signing_key(self, purpose: str) -> Ed25519PrivateKey:
+        """A signing key of this gateway for one purpose only (the trading ledger's): derived from the pseudonym
+        key, so it needs no file of its own, and its public key says nothing about the gateway's enrolled key, so
+        entries signed with it cannot be joined to the gateway's other purposes."""
+        seed = hmac.new(self.pseudonym_key, f"signing-key\0{purpose}".encode(), hashlib.sha256).digest()
+        return Ed25519PrivateKey.from_private_bytes(seed)
+
+    def purpose_sign(self, purpose: str, data: bytes) -> str:
+        """Sign ``data`` with :meth:`purpose_signing_key` (base64)."""
+        return base64.b64encode(self.purpose_signing_key(purpose).sign(data)).decode()
+
+    def purpose_public_key_b64(self, purpose: str) -> str:
+        """The public half of :meth:`purpose_signing_key` (base64 of the 32 raw bytes)."""
+        pub = self.purpose_signing_key(purpose).public_key()
+        return base64.b64encode(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+
     @property
     def key_id(self) -> str:
         return hashlib.sha256(base64.b64decode(self.public_key_b64())).hexdigest()[:16]

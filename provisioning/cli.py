@@ -171,7 +171,7 @@ def service(
     code: Annotated[str | None, typer.Option(help="one-time enrollment code from the operator")] = None,
     state_dir: StateDir = _DEFAULT_STATE,
     role: Annotated[
-        pki.Role, typer.Option(help="ingest, eraser or admin: must be the role the operator enrolled it with")
+        pki.Role, typer.Option(help="ingest, eraser, admin or ledger: must be the role the operator enrolled it with")
     ] = pki.Role.INGEST,
     renew: Annotated[bool, typer.Option()] = False,
     force: Annotated[bool, typer.Option()] = False,

@@ -30,6 +30,7 @@ from provisioning.services.influxdb import InfluxDB
 from provisioning.services.install import _BINARIES as _BINARIES  # patched by tests/provisioning/test_local_services
 from provisioning.services.install import ensure_installed
 from provisioning.services.mosquitto import CustomMosquitto, Mosquitto
+from provisioning.services.postgres import PostgreSQL
 from provisioning.services.process import _Service, free_port
 from provisioning.services.victoria import VictoriaMetrics
 
@@ -39,6 +40,7 @@ __all__ = [
     "InfluxDBError",
     "LocalStack",
     "Mosquitto",
+    "PostgreSQL",
     "ServiceError",
     "VictoriaMetrics",
     "ensure_installed",

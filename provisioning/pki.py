@@ -96,6 +96,8 @@ class Role(StrEnum):
     ERASER = "eraser"
     #: the broker's dynamic-security administrator (``kyojo provision broker-sync``); no data topics at all
     ADMIN = "admin"
+    #: the city's trading ledger (cloud_ingest/ledger): signs matches, settlements and checkpoints; no broker access
+    LEDGER = "ledger"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from provisioning.local import InfluxDB, Mosquitto, VictoriaMetrics
+from provisioning.local import InfluxDB, Mosquitto, PostgreSQL, VictoriaMetrics
 from provisioning.services.install import _find_binary
 from provisioning.services.process import _Service
 from tests.kit import DATA, ROOT, free_port, wait_for, wait_for_async
@@ -72,11 +72,39 @@ def influx_db(influxdb: InfluxDB) -> Iterator[str]:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# PostgreSQL (the trading ledger)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
+    """One PostgreSQL for the whole session; tests get their own database through ``ledger_db``."""
+    with PostgreSQL(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture
+def ledger_db(postgres: PostgreSQL) -> Iterator[str]:
+    """URL of a fresh, empty database in the shared PostgreSQL, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Service markers: a test that starts a broker or a database says so
 # ------------------------------------------------------------------------------------------------------------
 
 #: fixtures that start (or hand out) a real service, and the marker a test using them must carry
-SERVICE_FIXTURES = {"mosquitto": "broker", "fresh_mosquitto": "broker", "influxdb": "influx", "influx_db": "influx"}
+SERVICE_FIXTURES = {
+    "mosquitto": "broker",
+    "fresh_mosquitto": "broker",
+    "influxdb": "influx",
+    "influx_db": "influx",
+    "postgres": "postgres",
+    "ledger_db": "postgres",
+}
 _MISSING = pytest.StashKey[list[str]]()
 _running: list[pytest.Item] = []  # the test being run (set for its setup, call and teardown)
 
@@ -86,6 +114,8 @@ def _marker_of(service: _Service) -> str:
         return "broker"
     if isinstance(service, InfluxDB):
         return "influx"
+    if isinstance(service, PostgreSQL):
+        return "postgres"
     return "victoria" if isinstance(service, VictoriaMetrics) else ""
 
 

@@ -40,7 +40,10 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "MAX_SPAN_S",
     "SCHEMA_VERSION",
+    "SLOT_S",
+    "TOKEN_WH",
     "TOPIC_ROOT",
+    "TRADING_PURPOSE",
     "AggregateBatch",
     "AggregateItem",
     "AttrValue",
@@ -52,6 +55,9 @@ __all__ = [
     "EventItem",
     "GatewayStatus",
     "Ident",
+    "MeterReport",
+    "TradeOrder",
+    "TradingEnrollment",
     "WireError",
     "agg_topic",
     "anchor_topic",
@@ -59,11 +65,13 @@ __all__ = [
     "decode_batch",
     "decode_consent",
     "decode_events",
+    "decode_trade",
     "event_topic",
     "parse_audit_head",
     "parse_topic",
     "receipt_topic",
     "status_topic",
+    "trade_topic",
     "valid_id",
 ]
 
@@ -239,6 +247,96 @@ class DisasterDeclaration(_Msg):
     def signing_bytes(self) -> bytes:
         doc = self.model_dump(mode="json", exclude={"sig"})
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+#: the catalog purpose under which a household trades energy (kyojo/contract/purposes.json)
+TRADING_PURPOSE = "energy-trading"
+#: a trading slot: 30 minutes, starting on the hour or the half hour (UTC epoch seconds)
+SLOT_S = 1800
+#: what one ledger token is: one watt-hour delivered (1 kWh = 1000 tokens); integers only, so sums are exact
+TOKEN_WH = 1
+_Sig = Annotated[str, Field(max_length=200)]
+_PubKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+
+
+class _Signed(_Msg):
+    """A message its maker signs (Ed25519, base64) over :meth:`signing_bytes`: canonical JSON without ``sig``."""
+
+    sig: _Sig | None = None
+
+    def signing_bytes(self) -> bytes:
+        doc = self.model_dump(mode="json", exclude={"sig"})
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+class TradingEnrollment(_Signed):
+    """A household joins the trading ledger (gateway -> city, once per consent).
+
+    ``account`` is the household's ``energy-trading`` pseudonym and must be the ``subject`` of ``consent``, an
+    active energy-trading consent record signed by the same gateway. ``key`` is the household's trading key
+    (Ed25519, base64 of the 32 raw bytes; :meth:`kyojo.keys.GatewayKeys.purpose_public_key_b64`), which signs its
+    offers, bids and meter reports from then on. The whole message is signed with the gateway's enrolled signing
+    key (the one the city CA registered at enrollment), so the city can trace it to a gateway; the ledger itself
+    records only ``account`` and ``key``.
+    """
+
+    v: Literal[1] = 1
+    gateway: Ident
+    account: Ident
+    key: _PubKey
+    consent: ConsentRecord
+    made_at: datetime
+
+
+class TradeOrder(_Signed):
+    """An offer (sell the forecast surplus) or a bid (buy) for one future slot, signed with the account's trading
+    key. ``wh``: energy in watt-hours (= tokens); ``price``: the limit in yen per kWh (at least this for an offer,
+    at most this for a bid). ``id`` is the account's own order id: an order id is used once per account."""
+
+    v: Literal[1] = 1
+    kind: Literal["offer", "bid"]
+    id: Ident
+    account: Ident
+    slot: int = Field(ge=0, multiple_of=SLOT_S, description="slot start, UTC epoch seconds")
+    wh: int = Field(gt=0, le=1_000_000)
+    price: int = Field(ge=0, le=1000)
+    made_at: datetime
+
+
+class MeterReport(_Signed):
+    """What the account's meter measured over one traded slot, signed with its trading key: ``export`` (a seller's
+    energy into the grid) or ``import`` (a buyer's energy from the grid), watt-hours. One per account, slot and
+    direction."""
+
+    v: Literal[1] = 1
+    account: Ident
+    slot: int = Field(ge=0, multiple_of=SLOT_S)
+    direction: Literal["export", "import"]
+    wh: int = Field(ge=0, le=10_000_000)
+    made_at: datetime
+
+
+def trade_topic(gateway: str, kind: str) -> str:
+    """Where a gateway publishes its trading messages: ``kyojo/v1/<gw>/trade/<enroll|order|meter>``."""
+    return f"{TOPIC_ROOT}/{gateway}/trade/{kind}"
+
+
+def decode_trade(payload: bytes) -> TradingEnrollment | TradeOrder | MeterReport:
+    """One trading message (enrollment, order or meter report) from its JSON; WireError otherwise."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    doc = _load_versioned(payload)
+    model: type[TradingEnrollment | TradeOrder | MeterReport]
+    if "consent" in doc:
+        model = TradingEnrollment
+    elif "kind" in doc:
+        model = TradeOrder
+    else:
+        model = MeterReport
+    try:
+        return model.model_validate(doc)
+    except ValueError as err:
+        raise WireError("invalid", _short(err)) from err
 
 
 class AuditAnchor(_Msg):

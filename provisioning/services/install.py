@@ -2,6 +2,7 @@
 (:func:`ensure_installed`).
 """
 
+import glob
 import logging
 import os
 import shutil
@@ -20,6 +21,8 @@ _BINARIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "influxdb": ("influxd", ("/usr/bin/influxd", "/usr/local/bin/influxd")),
     # the clustered-store path (docs/SCALING.md): tests/ingest/test_victoria.py; not installed by default
     "victoria-metrics": ("victoria-metrics", ("/usr/bin/victoria-metrics",)),
+    # the trading ledger's database (cloud_ingest/ledger); Debian keeps the server off PATH, per major version
+    "postgresql": ("postgres", ("/usr/lib/postgresql/*/bin/postgres",)),
 }
 
 
@@ -29,9 +32,12 @@ def _find_binary(package: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    for candidate in fallbacks:
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
+    for pattern in fallbacks:
+        # newest major version first: /usr/lib/postgresql/16/bin before .../15/bin
+        found_all = sorted(glob.glob(pattern), key=lambda p: [int(t) if t.isdigit() else 0 for t in p.split("/")])
+        for candidate in reversed(found_all):
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
     return None
 
 

@@ -1,0 +1,202 @@
+"""``kyojo ledger``: the city's trading ledger (operator: migrate, tick, checkpoint, export) and the check anyone can
+run (``verify``: offline, from an exported file and the city CA's certificate, or against the database).
+
+Imports stay light: psycopg and Alembic are imported only by the commands that talk to the database, so
+``kyojo ledger verify --file`` runs on a gateway without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from cloud_ingest.ledger.chain import CitySigner, Entry
+    from cloud_ingest.ledger.store import LedgerStore
+
+app = typer.Typer(help="The city's energy-trading ledger: run the matcher, export, verify.", no_args_is_help=True)
+
+Db = Annotated[
+    str | None,
+    typer.Option(help="the ledger's PostgreSQL URL, postgresql://user@host:port/db (or KYOJO_LEDGER_DB)"),
+]
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        help="the ledger identity's state dir: tls/identity.key and tls/identity.crt from "
+        "'kyojo provision service <id> --role ledger' and 'kyojo provision install'"
+    ),
+]
+Now = Annotated[str | None, typer.Option(help="act as of this ISO time (UTC if no offset); default: now")]
+
+
+@app.callback()
+def _root() -> None:
+    """The city's energy-trading ledger."""
+
+
+def _db(db: str | None) -> str:
+    url = db or os.environ.get("KYOJO_LEDGER_DB")
+    if not url:
+        raise typer.BadParameter("name the database with --db or KYOJO_LEDGER_DB")
+    return url
+
+
+def _now(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _signer(state_dir: Path) -> CitySigner:
+    from cloud_ingest.ledger.chain import CitySigner
+
+    return CitySigner.load(state_dir / "tls" / "identity.key", state_dir / "tls" / "identity.crt")
+
+
+def _store(db: str | None, state_dir: Path | None, now: datetime) -> LedgerStore:
+    from cloud_ingest.ledger.store import LedgerStore
+
+    return LedgerStore.open(_db(db), _signer(state_dir) if state_dir is not None else None, now=now)
+
+
+@app.command("migrate")
+def migrate(db: Db = None) -> None:
+    """Create or upgrade the ledger's tables (Alembic); safe to run again."""
+    from cloud_ingest.ledger.migrate import upgrade
+
+    upgrade(_db(db))
+    typer.echo("ledger schema at head")
+
+
+@app.command("tick")
+def tick(
+    db: Db = None,
+    state_dir: StateDir = Path("/var/lib/kyojo-ledger"),
+    gate: Annotated[int, typer.Option(help="clear a slot this many seconds before it begins")] = 300,
+    grace: Annotated[int, typer.Option(help="settle a slot this many seconds after it ends")] = 900,
+    now: Now = None,
+) -> None:
+    """The matcher, once: clear the slots about to begin, settle the ended ones, checkpoint. Run it every minute
+    (a systemd timer); a second matcher running at the same time is harmless."""
+    from cloud_ingest.ledger.service import LedgerService, Timing
+
+    when = _now(now)
+    with _store(db, state_dir, when) as store:
+        made = LedgerService(store, {}, Timing(gate, grace)).tick(when)
+    for e in made:
+        typer.echo(f"{e.seq} {e.kind} {json.dumps({k: v for k, v in e.body.items() if k != 'pairs'})[:200]}")
+
+
+@app.command("checkpoint")
+def checkpoint(db: Db = None, state_dir: StateDir = Path("/var/lib/kyojo-ledger"), now: Now = None) -> None:
+    """Sign the head and every balance now."""
+    when = _now(now)
+    with _store(db, state_dir, when) as store:
+        e = store.checkpoint(now=when)
+    typer.echo(f"checkpoint {e.seq}: head {e.body['head_seq']}:{e.body['head']}")
+
+
+@app.command("export")
+def export(
+    out: Annotated[Path, typer.Option(help="JSON lines, one entry per line ('-': stdout)")],
+    db: Db = None,
+) -> None:
+    """Write the whole ledger for anyone to check offline (``kyojo ledger verify --file``)."""
+    with _store(db, None, _now(None)) as store:
+        lines = (json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n" for e in store.entries())
+        if str(out) == "-":
+            sys.stdout.writelines(lines)
+            return
+        n = 0
+        with out.open("w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(line)
+                n += 1
+    typer.echo(f"{n} entries -> {out}")
+
+
+def _read_file(path: Path) -> Iterator[Entry]:
+    from cloud_ingest.ledger.chain import Entry
+
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield Entry.from_json(json.loads(line))
+
+
+@app.command("verify")
+def verify(
+    ca: Annotated[Path, typer.Option(help="the city CA's certificate (a gateway has it as tls/ca.crt)")],
+    file: Annotated[Path | None, typer.Option(help="an exported ledger (JSON lines)")] = None,
+    db: Db = None,
+    head: Annotated[
+        str | None, typer.Option(help="'<n>:<hash>' of an entry seen before: the ledger must still hold it unchanged")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
+    """Check signatures (every entry by the party that made it; the city's key chained to the CA), the hash chain,
+    replays, the clearing and settlement rules, double entry (tokens made only by metered delivery, never
+    destroyed, balances summing to zero) and every checkpoint. Exit 1 on any problem."""
+    from cryptography import x509
+
+    from cloud_ingest.ledger.chain import verify as check
+
+    ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+    expect = None
+    if head is not None:
+        n, _, digest = head.partition(":")
+        expect = (int(n), digest)
+    if file is not None:
+        report = check(_read_file(file), ca_cert, expect_head=expect)
+    else:
+        from cloud_ingest.ledger.store import LedgerStore
+
+        with LedgerStore(_db(db)) as store:
+            report = check(store.entries(), ca_cert, expect_head=expect)
+    doc = report.as_json()
+    if as_json:
+        typer.echo(json.dumps(doc, ensure_ascii=False))
+    else:
+        typer.echo(f"entries: {doc['entries']} ({', '.join(f'{k} {v}' for k, v in doc['kinds'].items())})")
+        typer.echo("signatures: every entry signed by its maker; the ledger key chained to the CA" if report.ok else "")
+        typer.echo(f"hash chain: head {doc['head']}")
+        typer.echo(
+            f"checkpoints: {doc['checkpoints']} (last at entry {doc['last_checkpoint']}; "
+            f"{doc['after_last_checkpoint']} entries after it)"
+        )
+        typer.echo(
+            f"tokens minted by metered delivery: {doc['tokens_minted_wh']} Wh; balances sum to {doc['balances_sum']}"
+        )
+        for p in doc["problems"]:
+            typer.echo(f"PROBLEM {p}")
+        typer.echo("ledger OK" if report.ok else f"ledger BROKEN: {len(doc['problems'])} problem(s)")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("show")
+def show(
+    account: Annotated[str, typer.Argument(help="the household's energy-trading pseudonym (s-...)")],
+    db: Db = None,
+) -> None:
+    """A household's own entries: joining, its orders and meter reports, the clearings and settlements naming it."""
+    with _store(db, None, _now(None)) as store:
+        for e in store.entries_for(account):
+            typer.echo(json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")))
+
+
+@app.command("balances")
+def balances(db: Db = None) -> None:
+    """Tokens (Wh) per account; ``delivery`` is minus everything ever delivered."""
+    with _store(db, None, _now(None)) as store:
+        for account, wh in store.balances().items():
+            typer.echo(f"{account}\t{wh}")
