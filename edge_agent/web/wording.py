@@ -97,6 +97,8 @@ CATALOG_NAMES = (
     N_("the family contacts you named"),
     N_("City data platform, InfluxDB, Japan"),
     N_("JP (APPI)"),
+    N_("the trading counterparties (pseudonyms only)"),
+    N_("City data platform, PostgreSQL, Japan"),
 )
 #: which purposes a gateway of each profile offers
 PROFILE_CATEGORIES = {
