@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Mosquitto and InfluxDB: installed with apt-get when missing and running as root on Debian, else a clear message.
+# Mosquitto, InfluxDB and PostgreSQL (the trading ledger): installed with apt-get when missing and running as root on Debian, else a clear message.
 services: venv
-	$(BIN)/python -c "from provisioning.local import ensure_installed; ensure_installed(install=True)"
+	$(BIN)/python -c "from provisioning.local import ensure_installed; ensure_installed(('mosquitto', 'influxdb', 'postgresql'), install=True)"
 
 demo: services
 	$(BIN)/kyojo demo

@@ -59,7 +59,8 @@ _apt_lock = threading.Lock()
 def ensure_installed(packages: Iterable[str] = ("mosquitto", "influxdb"), *, install: bool = False) -> None:
     """Make sure the binaries of the given Debian packages are present.
 
-    Known packages: ``mosquitto`` (binary ``mosquitto``) and ``influxdb`` (binary ``influxd``).
+    Known packages: ``mosquitto`` (binary ``mosquitto``), ``influxdb`` (binary ``influxd``), ``victoria-metrics``
+    and ``postgresql`` (binary ``postgres``, found under ``/usr/lib/postgresql/*/bin`` on Debian).
     If some are missing and ``install`` is true, and this process runs as root on a Debian-family system
     (``apt-get`` exists), runs ``apt-get update`` (once per process) and
     ``DEBIAN_FRONTEND=noninteractive apt-get install -y <missing>``. Otherwise raises ServiceError naming
