@@ -289,6 +289,7 @@ def render_acl(ingesters: Sequence[str] = ()) -> str:
         f"pattern write {root}/%u/event/+",
         f"pattern write {root}/%u/consent/+",
         f"pattern write {root}/%u/status",
+        f"pattern write {root}/%u/trade/+",
         f"pattern read {root}/%u/receipt/+",
         f"pattern read {root}/%u/anchor",
         f"topic read {root}/city/disaster",
@@ -338,11 +339,12 @@ def _read(topic_filter: str, receive: str | None = None) -> list[Acl]:
 
 
 def gateway_acls(gateway: str) -> list[Acl]:
-    """A gateway: writes only its own aggregates, events, consent records and status (also its will); reads
-    only its own erasure receipts and audit anchor, and the city's disaster declarations (which it verifies)."""
+    """A gateway: writes only its own aggregates, events, consent records, status (also its will) and trading
+    messages (``trade/+``: the ledger's intake takes the gateway's identity from this topic); reads only its own
+    erasure receipts and audit anchor, and the city's disaster declarations (which it verifies)."""
     own = f"{TOPIC_ROOT}/{gateway}"
     return [
-        *(Acl(SEND, f"{own}/{leaf}") for leaf in ("agg/+", "event/+", "consent/+", "status")),
+        *(Acl(SEND, f"{own}/{leaf}") for leaf in ("agg/+", "event/+", "consent/+", "status", "trade/+")),
         *_read(f"{own}/receipt/+"),
         *_read(f"{own}/anchor"),
         *_read(disaster_topic()),
@@ -388,8 +390,15 @@ def admin_acls() -> list[Acl]:
     return [Acl(SEND, ctl), *_read(ctl)]
 
 
+def ledger_acls(name: str) -> list[Acl]:
+    """The trading ledger's intake (``kyojo ledger serve``): reads every gateway's trading messages and consent
+    records (a withdrawn energy-trading consent ends the household's trading), through its own persistent session;
+    writes nothing."""
+    return [*_read(f"{TOPIC_ROOT}/+/trade/+"), *_read(f"{TOPIC_ROOT}/+/consent/+")]
+
+
 #: Identity roles that become broker clients (Role.BROKER is the server itself).
-CLIENT_ROLES = (pki.Role.GATEWAY, pki.Role.INGEST, pki.Role.ERASER, pki.Role.ADMIN)
+CLIENT_ROLES = (pki.Role.GATEWAY, pki.Role.INGEST, pki.Role.ERASER, pki.Role.ADMIN, pki.Role.LEDGER)
 
 
 def role_name(role: pki.Role, cn: str) -> str:
@@ -435,6 +444,8 @@ def desired_state(identities: Mapping[pki.Role, Iterable[str]], group: str) -> D
                 acls = eraser_acls()
             elif role is pki.Role.ADMIN:
                 acls = admin_acls()
+            elif role is pki.Role.LEDGER:
+                acls = ledger_acls(cn)
             else:
                 raise BrokerConfigError(f"role {role.value!r} is not a broker client")
             clients[cn] = role_name(role, cn)

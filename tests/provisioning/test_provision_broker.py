@@ -234,7 +234,7 @@ def test_unknown_identity_gets_nothing(city: City) -> None:
         assert new.suback(f) == NOT_AUTHORIZED, f
     assert eraser.puback("kyojo/v1/gw-new/receipt/c-1", b"r") == 0x10  # no subscriber took it
     assert city.sync() == [
-        "role gateway:gw-new: created (13 ACLs)",
+        "role gateway:gw-new: created (14 ACLs)",
         "client gw-new: created with role gateway:gw-new",
     ]
     assert accepted(new.puback("kyojo/v1/gw-new/agg/health"))
@@ -465,7 +465,7 @@ def test_broker_sync_is_idempotent_and_repairs_drift(city: City) -> None:
         "default access: deny all (allowed before: subscribe)",
         "group backdoor: deleted (Kyojo grants rights only through per-identity roles)",
         "role gateway:gw-a: 1 ACLs removed, 0 added",
-        "role gateway:gw-d: created (13 ACLs)",
+        "role gateway:gw-d: created (14 ACLs)",
         *(f"role ingest:{n}: 4 ACLs removed, 4 added" for n in sorted((*INGESTERS, *CONSENTS))),
         "client gw-c: role gateway:gw-c added",
         "client gw-d: created with role gateway:gw-d",
