@@ -8,6 +8,7 @@ Imports stay light: psycopg and Alembic are imported only by the commands that t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -94,6 +95,82 @@ def tick(
         made = LedgerService(store, {}, Timing(gate, grace)).tick(when)
     for e in made:
         typer.echo(f"{e.seq} {e.kind} {json.dumps({k: v for k, v in e.body.items() if k != 'pairs'})[:200]}")
+
+
+@app.command("serve")
+def serve(
+    broker_host: Annotated[str, typer.Option(help="the city's broker")],
+    gateway_keys: Annotated[Path, typer.Option(help="the CA's gateway_keys.json (kyojo provision gateway-keys)")],
+    db: Db = None,
+    state_dir: StateDir = Path("/var/lib/kyojo-ledger"),
+    broker_port: Annotated[int, typer.Option()] = 8883,
+    client_id: Annotated[str | None, typer.Option(help="default: the ledger identity's CN")] = None,
+    tick: Annotated[float, typer.Option(help="seconds between two runs of the matcher (0: no matcher here)")] = 60.0,
+    stats_interval: Annotated[float, typer.Option(help="seconds between two JSON stats lines")] = 60.0,
+) -> None:
+    """The ledger's intake and matcher as one process: households' trading messages from the broker (mTLS, the
+    ledger identity, a persistent session; acknowledged only once the ledger committed or refused them) and the
+    matcher every ``--tick`` seconds. Stops on SIGTERM/SIGINT."""
+    import contextlib
+    import signal
+    import ssl
+    import threading
+    import time
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from cloud_ingest.ledger.intake import LedgerIntake
+    from cloud_ingest.ledger.migrate import upgrade
+    from cloud_ingest.ledger.service import LedgerService
+    from cloud_ingest.ledger.store import LedgerStore
+
+    url = _db(db)
+    upgrade(url)
+    signer = _signer(state_dir)
+    tls_dir = state_dir / "tls"
+    cert = x509.load_pem_x509_certificate((tls_dir / "identity.crt").read_bytes())
+    cn = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    ctx = ssl.create_default_context(cafile=str(tls_dir / "ca.crt"))
+    ctx.load_cert_chain(tls_dir / "identity.crt", tls_dir / "identity.key")
+    with LedgerStore.open(url, signer):
+        pass  # the genesis, once
+
+    def make() -> LedgerService:
+        return LedgerService(LedgerStore(url, signer), gateway_keys)
+
+    intake = LedgerIntake(make, host=broker_host, port=broker_port, client_id=client_id or cn, tls=ctx)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker = threading.Thread(target=intake.run, name="ledger-intake", daemon=True)
+    worker.start()
+    matcher: LedgerService | None = None
+    next_tick = next_stats = 0.0
+    while not stop.is_set():
+        now = time.monotonic()
+        if tick > 0 and now >= next_tick:
+            try:
+                matcher = matcher or LedgerService(LedgerStore(url, signer), gateway_keys)
+                matcher.tick(datetime.now(UTC))
+            except Exception:  # this turn fails (the database?), the intake goes on; the next tick tries again
+                logging.getLogger(__name__).exception("ledger matcher failed")
+                if matcher is not None:
+                    with contextlib.suppress(Exception):
+                        matcher.store.close()
+                matcher = None
+            next_tick = now + tick
+        if now >= next_stats:
+            counts = dict(intake.counts) | ({f"matcher:{k}": v for k, v in matcher.counts.items()} if matcher else {})
+            typer.echo(json.dumps({"ts": round(time.time(), 3), **counts}, separators=(",", ":")))
+            next_stats = now + stats_interval
+        stop.wait(min(1.0, tick or 1.0, stats_interval))
+    intake.stop()
+    worker.join(10)
+    if matcher is not None:
+        with contextlib.suppress(Exception):
+            matcher.store.close()
+    typer.echo(json.dumps({"final": True, **intake.counts}, separators=(",", ":")))
 
 
 @app.command("checkpoint")
