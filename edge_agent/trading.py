@@ -24,10 +24,11 @@ from kyojo.contract.wire import (
     MeterReport,
     TradeOrder,
     TradingEnrollment,
+    read_challenge,
 )
 from kyojo.keys import GatewayKeys
 
-__all__ = ["account", "consent_record", "enrollment", "meter_report", "next_slot", "order"]
+__all__ = ["account", "consent_record", "enrollment", "meter_report", "next_slot", "order", "read_headers"]
 
 
 def account(keys: GatewayKeys, household: str) -> str:
@@ -109,3 +110,10 @@ def meter_report(
         account=account(keys, household), slot=slot, direction=direction, wh=wh, made_at=now.astimezone(UTC)
     )
     return msg.model_copy(update={"sig": keys.purpose_sign(TRADING_PURPOSE, msg.signing_bytes())})
+
+
+def read_headers(keys: GatewayKeys, household: str, *, now: datetime) -> dict[str, str]:
+    """The headers that let the household read its own ledger entries (``GET /ledger/v1/accounts/<account>``)."""
+    at = int(now.timestamp())
+    sig = keys.purpose_sign(TRADING_PURPOSE, read_challenge(account(keys, household), at))
+    return {"X-Kyojo-At": str(at), "X-Kyojo-Sig": sig}

@@ -173,6 +173,22 @@ def serve(
     typer.echo(json.dumps({"final": True, **intake.counts}, separators=(",", ":")))
 
 
+@app.command("serve-http")
+def serve_http(
+    db: Db = None,
+    host: Annotated[str, typer.Option(help="listen address (behind the city's TLS proxy)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8095,
+) -> None:
+    """A household's own entries for its gateway: GET /ledger/v1/accounts/<account>, signed by the account."""
+    import uvicorn
+
+    from cloud_ingest.ledger.store import LedgerStore
+    from cloud_ingest.ledger.web import create_app
+
+    with LedgerStore(_db(db)) as store:
+        uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+
+
 @app.command("checkpoint")
 def checkpoint(db: Db = None, state_dir: StateDir = Path("/var/lib/kyojo-ledger"), now: Now = None) -> None:
     """Sign the head and every balance now."""

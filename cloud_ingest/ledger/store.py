@@ -120,6 +120,11 @@ class LedgerStore:
         ).fetchall()
         return [Entry(int(r[0]), str(r[1]), str(r[2]), dict(r[3]), r[4], str(r[5])) for r in rows]
 
+    def account_key(self, account: str) -> str | None:
+        """The trading key ``account`` joined with (None: never joined)."""
+        row = self._conn.execute("SELECT key FROM accounts WHERE account = %s", (account,)).fetchone()
+        return None if row is None else str(row[0])
+
     def balances(self) -> dict[str, int]:
         return {str(a): int(w) for a, w in self._conn.execute("SELECT account, wh FROM balances ORDER BY account")}
 

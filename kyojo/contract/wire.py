@@ -69,6 +69,7 @@ __all__ = [
     "event_topic",
     "parse_audit_head",
     "parse_topic",
+    "read_challenge",
     "receipt_topic",
     "status_topic",
     "trade_topic",
@@ -314,6 +315,11 @@ class MeterReport(_Signed):
     direction: Literal["export", "import"]
     wh: int = Field(ge=0, le=10_000_000)
     made_at: datetime
+
+
+def read_challenge(account: str, at: int) -> bytes:
+    """What an account signs to read its own ledger entries at epoch second ``at`` (cloud_ingest/ledger/web.py)."""
+    return f"kyojo-ledger-read\0{account}\0{at}".encode()
 
 
 def trade_topic(gateway: str, kind: str) -> str:

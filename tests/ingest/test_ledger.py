@@ -409,3 +409,30 @@ def _rehash_from(url: str, seq: int) -> None:
             h = entry_hash(s, kind, p, body, sig)
             conn.execute("UPDATE ledger_entries SET prev = %s, hash = %s WHERE seq = %s", (p, h, s))
             prev = h
+
+
+# -- a household reads its own entries -----------------------------------------------------------------------------
+def test_a_household_reads_only_its_own_entries(svc: LedgerService, city: City) -> None:
+    from starlette.testclient import TestClient
+
+    from cloud_ingest.ledger.web import create_app
+
+    home, site, _ = _day(svc, city)
+    client = TestClient(create_app(svc.store, clock=T0.timestamp))
+    url = f"/ledger/v1/accounts/{site.account}"
+    res = client.get(url, headers=trading.read_headers(site.keys, site.household, now=T0))
+    assert res.status_code == 200
+    doc = res.json()
+    assert doc["balance_wh"] == 1800
+    assert [e["kind"] for e in doc["entries"]] == ["join", "bid", "match", "meter", "settle"]
+    assert all(Entry.from_json(e).computed_hash() == e["hash"] for e in doc["entries"])
+    # the home's signature for the site's account, no signature, a stale one, an unknown account: all 401
+    for headers in (
+        trading.read_headers(home.keys, home.household, now=T0),
+        {},
+        trading.read_headers(site.keys, site.household, now=T0 - timedelta(minutes=10)),
+    ):
+        assert client.get(url, headers=headers).status_code == 401
+    assert (
+        client.get("/ledger/v1/accounts/s-nobody", headers={"X-Kyojo-At": "1", "X-Kyojo-Sig": "x"}).status_code == 401
+    )
