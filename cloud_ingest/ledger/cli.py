@@ -241,33 +241,43 @@ def verify(
     destroyed, balances summing to zero) and every checkpoint. Exit 1 on any problem."""
     from cryptography import x509
 
+    from cloud_ingest.ledger.chain import LedgerError
     from cloud_ingest.ledger.chain import verify as check
 
     ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
     expect = None
     if head is not None:
         n, _, digest = head.partition(":")
+        if not n.isdigit() or len(digest) != 64:
+            raise typer.BadParameter("--head is '<n>:<64 hex>'")
         expect = (int(n), digest)
-    if file is not None:
-        report = check(_read_file(file), ca_cert, expect_head=expect)
-    else:
-        from cloud_ingest.ledger.store import LedgerStore
+    try:
+        if file is not None:
+            report = check(_read_file(file), ca_cert, expect_head=expect)
+        else:
+            from cloud_ingest.ledger.store import LedgerStore
 
-        with LedgerStore(_db(db)) as store:
-            report = check(store.entries(), ca_cert, expect_head=expect)
+            with LedgerStore(_db(db)) as store:
+                report = check(store.entries(), ca_cert, expect_head=expect)
+    except (LedgerError, ValueError) as err:  # a line that is not an entry at all
+        typer.echo(f"PROBLEM {err}\nledger BROKEN: unreadable", err=not as_json)
+        raise typer.Exit(1) from err
     doc = report.as_json()
     if as_json:
         typer.echo(json.dumps(doc, ensure_ascii=False))
     else:
-        typer.echo(f"entries: {doc['entries']} ({', '.join(f'{k} {v}' for k, v in doc['kinds'].items())})")
-        typer.echo("signatures: every entry signed by its maker; the ledger key chained to the CA" if report.ok else "")
+        kinds = ", ".join(f"{k} {v}" for k, v in doc["kinds"].items())
+        issuer = ca_cert.subject.rfc4514_string()
+        typer.echo(f"entries: {doc['entries']} ({kinds})")
+        typer.echo(f"signatures: each entry by its maker; the ledger key's certificate checked against {issuer}")
         typer.echo(f"hash chain: head {doc['head']}")
         typer.echo(
             f"checkpoints: {doc['checkpoints']} (last at entry {doc['last_checkpoint']}; "
             f"{doc['after_last_checkpoint']} entries after it)"
         )
         typer.echo(
-            f"tokens minted by metered delivery: {doc['tokens_minted_wh']} Wh; balances sum to {doc['balances_sum']}"
+            f"double entry: {doc['tokens_minted_wh']} Wh minted by metered delivery; balances sum to "
+            f"{doc['balances_sum']}"
         )
         for p in doc["problems"]:
             typer.echo(f"PROBLEM {p}")

@@ -12,7 +12,9 @@ Clearing (a uniform-price double auction, once per slot, before the slot begins)
 
 Settling (after the slot ends, from both sides' metered values):
 
-* per seller, its metered ``export`` for the slot; per buyer, its metered ``import`` (a missing report counts 0);
+* per seller, its metered ``export`` for the slot; per buyer, its metered ``import``. Reports are taken until the
+  slot is settled (by default 15 minutes after it ends); a side that has not reported by then counts 0, and a
+  later report is refused (``slot_settled``);
 * pairs in the clearing's order: delivered = ``min(paired Wh, seller's export not yet used, buyer's import not
   yet used)``;
 * a delivered watt-hour is one token: minted from the grid-side ``delivery`` account to the seller, then moved

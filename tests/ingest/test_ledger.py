@@ -101,7 +101,14 @@ def test_trading_day_clears_settles_and_verifies(svc: LedgerService, city: City,
     assert res.exit_code == 0, res.output
     res = runner.invoke(kyojo_app, ["ledger", "verify", "--file", str(out), "--ca", str(city.ca_cert)])
     assert res.exit_code == 0, res.output
-    assert "ledger OK" in res.output and "tokens minted by metered delivery: 1800 Wh; balances sum to 0" in res.output
+    assert (
+        "ledger OK" in res.output
+        and "double entry: 1800 Wh minted by metered delivery; balances sum to 0" in res.output
+    )
+    with out.open("a") as fh:
+        fh.write('{"seq": 11, "kind": "offer"}\n')  # not an entry at all
+    res = runner.invoke(kyojo_app, ["ledger", "verify", "--file", str(out), "--ca", str(city.ca_cert)])
+    assert res.exit_code == 1 and "unreadable" in res.output, res.output
     res = runner.invoke(kyojo_app, ["ledger", "verify", "--db", svc.store.url, "--ca", str(city.ca_cert), "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["ok"] is True
 
