@@ -13,9 +13,14 @@ A household takes part only under an active ``energy-trading`` consent: :func:`e
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 from datetime import UTC, datetime
 from typing import Literal
 
+from edge_agent import audit
+from edge_agent.consent import Consent
+from edge_agent.db import meta_add, tx
 from kyojo.contract.wire import (
     SLOT_S,
     TRADING_PURPOSE,
@@ -25,10 +30,24 @@ from kyojo.contract.wire import (
     TradeOrder,
     TradingEnrollment,
     read_challenge,
+    trade_topic,
 )
 from kyojo.keys import GatewayKeys
 
-__all__ = ["account", "consent_record", "enrollment", "meter_report", "next_slot", "order", "read_headers"]
+__all__ = [
+    "account",
+    "consent_of",
+    "consent_record",
+    "enrollment",
+    "meter_report",
+    "next_slot",
+    "order",
+    "queue",
+    "read_headers",
+]
+
+#: who receives trading messages (the catalog's controller of ``energy-trading``), for the household's log
+RECIPIENT = "City Mobility and Energy Office"
 
 
 def account(keys: GatewayKeys, household: str) -> str:
@@ -117,3 +136,63 @@ def read_headers(keys: GatewayKeys, household: str, *, now: datetime) -> dict[st
     at = int(now.timestamp())
     sig = keys.purpose_sign(TRADING_PURPOSE, read_challenge(account(keys, household), at))
     return {"X-Kyojo-At": str(at), "X-Kyojo-Sig": sig}
+
+
+def consent_of(keys: GatewayKeys, gateway: str, c: Consent) -> ConsentRecord:
+    """The cloud's signed copy of the household's energy-trading consent ``c`` (from the gateway's consent store),
+    for :func:`enrollment`."""
+    if c.purpose != TRADING_PURPOSE:
+        raise ValueError(f"{c.id} is a {c.purpose} consent, not {TRADING_PURPOSE}")
+    rec = ConsentRecord(
+        gateway=gateway,
+        id=c.id,
+        subject=account(keys, c.subject),
+        purpose=c.purpose,
+        categories=sorted(c.categories),
+        status=c.status,
+        given_at=datetime.fromtimestamp(c.given_at / 1000, tz=UTC),
+        expires_at=None if c.expires_at is None else datetime.fromtimestamp(c.expires_at / 1000, tz=UTC),
+        withdrawn_at=None if c.withdrawn_at is None else datetime.fromtimestamp(c.withdrawn_at / 1000, tz=UTC),
+    )
+    return rec.model_copy(update={"sig": keys.sign(rec.signing_bytes())})
+
+
+def queue(
+    conn: sqlite3.Connection,
+    gateway: str,
+    msg: TradingEnrollment | TradeOrder | MeterReport,
+    *,
+    consent: str,
+    now_ms: int,
+) -> int:
+    """Put a signed trading message in the gateway's outbox (the publisher sends it with QoS 1 on
+    ``kyojo/v1/<gw>/trade/<enroll|order|meter>``; the row leaves only on PUBACK) and in the household's audit log,
+    in one transaction. Filed under the energy-trading ``consent``: a withdrawal drops what is still queued.
+    Returns the outbox sequence number."""
+    kind = "enroll" if isinstance(msg, TradingEnrollment) else "order" if isinstance(msg, TradeOrder) else "meter"
+    topic = trade_topic(gateway, kind)
+    payload = msg.model_dump_json().encode()
+    with tx(conn):
+        seq = meta_add(conn, "seq", 1)
+        conn.execute(
+            "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 0, ?, 1, ?)",
+            (seq, topic, payload, consent, now_ms),
+        )
+        audit.append(
+            conn,
+            "release",
+            {
+                "seq": seq,
+                "topic": topic,
+                "consent": consent,
+                "subject": getattr(msg, "account", ""),
+                "purpose": TRADING_PURPOSE,
+                "category": "energy",
+                "items": 1,
+                "events": [f"trade.{kind}"],
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                "recipient": RECIPIENT,
+            },
+            now_ms,
+        )
+    return seq
