@@ -108,14 +108,14 @@ class LedgerStore:
         rows = self._conn.execute(
             """SELECT seq, kind, prev, body, sig, hash FROM ledger_entries
                WHERE body->>'account' = %(a)s
-                  OR (kind = 'match' AND body->'pairs' @> %(seller)s) OR (kind = 'match' AND body->'pairs' @> %(buyer)s)
-                  OR (kind = 'settle' AND body::text LIKE %(like)s)
+                  OR (kind = 'match' AND (body->'pairs' @> %(seller)s OR body->'pairs' @> %(buyer)s))
+                  OR (kind = 'settle' AND body->'transfers' @> %(moved)s)
                ORDER BY seq""",
             {
                 "a": account,
                 "seller": Jsonb([{"seller": account}]),
                 "buyer": Jsonb([{"buyer": account}]),
-                "like": f'%"{account}"%',
+                "moved": Jsonb([[account]]),  # a transfer [from, to, wh] that names the account
             },
         ).fetchall()
         return [Entry(int(r[0]), str(r[1]), str(r[2]), dict(r[3]), r[4], str(r[5])) for r in rows]

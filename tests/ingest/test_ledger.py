@@ -361,6 +361,11 @@ def test_balances_always_sum_to_zero_over_random_trades(svc: LedgerService, city
     report = verify(svc.store.entries(), _ca(city))
     assert report.ok, report.problems
     assert report.minted == minted > 0 and report.checkpoints == 8
+    # what a household reads is exactly the entries that name it
+    every = list(svc.store.entries())
+    for h in homes:
+        mine = [e.seq for e in svc.store.entries_for(h.account)]
+        assert mine == [e.seq for e in every if h.account in json.dumps(e.body) and e.kind != "checkpoint"]
 
 
 def test_a_second_matcher_is_refused_not_doubled(svc: LedgerService, city: City) -> None:
