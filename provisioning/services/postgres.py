@@ -1,9 +1,9 @@
 """A real PostgreSQL (Debian's ``postgresql``, 15 here) on loopback: :class:`PostgreSQL`, for the trading ledger's
 tests and the demo.
 
-``initdb`` makes a cluster under ``workdir/data`` (trust authentication, loopback TCP only, no Unix socket outside
-the data directory), then ``postgres`` serves it on a free port. Debian does not put the server binaries on PATH:
-they are found under ``/usr/lib/postgresql/<version>/bin`` (the newest version first).
+``initdb`` makes a cluster under ``workdir/data`` (trust authentication, loopback TCP only, no Unix socket), then
+``postgres`` serves it on a free port. Debian does not put the server binaries on PATH: they are found under
+``/usr/lib/postgresql/<version>/bin`` (the newest version first).
 
 PostgreSQL refuses to run as root. Run as root (a CI container), the cluster belongs to the ``postgres`` user
 (Debian's package creates it; ``nobody`` otherwise) and both programs run as that user through ``setpriv``; the
@@ -117,8 +117,8 @@ class PostgreSQL(_Service):
             self._host,
             "-p",
             str(self._port),
-            "-k",
-            str(self.data_dir),  # the Unix socket stays inside the cluster's own directory
+            "-c",
+            "unix_socket_directories=",  # TCP on loopback only: a deep workdir would exceed a socket path's 107 bytes
             "-c",
             "fsync=off",  # a test cluster: nothing to keep across a power cut
             "-c",
