@@ -132,6 +132,15 @@ def _ledger() -> typer.Typer:
     return app
 
 
+def _trade() -> typer.Typer:
+    """The household's side of energy trading, on the gateway (``edge_agent/trading_cli.py``)."""
+    from edge_agent.trading_cli import app as trade_app
+
+    app = typer.Typer()
+    app.add_typer(trade_app, name="trade", help=COMMANDS["trade"][1])
+    return app
+
+
 #: command -> (mount, short help shown by ``kyojo --help``), in the order ``--help`` lists them.
 COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "query": (_query, "Run one of the dashboards' canned queries ('kyojo query list' shows them)."),
@@ -158,6 +167,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "ocpp": (_ocpp, "EV chargers: the local OCPP 1.6J central system (installers)."),
     "navi": (_navi, "The garbage-collection navigator for residents (public page and JSON, cloud side)."),
     "ingest": (_ingest, "Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB."),
+    "trade": (_trade, "Neighbour energy trading: join, offer, bid, report the meter, see my entries (household)."),
     "ledger": (_ledger, "The city's energy-trading ledger: run the matcher, export, verify."),
 }
 
