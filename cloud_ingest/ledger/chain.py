@@ -6,11 +6,12 @@ An entry is ``{seq, kind, prev, body, sig, hash}``:
 - ``hash`` = SHA-256 of the canonical JSON (sorted keys, no spaces) of ``{seq, kind, prev, body, sig}``;
 - who signs what: the entries a household makes (``offer``, ``bid``, ``meter``) are its signed wire messages
   verbatim (:class:`~kyojo.contract.wire.TradeOrder`, :class:`~kyojo.contract.wire.MeterReport`), signed with the
-  account's trading key, and carry no ``sig`` of their own. Every other entry (``genesis``, ``join``, ``leave``,
-  ``match``, ``settle``, ``checkpoint``) is the city's: ``sig`` is the ledger key's ECDSA P-256 / SHA-256
+  account's trading key, and carry no ``sig`` of their own. Every other entry (``genesis``, ``key``, ``join``,
+  ``leave``, ``match``, ``settle``, ``checkpoint``) is the city's: ``sig`` is the ledger key's ECDSA P-256 / SHA-256
   signature (DER, base64) over the canonical JSON of ``{seq, kind, prev, body}``, so the city commits to the
   entry's place in the chain too. The ledger key's certificate is in the genesis entry and must be issued by the
-  city CA with the role ``ledger`` (its OU).
+  city CA with the role ``ledger`` (its OU); a ``key`` entry, signed by the current key, hands the ledger to the
+  key of the certificate it names (a renewal, a replacement).
 
 :func:`verify` replays a ledger from its entries and the CA certificate alone and reports every break it finds
 (the module docstring of :mod:`cloud_ingest.ledger` states the rules it holds the ledger to).
@@ -21,7 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 GENESIS_PREV = "0" * 64
-CITY_KINDS = frozenset({"genesis", "join", "leave", "match", "settle", "checkpoint"})
+CITY_KINDS = frozenset({"genesis", "key", "join", "leave", "match", "settle", "checkpoint"})
 ACCOUNT_KINDS = frozenset({"offer", "bid", "meter"})
 
 
@@ -137,6 +138,14 @@ class CitySigner:
 
     def sign(self, data: bytes) -> str:
         return base64.b64encode(self.key.sign(data, ec.ECDSA(hashes.SHA256()))).decode()
+
+    def same_key(self, cert_pem: bytes) -> bool:
+        """True when ``cert_pem`` certifies this signer's key."""
+        from cryptography.hazmat.primitives import serialization
+
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        theirs = x509.load_pem_x509_certificate(cert_pem).public_key().public_bytes(*spki)
+        return theirs == self.key.public_key().public_bytes(*spki)
 
     def make(self, seq: int, kind: str, prev: str, body: dict[str, Any]) -> Entry:
         """A signed, hashed city entry at ``seq`` after ``prev``."""
@@ -296,17 +305,19 @@ def _check_entry(st: _Replay, e: Entry, ca: x509.Certificate) -> None:
     else:
         st.problem(e.seq, "unknown_kind", e.kind)
         return
+    checks: dict[str, Callable[[_Replay, Entry], None]] = {
+        "join": _check_join,
+        "leave": _check_leave,
+        "offer": _check_order,
+        "bid": _check_order,
+        "meter": _check_meter,
+        "match": _check_match,
+        "settle": _check_settle,
+        "checkpoint": _check_checkpoint,
+        "key": lambda st_, e_: _check_key(st_, e_, ca),
+    }
     try:
-        {
-            "join": _check_join,
-            "leave": _check_leave,
-            "offer": _check_order,
-            "bid": _check_order,
-            "meter": _check_meter,
-            "match": _check_match,
-            "settle": _check_settle,
-            "checkpoint": _check_checkpoint,
-        }[e.kind](st, e)
+        checks[e.kind](st, e)
     except (KeyError, TypeError, ValueError) as err:
         st.problem(e.seq, "malformed", f"{e.kind}: {str(err)[:160]}")
 
@@ -333,6 +344,22 @@ def _check_genesis(st: _Replay, e: Entry, ca: x509.Certificate) -> None:
     key = x509.load_pem_x509_certificate(pem).public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not _city_sig_ok(key, e):
         st.problem(e.seq, "bad_signature", "genesis not signed by the key of its certificate")
+        return
+    st.city_key = key
+
+
+def _check_key(st: _Replay, e: Entry, ca: x509.Certificate) -> None:
+    """A new ledger key (the old certificate expires, or the key is replaced): signed by the key it replaces
+    (checked above), its certificate issued by the city CA with the role ``ledger``; later city entries must be
+    signed by it."""
+    pem = str(e.body["cert"]).encode()
+    why = ledger_cert_problem(pem, ca)
+    if why is not None:
+        st.problem(e.seq, "untrusted_ledger_key", why)
+        return
+    key = x509.load_pem_x509_certificate(pem).public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        st.problem(e.seq, "untrusted_ledger_key", "the new ledger key is not an EC key")
         return
     st.city_key = key
 

@@ -189,6 +189,21 @@ def serve_http(
         uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
 
 
+@app.command("rotate-key")
+def rotate_key(
+    new_state_dir: Annotated[Path, typer.Option(help="the new ledger identity's state dir (tls/identity.key, .crt)")],
+    db: Db = None,
+    state_dir: StateDir = Path("/var/lib/kyojo-ledger"),
+    now: Now = None,
+) -> None:
+    """Hand the ledger to a new key (before the current certificate expires, or to replace a key): a ``key`` entry
+    signed by the current key names the new certificate; from then on only the new key signs."""
+    when = _now(now)
+    with _store(db, state_dir, when) as store:
+        e = store.rotate_key(_signer(new_state_dir), now=when)
+    typer.echo(f"entry {e.seq}: the ledger is now signed by the key in {new_state_dir / 'tls' / 'identity.crt'}")
+
+
 @app.command("checkpoint")
 def checkpoint(db: Db = None, state_dir: StateDir = Path("/var/lib/kyojo-ledger"), now: Now = None) -> None:
     """Sign the head and every balance now."""

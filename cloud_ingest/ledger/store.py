@@ -65,6 +65,7 @@ class LedgerStore:
     def __init__(self, url: str, signer: CitySigner | None = None) -> None:
         self.url = url
         self.signer = signer
+        self._key_checked = False
         self._conn = psycopg.connect(url, autocommit=True)
 
     @classmethod
@@ -154,9 +155,33 @@ class LedgerStore:
         return entry
 
     def _city(self) -> CitySigner:
+        """The city's signer, once it is checked to be the ledger's current key (the last genesis or key entry's):
+        entries signed by any other key would break the ledger for everyone who verifies it."""
         if self.signer is None:
             raise LedgerError("no_ledger_key", "this store was opened without the city's ledger key")
+        if not self._key_checked:
+            row = self._conn.execute(
+                "SELECT body->>'cert' FROM ledger_entries WHERE kind IN ('genesis', 'key') ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            if row is not None and not self.signer.same_key(str(row[0]).encode()):
+                raise LedgerError(
+                    "not_the_ledger_key",
+                    "the ledger is signed by another key: hand over with `kyojo ledger rotate-key` (by that key)",
+                )
+            self._key_checked = row is not None
         return self.signer
+
+    def rotate_key(self, new: CitySigner, *, now: datetime) -> Entry:
+        """Hand the ledger over to ``new`` (its certificate issued by the city CA, role ``ledger``): a ``key`` entry
+        signed by the current key; every later city entry is signed by ``new``."""
+        old = self._city()
+
+        def build(cur: _Cur, seq: int, prev: str) -> Entry:
+            return old.make(seq, "key", prev, {"cert": new.cert_pem.decode(), "at": _iso(now)})
+
+        entry = self._append(build, lambda cur, e: None)
+        self.signer, self._key_checked = new, True
+        return entry
 
     def genesis(self, now: datetime) -> Entry:
         signer = self._city()

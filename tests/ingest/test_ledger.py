@@ -448,3 +448,35 @@ def test_a_household_reads_only_its_own_entries(svc: LedgerService, city: City) 
     assert (
         client.get("/ledger/v1/accounts/s-nobody", headers={"X-Kyojo-At": "1", "X-Kyojo-Sig": "x"}).status_code == 401
     )
+
+
+# -- the city's ledger key changes hands ---------------------------------------------------------------------------
+def test_the_ledger_key_is_handed_over(svc: LedgerService, city: City, tmp_path: Path) -> None:
+    from cloud_ingest.ledger.chain import CitySigner
+    from provisioning import pki
+
+    home, site, _ = _day(svc, city)
+    state = tmp_path / "ledger-2"
+    code = city.ca.enroll("ledger-2", pki.Role.LEDGER)
+    csr = pki.create_request(state, "ledger-2", code, pki.Role.LEDGER)
+    pki.install_certificate(state, city.ca.sign_csr(csr.read_bytes()), city.ca.cert_path.read_bytes())
+    new = CitySigner.load(state / "tls" / pki.KEY_NAME, state / "tls" / pki.CERT_NAME)
+    later = slot_after(8)
+    _ok(svc, home.gateway, home.order("offer", "o8", later, 500, 10))
+    _ok(svc, site.gateway, site.order("bid", "b8", later, 500, 30))
+    # a matcher started with the new key before the handover is refused: it would sign a ledger nobody can verify
+    with LedgerStore(svc.store.url, new) as early, pytest.raises(LedgerError) as err:
+        early.clear_slot(later, now=at(later - 60))
+    assert err.value.cause == "not_the_ledger_key"
+    handover = svc.store.rotate_key(new, now=at(later - 120))
+    assert handover.kind == "key"
+    with LedgerStore(svc.store.url, new) as store:
+        store.clear_slot(later, now=at(later - 60))
+        store.checkpoint(now=at(later - 30))
+    report = verify(svc.store.entries(), _ca(city))
+    assert report.ok, report.problems
+    # a key entry naming a certificate from another CA: every entry it would vouch for is untrusted
+    other = make_city(tmp_path / "elsewhere")
+    with LedgerStore(svc.store.url, new) as store:
+        store.rotate_key(other.signer, now=at(later - 20))
+    assert "untrusted_ledger_key" in verify(svc.store.entries(), _ca(city)).causes
