@@ -243,8 +243,13 @@ def _read_file(path: Path) -> Iterator[Entry]:
 
 @app.command("verify")
 def verify(
-    ca: Annotated[Path, typer.Option(help="the city CA's certificate (a gateway has it as tls/ca.crt)")],
-    file: Annotated[Path | None, typer.Option(help="an exported ledger (JSON lines)")] = None,
+    ca: Annotated[
+        Path,
+        typer.Option(help="the city CA's certificate (a gateway has it as tls/ca.crt)", exists=True, dir_okay=False),
+    ],
+    file: Annotated[
+        Path | None, typer.Option(help="an exported ledger (JSON lines)", exists=True, dir_okay=False)
+    ] = None,
     db: Db = None,
     head: Annotated[
         str | None, typer.Option(help="'<n>:<hash>' of an entry seen before: the ledger must still hold it unchanged")
@@ -259,7 +264,10 @@ def verify(
     from cloud_ingest.ledger.chain import LedgerError
     from cloud_ingest.ledger.chain import verify as check
 
-    ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+    except ValueError as err:
+        raise typer.BadParameter(f"{ca} is not a PEM certificate") from err
     expect = None
     if head is not None:
         n, _, digest = head.partition(":")
