@@ -240,9 +240,9 @@ class _Replay:
     city_key: ec.EllipticCurvePublicKey | None = None
     keys: dict[str, str] = field(default_factory=dict)
     left: set[str] = field(default_factory=set)
-    orders: dict[int, TradeOrder] = field(default_factory=dict)
+    #: slot -> the orders for it (entry number, order), until the slot is cleared
+    orders: dict[int, list[tuple[int, TradeOrder]]] = field(default_factory=dict)
     order_ids: set[tuple[str, str, str]] = field(default_factory=set)
-    sides: dict[tuple[str, int], str] = field(default_factory=dict)
     meters: dict[tuple[str, int, str], int] = field(default_factory=dict)
     matches: dict[int, list[MatchPair]] = field(default_factory=dict)
     settled: set[int] = field(default_factory=set)
@@ -406,7 +406,7 @@ def _check_order(st: _Replay, e: Entry) -> None:
     if order.slot in st.matches:
         st.problem(e.seq, "slot_closed", f"order for slot {order.slot} after it was cleared")
     st.order_ids.add(ident)
-    st.orders[e.seq] = order
+    st.orders.setdefault(order.slot, []).append((e.seq, order))
 
 
 def _check_meter(st: _Replay, e: Entry) -> None:
@@ -425,9 +425,8 @@ def _check_meter(st: _Replay, e: Entry) -> None:
 def _slot_orders(st: _Replay, slot: int) -> tuple[list[Order], list[Order]]:
     offers: list[Order] = []
     bids: list[Order] = []
-    for seq, o in st.orders.items():
-        if o.slot == slot:
-            (offers if o.kind == "offer" else bids).append(Order(seq, o.account, o.wh, o.price))
+    for seq, o in st.orders.pop(slot, []):  # a cleared slot takes no more orders: they are not needed again
+        (offers if o.kind == "offer" else bids).append(Order(seq, o.account, o.wh, o.price))
     return offers, bids
 
 
