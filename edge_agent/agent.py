@@ -395,6 +395,7 @@ class Agent:
             last_activity=None if watch is None else watch.watch.last_activity,
             power_seen=None if watch is None else watch.last_power,
             device="gateway" if watch is None else watch.config.meter,
+            watched=watch is not None,
         )
         if events:
             self._write(functools.partial(self.pipeline.store_events, events))

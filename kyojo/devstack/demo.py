@@ -1,11 +1,13 @@
 """``kyojo demo``: the whole platform on one machine, with simulated homes and a garbage truck.
 
 Starts Mosquitto and InfluxDB on free loopback ports with data under ``workdir``, one household gateway
-(wearables, plugs, meter, EV charger) and one garbage-truck gateway as agent processes, and one ingester
-process; grants a sample set of consents (person p2 gives none, so their data never leaves); starts the
+(wearables, plugs, meter, EV charger), one gateway of a person living alone (watch-over) and one garbage-truck
+gateway as agent processes, and the ingester, eraser and watch-over notifier processes; grants a sample set of consents (person p2 gives none, so their data never leaves); starts the
 household web page of home-001 (``kyojo web serve``, loopback, port 8080 when free) and prints its URL and a
 one-time pairing code; starts the garbage-collection navigator (``kyojo navi serve``, port 8090 when free) on the
-truck's route and prints its URL; prints progress every second; stops everything it started on Ctrl-C or after
+truck's route and prints its URL; runs the residents' services of :mod:`kyojo.devstack.residents` (the person
+living alone goes quiet once and their family is e-mailed; the city declares a disaster for the homes' area and
+counts their answers); prints progress every second; stops everything it started on Ctrl-C or after
 ``duration``; returns a summary.
 
 The devices are the deterministic simulators of :mod:`drivers.sim`, and most of them reach the gateways over
@@ -64,7 +66,10 @@ from drivers.sim.gnss import GarbageTruck
 from edge_agent import consent
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.db import connect
+from edge_agent.disaster import press
+from edge_agent.processors.watchover import family_code
 from kyojo.contract.vocab import Clock
+from kyojo.devstack import residents
 from provisioning.local import LocalStack, Mosquitto, ensure_installed
 
 DB = "kyojo"
@@ -76,7 +81,10 @@ TRUCK = "truck-07"
 GATEWAYS = {
     HOME: {"profile": "home", "sim": "household", "persons": ["p1", "p2"]},
     TRUCK: {"profile": "truck", "sim": "truck", "persons": []},
+    residents.ALONE: {"profile": "home", "sim": "alone", "persons": [residents.PERSON]},
 }
+#: the gateways in the city's area (they answer a disaster declared for it)
+HOMES = (HOME, residents.ALONE)
 #: household devices that stay on ``kind = "sim"`` (no real path for them in the demo yet)
 SIM_ONLY = [f"{HOME}-p1-bp", f"{HOME}-p2-spo2", f"{HOME}-ev"]
 #: heart-rate straps on the virtual BLE backend: device id -> (BD_ADDR, subject)
@@ -91,7 +99,12 @@ CONSENTS = [
     ("home-001", "community-energy", "home-001"),
     ("home-001", "ev-energy-sharing", "home-001"),
     ("truck-07", "waste-collection", "truck-07"),
+    ("home-001", "disaster-safety", "home-001"),
+    (residents.ALONE, "watchover-family", residents.PERSON),
+    (residents.ALONE, "disaster-safety", residents.PERSON),
 ]
+#: k of the demo's safety count (two households in the area; the city's default is 5)
+SAFETY_K = 2
 
 
 def _morning_jst(now: float) -> float:
@@ -105,8 +118,23 @@ def _toml_table(d: dict[str, str]) -> str:
     return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
-def _device_entries(gw: str, spec: dict[str, Any], wire: _Wire) -> str:
+def _device_entries(gw: str, spec: dict[str, Any], wire: _Wire, alone: residents.AloneHome) -> str:
     """The ``[[devices]]`` of a gateway: real drivers on the demo's emitters, the rest simulated."""
+    if gw == residents.ALONE:
+        return f"""
+[[devices]]
+kind = "sim"
+profile = "alone"           # a person living alone; switches nothing on in the quiet window
+id = "{gw}"
+seed = {SEED}
+only = ["{gw}-meter"]
+quiet = [{alone.quiet[0]!r}, {alone.quiet[1]!r}]
+
+[[processors]]
+kind = "watchover"          # learned this home's rhythm (replayed: residents.seed_watchover)
+meter = "{gw}-meter"
+subject = "{residents.PERSON}"
+"""
     if gw == TRUCK:
         return f"""
 [[devices]]
@@ -170,24 +198,34 @@ kind = "nilm"               # appliance estimates from the whole-home meter, hel
 meter = "{HOME}-meter"
 subject = "{HOME}"
 plugs = {{ "{HOME}-kettle" = "kettle", "{HOME}-washer" = "washing_machine" }}
+
+[[processors]]
+kind = "watchover"          # learns the home's rhythm; its signs of life feed the disaster status (no consent:
+meter = "{HOME}-meter"      # its events stay home)
+subject = "{HOME}"
+signals = {{ "{HOME}-kettle" = "kettle", "{HOME}-tv" = "tv" }}
 """
     return text
 
 
-def _gateway_toml(gw: str, spec: dict[str, Any], port: int, speed: float, start: float, wire: _Wire) -> str:
+def _gateway_toml(
+    gw: str, spec: dict[str, Any], port: int, speed: float, start: float, wire: _Wire, alone: residents.AloneHome
+) -> str:
+    area = f'area = "{residents.AREA}"\n' if gw in HOMES else ""
+    safety = f"\n[safety]\ncity_ca = {json.dumps(str(wire.city_ca))}\n" if gw in HOMES else ""
     return f"""[gateway]
 id = "{gw}"
 profile = "{spec["profile"]}"
 data_dir = "data"
-
+{area}
 [mqtt]
 host = "127.0.0.1"
 port = {port}
 
 [clock]
 speed = {speed}
-start = {start}
-{_device_entries(gw, spec, wire)}"""
+start = {alone.start if gw == residents.ALONE else start}
+{safety}{_device_entries(gw, spec, wire, alone)}"""
 
 
 class _ClockProxy:
@@ -214,6 +252,7 @@ class _Wire:
         self.speed = speed
         self.start_sim = start
         self.dev = workdir / "dev"
+        self.city_ca = workdir / "ca" / "ca.crt"
         self.lan = Mosquitto(workdir / "lan-mosquitto", persistence=False)
         household = {s.device_id: s for s in sim.household(HOME, SEED)}
         self.plugs = household_plugs([s for s in household.values() if isinstance(s, Plug)], HOME)
@@ -459,6 +498,61 @@ def _start_navi(influx_url: str, clock_now: float, speed: float, workdir: Path, 
     raise RuntimeError("the navigator did not start listening within 30 s")
 
 
+def _start_notifier(influx_url: str, smtp_port: int, workdir: Path, procs: list[_Proc]) -> str:
+    """``kyojo ingest notify`` (the city's watch-over notifier): the families' sign-up page, and the notices, mailed
+    to the demo's mailbox; polls the accepted events every second."""
+    port = _web_port(0)
+    notify = _spawn(
+        "notify",
+        [
+            "-m",
+            "cloud_ingest",
+            "notify",
+            "--influx-url",
+            influx_url,
+            "--influx-db",
+            DB,
+            "--store",
+            str(workdir / "notify.sqlite3"),
+            "--smtp-port",
+            str(smtp_port),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            "1",
+        ],
+        workdir / "notify.log",
+    )
+    procs.append(notify)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if notify.popen.poll() is not None:
+            raise RuntimeError(f"the notifier exited with {notify.popen.returncode}; see notify.log")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return f"http://127.0.0.1:{port}/"
+        time.sleep(0.1)
+    raise RuntimeError("the notifier did not start listening within 30 s")
+
+
+#: a timed demo waits at most this long past ``duration`` for the watch-over notice and the safety answers
+RESIDENTS_WAIT_S = 120.0
+
+
+def _residents_shown(mailbox: residents.Mailbox, influx_url: str, declaration: str) -> bool:
+    """The family has the watch-over notice, and the city has every home's answer to the declaration."""
+    if not mailbox.notices():
+        return False
+    try:
+        counts = residents.safety_counts(influx_url, DB, declaration, 1)
+    except Exception:
+        return False
+    return bool(counts["areas"].get(residents.AREA, {}).get("answered") == len(HOMES))
+
+
+def _jst(ts: float) -> str:
+    return datetime.fromtimestamp(ts + 9 * 3600, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def _navi_status(url: str) -> dict[str, Any]:
     """What the navigator's /api/status says about the demo route (points, collected), or the error."""
     try:
@@ -488,21 +582,26 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
     stack = LocalStack(workdir / "services")
     start = _morning_jst(time.time())
     wire = _Wire(workdir, speed, start)
+    mailbox = residents.Mailbox(workdir / "mail")
     stack.start()
     try:
         wire.prepare()
         stack.influxdb.create_database(DB)
         port = stack.mosquitto.port
+        ca = residents.city_ca(workdir / "ca")
+        print("watch-over: replaying six weeks of home-002's life so its gateway knows the rhythm ...", file=out)
+        alone = residents.seed_watchover(workdir / residents.ALONE / "data", start, SEED)
         configs = {}
         for gw, spec in GATEWAYS.items():
             path = workdir / gw / "agent.toml"
-            path.parent.mkdir(parents=True)
-            path.write_text(_gateway_toml(gw, spec, port, speed, start, wire), encoding="utf-8")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_gateway_toml(gw, spec, port, speed, start, wire, alone), encoding="utf-8")
             configs[gw] = load_config(path)
+        granted = datetime.fromtimestamp(min(start, alone.start), tz=UTC)
         for gw, purpose, subject in CONSENTS:
             conn = connect(configs[gw].db_path)
             try:
-                consent.open_store(configs[gw], conn).grant(purpose, subject, now=datetime.fromtimestamp(start, tz=UTC))
+                consent.open_store(configs[gw], conn).grant(purpose, subject, now=granted)
             finally:
                 conn.close()
         group = f"kyojo-demo-{secrets.token_hex(8)}"  # a secret $share group, as in a deployment
@@ -577,8 +676,37 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             file=out,
             flush=True,
         )
+        mailbox.start()
+        notify_url = _start_notifier(stack.influxdb.url, mailbox.port, workdir, procs)
+        code = family_code(configs[residents.ALONE].gateway.data_dir, residents.PERSON)
+        signed_up = residents.family_signup(notify_url, code, mailbox)
+        print(
+            f"watch-over (見守り): {residents.ALONE} is {residents.PERSON}, living alone; its gateway learned the "
+            f"home's rhythm, and the home has been quiet since {_jst(alone.quiet[0])} JST. Their family "
+            f"({residents.FAMILY}) signed up on the notifier page {notify_url} with the family code and "
+            f"{'confirmed' if signed_up else 'did NOT confirm'}; notices land in {mailbox.dir}",
+            file=out,
+            flush=True,
+        )
+        decl_path = workdir / "ca" / "declaration.json"
+        issued = min(start, alone.start)  # the gateways' simulated clocks, not the wall clock
+        declaration = residents.declare(ca, decl_path, issued_at=issued)
+        residents.publish_declaration(decl_path, port, workdir / "declare.log")
+        press(
+            configs[HOME].gateway.data_dir,
+            safe=True,
+            check_on_us=False,
+            now=start + (time.time() - agents_at) * speed,
+        )
+        print(
+            f"disaster (安否確認): the city declared {declaration} for {residents.AREA} (signed by the demo city CA, "
+            f"{workdir / 'ca'}); {HOME} pressed 「無事です」 on its page; homes that gave disaster-safety answer",
+            file=out,
+            flush=True,
+        )
         print(_analyst_hint(stack.influxdb.url, start, speed, time.time()), file=out, flush=True)
         deadline = None if duration is None else time.monotonic() + duration
+        told = 0
         try:
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(1.0)
@@ -586,6 +714,13 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
                     if p.popen.poll() is not None:
                         raise RuntimeError(f"{p.name} exited with {p.popen.returncode}; see its log in {workdir}")
                 print(_progress(configs, ingester), file=out, flush=True)
+                for mail in mailbox.summary()[told:]:
+                    print(f"family mail to {mail['to']}: {mail['subject']}", file=out, flush=True)
+                    told += 1
+            if duration is not None:  # a timed run (CI) ends once the residents' services have shown themselves
+                end = time.monotonic() + RESIDENTS_WAIT_S
+                while not _residents_shown(mailbox, stack.influxdb.url, declaration) and time.monotonic() < end:
+                    time.sleep(0.5)
         except KeyboardInterrupt:
             print("stopping ...", file=out, flush=True)
         navigator = _navi_status(navi_url)
@@ -604,6 +739,16 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         summary["points_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in points))
         events = stack.influxdb.query_rows('SELECT count("event_id") FROM "events"', DB)
         summary["events_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in events))
+        summary["watchover"] = {
+            "home": residents.ALONE,
+            "nothing_switched_on_from": _jst(alone.quiet[0]),
+            "absence_due": None if alone.absence_at is None else _jst(alone.absence_at),
+            "family_signed_up": signed_up,
+            "notifier_page": notify_url,
+            "processor": _agent_status(configs[residents.ALONE].status_path).get("processors", {}).get("watchover"),
+        }
+        summary["mail"] = mailbox.summary()
+        summary["safety"] = residents.safety_counts(stack.influxdb.url, DB, declaration, SAFETY_K)
         print(
             f"the demo's InfluxDB stops with it (its files stay in {workdir / 'services'}); to query, run the demo "
             "again and use the 'analyst' lines it prints while it runs",
@@ -615,6 +760,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         for p in procs:
             _stop(p, timeout=5)
         wire.stop()
+        mailbox.stop()
         stack.stop()
 
 
