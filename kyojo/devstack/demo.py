@@ -1,14 +1,14 @@
 """``kyojo demo``: the whole platform on one machine, with simulated homes and a garbage truck.
 
-Starts Mosquitto and InfluxDB on free loopback ports with data under ``workdir``, one household gateway
-(wearables, plugs, meter, EV charger), one gateway of a person living alone (watch-over) and one garbage-truck
-gateway as agent processes, and the ingester, eraser and watch-over notifier processes; grants a sample set of consents (person p2 gives none, so their data never leaves); starts the
-household web page of home-001 (``kyojo web serve``, loopback, port 8080 when free) and prints its URL and a
-one-time pairing code; starts the garbage-collection navigator (``kyojo navi serve``, port 8090 when free) on the
-truck's route and prints its URL; runs the residents' services of :mod:`kyojo.devstack.residents` (the person
-living alone goes quiet once and their family is e-mailed; the city declares a disaster for the homes' area and
-counts their answers); prints progress every second; stops everything it started on Ctrl-C or after
-``duration``; returns a summary.
+Starts Mosquitto and InfluxDB on free loopback ports with data under ``workdir``, one household gateway (wearables,
+plugs, meter, EV charger), one gateway of a person living alone (watch-over) and one garbage-truck gateway as agent
+processes, and the ingester, eraser and watch-over notifier processes; grants a sample set of consents (person p2
+gives none, so their data never leaves); starts the household web page of home-001 (``kyojo web serve``, loopback,
+port 8080 when free) and prints its URL and a one-time pairing code; starts the garbage-collection navigator
+(``kyojo navi serve``, port 8090 when free) on the truck's route and prints its URL; runs the residents' services of
+:mod:`kyojo.devstack.residents` (the person living alone goes quiet once and their family is e-mailed; the city
+declares a disaster for the homes' area and counts their answers); prints progress every second; stops everything it
+started on Ctrl-C or after ``duration``; returns a summary.
 
 The devices are the deterministic simulators of :mod:`drivers.sim`, and most of them reach the gateways over
 the real protocols, read by the production drivers (:mod:`drivers.sim.emit`):
