@@ -289,6 +289,7 @@ def train_one(
 
     cfg = CONFIGS[target]
     epochs = recipe.epochs if epochs is None else epochs
+    torch.set_num_threads(1)  # part of the recipe: the committed files were trained on one thread
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng([seed, APPLIANCES.index(target)])
@@ -572,6 +573,42 @@ def _fmt(x: float | None, nd: int = 2) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
 
 
+#: The ``compare`` run of the report that scored the ebe9d1c files (mean and CO fitted on their two training files)
+#: on the 19 houses none of their training files came from.
+COMMITTED_BEFORE = "committed models before issue 19 (19 unseen houses)"
+
+
+def shipped_rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(house, appliance, per-house result) for the files that ship: each appliance's held-out figures from the run
+    of its recipe in :data:`RECIPES` (issue 19: the LOHO folds; ebe9d1c: :data:`COMMITTED_BEFORE`)."""
+    runs = {ISSUE19.name: report["loho"]["per_house"], EBE9D1C.name: report["compare"][COMMITTED_BEFORE]["per_house"]}
+    return [
+        (h, a, r)
+        for a in APPLIANCES
+        for h, r in runs[RECIPES[a].name].items()
+        if a in r["appliances"] and r.get("on_minutes", {}).get(a, 0) > 0
+    ]
+
+
+def render_shipped(report: dict[str, Any]) -> str:
+    """Per held-out house where the appliance ran, the shipped file of each appliance against always-off, mean and
+    CO (the model card's "Shipped files, per held-out house")."""
+    lines = [
+        "| appliance | recipe | house | on-min | model MAE W | always-off | mean | CO | model/off | mean/off | CO/off "
+        "| F1 model | F1 CO |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for h, a, r in shipped_rows(report):
+        m, b = r["appliances"][a], r["baselines"]
+        off, mean, co = b["always_off"][a]["mae_w"], b["mean"][a]["mae_w"], b["co"][a]["mae_w"]
+        lines.append(
+            f"| {a} | {'issue 19' if RECIPES[a] is ISSUE19 else 'ebe9d1c'} | {h} | {r['on_minutes'][a]} "
+            f"| {_fmt(m['mae_w'])} | {_fmt(off)} | {_fmt(mean)} | {_fmt(co)} | {_fmt(m['mae_w'] / off)} "
+            f"| {_fmt(mean / off)} | {_fmt(co / off)} | {_fmt(m['f1_on'])} | {_fmt(b['co'][a]['f1_on'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The model card's tables from a protocol report (``--render``)."""
     lines: list[str] = []
@@ -612,6 +649,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {x['houses_at_target_mae']} | {_fmt(x['f1_on_mean'])} | {_fmt(x['shown_fraction_mean'])} "
                 f"| {_fmt(x['gated_median_mae_vs_always_off_shown'])} | {x['houses_gated_at_target']} |"
             )
+    if COMMITTED_BEFORE in report.get("compare", {}):
+        lines += ["", "Shipped files, per held-out house (houses where the appliance ran):", ""]
+        lines.append(render_shipped(report))
     return "\n".join(lines) + "\n"
 
 
