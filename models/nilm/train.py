@@ -401,10 +401,11 @@ def train_all(
     import torch
 
     torch.set_num_threads(1)  # one core: the box is shared, and 2 threads under contention ran 4x slower
+    data = {a: recipe_data(houses, recipes[a]) for a in appliances}  # every recipe's data first: fail before writing
     out_dir.mkdir(parents=True, exist_ok=True)
     entries: dict[str, Any] = {}
     for a in appliances:
-        series, ids = recipe_data(houses, recipes[a])
+        series, ids = data[a]
         entries[a] = train_one(series, ids, a, out_dir / f"{a}.onnx", recipe=recipes[a], epochs=epochs)
         entries[a]["confidence_release"] = a in CONFIDENCE_RELEASE
     manifest = {
