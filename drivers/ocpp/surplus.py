@@ -268,6 +268,8 @@ class SurplusController:
         if self.meter_seen is None:
             return "none"
         age = now - self.meter_seen
+        if age < -self.config.interval.total_seconds():
+            return "stale"  # the clock went back: the reading's age is unknown, so it is not trusted to raise
         if age <= self.config.meter_stale.total_seconds():
             return "fresh"
         return "stale" if age <= self.config.meter_timeout.total_seconds() else "lost"

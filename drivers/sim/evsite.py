@@ -220,7 +220,7 @@ class SiteMeter:
             0xD3: (1).to_bytes(4, "big"),
             0xD7: b"\x08",
             0xE1: b"\x02",  # 0.01 kWh
-            0xE7: int(round(self.net_w)).to_bytes(4, "big", signed=True),
+            0xE7: round(self.net_w).to_bytes(4, "big", signed=True),
             0xE0: int(self.import_wh // 10).to_bytes(4, "big"),
             0xE3: int(self.export_wh // 10).to_bytes(4, "big"),
         }
@@ -339,13 +339,12 @@ class DayRun:
     wall_s: float = 0.0
 
 
-async def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until ``cond()`` holds (state, not time); a loop that never gets there fails with ``what``."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.002)
-    if not cond():  # pragma: no cover
-        raise TimeoutError(what)
+async def _meter_read(ctl: SurplusController, t: float, limit_s: float = 20.0) -> None:
+    """Wait (on the controller's state, not on time) until it observed a meter power taken at ``t`` or later."""
+    async with asyncio.timeout(limit_s):
+        while ctl.meter_seen is None or ctl.meter_seen < t:
+            await ctl.meter_event.wait()
+            ctl.meter_event.clear()
 
 
 async def run_surplus_day(
@@ -398,7 +397,7 @@ async def run_surplus_day(
                 async for r in agen:
                     ctl.observe(r)
             finally:
-                await agen.aclose()  # type: ignore[attr-defined]
+                await agen.aclose()
 
         meter_task = asyncio.create_task(read_meter())
         auth = {"Authorization": "Basic " + base64.b64encode(f"HOME:{KEY}".encode()).decode()}
@@ -427,7 +426,7 @@ async def run_surplus_day(
                 if meter_silent_from is not None and k >= meter_silent_from:
                     emu.emulator.sc.mute = True  # the meter stops answering: the driver's Gets time out
                 else:
-                    await _wait(lambda: ctl.meter_seen is not None and ctl.meter_seen >= t, 20.0, "meter reading")
+                    await _meter_read(ctl, t)
                 if on_minute is not None:
                     await on_minute(k, ctl, cp)
                 await ctl.step()

@@ -93,7 +93,7 @@ def clearness(weather: str, seed: int, n: int = MINUTES) -> FloatArray:
 def pv_day(day: date, *, kwp: float = 4.5, pr: float = 0.8, weather: str = "variable", seed: int = 1) -> FloatArray:
     """AC power (W) of the PV system for each minute of the JST day ``day`` (minute means, centre of the minute)."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(hours=JST)
-    ts = start.timestamp() + 60.0 * np.arange(MINUTES) + 30.0
+    ts: FloatArray = start.timestamp() + 60.0 * np.arange(MINUTES, dtype=np.float64) + 30.0
     ghi = haurwitz_ghi(solar_cos_zenith(ts))
     pv: FloatArray = kwp * pr * ghi * clearness(weather, seed)
     return pv
@@ -114,7 +114,7 @@ def load_day(path: Path, *, source_utc_offset_h: float = 1.0) -> FloatArray:
         values[i] = last
     if values[0] == 0.0:
         values[values == 0.0] = float(np.median(values[values > 0]))
-    shift = int(round(source_utc_offset_h * 60))
+    shift = round(source_utc_offset_h * 60)
     out: FloatArray = np.roll(values, shift)  # UTC row i is local minute i + shift
     return out
 
