@@ -414,6 +414,8 @@ async def run_surplus_day(
             await cp.call(call.BootNotification(charge_point_model="sim", charge_point_vendor="kyojo"))
             for k in range(start_min, end_min):
                 t = day.start + k * 60.0
+                muted = meter_silent_from is not None and k >= meter_silent_from
+                emu.emulator.sc.mute = muted  # the meter stops answering: the driver's Gets time out
                 ctl.meter_event.clear()
                 await clock.advance_to(t)
                 if k == car.depart_min:
@@ -423,9 +425,7 @@ async def run_surplus_day(
                 await cp.report()
                 while not central.readings.empty():
                     ctl.observe(central.readings.get_nowait())
-                if meter_silent_from is not None and k >= meter_silent_from:
-                    emu.emulator.sc.mute = True  # the meter stops answering: the driver's Gets time out
-                else:
+                if not muted:
                     await _meter_read(ctl, t)
                 if on_minute is not None:
                     await on_minute(k, ctl, cp)
