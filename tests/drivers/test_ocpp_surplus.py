@@ -345,3 +345,37 @@ def test_agent_config_refers_to_a_real_ocpp_entry(tmp_path: Path) -> None:
         AgentConfig.model_validate(doc)
     doc["ev"]["surplus"]["charge_point"] = "HOME"
     assert AgentConfig.model_validate(doc).ev.surplus is not None
+
+
+def test_the_documented_configuration_validates() -> None:
+    """docs/EV_SURPLUS.md's ``[ev.surplus]`` block is a valid configuration, with the defaults it claims."""
+    import re
+    import tomllib
+
+    from tests.kit import ROOT
+
+    text = (ROOT / "docs" / "EV_SURPLUS.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(.*?)```", text, re.S)
+    assert block is not None
+    doc = tomllib.loads(block.group(1).replace("# ...", ""))
+    cfg = Config.model_validate(doc["ev"]["surplus"])
+    defaults = Config(ocpp="x", meter="y")
+    assert (cfg.meter_stale, cfg.meter_timeout, cfg.retry_after, cfg.ignore_after) == (
+        defaults.meter_stale, defaults.meter_timeout, defaults.retry_after, defaults.ignore_after,
+    )  # fmt: skip
+
+
+def test_bad_readings_are_counted_never_raised() -> None:
+    """A non-numeric transaction id or a non-finite value: counted and skipped; without a central system the loop
+    says so instead of failing."""
+    from kyojo.contract.vocab import Reading
+
+    clock = StepClock(1_782_690_000.0)
+    ctl = SurplusController(Config(ocpp="o", meter="m"), lambda: None, clock)
+    ctl.observe(Reading("CP1-1", "home1", "ev_power", 1000.0, "W", clock.now(), {"transaction": "not-a-number"}))
+    ctl.observe(Reading("m", "home1", "power", float("nan"), "W", clock.now(), {}))
+    ctl.observe(Reading("m", "home1", "power", -800.0, "W", clock.now(), {}))
+    run(ctl.step())
+    status = ctl.status()
+    assert status["counts"] == {"bad_reading": 1, "bad_value": 1}
+    assert status["state"] == "no_central_system" and status["meter"]["power_w"] == -800.0
