@@ -9,6 +9,10 @@ the gateway's OCPP central system and a real ``ocpp`` ChargePoint whose current 
 (drivers/sim/evsite.py), a simulated minute at a time.
 
     .venv/bin/python bench/surplus.py [--days 4] [--modes surplus-only,surplus-minimum,fixed]
+    .venv/bin/python bench/surplus.py --month ../shared/data/nilm/ukdale_house2_2013-06_1min.csv.gz --days 14
+
+``--month``: the days are that month file's first ``--days`` days instead (weather clear, variable, variable,
+overcast in turn, cloud seed = the day's index), each with the PV of the same date in June 2026.
 
 Per strategy and day: ``self_consumption`` (PV used at home / PV produced, house + car), ``solar_share`` (car energy
 from PV), ``import_charging_wh`` (grid import in the minutes the car charged), ``import_for_car_wh`` (the import
@@ -52,13 +56,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--days", type=int, default=len(DAYS))
     ap.add_argument("--modes", default="surplus-only,surplus-minimum,fixed")
+    ap.add_argument("--month", type=Path, default=None, help="a 1-minute NILM month file (see the docstring)")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     car = Car()
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
-    for name, weather, seed in DAYS[: args.days]:
-        day = site_day(NILM / name, PV_DAY, weather=weather, seed=seed)
+    weathers = ("clear", "variable", "variable", "overcast")
+    plan = (
+        [(args.month, weathers[i % 4], i, i) for i in range(args.days)]
+        if args.month is not None
+        else [(NILM / name, weather, seed, 0) for name, weather, seed in DAYS[: args.days]]
+    )
+    for path, weather, seed, index in plan:
+        pv_date = date(2026, 6, 1 + index % 30) if args.month is not None else PV_DAY
+        day = site_day(path, pv_date, weather=weather, seed=seed, day_index=index)
         runs: dict[str, DayRun] = {m: asyncio.run(run_surplus_day(day, car, mode=m)) for m in modes}
         figures = compare(day, car, runs)
         bound = figures["oracle_no_import"]["self_consumption"]

@@ -99,16 +99,17 @@ def pv_day(day: date, *, kwp: float = 4.5, pr: float = 0.8, weather: str = "vari
     return pv
 
 
-def load_day(path: Path, *, source_utc_offset_h: float = 1.0) -> FloatArray:
-    """House load (W) per local minute from a 1-minute NILM day file (``timestamp,mains_w,...``); see the module
-    docstring. The file must hold at least one UTC day from its first row."""
+def load_day(path: Path, *, source_utc_offset_h: float = 1.0, day_index: int = 0) -> FloatArray:
+    """House load (W) per local minute from a 1-minute NILM file (``timestamp,mains_w,...``): its ``day_index``-th
+    UTC day from the first row; see the module docstring."""
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    if len(rows) < MINUTES:
-        raise ValueError(f"{path}: {len(rows)} rows, a day needs {MINUTES}")
+    first = day_index * MINUTES
+    if len(rows) < first + MINUTES:
+        raise ValueError(f"{path}: {len(rows)} rows, day {day_index} needs {first + MINUTES}")
     values = np.empty(MINUTES)
     last = 0.0
-    for i, row in enumerate(rows[:MINUTES]):
+    for i, row in enumerate(rows[first : first + MINUTES]):
         text = row.get("mains_w") or ""
         last = float(text) if text else last
         values[i] = last
@@ -130,14 +131,23 @@ class SiteDay:
 
 
 def site_day(
-    load_file: Path, day: date, *, weather: str = "variable", seed: int = 1, kwp: float = 4.5, utc_offset_h: float = 1.0
+    load_file: Path,
+    day: date,
+    *,
+    weather: str = "variable",
+    seed: int = 1,
+    kwp: float = 4.5,
+    utc_offset_h: float = 1.0,
+    day_index: int = 0,
 ) -> SiteDay:
-    """The load of ``load_file`` with the PV of ``day`` in Aizuwakamatsu under ``weather`` (seeded)."""
+    """The load of ``load_file`` (its ``day_index``-th day) with the PV of ``day`` in Aizuwakamatsu under
+    ``weather`` (seeded)."""
     start = (datetime(day.year, day.month, day.day, tzinfo=UTC) - timedelta(hours=JST)).timestamp()
-    name = f"{Path(load_file).name.split('_1min')[0]}+pv-{day.isoformat()}-{weather}-{seed}"
+    stem = Path(load_file).name.split("_1min")[0] + (f"-d{day_index}" if day_index else "")
+    name = f"{stem}+pv-{day.isoformat()}-{weather}-{seed}"
     return SiteDay(
         name,
         start,
-        load_day(load_file, source_utc_offset_h=utc_offset_h),
+        load_day(load_file, source_utc_offset_h=utc_offset_h, day_index=day_index),
         pv_day(day, kwp=kwp, weather=weather, seed=seed),
     )
