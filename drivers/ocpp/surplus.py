@@ -84,6 +84,9 @@ class Config(BaseModel):
     ignore_after: int = Field(default=3, ge=1, le=60, description="fresh values above the limit: ignored")
     retry_after: timedelta = Field(default=timedelta(minutes=15), description="an uncontrolled charger is retried")
     refresh: timedelta = Field(default=timedelta(minutes=15), description="the same limit is sent again")
+    sample_interval: bool = Field(
+        default=True, description="set the charger's MeterValueSampleInterval to the interval (ChangeConfiguration)"
+    )
     response_timeout: timedelta = Field(default=timedelta(seconds=20), description="for SetChargingProfile")
 
     @model_validator(mode="after")
@@ -121,6 +124,7 @@ class TxControl:
     over: int = 0
     car_w: float | None = None
     car_seen: float | None = None
+    car_source: str | None = None  # meter_values | limit (no fresh MeterValues: the limit's power) | None
     judged: float | None = None
     current_a: float | None = None
     voltage_v: float | None = None
@@ -137,6 +141,7 @@ class TxControl:
             "limit_a": self.limit_a,
             "phases": self.phases,
             "car_w": self.car_w,
+            "car_source": self.car_source,
             "car_age_s": None if self.car_seen is None else round(now - self.car_seen, 1),
             "counts": dict(self.counts),
         }
@@ -165,6 +170,8 @@ class SurplusController:
         self.steps = 0
         self.last_step: float | None = None
         self._car: dict[int, dict[str, tuple[float, float]]] = {}  # tx -> metric -> (value, seen)
+        #: charger -> (the connection it was asked on, its answer to ChangeConfiguration MeterValueSampleInterval)
+        self.sampling: dict[str, tuple[float | None, str]] = {}
         self._log = LogLimiter(log, interval=600.0)
         #: set after each observed meter power (tests and the demo wait on it)
         self.meter_event = asyncio.Event()
@@ -222,6 +229,20 @@ class SurplusController:
             detected = phases_from(fresh["ev_power"], ctl.current_a, ctl.voltage_v or self.config.voltage)
             if detected is not None:
                 ctl.phases = detected
+
+    def _car_estimate(self, ctl: TxControl, now: float) -> float:
+        """The car's draw (W) for the surplus: its charger's last power when fresh (within three intervals); without
+        fresh MeterValues (a charger that sends none, or too seldom), what the accepted limit lets it draw; else 0."""
+        fresh = 3 * self.config.interval.total_seconds()
+        if ctl.car_w is not None and ctl.car_seen is not None and 0 <= now - ctl.car_seen <= fresh:
+            ctl.car_source = "meter_values"
+            return ctl.car_w
+        if ctl.state == "controlled" and ctl.limit_a is not None:
+            policy = self._policy(ctl)
+            ctl.car_source = "limit"
+            return ctl.limit_a * policy.voltage_v * policy.phases
+        ctl.car_source = None
+        return 0.0
 
     def _judge(self, ctl: TxControl, now: float) -> None:
         """Count fresh car values above the accepted limit; enough in a row: the charger ignores profiles."""
@@ -320,6 +341,9 @@ class SurplusController:
                 "the limit is held" if meter == "stale" else "stepped down to the mode's minimum",
             )
             self.counts[f"meter_{meter}"] += 1
+        if self.config.sample_interval:
+            for cp_id in sorted({cp for cp, _, connected in open_txs.values() if connected}):
+                await self._ask_sampling(central, cp_id)
         controls: list[tuple[TxControl, bool]] = []
         for tx, (cp_id, connector, connected) in sorted(open_txs.items()):
             ctl = self.txs.setdefault(tx, TxControl(tx, cp_id, connector))
@@ -334,7 +358,7 @@ class SurplusController:
             controls.append((ctl, connected))
         share: float | None = None
         if self.meter_w is not None and controls:
-            car = sum(c.car_w or 0.0 for c, _ in controls if c.car_seen is not None)
+            car = sum(self._car_estimate(c, now) for c, _ in controls)
             self.surplus_w = surplus_for_car(car, self.meter_w)
             share = self.surplus_w / len(controls)
         for ctl, connected in controls:
@@ -346,6 +370,40 @@ class SurplusController:
             if ctl.limit_a is not None and want == ctl.limit_a and not due and ctl.state == "controlled":
                 continue
             await self._send(central, ctl, want, now)
+
+    async def _ask_sampling(self, central: CentralSystem, cp_id: str) -> None:
+        """Once per connection of a charger: MeterValueSampleInterval = the loop's interval (OCPP 1.6 core
+        configuration key, seconds), so that the car's draw arrives as often as the loop decides. Whatever the
+        answer (Rejected, NotSupported, a CALLERROR), the loop goes on: without fresh MeterValues it takes the
+        accepted limit's power as the car's draw."""
+        from ocpp.exceptions import OCPPError
+        from websockets.exceptions import ConnectionClosed
+
+        state = central.chargers.get(cp_id)
+        since = state.connected_since if state is not None else None
+        asked = self.sampling.get(cp_id)
+        if asked is not None and asked[0] == since:
+            return
+        value = str(int(self.config.interval.total_seconds()))
+        try:
+            async with asyncio.timeout(self.config.response_timeout.total_seconds()):
+                answer = await central.change_configuration(cp_id, "MeterValueSampleInterval", value)
+        except OCPPError as err:
+            answer = f"CallError:{err.code}"
+        except (LookupError, ConnectionClosed, TimeoutError) as err:
+            answer = type(err).__name__
+        self.sampling[cp_id] = (since, answer)
+        self.counts[f"sample_interval:{answer}"] += 1
+        if answer != "Accepted":
+            self._log(
+                logging.INFO,
+                f"sampling:{cp_id}:{answer}",
+                "surplus loop: %s answered %s to MeterValueSampleInterval=%s; the accepted limit stands in for the "
+                "car's draw when its meter values are older than three intervals",
+                cp_id,
+                answer,
+                value,
+            )
 
     async def _send(self, central: CentralSystem, ctl: TxControl, limit_a: float, now: float) -> None:
         from ocpp.exceptions import OCPPError  # imported here: a gateway without the loop never needs it
@@ -415,6 +473,7 @@ class SurplusController:
             "transactions": {str(tx): c.as_dict(now) for tx, c in sorted(self.txs.items())},
             "ended": list(self.ended),
             "counts": dict(self.counts),
+            "sample_interval": {cp: answer for cp, (_, answer) in sorted(self.sampling.items())},
             "steps": self.steps,
             "last_step": self.last_step,
         }

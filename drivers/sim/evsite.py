@@ -116,9 +116,11 @@ class ProfileCharger(ChargePoint):  # type: ignore[misc]  # the ocpp library shi
     """A charge point with a car: ``behaviour`` honour | reject | not_supported | ignore (accepts, follows not)."""
 
     def __init__(self, cp_id: str, ws: Any, car: Car, clock: StepClock, *, behaviour: str = "honour",
-                 skew_s: float = 0.0) -> None:  # fmt: skip
+                 skew_s: float = 0.0, meter_values: bool = True) -> None:  # fmt: skip
         super().__init__(cp_id, ws, response_timeout=10)
         self.car, self.clock, self.behaviour, self.skew_s = car, clock, behaviour, skew_s
+        self.meter_values = meter_values
+        self.configuration: dict[str, str] = {}
         self.limit_a: float | None = None  # None: no profile, the charger's own maximum
         self.soc = car.soc0
         self.register_wh = 0.0
@@ -148,6 +150,14 @@ class ProfileCharger(ChargePoint):  # type: ignore[misc]  # the ocpp library shi
         if self.behaviour == "honour":
             self.limit_a = limit
         return call_result.SetChargingProfile(status="Accepted")
+
+    @_on(Action.change_configuration)
+    async def change_configuration(self, key: str, value: str, **_: Any) -> Any:
+        """MeterValueSampleInterval is the only key this charger knows (answers NotSupported to others)."""
+        if key != "MeterValueSampleInterval":
+            return call_result.ChangeConfiguration(status="NotSupported")
+        self.configuration[key] = value
+        return call_result.ChangeConfiguration(status="Accepted" if self.meter_values else "Rejected")
 
     def draw_w(self) -> float:
         """What the car draws now: the limit (or the charger's maximum), 0 under 6 A or when full/unplugged."""
@@ -191,7 +201,7 @@ class ProfileCharger(ChargePoint):  # type: ignore[misc]  # the ocpp library shi
 
     async def report(self) -> None:
         """MeterValues of the transaction: power, per-phase current, voltage, register, SoC (charger time)."""
-        if self.tx is None:
+        if self.tx is None or not self.meter_values:
             return
         amps = self.power_w / (self.car.voltage * self.car.phases)
         sv: list[dict[str, Any]] = [
@@ -356,6 +366,7 @@ async def run_surplus_day(
     end_min: int = 1440,
     behaviour: str = "honour",
     skew_s: float = 0.0,
+    meter_values: bool = True,
     meter_silent_from: int | None = None,
     config: dict[str, Any] | None = None,
     on_minute: Callable[[int, SurplusController, ProfileCharger], Awaitable[None]] | None = None,
@@ -363,7 +374,8 @@ async def run_surplus_day(
 ) -> DayRun:
     """Run the loop over minutes ``start_min..end_min`` of ``day`` with real parts (see the module docstring).
 
-    ``config``: overrides of the ``[ev.surplus]`` settings (the meter/ocpp ids are fixed here). ``on_minute``:
+    ``meter_values=False``: the charger sends no MeterValues (and refuses to be asked). ``config``: overrides of the
+    ``[ev.surplus]`` settings (the meter/ocpp ids are fixed here). ``on_minute``:
     awaited at the start of each minute after the car reported (tests inject faults there).
     """
     t0 = time.monotonic()
@@ -404,7 +416,7 @@ async def run_surplus_day(
         ws = await websockets.connect(
             f"ws://127.0.0.1:{port}/ocpp/HOME", subprotocols=[Subprotocol("ocpp1.6")], additional_headers=auth
         )
-        cp = ProfileCharger("HOME", ws, car, clock, behaviour=behaviour, skew_s=skew_s)
+        cp = ProfileCharger("HOME", ws, car, clock, behaviour=behaviour, skew_s=skew_s, meter_values=meter_values)
         cp_task = asyncio.create_task(cp.start())
         n = len(day.load_w)
         car_w = np.zeros(n)

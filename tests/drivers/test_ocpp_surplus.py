@@ -266,6 +266,21 @@ def test_clock_skew_changes_nothing(day: SiteDay) -> None:
         assert skewed.status["counts"] == right.status["counts"]
 
 
+def test_charger_without_meter_values_is_driven_by_its_accepted_limit(day: SiteDay) -> None:
+    """The loop asks each charger for MeterValues every interval (ChangeConfiguration MeterValueSampleInterval); one
+    that refuses and sends none is driven all the same: the accepted limit's power stands in for the car's draw,
+    and while the car follows, the limits are the same as with meter values."""
+    car = Car(target_soc=95.0)
+    window = {"start_min": hm(8, 55), "end_min": hm(12)}
+    with_values = run(run_surplus_day(day, car, **window))
+    without = run(run_surplus_day(day, car, meter_values=False, **window))
+    assert with_values.status["sample_interval"] == {"HOME": "Accepted"}
+    assert without.status["sample_interval"] == {"HOME": "Rejected"}
+    assert [lim for _, lim in without.limits] == [lim for _, lim in with_values.limits]
+    assert without.status["ended"][-1]["car_source"] == "limit"
+    assert with_values.status["ended"][-1]["car_source"] == "meter_values"
+
+
 # -- in the agent ---------------------------------------------------------------------------------------------
 
 
