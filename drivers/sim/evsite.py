@@ -46,7 +46,8 @@ from drivers.ocpp.server import CentralSystem
 from drivers.ocpp.sessions import SessionStore
 from drivers.ocpp.surplus import Config, Mode, SurplusController
 from drivers.sim.base import FloatArray
-from drivers.sim.solar import SiteDay, site_day
+from drivers.sim.solar import JST, SiteDay, load_day, pv_day, site_day
+from kyojo.contract.vocab import Clock
 
 KEY = "surplus-loop-site-key-0001"
 
@@ -115,7 +116,7 @@ def _iso(ts: float) -> str:
 class ProfileCharger(ChargePoint):  # type: ignore[misc]  # the ocpp library ships no type hints
     """A charge point with a car: ``behaviour`` honour | reject | not_supported | ignore (accepts, follows not)."""
 
-    def __init__(self, cp_id: str, ws: Any, car: Car, clock: StepClock, *, behaviour: str = "honour",
+    def __init__(self, cp_id: str, ws: Any, car: Car, clock: Clock, *, behaviour: str = "honour",
                  skew_s: float = 0.0, meter_values: bool = True) -> None:  # fmt: skip
         super().__init__(cp_id, ws, response_timeout=10)
         self.car, self.clock, self.behaviour, self.skew_s = car, clock, behaviour, skew_s
@@ -179,8 +180,10 @@ class ProfileCharger(ChargePoint):  # type: ignore[misc]  # the ocpp library shi
         self.power_w = wh * 3600.0 / seconds
         return self.power_w
 
-    async def plug_in(self, tag: str = "HOME") -> int:
-        """StartTransaction (charger time)."""
+    async def plug_in(self, tag: str = "HOME", *, soc: float | None = None) -> int:
+        """StartTransaction (charger time); ``soc``: the car arrives with this state of charge."""
+        if soc is not None:
+            self.soc = soc
         res = await self.call(
             call.StartTransaction(connector_id=1, id_tag=tag, meter_start=round(self.register_wh),
                                   timestamp=_iso(self.clock.now() + self.skew_s))
@@ -519,3 +522,162 @@ async def run_demo_surplus_day(
         out[m]["limits_a"] = [lim for _, lim in r.limits[car.arrive_min : car.depart_min]]
         out[m]["status"] = r.status
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a live site for a running agent (the demo)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def local_minute(t: float) -> tuple[date, int]:
+    """The JST date and minute of the day of a UTC instant."""
+    local = datetime.fromtimestamp(t + JST * 3600.0, UTC)
+    return local.date(), local.hour * 60 + local.minute
+
+
+class LiveSite:
+    """A home's PV and EV charger next to a running agent, on the agent's clock (the demo's charging site).
+
+    - :meth:`meter_model`: the smart meter behind the emulated BP35A1 (``PtyEmulator(model=site.meter_model())``,
+      read by the agent's ``kind = "bmeter"``): 0xE7 = house load - PV + what the car draws now; 0xE0/0xE3 count
+      bought and sold energy between Gets (0.01 kWh).
+    - :meth:`run`: the charge point (:class:`ProfileCharger`, honouring profiles) connects to the agent's central
+      system (``url``, HTTP Basic with ``key``), boots, plugs the car in at ``car.arrive_min`` with ``car.soc0`` and
+      out at ``car.depart_min`` every local day, and sends MeterValues each simulated minute. Reconnects with a
+      pause of a simulated minute when the agent is not (yet) listening.
+
+    ``house_w(t)``: the home's load (W) at ``t`` (default: the demo NILM day's mains at that local minute); PV: the
+    Haurwitz clear-sky model for Aizuwakamatsu with the seeded cloud process of ``weather`` for each local date.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        car: Car = Car(),  # frozen: a safe default
+        house_w: Callable[[float], float] | None = None,
+        weather: str = "variable",
+        seed: int = 3,
+        kwp: float = 4.5,
+    ) -> None:
+        self.clock, self.car, self.weather, self.seed, self.kwp = clock, car, weather, seed, kwp
+        if house_w is None:
+            load = load_day(DEMO_LOAD)
+            house_w = lambda t: float(load[local_minute(t)[1]])  # noqa: E731 - a default of the same type
+        self.house_w = house_w
+        self._pv: dict[date, FloatArray] = {}
+        self.charger: ProfileCharger | None = None
+        self.import_wh = 0.0
+        self.export_wh = 0.0
+        self._last_get: float | None = None
+        self.connects = 0
+
+    def pv_w(self, t: float) -> float:
+        """PV power (W) at ``t``."""
+        day, minute = local_minute(t)
+        if day not in self._pv:
+            self._pv = {day: pv_day(day, kwp=self.kwp, weather=self.weather, seed=self.seed)}
+        return float(self._pv[day][minute])
+
+    def net_w(self, t: float) -> float:
+        """The net power at the grid connection (W, import positive) at ``t``."""
+        car = self.charger.draw_w() if self.charger is not None else 0.0
+        return self.house_w(t) - self.pv_w(t) + car
+
+    def meter_model(self) -> _LiveMeter:
+        """The :class:`~drivers.meter.emulator.MeterModel` of this site."""
+        return _LiveMeter(self)
+
+    async def run(self, url: str, cp_id: str, key: str) -> None:
+        """The charge point, until cancelled (see the class docstring)."""
+        import websockets
+        from websockets.typing import Subprotocol
+
+        auth = {"Authorization": "Basic " + base64.b64encode(f"{cp_id}:{key}".encode()).decode()}
+        while True:
+            try:
+                async with websockets.connect(
+                    url, subprotocols=[Subprotocol("ocpp1.6")], additional_headers=auth
+                ) as ws:
+                    self.connects += 1
+                    await self._session(ProfileCharger(cp_id, ws, self.car, self.clock))
+            except (OSError, websockets.exceptions.WebSocketException, TimeoutError):
+                self.charger = None
+                await self.clock.sleep(60.0)
+
+    async def _session(self, cp: ProfileCharger) -> None:
+        task = asyncio.create_task(cp.start())
+        try:
+            await cp.call(call.BootNotification(charge_point_model="kyojo-sim", charge_point_vendor="kyojo"))
+            self.charger = cp
+            last = self.clock.now()
+            charged_on: date | None = None
+            while not task.done():
+                now = self.clock.now()
+                cp.integrate(max(0.0, now - last))
+                last = now
+                day, minute = local_minute(now)
+                home = self.car.arrive_min <= minute < self.car.depart_min
+                if cp.tx is not None and not home:
+                    await cp.unplug()
+                elif cp.tx is None and home and charged_on != day:
+                    await cp.plug_in(soc=self.car.soc0)
+                    charged_on = day
+                await cp.report()
+                await self.clock.sleep(60.0)
+        finally:
+            self.charger = None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class _LiveMeter:
+    """:meth:`LiveSite.meter_model`."""
+
+    def __init__(self, site: LiveSite) -> None:
+        self.site = site
+
+    def edt(self, epc: int) -> bytes | None:
+        site, now = self.site, self.site.clock.now()
+        net = site.net_w(now)
+        if epc == 0xE7:
+            if site._last_get is not None and now > site._last_get:
+                wh = net * (now - site._last_get) / 3600.0
+                site.import_wh, site.export_wh = site.import_wh + max(wh, 0.0), site.export_wh + max(-wh, 0.0)
+            site._last_get = now
+            return round(net).to_bytes(4, "big", signed=True)
+        table = {
+            0xD3: (1).to_bytes(4, "big"),
+            0xD7: b"\x08",
+            0xE1: b"\x02",  # 0.01 kWh
+            0xE0: int(site.import_wh // 10).to_bytes(4, "big"),
+            0xE3: int(site.export_wh // 10).to_bytes(4, "big"),
+        }
+        return table.get(epc)
+
+    def after_get(self, epcs: tuple[int, ...]) -> None:
+        """Nothing: the registers advance with the clock."""
+
+    def first_inf(self) -> bytes | None:
+        return None
+
+
+def live_site_toml(home: str, *, port: int, cp_id: str, key: str, mode: str = "surplus-only") -> str:
+    """The agent config a :class:`LiveSite` needs besides the home's ``bmeter`` entry (``<home>-meter``): the
+    central system on ``port`` (loopback) with ``cp_id`` and its key, and ``[ev.surplus]``."""
+    return f"""
+[[devices]]
+kind = "ocpp"
+id = "{home}-ocpp"
+subject = "{home}"
+listen_port = {port}
+charge_points = ["{cp_id}"]
+credentials = {{ "{cp_id}" = "{key}" }}
+
+[ev.surplus]
+mode = "{mode}"
+ocpp = "{home}-ocpp"
+meter = "{home}-meter"
+max_current = 30
+"""

@@ -393,3 +393,56 @@ def test_bad_readings_are_counted_never_raised() -> None:
     status = ctl.status()
     assert status["counts"] == {"bad_reading": 1}
     assert status["state"] == "no_central_system" and status["meter"]["power_w"] == -800.0
+
+
+def test_live_site_drives_a_running_agents_loop(tmp_path: Path) -> None:
+    """The demo's charging site: :class:`LiveSite` (meter model + a charge point on the agent's scaled clock)
+    next to an agent configured with :func:`live_site_toml`: the loop takes the car's transaction and its limit
+    follows the sun."""
+    import tomllib
+    from datetime import UTC, datetime
+
+    from drivers.clock import ScaledClock
+    from drivers.meter.emulator import PWD, RBID, PtyEmulator, Scenario
+    from drivers.sim.evsite import LiveSite, live_site_toml
+    from edge_agent.agent import Agent
+    from edge_agent.config import AgentConfig
+    from tests.kit import free_port
+
+    port, key = free_port(), "live-site-key-00000001"
+    start = datetime(2026, 6, 29, 0, 59, tzinfo=UTC).timestamp()  # 09:59 JST
+    clock = ScaledClock(start, speed=300.0)  # a simulated minute in 0.2 s
+    site = LiveSite(clock, car=Car(arrive_min=hm(10), target_soc=95.0), weather="clear", seed=1)
+
+    async def main(meter_port: str) -> dict[str, Any]:
+        doc = tomllib.loads(live_site_toml("home1", port=port, cp_id="EV1", key=key))
+        doc["gateway"] = {"id": "gw-live", "data_dir": str(tmp_path)}
+        doc["devices"].append({"kind": "bmeter", "id": "home1-meter", "household": "home1", "rbid": RBID,
+                               "password": PWD, "serial_port": meter_port, "scan_durations": [4],
+                               "poll_interval": 30})  # fmt: skip
+        agent = Agent(AgentConfig.model_validate(doc), clock=clock)
+        assert agent.surplus is not None
+        tasks = [asyncio.create_task(agent._run_driver(d)) for d in agent.drivers]
+        tasks.append(asyncio.create_task(agent.surplus.run()))
+        tasks.append(asyncio.create_task(site.run(f"ws://127.0.0.1:{port}/ocpp/EV1", "EV1", key)))
+        try:
+            while True:  # wait on the loop's state: a controlled transaction with a limit from the sun
+                status = agent.surplus.status()
+                txs = [t for t in status["transactions"].values() if t["state"] == "controlled"]
+                if txs and (txs[0]["limit_a"] or 0) >= 6 and site.charger and site.charger.limit_a == txs[0]["limit_a"]:
+                    return {"status": status, "draw": site.charger.draw_w()}
+                await agent.surplus.meter_event.wait()
+                agent.surplus.meter_event.clear()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            agent.conn.close()
+
+    with PtyEmulator(Scenario(), model=site.meter_model()) as emu:
+        out = run(main(emu.path), 60)
+    (tx,) = out["status"]["transactions"].values()
+    assert tx["charge_point"] == "EV1" and 6 <= tx["limit_a"] <= 30
+    assert out["draw"] == tx["limit_a"] * 200.0
+    assert out["status"]["sample_interval"] == {"EV1": "Accepted"}
+    assert site.pv_w(clock.now()) > 2000  # a clear June morning in Aizuwakamatsu
