@@ -43,6 +43,7 @@ bench: services
 	$(BIN)/python bench/nilm.py
 	$(BIN)/python bench/web.py
 	$(BIN)/python bench/navi.py
+	$(BIN)/python bench/surplus.py
 
 # A city against one broker (not part of `make bench`: ~5 min; docs/OPERATIONS.md has the figures). N=... to size it.
 N ?= 1000
