@@ -56,12 +56,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from drivers import sim
-from drivers.meter.emulator import PWD, RBID, PtyEmulator
+from drivers.meter.emulator import PWD, RBID, PtyEmulator, Scenario
 from drivers.sim.emit.clock import AnchoredClock, clock_of_agent
-from drivers.sim.emit.meter import serve_meter
+from drivers.sim.emit.meter import SimulatedMeter, serve_meter
 from drivers.sim.emit.nmea import NmeaEmitter, PtyLine
 from drivers.sim.emit.plugs import PlugEmitter, appliances, household_plugs
 from drivers.sim.energy import Meter, Plug
+from drivers.sim.evsite import LiveSite, live_site_toml
 from drivers.sim.gnss import GarbageTruck
 from edge_agent import consent
 from edge_agent.config import AgentConfig, load_config
@@ -83,6 +84,13 @@ GATEWAYS = {
     TRUCK: {"profile": "truck", "sim": "truck", "persons": []},
     residents.ALONE: {"profile": "home", "sim": "alone", "persons": [residents.PERSON]},
 }
+#: a home with PV on the roof and an EV charger, whose gateway steers the charging into the surplus (issue 18)
+SITE = "home-003"
+GATEWAYS[SITE] = {"profile": "home", "sim": "site", "persons": []}
+#: the charge point of home-003 (a real ``ocpp`` ChargePoint that honours profiles: drivers.sim.evsite)
+SITE_CP = "HOME3-EV"
+#: home-003's clock starts this long after the others' (late morning: the car is home, the sun is up)
+SITE_AHEAD_S = 3 * 3600.0
 #: the gateways in the city's area (they answer a disaster declared for it)
 HOMES = (HOME, residents.ALONE)
 #: household devices that stay on ``kind = "sim"`` (no real path for them in the demo yet)
@@ -120,6 +128,18 @@ def _toml_table(d: dict[str, str]) -> str:
 
 def _device_entries(gw: str, spec: dict[str, Any], wire: _Wire, alone: residents.AloneHome) -> str:
     """The ``[[devices]]`` of a gateway: real drivers on the demo's emitters, the rest simulated."""
+    if gw == SITE:
+        return f"""
+[[devices]]
+kind = "bmeter"             # the meter sees the house, the PV and the car: the net power at the grid connection
+id = "{SITE}-meter"
+household = "{SITE}"
+serial_port = {json.dumps(wire.site_meter_port)}
+rbid = "{RBID}"
+password = "{PWD}"
+poll_interval = {METER_POLL_S}
+scan_durations = [4]
+{live_site_toml(SITE, port=wire.ocpp_port, cp_id=SITE_CP, key=wire.ocpp_key)}"""
     if gw == residents.ALONE:
         return f"""
 [[devices]]
@@ -224,7 +244,7 @@ port = {port}
 
 [clock]
 speed = {speed}
-start = {alone.start if gw == residents.ALONE else start}
+start = {alone.start if gw == residents.ALONE else start + SITE_AHEAD_S if gw == SITE else start}
 {safety}{_device_entries(gw, spec, wire, alone)}"""
 
 
@@ -265,6 +285,13 @@ class _Wire:
         self.truck = truck
         self.home_clock = _ClockProxy(AnchoredClock(start, time.time(), speed))
         self.meter_pty: PtyEmulator | None = None
+        # home-003: PV, an EV charger (a real ocpp ChargePoint) and its meter, on home-003's clock
+        site_meter = next(s for s in sim.household(SITE, SEED) if isinstance(s, Meter))
+        self.site_clock = _ClockProxy(AnchoredClock(start + SITE_AHEAD_S, time.time(), speed))
+        self.site = LiveSite(self.site_clock, house_w=SimulatedMeter(site_meter, self.site_clock).power_w)
+        self.site_pty: PtyEmulator | None = None
+        self.ocpp_port = _web_port(0)
+        self.ocpp_key = secrets.token_urlsafe(24)
         self.gnss_line: PtyLine | None = None
         self.plug_emitter: PlugEmitter | None = None
         self.nmea_emitter: NmeaEmitter | None = None
@@ -278,6 +305,10 @@ class _Wire:
         return str(self.dev / f"{HOME}-bmeter")
 
     @property
+    def site_meter_port(self) -> str:
+        return str(self.dev / f"{SITE}-bmeter")
+
+    @property
     def gnss_port(self) -> str:
         return str(self.dev / f"{TRUCK}-gnss")
 
@@ -287,6 +318,8 @@ class _Wire:
         self.lan.start()
         self.home_clock.target = AnchoredClock(self.start_sim, time.time(), self.speed)
         self.meter_pty = serve_meter(self.meter, self.home_clock, link=self.meter_port)
+        self.site_clock.target = AnchoredClock(self.start_sim + SITE_AHEAD_S, time.time(), self.speed)
+        self.site_pty = PtyEmulator(Scenario(), model=self.site.meter_model(), link=self.site_meter_port)
         self.gnss_line = PtyLine(self.gnss_port)
 
     def start(self, status: dict[str, Path]) -> None:
@@ -310,6 +343,9 @@ class _Wire:
         assert self.gnss_line is not None
         self.nmea_emitter = NmeaEmitter(self.truck, self.gnss_line, truck)  # 1 Hz simulated, like a receiver
         tasks = [asyncio.create_task(self.plug_emitter.run()), asyncio.create_task(self.nmea_emitter.run())]
+        self.site_clock.target = await asyncio.to_thread(clock_of_agent, status[SITE], self.speed)
+        url = f"ws://127.0.0.1:{self.ocpp_port}/ocpp/{SITE_CP}"
+        tasks.append(asyncio.create_task(self.site.run(url, SITE_CP, self.ocpp_key)))
         try:
             await self._stop.wait()
         finally:
@@ -326,7 +362,7 @@ class _Wire:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
-        for closeable in (self.meter_pty, self.gnss_line):
+        for closeable in (self.meter_pty, self.site_pty, self.gnss_line):
             if closeable is not None:
                 closeable.close()
         self.lan.stop()
@@ -338,6 +374,7 @@ class _Wire:
             "plug_messages": self.plug_emitter.published if self.plug_emitter else 0,
             "meter_gets": emu.gets if emu is not None else 0,
             "nmea_epochs": self.nmea_emitter.epochs if self.nmea_emitter else 0,
+            "ocpp_connects": self.site.connects,
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
         }
 
@@ -346,12 +383,14 @@ def _path_of(device: str) -> str:
     """The gateway driver kind a device's readings come through in the demo."""
     if device in STRAPS:
         return "ble"
-    if device.startswith(f"{HOME}-meter"):
+    if device.startswith((f"{HOME}-meter", f"{SITE}-meter")):
         return "bmeter"
     if device == f"{TRUCK}-gnss":
         return "gnss"
     if device in PLUG_DEVICES:
         return "plugs"
+    if device.startswith(f"{SITE_CP}-"):  # the charge point's connectors, through the central system
+        return "ocpp"
     return "sim"
 
 
@@ -549,6 +588,23 @@ def _residents_shown(mailbox: residents.Mailbox, influx_url: str, declaration: s
     return bool(counts["areas"].get(residents.AREA, {}).get("answered") == len(HOMES))
 
 
+def _ev_surplus(config: AgentConfig, site: LiveSite) -> dict[str, Any]:
+    """home-003's surplus loop as its gateway reports it (``kyojo agent status``), and what the site measured: PV
+    energy, what went to the grid and came from it, what the car took."""
+    st = _agent_status(config.status_path).get("ev_surplus") or {}
+    txs = st.get("transactions") or {}
+    return {
+        "mode": st.get("mode"),
+        "state": st.get("state"),
+        "steps": st.get("steps", 0),
+        "profiles_accepted": sum(int((t.get("counts") or {}).get("accepted", 0)) for t in txs.values()),
+        "transactions": txs,
+        "charge_point_connects": site.connects,
+        "grid_import_wh": round(site.import_wh, 1),
+        "grid_export_wh": round(site.export_wh, 1),
+    }
+
+
 def _jst(ts: float) -> str:
     return datetime.fromtimestamp(ts + 9 * 3600, tz=UTC).strftime("%Y-%m-%d %H:%M")
 
@@ -691,13 +747,10 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         decl_path = workdir / "ca" / "declaration.json"
         issued = min(start, alone.start)  # the gateways' simulated clocks, not the wall clock
         declaration = residents.declare(ca, decl_path, issued_at=issued)
+        # home-001's 「無事です」 (what its page's button calls), in time for its first answer
+        home_now = start + (time.time() - agents_at) * speed
+        press(configs[HOME].gateway.data_dir, safe=True, check_on_us=False, now=home_now)
         residents.publish_declaration(decl_path, port, workdir / "declare.log")
-        press(
-            configs[HOME].gateway.data_dir,
-            safe=True,
-            check_on_us=False,
-            now=start + (time.time() - agents_at) * speed,
-        )
         print(
             f"disaster (安否確認): the city declared {declaration} for {residents.AREA} (signed by the demo city CA, "
             f"{workdir / 'ca'}); {HOME} pressed 「無事です」 on its page; homes that gave disaster-safety answer",
@@ -748,6 +801,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             "processor": _agent_status(configs[residents.ALONE].status_path).get("processors", {}).get("watchover"),
         }
         summary["mail"] = mailbox.summary()
+        summary["ev_surplus"] = _ev_surplus(configs[SITE], wire.site)
         summary["safety"] = residents.safety_counts(stack.influxdb.url, DB, declaration, SAFETY_K)
         print(
             f"the demo's InfluxDB stops with it (its files stay in {workdir / 'services'}); to query, run the demo "
