@@ -369,19 +369,34 @@ def ingest_safety(
     influx_db: Annotated[str | None, typer.Option(help="database")] = None,
     influx_username: Annotated[str | None, typer.Option(help="InfluxDB user (password: config or env)")] = None,
     k: Annotated[int, typer.Option(min=2, help="counts below k are shown as <k")] = 5,
+    write: Annotated[
+        bool, typer.Option(help="also store the k-anonymous counts for the dashboard (measurement city_safety)")
+    ] = False,
+    every: Annotated[
+        float | None, typer.Option(min=5, help="repeat every N seconds (with --write: keeps the dashboard current)")
+    ] = None,
 ) -> None:
     """Households' answers to a disaster declaration, counted per area (k-anonymous), and the households that
-    asked to be checked on and said where (JSON)."""
+    asked to be checked on and said where (JSON, one line per round)."""
     from cloud_ingest.erasure import InfluxV1Admin
-    from cloud_ingest.safety import latest_statuses, report
+    from cloud_ingest.safety import latest_statuses, release_lines, report
 
     settings = _load(config, influx_url=influx_url, influx_db=influx_db, influx_username=influx_username)
     admin = InfluxV1Admin.from_settings(settings)
-    try:
-        rows = latest_statuses(admin, declaration)
-    except Exception as err:  # the database's own error, worded
-        raise _fail(f"query failed: {err}", 1) from err
-    typer.echo(json.dumps(report(rows, declaration, k), ensure_ascii=False))
+    while True:
+        try:
+            rep = report(latest_statuses(admin, declaration), declaration, k)
+            if write:
+                admin.write("\n".join(release_lines(rep, int(time.time() * 1000))))
+        except Exception as err:  # the database's own error, worded
+            if every is None:
+                raise _fail(f"query failed: {err}", 1) from err
+            logging.getLogger("kyojo.safety").warning("round failed: %s", err)
+        else:
+            typer.echo(json.dumps(rep, ensure_ascii=False))
+        if every is None:
+            return
+        time.sleep(every)
 
 
 @app.command("rollup")

@@ -73,6 +73,9 @@ class IngestSettings(BaseSettings):
     #: JSON ``{gateway id: Ed25519 public key (base64)}`` registered at enrollment (``kyojo provision sign
     #: --signing-key``): consent records must carry a valid signature by their gateway's key
     gateway_keys: Path | None = None
+    #: JSON ``{gateway id: area}`` registered at enrollment (``kyojo provision area --out``): an event naming an
+    #: area (a disaster status) is taken only from a gateway registered in that area
+    gateway_areas: Path | None = None
     #: per gateway: at most this many consent records, subjects and devices are taken (memory, and InfluxDB's
     #: series cardinality, stay bounded whatever one gateway invents)
     max_consents_per_gateway: int = Field(default=256, ge=1)

@@ -63,6 +63,8 @@ class Decoded:
     audit_head: str | None = None
     #: the kinds of an event batch's events (empty for aggregates)
     kinds: frozenset[str] = frozenset()
+    #: the areas an event batch's events name (a disaster status's ``area``; empty otherwise)
+    areas: frozenset[str] = frozenset()
 
 
 class IdentCache:
@@ -138,6 +140,7 @@ class BatchDecoder:
             points=len(lines),
             devices=frozenset(ev.device for ev in batch.events),
             kinds=frozenset(ev.kind for ev in batch.events),
+            areas=frozenset(str(ev.attrs["area"]) for ev in batch.events if "area" in ev.attrs),
             t_min=min(times),
             t_max=max(times),
             seq=batch.seq,

@@ -41,7 +41,7 @@ from cloud_ingest.leanclient import LeanSubscriber, make_ssl_context
 from cloud_ingest.lineproto import LineBuilder
 from cloud_ingest.mqtt5 import Connack, Message
 from cloud_ingest.scope import Scope
-from cloud_ingest.trust import AuditTrail, GatewayKeys, PurposeRules, load_purpose_rules
+from cloud_ingest.trust import AuditTrail, GatewayKeys, PurposeRules, load_gateway_areas, load_purpose_rules
 from cloud_ingest.writer import InfluxV1Writer, InfluxV2Writer, RetryPolicy, WriteError, Writer
 from kyojo.contract.wire import (
     AuditAnchor,
@@ -207,6 +207,7 @@ class Ingester:
         self._decoder = BatchDecoder(LineBuilder(scope=self.scope))
         self._rules: dict[str, PurposeRules] = load_purpose_rules(settings.catalog)
         self._keys = GatewayKeys.load(settings.gateway_keys) if settings.gateway_keys is not None else None
+        self._areas = load_gateway_areas(settings.gateway_areas) if settings.gateway_areas is not None else None
         self._gateways: dict[str, _Gateway] = {}
         #: first sight of each subject/device pseudonym: the gateway that named it first owns it in this process
         self._owners: dict[str, str] = {}
@@ -718,6 +719,8 @@ class Ingester:
         rules = self._rules.get(d.purpose)
         if d.kinds and (rules is None or not rules.allows_events(d.kinds)):
             return "event_kind", f"{gw}/{d.consent}: events {sorted(d.kinds)} are not what {d.purpose!r} carries"
+        if d.areas and self._areas is not None and d.areas != {self._areas.get(gw)}:
+            return "area", f"{gw}: answers for {sorted(d.areas)}, enrolled in {self._areas.get(gw) or 'no area'}"
         if d.t_min < rec.given_ms:
             return "consent_time", f"{gw}/{d.consent}: data from {d.t_min} before the consent was given"
         if rec.end_ms is not None and d.t_max > rec.end_ms:

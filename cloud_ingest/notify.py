@@ -44,6 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 from cloud_ingest.erasure import InfluxV1Admin
 from kyojo.contract.wire import family_key
 from kyojo.i18n import local_time
+from kyojo.style import CSS
 
 log = logging.getLogger(__name__)
 
@@ -361,15 +362,15 @@ def _notice_mail(lang: str, row: dict[str, Any], ack: str, stop: str, acked: int
 
 _PAGE = """<!doctype html><html lang="{lang}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
-<style>body{{font-family:sans-serif;font-size:20px;line-height:1.6;max-width:36em;margin:1em auto;padding:0 1em}}
-input,button{{font-size:20px;padding:.4em;width:100%;box-sizing:border-box;margin:.2em 0 .8em}}
-button{{background:#0b5;color:#fff;border:0;border-radius:.3em}} .msg{{padding:.6em;border:2px solid #0b5}}
-.err{{border-color:#c00}}</style></head><body><h1>{title}</h1>{body}
-<p><a href="{other}">{other_label}</a></p></body></html>"""
+<link rel="stylesheet" href="/static/kyojo.css"></head><body>
+<header class="top"><span class="brand">{brand}</span><span class="top-actions"><a href="{other}" lang="{other_lang}"
+data-testid="lang-switch">{other_label}</a></span></header>
+<main><h1>{title}</h1>{body}</main></body></html>"""
 
 _WORDS = {
     "ja": {
         "title": "見守りのお知らせ（ご家族向け）",
+        "brand": "共助 見守り",
         "intro": "ご本人から受け取ったご家族用コードとメールアドレスを入力してください。確認のメールが届きます。",
         "code": "ご家族用コード（例 KJ7Q-M2XP-9RT4-WZ3H）",
         "email": "メールアドレス",
@@ -386,6 +387,7 @@ _WORDS = {
     },
     "en": {
         "title": "Watch-over notices (for family)",
+        "brand": "Kyojo watch-over",
         "intro": "Enter the family code you were given and your e-mail address. We will send you a confirmation mail.",
         "code": "Family code (e.g. KJ7Q-M2XP-9RT4-WZ3H)",
         "email": "E-mail address",
@@ -414,7 +416,13 @@ def make_handler(notifier: Notifier) -> type[BaseHTTPRequestHandler]:
             w = _WORDS[lang]
             other = "en" if lang == "ja" else "ja"
             doc = _PAGE.format(
-                lang=lang, title=w["title"], body=body, other=f"/?lang={other}", other_label=w["other"]
+                lang=lang,
+                title=w["title"],
+                brand=w["brand"],
+                body=body,
+                other=f"/?lang={other}",
+                other_lang=other,
+                other_label=w["other"],
             ).encode()
             self.send_response(status)
             self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -424,19 +432,36 @@ def make_handler(notifier: Notifier) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(doc)
 
+        def _css(self) -> None:
+            doc = CSS.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/css; charset=utf-8")
+            self.send_header("Content-Length", str(len(doc)))
+            self.send_header("Cache-Control", "public, max-age=3600")
+            self.end_headers()
+            self.wfile.write(doc)
+
         def _msg(self, lang: str, key: str, status: int = 200, **kw: str) -> None:
-            cls = "msg" if status < 400 else "msg err"
-            self._page(lang, f'<p class="{cls}">{html.escape(_WORDS[lang][key].format(**kw))}</p>', status)
+            cls = "notice ok" if status < 400 else "notice error"
+            text = html.escape(_WORDS[lang][key].format(**kw))
+            self._page(lang, f'<p class="{cls}" role="status" data-testid="message">{text}</p>', status)
 
         def _form(self, lang: str, error: str | None = None, status: int = 200) -> None:
             w = _WORDS[lang]
-            err = f'<p class="msg err">{html.escape(w[error])}</p>' if error else ""
+            err = (
+                f'<p class="notice error" role="alert" data-testid="message">{html.escape(w[error])}</p>'
+                if error
+                else ""
+            )
             body = (
-                f"<p>{w['intro']}</p>{err}<form method=post action=/signup>"
-                f'<input type=hidden name=lang value="{lang}">'
-                f"<label>{w['code']}<input name=code required autocomplete=off autocapitalize=characters></label>"
-                f"<label>{w['email']}<input name=email type=email required></label>"
-                f"<button>{w['send']}</button></form>"
+                f'<p class="lead">{w["intro"]}</p>{err}<form method="post" action="/signup" class="stack">'
+                f'<input type="hidden" name="lang" value="{lang}">'
+                f'<label for="code">{w["code"]}</label>'
+                '<input id="code" name="code" required autocomplete="off" autocapitalize="characters" '
+                'spellcheck="false" inputmode="text">'
+                f'<label for="email">{w["email"]}</label>'
+                '<input id="email" name="email" type="email" required autocomplete="email">'
+                f'<button class="primary wide" type="submit">{w["send"]}</button></form>'
             )
             self._page(lang, body, status)
 
@@ -447,6 +472,8 @@ def make_handler(notifier: Notifier) -> type[BaseHTTPRequestHandler]:
             token = q.get("t", "")
             if url.path == "/":
                 self._form(lang)
+            elif url.path == "/static/kyojo.css":
+                self._css()
             elif url.path == "/confirm":
                 got = notifier.confirm(token)
                 self._msg(got or lang, "confirmed") if got else self._msg(lang, "unknown", 404)

@@ -9,6 +9,11 @@ shown as ``"<k"`` (k-anonymity, as the community rollups): a small group's answe
 
 The only households named are those that asked to be checked on and gave the name and address to be found at
 with that request (``contact``, typed by the household when pressing the button; nothing else identifies them).
+
+The dashboard. :func:`release_lines` turns a report into points of :data:`MEASUREMENT` (tags ``declaration`` and
+``area``; one integer field per count at or above k, the rest left out and counted in ``suppressed``), which
+``kyojo ingest safety --write`` stores and the Grafana panel ``safety.by_area`` shows: the panel reads only what
+passed the k rule, never the households' own rows, and never the ``check_on`` list.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from cloud_ingest.erasure import InfluxV1Admin, _lit
+from cloud_ingest.lineproto import escape_tag
 from cloud_ingest.scope import HOUSEHOLD_TAG
 
 PURPOSE = "disaster-safety"
+MEASUREMENT = "city_safety"
 COUNTED = ("answered", "active_1h", "active_3h", "active_12h", "power", "safe", "check_on_us")
 
 
@@ -65,3 +72,15 @@ def report(rows: Mapping[str, Mapping[str, Any]], declaration: str, k: int) -> d
         "areas": {a: {key: _shown(n, k) for key, n in c.items()} for a, c in sorted(per_area.items())},
         "check_on": sorted(check, key=lambda c: c["at_ms"]),
     }
+
+
+def release_lines(rep: Mapping[str, Any], at_ms: int) -> list[str]:
+    """The report's k-anonymous counts as line protocol (ms precision): one point per area, at ``at_ms``."""
+    out: list[str] = []
+    tag = escape_tag(str(rep["declaration"]))
+    for area, counts in rep["areas"].items():
+        shown = {key: n for key, n in counts.items() if isinstance(n, int)}
+        fields = [f"{key}={n}i" for key, n in shown.items()]
+        fields += [f"suppressed={len(counts) - len(shown)}i", f"k={int(rep['k'])}i"]
+        out.append(f"{MEASUREMENT},area={escape_tag(area)},declaration={tag} {','.join(fields)} {at_ms}")
+    return out

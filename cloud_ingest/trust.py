@@ -5,6 +5,8 @@
   says.
 - :class:`GatewayKeys`: each gateway's Ed25519 signing key, registered at enrollment (``kyojo provision sign
   --signing-key``); a consent record must be signed by its own gateway's key.
+- :func:`load_gateway_areas`: the area each gateway was enrolled in (``kyojo provision enroll --area``); a disaster
+  status is taken only for the area its gateway is registered in, so a gateway cannot speak for another area.
 - :class:`AuditTrail`: the audit heads (``"<n>:<hash>"``) a gateway sent with its batches. An honest gateway's
   heads never go back as its batch numbers go up, and an entry's hash never changes; a truncated or rewritten log
   shows up as a conflict, which the ingester counts, logs and sends back in the gateway's retained anchor.
@@ -54,6 +56,14 @@ def load_purpose_rules(path: Path | None = None) -> dict[str, PurposeRules]:
         )
         for name, spec in doc["purposes"].items()
     }
+
+
+def load_gateway_areas(path: Path) -> dict[str, str]:
+    """``{gateway id: area}`` from the file the CA writes (``kyojo provision area --out``); ValueError when bad."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not all(valid_id(k) and isinstance(v, str) and valid_id(v) for k, v in doc.items()):
+        raise ValueError(f"{path}: expected {{gateway id: area}}")
+    return {str(k): str(v) for k, v in doc.items()}
 
 
 class GatewayKeys:

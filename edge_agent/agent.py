@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers import registry
 from drivers.clock import ScaledClock, SystemClock
@@ -31,6 +31,9 @@ from edge_agent.publisher import Publisher
 from kyojo.contract.vocab import Clock, Driver, Event, KyojoError, Reading
 from kyojo.runtime.backoff import Backoff
 from kyojo.runtime.files import atomic_write_text
+
+if TYPE_CHECKING:
+    from drivers.ocpp.surplus import SurplusController
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +188,27 @@ class Agent:
         #: drivers the supervisor stopped after an unexpected exception: device id -> the exception (status)
         self.drivers_stopped: dict[str, str] = {}
         self._buffer: list[Reading] = []
+        self.surplus = self._surplus_loop()
         self._publisher_started = False
         self._started = time.time()
         self._last_flush = time.monotonic()
 
+    def _surplus_loop(self) -> SurplusController | None:
+        """``[ev.surplus]``: the solar-surplus loop on the configured OCPP central system (None without it)."""
+        loop = self.config.ev.surplus
+        if loop is None:
+            return None
+        from drivers.ocpp.surplus import SurplusController
+
+        ocpp = next((d for d in self.drivers if d.device_id == loop.ocpp and hasattr(d, "central")), None)
+        if ocpp is None:
+            raise ConfigError(f"[ev.surplus] ocpp = {loop.ocpp!r}: no running OCPP central system has that id")
+        return SurplusController(loop, lambda: getattr(ocpp, "central", None), self.clock)
+
     def _on_reading(self, r: Reading) -> None:
         self._buffer.append(r)
+        if self.surplus is not None:
+            self.surplus.observe(r)
 
     async def _run_driver(self, driver: Driver) -> None:
         """Supervise one driver. It never raises (except when cancelled), so one driver cannot stop the others."""
@@ -395,6 +413,7 @@ class Agent:
             last_activity=None if watch is None else watch.watch.last_activity,
             power_seen=None if watch is None else watch.last_power,
             device="gateway" if watch is None else watch.config.meter,
+            watched=watch is not None,
         )
         if events:
             self._write(functools.partial(self.pipeline.store_events, events))
@@ -458,6 +477,7 @@ class Agent:
             "receipts_refused": dict(pub.receipts_refused),
             "anchor_problem": pub.anchor_problem,
             "links": self._links(),
+            "ev_surplus": None if self.surplus is None else self.surplus.status(),
         }
 
     def _links(self) -> dict[str, dict[str, Any]]:
@@ -526,6 +546,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 for d in list(self.drivers):
                     self._start(tg, d)
+                surplus = None if self.surplus is None else tg.create_task(self.surplus.run(), name="ev-surplus")
                 while not stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(interval):
@@ -541,6 +562,8 @@ class Agent:
                     self.write_status(self.config.status_path)
                 for _, t in self._tasks:
                     t.cancel()
+                if surplus is not None:
+                    surplus.cancel()
             sdnotify.stopping()
             self.flush()
             self._backup()

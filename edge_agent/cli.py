@@ -250,6 +250,16 @@ def render_status(doc: dict[str, Any], *, now: float) -> str:
         + (f", {doc.get('inflight', 0)} in flight" if doc.get("inflight") else ""),
         f"withheld    {doc.get('denied', 0)} aggregate(s) without consent, {doc.get('events_withheld', 0)} event(s)",
     ]
+    ev = doc.get("ev_surplus")
+    if isinstance(ev, dict):
+        txs = ev.get("transactions") or {}
+        charging = ", ".join(
+            f"{t.get('charge_point')}/{t.get('connector')} {t.get('state')}"
+            + (f" {t['limit_a']:g} A" if t.get("limit_a") is not None else "")
+            + (f" ({t['reason']})" if t.get("reason") else "")
+            for t in txs.values()
+        )
+        lines.append(f"ev surplus  {ev.get('mode')}: {ev.get('state')}" + (f"; {charging}" if charging else ""))
     problems = []
     for name, value in (
         ("driver errors", doc.get("driver_errors")),

@@ -16,9 +16,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, cast
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers import registry
+from drivers.ocpp.surplus import Config as SurplusConfig
 from edge_agent import processors as processor_kinds
 from kyojo.contract.vocab import Category, KyojoError
 from kyojo.contract.wire import Ident
@@ -177,6 +187,13 @@ class SafetySection(_Section):
     interval: timedelta = Field(default=timedelta(minutes=30), description="between two safety statuses")
 
 
+class EvSection(_Section):
+    """EV charging on this gateway: ``[ev.surplus]`` runs the solar-surplus loop (drivers/ocpp/surplus.py) between a
+    smart meter and the gateway's OCPP central system."""
+
+    surplus: SurplusConfig | None = None
+
+
 class AgentConfig(_Section):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
@@ -188,6 +205,20 @@ class AgentConfig(_Section):
     safety: SafetySection = SafetySection()
     devices: list[DeviceConfig] = Field(default_factory=list)
     processors: list[ProcessorConfig] = Field(default_factory=list)
+    ev: EvSection = EvSection()
+
+    @model_validator(mode="after")
+    def _surplus_devices(self) -> AgentConfig:
+        loop = self.ev.surplus
+        if loop is None:
+            return self
+        ocpp = [d for d in self.devices if getattr(d, "kind", None) == "ocpp" and getattr(d, "id", None) == loop.ocpp]
+        if not ocpp:
+            raise ValueError(f"[ev.surplus] ocpp = {loop.ocpp!r}: no [[devices]] entry of kind ocpp has that id")
+        allowed = getattr(ocpp[0], "charge_points", [])
+        if loop.charge_point is not None and loop.charge_point not in allowed:
+            raise ValueError(f"[ev.surplus] charge_point = {loop.charge_point!r} is not in that entry's charge_points")
+        return self
 
     @property
     def db_path(self) -> Path:

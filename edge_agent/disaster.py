@@ -174,7 +174,10 @@ class SafetyStatus:
         last_activity: float | None,
         power_seen: float | None,
         device: str,
+        watched: bool = True,
     ) -> list[Event]:
+        """The status events due at ``now`` (one per subject), or none. ``watched``: the gateway has a meter under
+        watch-over; without one, activity and power are unknown and left out (never reported as "none")."""
         decl = self.declarations.active(self.area, now)
         if decl is None or not subjects or now - self.last.get(decl.id, -1e18) < self.interval_s:
             return []
@@ -186,7 +189,8 @@ class SafetyStatus:
         if last_activity is not None:
             for hours in (1, 3, 12):
                 attrs[f"active_{hours}h"] = now - last_activity <= hours * 3600
-        attrs["power"] = power_seen is not None and now - power_seen <= 600
+        if watched:
+            attrs["power"] = power_seen is not None and now - power_seen <= 600
         attrs["safe"] = bool(fresh and pressed.get("safe"))
         attrs["check_on_us"] = bool(fresh and pressed.get("check_on_us"))
         contact = pressed.get("contact")

@@ -151,7 +151,7 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     ),
     "demo": (
         _demo,
-        "Start broker, database, two gateways with simulated devices and the ingester; show live progress.",
+        "Start broker, database, three gateways with simulated devices and the city's services; show live progress.",
     ),
     "agent": (_edge, "Run and inspect the gateway agent."),
     "consent": (_edge, "Give, withdraw and list consents (household)."),

@@ -94,6 +94,10 @@ def enroll(
     ca_dir: CaDir,
     role: Annotated[pki.Role | None, typer.Option(help="gateway (the default), ingest, eraser or admin")] = None,
     ttl_minutes: Annotated[int | None, typer.Option(min=1, help="code lifetime (default from the CA)")] = None,
+    area: Annotated[
+        str | None,
+        typer.Option(help="the city's area the gateway is installed in (disaster declarations are per area)"),
+    ] = None,
 ) -> None:
     """Open a one-time enrollment for IDENT and print the code for the installer."""
     if role is None:
@@ -110,7 +114,7 @@ def enroll(
     ca = _ca(ca_dir)
     ttl = dt.timedelta(minutes=ttl_minutes) if ttl_minutes else None
     try:
-        code = ca.enroll(ident, role, ttl)
+        code = ca.enroll(ident, role, ttl, area=area)
     except pki.PkiError as err:
         raise _fail(err) from err
     typer.echo(code)
@@ -281,6 +285,34 @@ def crl(
         except OSError as err:
             raise _fail(pki.PkiError(f"cannot install the CRL at {install_to}: {err}")) from err
         typer.echo(f"installed {install_to}; now: systemctl reload mosquitto (it re-reads the CRL on SIGHUP)")
+
+
+@app.command("area")
+def gateway_area(
+    ca_dir: CaDir,
+    gateway: Annotated[str | None, typer.Argument(help="the gateway (none: list every gateway's area)")] = None,
+    area: Annotated[str | None, typer.Argument(help="set its area (a gateway that moved)")] = None,
+    clear: Annotated[bool, typer.Option(help="forget the gateway's area")] = False,
+    out: Annotated[Path | None, typer.Option(help="write the cloud's gateway_areas file here")] = None,
+) -> None:
+    """Where gateways are: the areas registered at enrollment (``enroll --area``), set or cleared by the operator.
+    The cloud reads the file as ``gateway_areas``: a gateway's disaster status counts only for its own area."""
+    ca = _ca(ca_dir)
+    try:
+        if gateway is not None and (area is not None or clear):
+            ca.register_area(gateway, None if clear else area)
+    except pki.PkiError as err:
+        raise _fail(err) from err
+    areas = ca.gateway_areas()
+    if gateway is not None and out is None:
+        typer.echo(areas.get(gateway, "(none)"))
+        return
+    text = json.dumps(areas, indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out} ({len(areas)} gateways): set gateway_areas = {str(out)!r} on the cloud")
 
 
 @app.command("gateway-keys")

@@ -304,6 +304,8 @@ def create_request(
 SIGNING_KEY_URI = "urn:kyojo:signing-key:ed25519:"
 #: the CA's registry of gateway signing keys, ``{gateway: base64 key}``, for the cloud's ``gateway_keys`` setting
 GATEWAY_KEYS_NAME = "gateway_keys.json"
+#: ``{gateway id: area}``: where each gateway is, as the operator enrolled it (``kyojo provision enroll --area``)
+GATEWAY_AREAS_NAME = "gateway_areas.json"
 
 
 def _check_signing_key(value: str) -> bytes:
@@ -541,16 +543,27 @@ class CertificateAuthority:
     def _enroll_path(self, ident: str) -> Path:
         return self.ca_dir / "enroll" / f"{ident}.json"
 
-    def enroll(self, ident: str, role: Role = Role.GATEWAY, ttl: dt.timedelta | None = None) -> str:
+    def enroll(
+        self, ident: str, role: Role = Role.GATEWAY, ttl: dt.timedelta | None = None, *, area: str | None = None
+    ) -> str:
         """Open a one-time enrollment for ``ident`` (with ``role``); return the code to give the installer.
 
-        A new call replaces an earlier, unused code. The code file is 0600 and deleted when a CSR uses it.
+        ``area`` (gateways only): the city's area the gateway is installed in, registered when its CSR is signed
+        (:meth:`gateway_areas`); the cloud then takes a disaster status from it for that area only, whatever the
+        gateway's own configuration says. A new call replaces an earlier, unused code. The code file is 0600 and
+        deleted when a CSR uses it.
         """
         _check_id(ident)
+        if area is not None:
+            if role is not Role.GATEWAY:
+                raise PkiError("only a gateway has an area")
+            _check_id(area)
         self._check_role_free(ident, role)
         ttl = ttl or dt.timedelta(minutes=self.lifetimes.enroll_ttl_minutes)
         code = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(_CODE_LEN))
         record = {"id": ident, "role": role.value, "code": code, "expires": (_now() + ttl).isoformat()}
+        if area is not None:
+            record["area"] = area
         write_private(self._enroll_path(ident), json.dumps(record).encode())
         return code
 
@@ -595,9 +608,9 @@ class CertificateAuthority:
                     f"{cn!r} was enrolled as {planned.value} but its CSR asks for {asked[0].value!s}: "
                     f"enroll it again with --role {asked[0].value!s}"
                 )
-            role = self._consume_enrollment(cn, proof_s.removeprefix("enroll:"), _spki(pub), now)
+            role, area = self._consume_enrollment(cn, proof_s.removeprefix("enroll:"), _spki(pub), now)
         elif proof_s.startswith("renew:"):
-            role = self._check_renewal(cn, proof_s.removeprefix("renew:"), _spki(pub), now)
+            role, area = self._check_renewal(cn, proof_s.removeprefix("renew:"), _spki(pub), now), None
         else:
             raise PkiError("unknown proof in the CSR's challengePassword")
         signing_key = _csr_signing_key(csr)
@@ -606,6 +619,8 @@ class CertificateAuthority:
         cert = self._issue(cn, role, pub, now)
         if signing_key is not None:
             self.register_signing_key(cn, signing_key)
+        if area is not None:
+            self.register_area(cn, area)
         return cert.public_bytes(serialization.Encoding.PEM)
 
     @property
@@ -629,6 +644,30 @@ class CertificateAuthority:
         keys[gateway] = key_b64
         _write_public(self.gateway_keys_path, json.dumps(dict(sorted(keys.items())), indent=2).encode())
 
+    @property
+    def gateway_areas_path(self) -> Path:
+        """``gateway_areas.json``: what the cloud services read as ``gateway_areas``."""
+        return self.ca_dir / GATEWAY_AREAS_NAME
+
+    def gateway_areas(self) -> dict[str, str]:
+        """The area each gateway was enrolled (or moved) in."""
+        try:
+            doc = json.loads(self.gateway_areas_path.read_text())
+        except FileNotFoundError:
+            return {}
+        return {str(k): str(v) for k, v in doc.items()}
+
+    def register_area(self, gateway: str, area: str | None) -> None:
+        """Record where ``gateway`` is (an operator's decision: at enrollment, or when the gateway moves; None
+        forgets it)."""
+        _check_id(gateway)
+        areas = self.gateway_areas()
+        if area is None:
+            areas.pop(gateway, None)
+        else:
+            areas[gateway] = _check_id(area)
+        _write_public(self.gateway_areas_path, json.dumps(dict(sorted(areas.items())), indent=2).encode())
+
     def _planned_role(self, cn: str) -> Role | None:
         """The role of ``cn``'s open enrollment (None: none open)."""
         try:
@@ -636,7 +675,7 @@ class CertificateAuthority:
         except (FileNotFoundError, KeyError, ValueError):
             return None
 
-    def _consume_enrollment(self, cn: str, mac: str, spki: bytes, now: dt.datetime) -> Role:
+    def _consume_enrollment(self, cn: str, mac: str, spki: bytes, now: dt.datetime) -> tuple[Role, str | None]:
         path = self._enroll_path(cn)
         try:
             record = json.loads(path.read_text())
@@ -651,7 +690,8 @@ class CertificateAuthority:
         path.unlink()  # one-time
         role = Role(record["role"])
         self._check_role_free(cn, role)
-        return role
+        area = record.get("area")
+        return role, str(area) if isinstance(area, str) else None
 
     def _check_renewal(self, cn: str, sig_b64: str, spki: bytes, now: dt.datetime) -> Role:
         try:

@@ -147,6 +147,20 @@ DASHBOARDS: tuple[Dashboard, ...] = (
         time_from="now-90d",
     ),
     Dashboard(
+        "disaster-safety",
+        "Kyojo · Disaster safety (k-anonymous)",
+        "災害時の安否確認（k匿名）",
+        "Households' answers to a declared disaster (purpose disaster-safety), counted per area by kyojo ingest "
+        "safety --write: only counts of at least k households; the list of who asked to be checked on stays "
+        "with the city's responders (kyojo ingest safety).",
+        (
+            Panel("safety.by_area", type="table", w=24),
+            Panel("safety.answered", w=24),
+        ),
+        (),
+        time_from="now-3d",
+    ),
+    Dashboard(
         "platform-health",
         "Kyojo · Platform health",
         "プラットフォームの状態",

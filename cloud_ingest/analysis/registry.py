@@ -219,6 +219,30 @@ QUERIES: dict[str, CannedQuery] = {
             plot="bar",
             alias="$m",
         ),
+        # --- disaster safety: k-anonymous counts only ----------------------------------------------------------
+        _q(
+            "safety.by_area",
+            "Safety answers per area (k-anonymous)",
+            "Per declared disaster and area, the latest count of households that answered, showed activity in the "
+            "last 1/3/12 hours, have power, pressed 'we are safe' or asked to be checked on (kyojo ingest safety "
+            "--write). Counts below k are left out (blank) and counted in 'suppressed'; who asked to be checked on "
+            "is only in the city's list (kyojo ingest safety), never here.",
+            'SELECT last("answered") AS "answered", last("safe") AS "safe", last("check_on_us") AS "check_on_us", '
+            'last("active_1h") AS "active_1h", last("active_3h") AS "active_3h", last("active_12h") AS "active_12h", '
+            f'last("power") AS "power", last("suppressed") AS "suppressed" FROM "city_safety" WHERE {_TF} '
+            'GROUP BY "declaration", "area"',
+            plot="bar",
+            result_format="table",
+        ),
+        _q(
+            "safety.answered",
+            "Households that answered, over time",
+            "Per area, households that answered the declaration, as each round of kyojo ingest safety --write "
+            "counted them (blank where fewer than k).",
+            f'SELECT last("answered") AS "answered" FROM "city_safety" WHERE {_TF} '
+            'GROUP BY time($__interval), "area" fill(none)',
+            alias="$tag_area",
+        ),
         # --- platform health ---------------------------------------------------------------------------------
         _q(
             "platform.gateways_online",
@@ -297,6 +321,8 @@ TITLES_JA: Mapping[str, str] = {
     "waste.progress": "ルートの進捗",
     "care.alerts_by_week": "週・種類別のアラート件数（k匿名）",
     "care.households_by_week": "週ごとの集計に含まれる世帯数",
+    "safety.by_area": "地域ごとの安否回答（k匿名）",
+    "safety.answered": "回答した世帯数の推移",
     "platform.gateways_online": "オンラインのゲートウェイ",
     "platform.ingest_rate": "取り込み速度",
     "platform.rejects_by_cause": "拒否されたメッセージ（原因別）",

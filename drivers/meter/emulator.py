@@ -10,8 +10,8 @@ with the meter's hex ECHONET Lite Get_Res (or Get_SNA when a property has no val
 
 What the meter answers comes from a :class:`MeterModel`: by default the fixed :class:`Scenario` values (504 W,
 a raw count that grows by 7 per Get); :mod:`drivers.sim.emit.meter` plugs in the deterministic simulator.
-:class:`Scenario` knobs make the module fail joins, hide the meter from short scans and drop the PANA session
-(``EVENT 29``).
+:class:`Scenario` knobs make the module fail joins, hide the meter from short scans, drop the PANA session
+(``EVENT 29``) and silence the meter (``mute``: Gets go out, no answer comes back).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Scenario:
     empty_scans: int = 0  # the first n scans hear no beacon
     drop_after_gets: int | None = None  # EVENT 29 instead of the n-th+1 Get answer
     auto_reauth: bool = False  # after EVENT 29 the module re-authenticates by itself (EVENT 25)
+    mute: bool = False  # the meter stops answering: the module sends (EVENT 21 00, OK) but no ERXUDP comes back
     power_w: int = 504
     count: int = 999_990  # 0xE0 raw count; grows by 7 per Get; 0xD7 = 6 digits -> wraps at 10**6
 
@@ -209,6 +210,8 @@ class Emulator:
             self.send(f"EVENT 21 {ip} 01", "OK")
             return
         self.send(f"EVENT 21 {ip} 00", "OK")
+        if self.sc.mute:
+            return
         self.gets += 1
         if self.sc.drop_after_gets is not None and self.gets == self.sc.drop_after_gets + 1:
             self.joined = False

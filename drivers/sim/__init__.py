@@ -4,7 +4,8 @@ Each simulator's readings are a pure function of (seed, device id, time): ``read
 split-invariant and reproducible, so tests can pass simulated hours in seconds (with
 :class:`drivers.clock.ScaledClock` and :class:`SimDriver`) and compute ground truth independently.
 
-Factories: :func:`household` (a typical home) and :func:`truck` (a garbage truck's GNSS).
+Factories: :func:`household` (a typical home), :func:`living_alone` (a person living alone, for the watch-over)
+and :func:`truck` (a garbage truck's GNSS).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from drivers.sim.base import (
     stable_key,
 )
 from drivers.sim.driver import SimDriver
-from drivers.sim.energy import APPLIANCES, Appliance, Meter, Plug
+from drivers.sim.energy import APPLIANCES, Appliance, Meter, Plug, QuietPlug
 from drivers.sim.ev import EVCharger
 from drivers.sim.gnss import DEFAULT_ROUTE, GarbageTruck, haversine_m, initial_bearing_deg
 from drivers.sim.health import BloodPressureCuff, HeartRateStrap, PulseOximeter, Thermometer
@@ -41,12 +42,14 @@ __all__ = [
     "Meter",
     "Plug",
     "PulseOximeter",
+    "QuietPlug",
     "SimDriver",
     "Simulator",
     "Thermometer",
     "haversine_m",
     "household",
     "initial_bearing_deg",
+    "living_alone",
     "stable_key",
     "truck",
 ]
@@ -96,6 +99,34 @@ def household(
     sims.append(Meter(f"{home_id}-meter", home_id, seed, plugs, tz_offset_h=tz_offset_h))
     sims.append(EVCharger(f"{home_id}-ev", home_id, seed, tz_offset_h=tz_offset_h))
     return sims
+
+
+def living_alone(
+    home_id: str,
+    seed: int,
+    *,
+    quiet: tuple[float, float] | None = None,
+    meter_period_s: float = 60.0,
+    tz_offset_h: float = JST_OFFSET_H,
+) -> list[Simulator]:
+    """A person living alone: plugs ``{home}-fridge``, ``-kettle``, ``-washer``, ``-tv`` and the meter
+    ``{home}-meter`` summing them (read every ``meter_period_s``, as a B-route meter is); subject = ``home_id``.
+
+    ``quiet`` (POSIX s, ``[start, end)``): the person switches nothing on in that window (the fridge runs on), as
+    on a morning they do not get up -- what the watch-over processor must notice.
+    """
+    names: dict[Appliance, str] = {"fridge": "fridge", "kettle": "kettle", "washing_machine": "washer", "tv": "tv"}
+    plugs: list[Plug] = []
+    for app, name in names.items():
+        dev = f"{home_id}-{name}"
+        if quiet is not None and app != "fridge":
+            plugs.append(
+                QuietPlug(dev, home_id, seed, appliance=app, tz_offset_h=tz_offset_h, grid_id=home_id, quiet=quiet)
+            )
+        else:
+            plugs.append(Plug(dev, home_id, seed, appliance=app, tz_offset_h=tz_offset_h, grid_id=home_id))
+    meter = Meter(f"{home_id}-meter", home_id, seed, plugs, period_s=meter_period_s, tz_offset_h=tz_offset_h)
+    return [*plugs, meter]
 
 
 def truck(truck_id: str, seed: int, *, tz_offset_h: float = JST_OFFSET_H) -> list[Simulator]:

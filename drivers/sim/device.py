@@ -17,17 +17,21 @@ SIM_POLL_S = 0.1
 
 
 class Config(BaseModel):
-    """A simulated device family from ``drivers.sim`` (``household`` or ``truck``)."""
+    """A simulated device family from ``drivers.sim`` (``household``, ``alone`` -- a person living alone, see
+    :func:`drivers.sim.living_alone` -- or ``truck``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["sim"]
-    profile: Literal["household", "truck"]
+    profile: Literal["household", "alone", "truck"]
     id: str = Field(pattern=ID_PATTERN)
     seed: int = 0
     persons: list[str] = Field(default_factory=lambda: ["p1", "p2"])
     only: list[str] | None = Field(
         default=None, description="simulate only these device ids (the others come through real drivers)"
+    )
+    quiet: tuple[float, float] | None = Field(
+        default=None, description="profile alone: [start, end) POSIX s in which the person switches nothing on"
     )
 
 
@@ -39,11 +43,12 @@ def tick_s(clock_speed: float) -> float:
 def build(config: Config, ctx: BuildContext) -> list[Driver]:
     from drivers import sim
 
-    sims = (
-        sim.household(config.id, config.seed, persons=tuple(config.persons))
-        if config.profile == "household"
-        else sim.truck(config.id, config.seed)
-    )
+    if config.profile == "household":
+        sims = sim.household(config.id, config.seed, persons=tuple(config.persons))
+    elif config.profile == "alone":
+        sims = sim.living_alone(config.id, config.seed, quiet=config.quiet)
+    else:
+        sims = sim.truck(config.id, config.seed)
     if config.only is not None:
         unknown = sorted(set(config.only) - {s.device_id for s in sims})
         if unknown:

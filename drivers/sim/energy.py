@@ -18,7 +18,7 @@ import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -417,3 +417,25 @@ class Meter(BaseSimulator):
         e = self.energy_at(np.concatenate([[t[0] - self.period_s], t]))
         power = np.round(np.diff(e) * (HOUR_S / self.period_s), 1)
         return [("power", t, power), ("energy", t, e[1:])]
+
+
+class QuietPlug(Plug):
+    """A :class:`Plug` whose appliance is not switched on during ``quiet`` (POSIX s, ``[start, end)``): nobody in
+    the home used it. On-periods that would start in the window are dropped, so power and the energy counter stay
+    each other's exact integral (the day totals come from the same segments). The watch-over demo's person who
+    does not get up one morning."""
+
+    def __init__(self, *args: Any, quiet: tuple[float, float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not quiet[0] < quiet[1]:
+            raise ValueError("quiet must be (start, end) with start < end")
+        self.quiet = (float(quiet[0]), float(quiet[1]))
+
+    def segments(self, days: IntArray) -> Segments:
+        seg = super().segments(days)
+        days = np.asarray(days, dtype=np.int64)
+        # absolute start of each segment: the step that begins it, as in power_steps (k = day * spd + s + 1 - off)
+        k = days[:, None] * self.steps_per_day + seg.start - self._off
+        t = k.astype(np.float64) * self.period_s
+        hushed = (t >= self.quiet[0]) & (t < self.quiet[1])
+        return Segments(seg.start, np.where(hushed, 0, seg.n), seg.watts, seg.noise)

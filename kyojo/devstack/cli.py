@@ -22,7 +22,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="where the demo keeps its data")] = Path(".kyojo/demo"),
     verbose: bool = False,
 ) -> None:
-    """Start broker, database, two gateways with simulated devices and the ingester; show live progress."""
+    """Start broker, database, three gateways with simulated devices and the city's services; show live progress."""
     from kyojo.devstack.demo import run_demo
 
     logging.basicConfig(

@@ -1,12 +1,14 @@
 """``kyojo demo``: the whole platform on one machine, with simulated homes and a garbage truck.
 
-Starts Mosquitto and InfluxDB on free loopback ports with data under ``workdir``, one household gateway
-(wearables, plugs, meter, EV charger) and one garbage-truck gateway as agent processes, and one ingester
-process; grants a sample set of consents (person p2 gives none, so their data never leaves); starts the
-household web page of home-001 (``kyojo web serve``, loopback, port 8080 when free) and prints its URL and a
-one-time pairing code; starts the garbage-collection navigator (``kyojo navi serve``, port 8090 when free) on the
-truck's route and prints its URL; prints progress every second; stops everything it started on Ctrl-C or after
-``duration``; returns a summary.
+Starts Mosquitto and InfluxDB on free loopback ports with data under ``workdir``, one household gateway (wearables,
+plugs, meter, EV charger), one gateway of a person living alone (watch-over) and one garbage-truck gateway as agent
+processes, and the ingester, eraser and watch-over notifier processes; grants a sample set of consents (person p2
+gives none, so their data never leaves); starts the household web page of home-001 (``kyojo web serve``, loopback,
+port 8080 when free) and prints its URL and a one-time pairing code; starts the garbage-collection navigator
+(``kyojo navi serve``, port 8090 when free) on the truck's route and prints its URL; runs the residents' services of
+:mod:`kyojo.devstack.residents` (the person living alone goes quiet once and their family is e-mailed; the city
+declares a disaster for the homes' area and counts their answers); prints progress every second; stops everything it
+started on Ctrl-C or after ``duration``; returns a summary.
 
 The devices are the deterministic simulators of :mod:`drivers.sim`, and most of them reach the gateways over
 the real protocols, read by the production drivers (:mod:`drivers.sim.emit`):
@@ -54,17 +56,21 @@ from pathlib import Path
 from typing import IO, Any
 
 from drivers import sim
-from drivers.meter.emulator import PWD, RBID, PtyEmulator
+from drivers.meter.emulator import PWD, RBID, PtyEmulator, Scenario
 from drivers.sim.emit.clock import AnchoredClock, clock_of_agent
-from drivers.sim.emit.meter import serve_meter
+from drivers.sim.emit.meter import SimulatedMeter, serve_meter
 from drivers.sim.emit.nmea import NmeaEmitter, PtyLine
 from drivers.sim.emit.plugs import PlugEmitter, appliances, household_plugs
 from drivers.sim.energy import Meter, Plug
+from drivers.sim.evsite import LiveSite, live_site_toml
 from drivers.sim.gnss import GarbageTruck
 from edge_agent import consent
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.db import connect
+from edge_agent.disaster import press
+from edge_agent.processors.watchover import family_code
 from kyojo.contract.vocab import Clock
+from kyojo.devstack import residents
 from provisioning.local import LocalStack, Mosquitto, ensure_installed
 
 DB = "kyojo"
@@ -76,7 +82,17 @@ TRUCK = "truck-07"
 GATEWAYS = {
     HOME: {"profile": "home", "sim": "household", "persons": ["p1", "p2"]},
     TRUCK: {"profile": "truck", "sim": "truck", "persons": []},
+    residents.ALONE: {"profile": "home", "sim": "alone", "persons": [residents.PERSON]},
 }
+#: a home with PV on the roof and an EV charger, whose gateway steers the charging into the surplus (issue 18)
+SITE = "home-003"
+GATEWAYS[SITE] = {"profile": "home", "sim": "site", "persons": []}
+#: the charge point of home-003 (a real ``ocpp`` ChargePoint that honours profiles: drivers.sim.evsite)
+SITE_CP = "HOME3-EV"
+#: home-003's clock starts this long after the others' (late morning: the car is home, the sun is up)
+SITE_AHEAD_S = 3 * 3600.0
+#: the gateways in the city's area (they answer a disaster declared for it)
+HOMES = (HOME, residents.ALONE)
 #: household devices that stay on ``kind = "sim"`` (no real path for them in the demo yet)
 SIM_ONLY = [f"{HOME}-p1-bp", f"{HOME}-p2-spo2", f"{HOME}-ev"]
 #: heart-rate straps on the virtual BLE backend: device id -> (BD_ADDR, subject)
@@ -91,7 +107,12 @@ CONSENTS = [
     ("home-001", "community-energy", "home-001"),
     ("home-001", "ev-energy-sharing", "home-001"),
     ("truck-07", "waste-collection", "truck-07"),
+    ("home-001", "disaster-safety", "home-001"),
+    (residents.ALONE, "watchover-family", residents.PERSON),
+    (residents.ALONE, "disaster-safety", residents.PERSON),
 ]
+#: k of the demo's safety count (two households in the area; the city's default is 5)
+SAFETY_K = 2
 
 
 def _morning_jst(now: float) -> float:
@@ -105,8 +126,35 @@ def _toml_table(d: dict[str, str]) -> str:
     return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
-def _device_entries(gw: str, spec: dict[str, Any], wire: _Wire) -> str:
+def _device_entries(gw: str, spec: dict[str, Any], wire: _Wire, alone: residents.AloneHome) -> str:
     """The ``[[devices]]`` of a gateway: real drivers on the demo's emitters, the rest simulated."""
+    if gw == SITE:
+        return f"""
+[[devices]]
+kind = "bmeter"             # the meter sees the house, the PV and the car: the net power at the grid connection
+id = "{SITE}-meter"
+household = "{SITE}"
+serial_port = {json.dumps(wire.site_meter_port)}
+rbid = "{RBID}"
+password = "{PWD}"
+poll_interval = {METER_POLL_S}
+scan_durations = [4]
+{live_site_toml(SITE, port=wire.ocpp_port, cp_id=SITE_CP, key=wire.ocpp_key)}"""
+    if gw == residents.ALONE:
+        return f"""
+[[devices]]
+kind = "sim"
+profile = "alone"           # a person living alone; switches nothing on in the quiet window
+id = "{gw}"
+seed = {SEED}
+only = ["{gw}-meter"]
+quiet = [{alone.quiet[0]!r}, {alone.quiet[1]!r}]
+
+[[processors]]
+kind = "watchover"          # learned this home's rhythm (replayed: residents.seed_watchover)
+meter = "{gw}-meter"
+subject = "{residents.PERSON}"
+"""
     if gw == TRUCK:
         return f"""
 [[devices]]
@@ -170,24 +218,34 @@ kind = "nilm"               # appliance estimates from the whole-home meter, hel
 meter = "{HOME}-meter"
 subject = "{HOME}"
 plugs = {{ "{HOME}-kettle" = "kettle", "{HOME}-washer" = "washing_machine" }}
+
+[[processors]]
+kind = "watchover"          # learns the home's rhythm; its signs of life feed the disaster status (no consent:
+meter = "{HOME}-meter"      # its events stay home)
+subject = "{HOME}"
+signals = {{ "{HOME}-kettle" = "kettle", "{HOME}-tv" = "tv" }}
 """
     return text
 
 
-def _gateway_toml(gw: str, spec: dict[str, Any], port: int, speed: float, start: float, wire: _Wire) -> str:
+def _gateway_toml(
+    gw: str, spec: dict[str, Any], port: int, speed: float, start: float, wire: _Wire, alone: residents.AloneHome
+) -> str:
+    area = f'area = "{residents.AREA}"\n' if gw in HOMES else ""
+    safety = f"\n[safety]\ncity_ca = {json.dumps(str(wire.city_ca))}\n" if gw in HOMES else ""
     return f"""[gateway]
 id = "{gw}"
 profile = "{spec["profile"]}"
 data_dir = "data"
-
+{area}
 [mqtt]
 host = "127.0.0.1"
 port = {port}
 
 [clock]
 speed = {speed}
-start = {start}
-{_device_entries(gw, spec, wire)}"""
+start = {alone.start if gw == residents.ALONE else start + SITE_AHEAD_S if gw == SITE else start}
+{safety}{_device_entries(gw, spec, wire, alone)}"""
 
 
 class _ClockProxy:
@@ -214,6 +272,7 @@ class _Wire:
         self.speed = speed
         self.start_sim = start
         self.dev = workdir / "dev"
+        self.city_ca = workdir / "ca" / "ca.crt"
         self.lan = Mosquitto(workdir / "lan-mosquitto", persistence=False)
         household = {s.device_id: s for s in sim.household(HOME, SEED)}
         self.plugs = household_plugs([s for s in household.values() if isinstance(s, Plug)], HOME)
@@ -226,6 +285,13 @@ class _Wire:
         self.truck = truck
         self.home_clock = _ClockProxy(AnchoredClock(start, time.time(), speed))
         self.meter_pty: PtyEmulator | None = None
+        # home-003: PV, an EV charger (a real ocpp ChargePoint) and its meter, on home-003's clock
+        site_meter = next(s for s in sim.household(SITE, SEED) if isinstance(s, Meter))
+        self.site_clock = _ClockProxy(AnchoredClock(start + SITE_AHEAD_S, time.time(), speed))
+        self.site = LiveSite(self.site_clock, house_w=SimulatedMeter(site_meter, self.site_clock).power_w)
+        self.site_pty: PtyEmulator | None = None
+        self.ocpp_port = _web_port(0)
+        self.ocpp_key = secrets.token_urlsafe(24)
         self.gnss_line: PtyLine | None = None
         self.plug_emitter: PlugEmitter | None = None
         self.nmea_emitter: NmeaEmitter | None = None
@@ -239,6 +305,10 @@ class _Wire:
         return str(self.dev / f"{HOME}-bmeter")
 
     @property
+    def site_meter_port(self) -> str:
+        return str(self.dev / f"{SITE}-bmeter")
+
+    @property
     def gnss_port(self) -> str:
         return str(self.dev / f"{TRUCK}-gnss")
 
@@ -248,6 +318,8 @@ class _Wire:
         self.lan.start()
         self.home_clock.target = AnchoredClock(self.start_sim, time.time(), self.speed)
         self.meter_pty = serve_meter(self.meter, self.home_clock, link=self.meter_port)
+        self.site_clock.target = AnchoredClock(self.start_sim + SITE_AHEAD_S, time.time(), self.speed)
+        self.site_pty = PtyEmulator(Scenario(), model=self.site.meter_model(), link=self.site_meter_port)
         self.gnss_line = PtyLine(self.gnss_port)
 
     def start(self, status: dict[str, Path]) -> None:
@@ -271,6 +343,9 @@ class _Wire:
         assert self.gnss_line is not None
         self.nmea_emitter = NmeaEmitter(self.truck, self.gnss_line, truck)  # 1 Hz simulated, like a receiver
         tasks = [asyncio.create_task(self.plug_emitter.run()), asyncio.create_task(self.nmea_emitter.run())]
+        self.site_clock.target = await asyncio.to_thread(clock_of_agent, status[SITE], self.speed)
+        url = f"ws://127.0.0.1:{self.ocpp_port}/ocpp/{SITE_CP}"
+        tasks.append(asyncio.create_task(self.site.run(url, SITE_CP, self.ocpp_key)))
         try:
             await self._stop.wait()
         finally:
@@ -287,7 +362,7 @@ class _Wire:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
-        for closeable in (self.meter_pty, self.gnss_line):
+        for closeable in (self.meter_pty, self.site_pty, self.gnss_line):
             if closeable is not None:
                 closeable.close()
         self.lan.stop()
@@ -299,6 +374,7 @@ class _Wire:
             "plug_messages": self.plug_emitter.published if self.plug_emitter else 0,
             "meter_gets": emu.gets if emu is not None else 0,
             "nmea_epochs": self.nmea_emitter.epochs if self.nmea_emitter else 0,
+            "ocpp_connects": self.site.connects,
             "error": None if self.error is None else f"{type(self.error).__name__}: {self.error}",
         }
 
@@ -307,12 +383,14 @@ def _path_of(device: str) -> str:
     """The gateway driver kind a device's readings come through in the demo."""
     if device in STRAPS:
         return "ble"
-    if device.startswith(f"{HOME}-meter"):
+    if device.startswith((f"{HOME}-meter", f"{SITE}-meter")):
         return "bmeter"
     if device == f"{TRUCK}-gnss":
         return "gnss"
     if device in PLUG_DEVICES:
         return "plugs"
+    if device.startswith(f"{SITE_CP}-"):  # the charge point's connectors, through the central system
+        return "ocpp"
     return "sim"
 
 
@@ -459,6 +537,78 @@ def _start_navi(influx_url: str, clock_now: float, speed: float, workdir: Path, 
     raise RuntimeError("the navigator did not start listening within 30 s")
 
 
+def _start_notifier(influx_url: str, smtp_port: int, workdir: Path, procs: list[_Proc]) -> str:
+    """``kyojo ingest notify`` (the city's watch-over notifier): the families' sign-up page, and the notices, mailed
+    to the demo's mailbox; polls the accepted events every second."""
+    port = _web_port(0)
+    notify = _spawn(
+        "notify",
+        [
+            "-m",
+            "cloud_ingest",
+            "notify",
+            "--influx-url",
+            influx_url,
+            "--influx-db",
+            DB,
+            "--store",
+            str(workdir / "notify.sqlite3"),
+            "--smtp-port",
+            str(smtp_port),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            "1",
+        ],
+        workdir / "notify.log",
+    )
+    procs.append(notify)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if notify.popen.poll() is not None:
+            raise RuntimeError(f"the notifier exited with {notify.popen.returncode}; see notify.log")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return f"http://127.0.0.1:{port}/"
+        time.sleep(0.1)
+    raise RuntimeError("the notifier did not start listening within 30 s")
+
+
+#: a timed demo waits at most this long past ``duration`` for the watch-over notice and the safety answers
+RESIDENTS_WAIT_S = 120.0
+
+
+def _residents_shown(mailbox: residents.Mailbox, influx_url: str, declaration: str) -> bool:
+    """The family has the watch-over notice, and the city has every home's answer to the declaration."""
+    if not mailbox.notices():
+        return False
+    try:
+        counts = residents.safety_counts(influx_url, DB, declaration, 1)
+    except Exception:
+        return False
+    return bool(counts["areas"].get(residents.AREA, {}).get("answered") == len(HOMES))
+
+
+def _ev_surplus(config: AgentConfig, site: LiveSite) -> dict[str, Any]:
+    """home-003's surplus loop as its gateway reports it (``kyojo agent status``), and what the site measured: PV
+    energy, what went to the grid and came from it, what the car took."""
+    st = _agent_status(config.status_path).get("ev_surplus") or {}
+    txs = st.get("transactions") or {}
+    return {
+        "mode": st.get("mode"),
+        "state": st.get("state"),
+        "steps": st.get("steps", 0),
+        "profiles_accepted": sum(int((t.get("counts") or {}).get("accepted", 0)) for t in txs.values()),
+        "transactions": txs,
+        "charge_point_connects": site.connects,
+        "grid_import_wh": round(site.import_wh, 1),
+        "grid_export_wh": round(site.export_wh, 1),
+    }
+
+
+def _jst(ts: float) -> str:
+    return datetime.fromtimestamp(ts + 9 * 3600, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def _navi_status(url: str) -> dict[str, Any]:
     """What the navigator's /api/status says about the demo route (points, collected), or the error."""
     try:
@@ -488,21 +638,26 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
     stack = LocalStack(workdir / "services")
     start = _morning_jst(time.time())
     wire = _Wire(workdir, speed, start)
+    mailbox = residents.Mailbox(workdir / "mail")
     stack.start()
     try:
         wire.prepare()
         stack.influxdb.create_database(DB)
         port = stack.mosquitto.port
+        ca = residents.city_ca(workdir / "ca")
+        print("watch-over: replaying six weeks of home-002's life so its gateway knows the rhythm ...", file=out)
+        alone = residents.seed_watchover(workdir / residents.ALONE / "data", start, SEED)
         configs = {}
         for gw, spec in GATEWAYS.items():
             path = workdir / gw / "agent.toml"
-            path.parent.mkdir(parents=True)
-            path.write_text(_gateway_toml(gw, spec, port, speed, start, wire), encoding="utf-8")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(_gateway_toml(gw, spec, port, speed, start, wire, alone), encoding="utf-8")
             configs[gw] = load_config(path)
+        granted = datetime.fromtimestamp(min(start, alone.start), tz=UTC)
         for gw, purpose, subject in CONSENTS:
             conn = connect(configs[gw].db_path)
             try:
-                consent.open_store(configs[gw], conn).grant(purpose, subject, now=datetime.fromtimestamp(start, tz=UTC))
+                consent.open_store(configs[gw], conn).grant(purpose, subject, now=granted)
             finally:
                 conn.close()
         group = f"kyojo-demo-{secrets.token_hex(8)}"  # a secret $share group, as in a deployment
@@ -577,8 +732,34 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             file=out,
             flush=True,
         )
+        mailbox.start()
+        notify_url = _start_notifier(stack.influxdb.url, mailbox.port, workdir, procs)
+        code = family_code(configs[residents.ALONE].gateway.data_dir, residents.PERSON)
+        signed_up = residents.family_signup(notify_url, code, mailbox)
+        print(
+            f"watch-over (見守り): {residents.ALONE} is {residents.PERSON}, living alone; its gateway learned the "
+            f"home's rhythm, and the home has been quiet since {_jst(alone.quiet[0])} JST. Their family "
+            f"({residents.FAMILY}) signed up on the notifier page {notify_url} with the family code and "
+            f"{'confirmed' if signed_up else 'did NOT confirm'}; notices land in {mailbox.dir}",
+            file=out,
+            flush=True,
+        )
+        decl_path = workdir / "ca" / "declaration.json"
+        issued = min(start, alone.start)  # the gateways' simulated clocks, not the wall clock
+        declaration = residents.declare(ca, decl_path, issued_at=issued)
+        # home-001's 「無事です」 (what its page's button calls), in time for its first answer
+        home_now = start + (time.time() - agents_at) * speed
+        press(configs[HOME].gateway.data_dir, safe=True, check_on_us=False, now=home_now)
+        residents.publish_declaration(decl_path, port, workdir / "declare.log")
+        print(
+            f"disaster (安否確認): the city declared {declaration} for {residents.AREA} (signed by the demo city CA, "
+            f"{workdir / 'ca'}); {HOME} pressed 「無事です」 on its page; homes that gave disaster-safety answer",
+            file=out,
+            flush=True,
+        )
         print(_analyst_hint(stack.influxdb.url, start, speed, time.time()), file=out, flush=True)
         deadline = None if duration is None else time.monotonic() + duration
+        told = 0
         try:
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(1.0)
@@ -586,6 +767,13 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
                     if p.popen.poll() is not None:
                         raise RuntimeError(f"{p.name} exited with {p.popen.returncode}; see its log in {workdir}")
                 print(_progress(configs, ingester), file=out, flush=True)
+                for mail in mailbox.summary()[told:]:
+                    print(f"family mail to {mail['to']}: {mail['subject']}", file=out, flush=True)
+                    told += 1
+            if duration is not None:  # a timed run (CI) ends once the residents' services have shown themselves
+                end = time.monotonic() + RESIDENTS_WAIT_S
+                while not _residents_shown(mailbox, stack.influxdb.url, declaration) and time.monotonic() < end:
+                    time.sleep(0.5)
         except KeyboardInterrupt:
             print("stopping ...", file=out, flush=True)
         navigator = _navi_status(navi_url)
@@ -604,6 +792,17 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         summary["points_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in points))
         events = stack.influxdb.query_rows('SELECT count("event_id") FROM "events"', DB)
         summary["events_in_influxdb"] = int(sum(int(r.get("count", 0) or 0) for r in events))
+        summary["watchover"] = {
+            "home": residents.ALONE,
+            "nothing_switched_on_from": _jst(alone.quiet[0]),
+            "absence_due": None if alone.absence_at is None else _jst(alone.absence_at),
+            "family_signed_up": signed_up,
+            "notifier_page": notify_url,
+            "processor": _agent_status(configs[residents.ALONE].status_path).get("processors", {}).get("watchover"),
+        }
+        summary["mail"] = mailbox.summary()
+        summary["ev_surplus"] = _ev_surplus(configs[SITE], wire.site)
+        summary["safety"] = residents.safety_counts(stack.influxdb.url, DB, declaration, SAFETY_K)
         print(
             f"the demo's InfluxDB stops with it (its files stay in {workdir / 'services'}); to query, run the demo "
             "again and use the 'analyst' lines it prints while it runs",
@@ -615,6 +814,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         for p in procs:
             _stop(p, timeout=5)
         wire.stop()
+        mailbox.stop()
         stack.stop()
 
 

@@ -1,28 +1,36 @@
 """Train the per-appliance NILM CNNs on the shared developer data and export them to ONNX (reproducible, seeded).
 
     .venv/bin/python -m models.nilm.train                 # the committed models -> models/nilm/*.onnx + manifest
+    .venv/bin/python -m models.nilm.train --check         # retrain into a temp dir, compare with the committed files
     .venv/bin/python -m models.nilm.train --protocol-only --report models/nilm/protocol_report.json  # evaluation
 
 Needs the ``train`` extra (torch CPU, onnx); the run time needs only numpy + onnxruntime. Trains only on
 ``/work/shared/data/nilm`` (every file there: REFIT House 2, UK-DALE House 2, IDEAL House 65 and 18 one-day REFIT
-houses; CC BY 4.0, attribution in MODEL_CARD.md). The shipped models are trained on all of it; ``--protocol``
-retrains the same recipe with houses left out (:data:`FOLDS`) and scores every house with the model that never saw
-it (leave-one-house-out; the one-day houses are left out in two groups, which is harsher, not easier).
+houses; CC BY 4.0, attribution in MODEL_CARD.md). Each appliance's committed file comes from the recipe named for
+it in :data:`RECIPES` (the one that did better on held-out houses, MODEL_CARD.md): :data:`ISSUE19` trains on every
+house; :data:`EBE9D1C` (the recipe of commit ebe9d1c) on REFIT House 2 and UK-DALE House 2, June, only.
+``--protocol`` retrains the issue-19 recipe with houses left out (:func:`folds`) and scores every house with the
+model that never saw it (leave-one-house-out; the one-day houses are left out in two groups, which is harsher, not
+easier). Training is deterministic (seeded, one torch thread, deterministic algorithms): ``--check`` retrains every
+file into a temporary directory and compares it byte for byte (sha256) with the committed one.
 
-Recipe (per appliance): a centred window of mains power; input normalised inside the graph (window minimum
-subtracted, /1000); 4 conv layers + 2 dense layers; two heads, on-probability (BCE on ``y > gate_w``) and power
-(MSE on the on-minutes); exported output = power if p(on) > 0.5 else 0, clipped to ``[0, min(max_w, mains)]``.
-Augmentation: each other appliance's true power is subtracted from the input with p = 0.3 (so the model also sees
-plug-assisted residuals), and input and target are scaled together by U(0.85, 1.15) (kettles differ in rating).
+Architecture and loss (both recipes): a centred window of mains power; input normalised inside the graph (window
+minimum subtracted, /1000); 4 conv layers + 2 dense layers; two heads, on-probability (BCE on ``y > gate_w``) and
+power (MSE on the on-minutes); exported output = power if p(on) > 0.5 else 0, clipped to ``[0, min(max_w, mains)]``
+(the issue-19 recipe also exports ``p_on``). Augmentation: each other appliance's true power is subtracted from the
+input with p = 0.3 (so the model also sees plug-assisted residuals), and input and target are scaled together by
+U(0.85, 1.15) (kettles differ in rating).
 Synthetic aggregates (``--synthetic``; off by default, it did not help on held-out houses, see MODEL_CARD.md): with
 p = :data:`P_SYNTH` a window's own target load is removed and a real activation of the target from *another* house
 is added, amplitude x U(0.8, 1.25) and duration x U(0.8, 1.25). Training windows are drawn house by house (a house
-with probability ~ sqrt(its minutes)), so the long REFIT House 2 record does not drown the others.
+with probability ~ sqrt(its minutes)), so the long REFIT House 2 record does not drown the others (issue-19
+recipe; the ebe9d1c recipe draws minutes uniformly, 12 epochs x 20,000 windows).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import re
@@ -30,7 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,9 +76,44 @@ CONFIGS: dict[str, Config] = {
 EPOCHS = 8
 SAMPLES_PER_EPOCH = 12_000
 POS_FRACTION = 0.2
-#: Appliances whose model of this recipe did better on held-out houses than the one committed before (MODEL_CARD.md:
-#: "Which files were retrained"); ``make train-nilm`` retrains only these and keeps the others' files.
-RETRAINED: tuple[str, ...] = ("dishwasher",)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one appliance's file is trained (architecture, loss and augmentation are shared; see the module doc)."""
+
+    name: str
+    #: the shared files it trains on (file names); ``None`` = every house it is given
+    files: tuple[str, ...] | None
+    epochs: int
+    samples_per_epoch: int
+    #: draw training windows house by house (:meth:`_Pool.draw`) instead of uniformly over all minutes
+    house_balanced: bool
+    #: export the on-probability ``p_on`` as a second output
+    p_on: bool
+    synthetic: bool = False
+
+
+#: The recipe of issue 19: every house, house-balanced sampling, 8 x 12,000 windows, ``p_on`` output.
+ISSUE19 = Recipe("issue 19", None, EPOCHS, SAMPLES_PER_EPOCH, house_balanced=True, p_on=True)
+#: The recipe of commit ebe9d1c (issue 9): REFIT House 2 and UK-DALE House 2, June only, uniform sampling over
+#: minutes, 12 x 20,000 windows, ``power_w`` only.
+EBE9D1C = Recipe(
+    "commit ebe9d1c (REFIT House 2 and UK-DALE House 2, June; 12 x 20,000)",
+    ("refit_house2_2014-06_1min.csv.gz", "ukdale_house2_2013-06_1min.csv.gz"),
+    12,
+    20_000,
+    house_balanced=False,
+    p_on=False,
+)
+#: Which recipe produced each committed file: the one that did better on held-out houses (MODEL_CARD.md, "Which
+#: recipe for which appliance"). ``make train-nilm`` retrains every file with its recipe here.
+RECIPES: dict[str, Recipe] = {
+    "kettle": EBE9D1C,
+    "microwave": EBE9D1C,
+    "dishwasher": ISSUE19,
+    "washing_machine": EBE9D1C,
+}
 #: Appliances whose confidence gate (p_on >= SHOW_CONFIDENCE) met the target on most held-out houses in the
 #: protocol (MODEL_CARD.md): only these are shown on confidence alone; the others need a plug calibration.
 CONFIDENCE_RELEASE = frozenset({"dishwasher"})
@@ -189,7 +232,7 @@ class _Pool:
         return filled * scale[:, None], y * scale
 
 
-def _net(window: int, max_w: float) -> Any:
+def _net(window: int, max_w: float, with_p_on: bool = True) -> Any:
     import torch
     from torch import nn
 
@@ -216,11 +259,13 @@ def _net(window: int, max_w: float) -> Any:
             o = self.head(self.features(z).flatten(1))
             return o[:, 0], o[:, 1]
 
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
             logit, p = self.raw(x)
             centre = x[:, window // 2]
             power = torch.relu(p) * SCALE_W * (logit > 0).to(x.dtype)
             power = torch.clamp(power, max=max_w)
+            if not with_p_on:  # the ebe9d1c recipe's graph: power_w only
+                return torch.minimum(power, torch.relu(centre))
             return torch.minimum(power, torch.relu(centre)), torch.sigmoid(logit)
 
     return Seq2Point()
@@ -232,34 +277,42 @@ def train_one(
     target: str,
     out_path: Path,
     *,
+    recipe: Recipe = ISSUE19,
     seed: int = SEED,
-    epochs: int = EPOCHS,
-    synthetic: bool = False,
+    epochs: int | None = None,
     log: bool = True,
 ) -> dict[str, Any]:
-    """Train one appliance's model on ``series`` and export it to ``out_path``; returns its manifest entry."""
+    """Train one appliance's model on ``series`` with ``recipe`` (``epochs`` overrides the recipe's) and export it
+    to ``out_path``; returns its manifest entry."""
     import onnx
     import torch
 
     cfg = CONFIGS[target]
+    epochs = recipe.epochs if epochs is None else epochs
+    torch.set_num_threads(1)  # part of the recipe: the committed files were trained on one thread
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng([seed, APPLIANCES.index(target)])
     pool = _Pool(series, houses, cfg.window // 2)
     centres = pool.centres(target)
     positives = centres[pool.apps[target][centres] > cfg.gate_w]
-    donors = positives if synthetic else None
-    net = _net(cfg.window, cfg.max_w)
+    donors = positives if recipe.synthetic else None
+    net = _net(cfg.window, cfg.max_w, recipe.p_on)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     bce = torch.nn.BCEWithLogitsLoss()
     t0 = time.perf_counter()
+    n_epoch = recipe.samples_per_epoch
+
+    def draw(from_: Int64Array, n: int) -> Int64Array:
+        return pool.draw(from_, n, rng) if recipe.house_balanced else rng.choice(from_, n)
+
     for epoch in range(epochs):
-        n_pos = int(SAMPLES_PER_EPOCH * POS_FRACTION) if len(positives) else 0
+        n_pos = int(n_epoch * POS_FRACTION) if len(positives) else 0
         idx = (
-            np.concatenate([pool.draw(positives, n_pos, rng), pool.draw(centres, SAMPLES_PER_EPOCH - n_pos, rng)])
+            np.concatenate([draw(positives, n_pos), draw(centres, n_epoch - n_pos)])
             if n_pos
-            else pool.draw(centres, SAMPLES_PER_EPOCH, rng)
+            else draw(centres, n_epoch)
         )
         rng.shuffle(idx)
         net.train()
@@ -281,6 +334,7 @@ def train_one(
         if log:
             print(f"  {target} epoch {epoch + 1}/{epochs} loss {total / len(idx):.4f}", file=sys.stderr)
     net.eval()
+    outputs = ["power_w", "p_on"] if recipe.p_on else ["power_w"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -288,8 +342,8 @@ def train_one(
             (torch.zeros(1, cfg.window),),
             str(out_path),
             input_names=["mains_w"],
-            output_names=["power_w", "p_on"],
-            dynamic_axes={"mains_w": {0: "n"}, "power_w": {0: "n"}, "p_on": {0: "n"}},
+            output_names=outputs,
+            dynamic_axes={"mains_w": {0: "n"}, **{o: {0: "n"} for o in outputs}},
             opset_version=17,
             dynamo=False,
         )
@@ -310,79 +364,92 @@ def train_one(
         "bytes": len(blob),
         "sha256": hashlib.sha256(blob).hexdigest(),
         "train_seconds": round(time.perf_counter() - t0, 1),
+        "recipe": recipe.name,
+        "trained_on": sorted(Path(s.name).name for s in series),
+        "epochs": epochs,
+        "synthetic": recipe.synthetic,
     }
+
+
+def recipe_data(houses: dict[str, list[Series]], recipe: Recipe) -> tuple[list[Series], list[int]]:
+    """The series ``recipe`` trains on out of ``houses`` (in house order) and each one's house index; a recipe with
+    named files needs every one of them (a left-out house cannot be left out of a fixed recipe)."""
+    keys = list(houses)
+    pairs = [
+        (s, i)
+        for i, k in enumerate(keys)
+        for s in houses[k]
+        if recipe.files is None or Path(s.name).name in recipe.files
+    ]
+    if recipe.files is not None:
+        missing = sorted(set(recipe.files) - {Path(s.name).name for s, _ in pairs})
+        if missing:
+            raise ValueError(f"recipe {recipe.name!r} trains on {missing}, which are not in the data given")
+    return [s for s, _ in pairs], [i for _, i in pairs]
 
 
 def train_all(
     houses: dict[str, list[Series]],
     out_dir: Path,
     *,
-    epochs: int = EPOCHS,
-    synthetic: bool = False,
+    recipes: Mapping[str, Recipe] = RECIPES,
+    epochs: int | None = None,
     appliances: Sequence[str] = APPLIANCES,
-) -> None:
-    """Train every appliance on ``houses`` into ``out_dir`` with a manifest (incl. baseline parameters)."""
+) -> dict[str, Any]:
+    """Train each appliance with its recipe on (its part of) ``houses`` into ``out_dir`` and write the manifest
+    (incl. the baseline parameters, fitted on all of ``houses``); returns the manifest."""
     import torch
 
     torch.set_num_threads(1)  # one core: the box is shared, and 2 threads under contention ran 4x slower
+    data = {a: recipe_data(houses, recipes[a]) for a in appliances}  # every recipe's data first: fail before writing
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = list(houses)
-    series = [s for k in keys for s in houses[k]]
-    ids = [i for i, k in enumerate(keys) for _ in houses[k]]
-    entries = {
-        a: train_one(series, ids, a, out_dir / f"{a}.onnx", epochs=epochs, synthetic=synthetic) for a in appliances
-    }
-    for a, e in entries.items():
-        e["confidence_release"] = a in CONFIDENCE_RELEASE
-    manifest = {
-        "format": 2,
-        "input": "mains_w (float32, n x window, W)",
-        "output": "power_w (float32, n, W, centre minute); p_on (float32, n, on-probability)",
-        "appliances": entries,
-        "baselines": fit_baselines(series, appliances),
-        "trained_on": sorted(p.name for k in keys for p in _files_of(houses[k])),
-        "houses": keys,
-        "seed": SEED,
-        "epochs": epochs,
-        "synthetic": synthetic,
-        "torch": torch.__version__,
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def ship(houses: dict[str, list[Series]], out_dir: Path, *, epochs: int = EPOCHS, synthetic: bool = False) -> None:
-    """Retrain :data:`RETRAINED` on every house and merge them into ``out_dir``'s manifest; the other appliances'
-    files and entries stay as they are (their recipe did better on unseen houses, see MODEL_CARD.md)."""
-    old = json.loads((out_dir / MANIFEST).read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        new_dir = Path(tmp)
-        train_all(houses, new_dir, epochs=epochs, synthetic=synthetic, appliances=RETRAINED)
-        new = json.loads((new_dir / MANIFEST).read_text())
-        for a in RETRAINED:
-            (out_dir / f"{a}.onnx").write_bytes((new_dir / f"{a}.onnx").read_bytes())
     entries: dict[str, Any] = {}
-    for a in APPLIANCES:
-        if a in RETRAINED:
-            e = dict(new["appliances"][a])
-            e.update(recipe="issue 19", trained_on=new["trained_on"], epochs=epochs, synthetic=synthetic)
-        else:
-            e = dict(old["appliances"][a])
-            e.setdefault("recipe", "commit ebe9d1c (REFIT House 2 and UK-DALE House 2, June; 12 x 20,000)")
-            e.setdefault("trained_on", old["trained_on"])
-            e["confidence_release"] = False
-        entries[a] = e
+    for a in appliances:
+        series, ids = data[a]
+        entries[a] = train_one(series, ids, a, out_dir / f"{a}.onnx", recipe=recipes[a], epochs=epochs)
+        entries[a]["confidence_release"] = a in CONFIDENCE_RELEASE
     manifest = {
         "format": 2,
         "input": "mains_w (float32, n x window, W)",
-        "output": "power_w (float32, n, W, centre minute); p_on (float32, n; files of recipe 'issue 19' only)",
+        "output": (
+            "power_w (float32, n, W, centre minute); p_on (float32, n, on-probability; files of recipe 'issue 19')"
+        ),
         "appliances": entries,
-        "baselines": fit_baselines([s for parts in houses.values() for s in parts]),
+        "baselines": fit_baselines([s for parts in houses.values() for s in parts], appliances),
         "trained_on": sorted({f for e in entries.values() for f in e["trained_on"]}),
         "houses": list(houses),
         "seed": SEED,
-        "torch": new["torch"],
+        "torch": torch.__version__,
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def check(
+    houses: dict[str, list[Series]], models_dir: Path = MODEL_DIR, appliances: Sequence[str] = APPLIANCES
+) -> dict[str, Any]:
+    """Retrain ``appliances`` with :data:`RECIPES` into a temporary directory and compare each file byte for byte
+    with the one in ``models_dir`` (training is deterministic, so nothing looser is needed); also compares the
+    manifest entry (everything but the wall-clock ``train_seconds``) and the baselines."""
+    committed = json.loads((models_dir / MANIFEST).read_text())
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        new = train_all(houses, Path(tmp), appliances=appliances)
+        for a in appliances:
+            blob = (Path(tmp) / f"{a}.onnx").read_bytes()
+            old_e = {k: v for k, v in committed["appliances"][a].items() if k != "train_seconds"}
+            new_e = {k: v for k, v in new["appliances"][a].items() if k != "train_seconds"}
+            out[a] = {
+                "recipe": RECIPES[a].name,
+                "identical": blob == (models_dir / f"{a}.onnx").read_bytes(),
+                "sha256": hashlib.sha256(blob).hexdigest(),
+                "committed_sha256": committed["appliances"][a]["sha256"],
+                "manifest_entry_equal": old_e == new_e,
+                "train_seconds": new["appliances"][a]["train_seconds"],
+            }
+        if set(appliances) == set(APPLIANCES):
+            out["baselines_equal"] = new["baselines"] == committed["baselines"]
+    return out
 
 
 def _files_of(series: Sequence[Series]) -> list[Path]:
@@ -460,6 +527,11 @@ def on_minutes(parts: Sequence[Series]) -> dict[str, int]:
     return {a: int(np.sum(v[mask] > ON_THRESHOLD_W[a])) for a, v in test.appliances.items()}
 
 
+def issue19_all(synthetic: bool = False) -> dict[str, Recipe]:
+    """The issue-19 recipe for every appliance (the protocol's folds, ``--all``)."""
+    return {a: dataclasses.replace(ISSUE19, synthetic=synthetic) for a in APPLIANCES}
+
+
 def protocol(
     houses: dict[str, list[Series]], epochs: int = EPOCHS, *, synthetic: bool = False, keep: Path | None = None
 ) -> dict[str, Any]:
@@ -472,7 +544,9 @@ def protocol(
             print(f"protocol fold {i + 1}/{len(fold_list)}: held out {held}", file=sys.stderr)
             base = keep if keep is not None else Path(tmp)
             d = base / (f"without_{held[0]}" if len(held) == 1 else f"fold{i}")
-            train_all({k: v for k, v in houses.items() if k not in held}, d, epochs=epochs, synthetic=synthetic)
+            train_all(
+                {k: v for k, v in houses.items() if k not in held}, d, recipes=issue19_all(synthetic), epochs=epochs
+            )
             for h in held:
                 per_house[h] = {"fold": i, **score_house(d, houses[h])}
     return {
@@ -498,6 +572,42 @@ def score_committed(houses: dict[str, list[Series]], models_dir: Path = MODEL_DI
 
 def _fmt(x: float | None, nd: int = 2) -> str:
     return "–" if x is None else f"{x:.{nd}f}"
+
+
+#: The ``compare`` run of the report that scored the ebe9d1c files (mean and CO fitted on their two training files)
+#: on the 19 houses none of their training files came from.
+COMMITTED_BEFORE = "committed models before issue 19 (19 unseen houses)"
+
+
+def shipped_rows(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(house, appliance, per-house result) for the files that ship: each appliance's held-out figures from the run
+    of its recipe in :data:`RECIPES` (issue 19: the LOHO folds; ebe9d1c: :data:`COMMITTED_BEFORE`)."""
+    runs = {ISSUE19.name: report["loho"]["per_house"], EBE9D1C.name: report["compare"][COMMITTED_BEFORE]["per_house"]}
+    return [
+        (h, a, r)
+        for a in APPLIANCES
+        for h, r in runs[RECIPES[a].name].items()
+        if a in r["appliances"] and r.get("on_minutes", {}).get(a, 0) > 0
+    ]
+
+
+def render_shipped(report: dict[str, Any]) -> str:
+    """Per held-out house where the appliance ran, the shipped file of each appliance against always-off, mean and
+    CO (the model card's "Shipped files, per held-out house")."""
+    lines = [
+        "| appliance | recipe | house | on-min | model MAE W | always-off | mean | CO | model/off | mean/off | CO/off "
+        "| F1 model | F1 CO |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for h, a, r in shipped_rows(report):
+        m, b = r["appliances"][a], r["baselines"]
+        off, mean, co = b["always_off"][a]["mae_w"], b["mean"][a]["mae_w"], b["co"][a]["mae_w"]
+        lines.append(
+            f"| {a} | {'issue 19' if RECIPES[a] is ISSUE19 else 'ebe9d1c'} | {h} | {r['on_minutes'][a]} "
+            f"| {_fmt(m['mae_w'])} | {_fmt(off)} | {_fmt(mean)} | {_fmt(co)} | {_fmt(m['mae_w'] / off)} "
+            f"| {_fmt(mean / off)} | {_fmt(co / off)} | {_fmt(m['f1_on'])} | {_fmt(b['co'][a]['f1_on'])} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -540,6 +650,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {x['houses_at_target_mae']} | {_fmt(x['f1_on_mean'])} | {_fmt(x['shown_fraction_mean'])} "
                 f"| {_fmt(x['gated_median_mae_vs_always_off_shown'])} | {x['houses_gated_at_target']} |"
             )
+    if COMMITTED_BEFORE in report.get("compare", {}):
+        lines += ["", "Shipped files, per held-out house (houses where the appliance ran):", ""]
+        lines.append(render_shipped(report))
     return "\n".join(lines) + "\n"
 
 
@@ -548,9 +661,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
     ap.add_argument("--out", type=Path, default=MODEL_DIR)
-    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--epochs", type=int, default=None, help="override every recipe's epochs (protocol: 8)")
     ap.add_argument("--synthetic", action="store_true", help="with the synthetic-aggregate augmentation")
-    ap.add_argument("--all", action="store_true", help="train all four appliances into --out (not the shipped mix)")
+    ap.add_argument(
+        "--all", action="store_true", help="train all four with the issue-19 recipe into --out (not RECIPES)"
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="retrain with RECIPES into a temporary directory and compare byte for byte with the files in --out",
+    )
+    ap.add_argument("--appliances", default="", help="with --check: only these (comma-separated)")
     ap.add_argument("--protocol", action="store_true", help="also run the leave-one-house-out evaluation")
     ap.add_argument("--protocol-only", action="store_true", help="run only the evaluation protocol")
     ap.add_argument("--keep-folds", type=Path, default=None, help="keep each fold's models under this directory")
@@ -574,17 +695,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(score_committed(houses, args.out), indent=1))
         return 0
     t0 = time.perf_counter()
+    if args.check:
+        apps = [a.strip() for a in args.appliances.split(",") if a.strip()] or list(APPLIANCES)
+        if set(apps) - set(APPLIANCES):
+            ap.error(f"unknown appliance(s) {sorted(set(apps) - set(APPLIANCES))}; have {list(APPLIANCES)}")
+        res = check(houses, args.out, apps)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(res, indent=1))
+        ok = all(res[a]["identical"] and res[a]["manifest_entry_equal"] for a in apps)
+        ok = ok and res.get("baselines_equal", True)
+        print("reproduced: every file byte for byte" if ok else "NOT reproduced (see above)", file=sys.stderr)
+        return 0 if ok else 1
     if not args.protocol_only:
-        if args.all:
-            train_all(houses, args.out, epochs=args.epochs, synthetic=synthetic)
-        else:
-            ship(houses, args.out, epochs=args.epochs, synthetic=synthetic)
+        recipes = issue19_all(synthetic) if args.all else RECIPES
+        if synthetic and not args.all:
+            ap.error("--synthetic changes the issue-19 recipe: use it with --all or --protocol-only")
+        try:
+            train_all(houses, args.out, recipes=recipes, epochs=args.epochs)
+        except ValueError as e:  # a fixed recipe's file was left out
+            ap.error(str(e))
         print(f"trained in {time.perf_counter() - t0:.0f} s -> {args.out}", file=sys.stderr)
     if args.protocol or args.protocol_only:
-        rep: dict[str, Any] = {"loho": protocol(houses, args.epochs, synthetic=synthetic, keep=args.keep_folds)}
+        epochs = EPOCHS if args.epochs is None else args.epochs
+        rep: dict[str, Any] = {"loho": protocol(houses, epochs, synthetic=synthetic, keep=args.keep_folds)}
         if args.ablation:
             name = "LOHO with synthetic aggregates" if not synthetic else "LOHO without synthetic aggregates"
-            rep["compare"] = {name: protocol(houses, args.epochs, synthetic=not synthetic)}
+            rep["compare"] = {name: protocol(houses, epochs, synthetic=not synthetic)}
         text = json.dumps(rep, indent=1)
         if args.report:
             args.report.write_text(text + "\n")

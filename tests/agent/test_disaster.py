@@ -114,8 +114,8 @@ def test_a_declared_area_answers_with_a_coarse_status_until_it_ends(
         assert (batch.purpose, batch.category.value) == ("disaster-safety", "wellbeing")
         (ev,) = batch.events
         assert ev.kind == "safety.status" and ev.severity == "info"
-        assert ev.attrs == {"declaration": decl.id, "area": "aizu-1", "power": False, "safe": True,
-                            "check_on_us": False}  # fmt: skip
+        # no meter under watch-over here: activity and power are unknown and left out, never sent as "none"
+        assert ev.attrs == {"declaration": decl.id, "area": "aizu-1", "safe": True, "check_on_us": False}
         assert agent.status()["safety"] == {
             "area": "aizu-1", "declaration": decl.id, "taken": 1, "refused": {"signature": 1}, "statuses": 1,
         }  # fmt: skip
@@ -167,3 +167,27 @@ def test_on_the_deployed_broker_only_the_citys_downlink_writes_declarations(city
     gw = city.ingest_settings("gw-c")
     bad = [x for k, f in zip(keys, flags, strict=True) for x in (f, str(gw[k]))]
     assert CliRunner().invoke(app, ["ingest", "declare", str(out), *bad]).exit_code == 1
+
+
+def test_a_status_says_what_the_watched_meter_showed_and_nothing_it_does_not_know(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    from edge_agent.disaster import SafetyStatus
+
+    decls = Declarations(tmp_path, load_city_key(ca.cert_path))
+    decl = decls.take(payload(ca.declare("aizu-1", 72, now=NOW)), T)
+    status = SafetyStatus(decls, "aizu-1", 1800.0)
+    now = T + 600
+    # a meter under watch-over: active 2 h ago (so not within 1 h, within 3 and 12 h), power 5 min ago
+    (ev,) = status.due(now, ["p1"], last_activity=now - 7200, power_seen=now - 300, device="m", watched=True)
+    assert ev.attrs == {"declaration": decl.id, "area": "aizu-1", "active_1h": False, "active_3h": True,
+                        "active_12h": True, "power": True, "safe": False, "check_on_us": False}  # fmt: skip
+    # the meter silent for 20 min during the disaster: no power (a cut), which the city must see
+    (ev,) = status.due(now + 1800, ["p1"], last_activity=now - 7200, power_seen=now - 300, device="m")
+    assert ev.attrs["power"] is False
+    # no meter under watch-over: unknown, left out
+    other = SafetyStatus(decls, "aizu-1", 1800.0)
+    (ev,) = other.due(now, ["p1"], last_activity=None, power_seen=None, device="gateway", watched=False)
+    assert "power" not in ev.attrs and not any(k.startswith("active_") for k in ev.attrs)
+    assert SafetyStatus(decls, "elsewhere", 1800.0).due(now, ["p1"], last_activity=None, power_seen=None,
+                                                        device="g") == []  # fmt: skip

@@ -444,3 +444,28 @@ def test_household_six_hours_in_one_go() -> None:
     sims = household("home-1", 42) + truck("truck-1", 42)
     n = sum(len(s.readings_between(at(8), at(14))) for s in sims)
     assert n > 150_000
+
+
+def test_a_person_living_alone_switches_nothing_on_in_the_quiet_window() -> None:
+    from drivers.sim import living_alone
+
+    quiet = (DAY0 - 2 * H, DAY0 + 14 * H)  # 22:00 the evening before until 14:00
+    sims = {s.device_id: s for s in living_alone("h2", 7, quiet=quiet)}
+    usual = {s.device_id: s for s in living_alone("h2", 7)}
+    meter = sims["h2-meter"]
+    assert isinstance(meter, Meter) and meter.period_s == 60.0
+    t = np.arange(DAY0 - 3 * H, DAY0 + 2 * 24 * H, 10.0)
+    for name in ("kettle", "washer", "tv"):
+        plug, free = sims[f"h2-{name}"], usual[f"h2-{name}"]
+        assert isinstance(plug, Plug) and isinstance(free, Plug)
+        inside = (t > quiet[0] + 3 * H) & (t < quiet[1])  # on-periods started before the window may run into it
+        assert plug.power_at(t[inside]).max() <= plug.standby_w + 1e-9, name
+        assert free.power_at(t).max() > 50.0, name  # the same person on a usual day does use it
+        after = t >= quiet[1]
+        assert np.array_equal(plug.power_at(t[after]), free.power_at(t[after]))  # same life outside the window
+        # the counter is still the exact integral of the power
+        e = plug.energy_at(t)
+        p = plug.power_at(t[1:])
+        assert np.allclose(np.diff(e), p * 10.0 / 3600.0, atol=1e-6), name
+    fridge = sims["h2-fridge"]
+    assert isinstance(fridge, Plug) and fridge.power_at(t[(t > quiet[0]) & (t < quiet[1])]).max() > 50.0

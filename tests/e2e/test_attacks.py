@@ -597,6 +597,54 @@ def test_7_a_purpose_carries_only_its_own_events(world: World) -> None:
     ]
 
 
+def test_7_a_gateway_answers_a_disaster_only_for_the_area_it_was_enrolled_in(world: World) -> None:
+    """Issue 17: the area a gateway answers a disaster declaration for is the one the operator enrolled it in
+    (``kyojo provision enroll --area``; the cloud reads ``kyojo provision area --out``), not what its own config
+    says. A hostile gateway claiming to be elsewhere (to make another area look safe or in need) is refused as
+    ``area``; its answer for its own area is taken."""
+    w = world
+    ca = w.city.ca
+    assert ca.gateway_areas() == {}
+    # the attacker's gateway is re-enrolled with its area, as an installer does it (the CA registers it at signing)
+    state = w.city.base / "ids" / "home-placed"
+    code = ca.enroll("home-placed", pki.Role.GATEWAY, area="aizu-1")
+    csr = pki.create_request(state, "home-placed", code, signing_key=load_keys(state).public_key_b64())
+    ca.sign_csr(csr.read_bytes(), expected_id="home-placed")
+    ca.register_area(ATTACKER, "aizu-2")  # the operator's `kyojo provision area home-attacker aizu-2`
+    assert ca.gateway_areas() == {"home-placed": "aizu-1", ATTACKER: "aizu-2"}
+    with pytest.raises(pki.PkiError):
+        ca.enroll("ingest-9", pki.Role.INGEST, area="aizu-1")  # only gateways have an area
+    areas = w.tmp / "gateway_areas.json"
+    from typer.testing import CliRunner
+
+    from kyojo.cli import app as kyojo_app
+
+    out = CliRunner().invoke(kyojo_app, ["provision", "area", "--ca-dir", str(ca.ca_dir), "--out", str(areas)])
+    assert out.exit_code == 0, out.output
+    ing = w.ingester(gateway_areas=areas)
+    evil = w.attacker()
+    given = datetime(2024, 6, 1, tzinfo=UTC)
+    t = int(given.timestamp() * 1000) + 600_000
+    rec = {"gateway": ATTACKER, "id": "ds1", "subject": "s-1", "purpose": "disaster-safety",
+           "categories": ["wellbeing"], "status": ConsentStatus.ACTIVE, "given_at": given}  # fmt: skip
+    assert evil.puback(consent_topic(ATTACKER, "ds1"), signed(w.attacker_keys, **rec), retain=True) == 0
+
+    def status(seq: int, area: str) -> bytes:
+        ev = {"id": f"s{seq}", "kind": "safety.status", "subject": "s-1", "device": "m", "at": t + seq,
+              "severity": "info", "attrs": {"declaration": f"d1-{area}", "area": area, "safe": True}}  # fmt: skip
+        doc = {"v": 1, "gateway": ATTACKER, "seq": seq, "sent": int(time.time() * 1000), "consent": "ds1"}
+        return orjson.dumps(doc | {"purpose": "disaster-safety", "category": "wellbeing", "events": [ev]})
+
+    topic = event_topic(ATTACKER, Category.WELLBEING)
+    assert evil.puback(topic, status(1, "aizu-1")) == 0  # another area: refused
+    assert evil.puback(topic, status(2, "aizu-2")) == 0  # its own: taken
+    wait_for(lambda: ing.stats()["received"] == 2, what="the two statuses judged")
+    assert ing.wait_idle()
+    assert ing.stats()["rejected"] == {"area": 1}
+    rows = w.points("events", "purpose = 'disaster-safety'")
+    assert [(r["event_id"], r["area"]) for r in rows] == [("s2", "aizu-2")]
+
+
 def test_8_floods_of_consents_and_devices_stay_bounded(world: World) -> None:
     w = world
     evil = w.attacker()

@@ -54,21 +54,43 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
     assert summary["aggregates_withheld_no_consent"] > 0  # person p2 gave no consent
     # the devices came over the real protocols, read by the production drivers (drivers.sim.emit)
     by_path = summary["readings_by_path"]
-    for kind in ("plugs", "bmeter", "gnss", "ble"):
+    for kind in ("plugs", "bmeter", "gnss", "ble", "ocpp"):
         assert by_path.get(kind, 0) > 0, (kind, by_path)
     assert by_path["plugs"] + by_path["bmeter"] + by_path["gnss"] + by_path["ble"] > 10 * by_path.get("sim", 0)
     wire = summary["wire"]
     assert wire["error"] is None and min(wire["plug_messages"], wire["meter_gets"], wire["nmea_epochs"]) > 0
     assert not list((tmp_path / "demo" / "dev").iterdir())  # the pty links are gone
-    for gw in ("home-001", "truck-07"):
+    for gw in ("home-001", "truck-07", "home-002", "home-003"):
         status = json.loads((tmp_path / "demo" / gw / "data" / "status.json").read_text())
         assert status["late"] == 0 and status["driver_errors"] == {}, (gw, status)
         procs = status["processors"]
         if gw == "home-001":  # the models run inside the agent on the demo's streams
             assert procs["health"]["af_windows"] > 0, procs  # the ONNX rhythm model on the straps' RR
             assert procs["nilm"]["inferences"] > 0, procs  # the NILM models on the B-route meter's power
+        elif gw == "home-002":  # the person living alone: the rhythm learned (replayed), then the quiet morning
+            assert procs["watchover"]["learning"] is False and procs["watchover"]["events"] >= 1, procs
+        elif gw == "home-003":  # PV and an EV: the surplus loop steers the real ocpp charge point
+            assert status["ev_surplus"]["state"] == "ok", status["ev_surplus"]
         else:
             assert procs["truck"]["pickups"] > 0, procs  # stops at collection points on the NMEA stream
+        if gw in ("home-001", "home-002"):  # both homes are in the declared area and answered it
+            assert status["safety"]["taken"] == 1 and status["safety"]["statuses"] >= 1, status["safety"]
+    # issue 17 section 1: the family signed up (double opt-in) and got the notice, in Japanese, over real SMTP,
+    # from the notifier reading what the ingester accepted
+    watch = summary["watchover"]
+    assert watch["family_signed_up"] is True, watch
+    notices = [m for m in summary["mail"] if "動きがありません" in m["subject"]]
+    assert [m["to"] for m in notices] == ["musume@family.example.jp"], summary["mail"]
+    # issue 17 section 2: the declaration reached both homes, both answered, counted per area (k = 2 in the demo)
+    area = summary["safety"]["areas"]["wakamatsu-1"]
+    assert area["answered"] == 2 and area["power"] == 2, summary["safety"]
+    assert area["safe"] == "<2", area  # one household pressed "safe": below k, not shown as a number
+    # issue 18 section 1: home-003's gateway read its net meter over the B-route pty and steered the car into the
+    # PV surplus with TxProfiles the charge point accepted
+    ev = summary["ev_surplus"]
+    assert ev["charge_point_connects"] >= 1 and ev["profiles_accepted"] >= 1, ev
+    (tx,) = ev["transactions"].values()
+    assert tx["state"] == "controlled" and tx["car_source"] == "meter_values", tx
     assert any(line.startswith("readings ") for line in lines)  # live progress
     # the analyst's lines (issue 22 items 16, 18): kyojo query, one window over the simulated data and the wall-time
     # stats, and no hint that points at the InfluxDB that stopped with the demo

@@ -5,6 +5,7 @@ named. Real InfluxDB, the points written as the ingester writes them."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -58,3 +59,32 @@ def test_counts_per_area_are_k_anonymous_and_only_askers_are_named(influxdb: Inf
     assert out.exit_code == 0, out.output
     doc = json.loads(out.stdout)
     assert doc["areas"]["aizu-1"]["answered"] == doc["areas"]["aizu-1"]["safe"] == "<10"  # eight homes are too few
+
+
+def test_the_dashboard_panel_shows_only_what_passed_the_k_rule(influxdb: InfluxDB, influx_db: str) -> None:
+    """``kyojo ingest safety --write``: the k-anonymous counts become points of city_safety, which the Grafana
+    panel safety.by_area reads; a count below k is absent (not "<k", not the number), the households' contacts
+    never reach it."""
+    from cloud_ingest import analyst
+
+    admin = InfluxV1Admin(influxdb.url, influx_db)
+    for i in range(6):
+        status(admin, f"gw-{i}", 1, T, active_1h=True, safe=i < 5)
+    status(admin, "gw-6", 1, T, check_on_us=True, contact="会津若松市 1-2-3 山田", power=False)
+    before = int(time.time() * 1000) - 1000
+    out = CliRunner().invoke(
+        app,
+        ["ingest", "safety", "--declaration", "d1-aizu-1", "--influx-url", influxdb.url, "--influx-db", influx_db,
+         "--k", "5", "--write"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    after = int(time.time() * 1000) + 1000
+    result = analyst.run_query(analyst.InfluxQL(influxdb.url, influx_db), "safety.by_area", before, after)
+    (row,) = [dict(zip(result.columns, r, strict=True)) for r in result.rows]
+    assert row["area"] == "aizu-1" and row["declaration"] == "d1-aizu-1"
+    assert (row["answered"], row["active_1h"], row["power"], row["safe"]) == (7, 6, 6, 5)
+    assert row["check_on_us"] is None and row["suppressed"] == 1  # one asked: below k, left out
+    raw = admin.query('SELECT * FROM "city_safety"')
+    assert "山田" not in json.dumps(raw, ensure_ascii=False)  # no contact in the released points
+    over_time = analyst.run_query(analyst.InfluxQL(influxdb.url, influx_db), "safety.answered", before, after)
+    assert [r[-1] for r in over_time.rows] == [7]
