@@ -88,20 +88,25 @@ def run_demo_trading_day(
     surplus: Callable[[int], int] = default_surplus,
     demand: Callable[[int], int] = default_demand,
     seed: int = 18,
+    exported: Callable[[int], int] | None = None,
+    imported: Callable[[int], int] | None = None,
     ca_dir: Path | None = None,
     out: IO[str] | None = None,
 ) -> dict[str, Any]:
     """Trade one JST ``day`` (default: today) between ``home`` (offers ``surplus(slot)``) and ``site`` (bids
     ``demand(slot)``) on the ledger at ``db_url`` (None: a PostgreSQL started under ``workdir/postgres`` and stopped
-    afterwards). Metered values: the home exports 75-105 % of its forecast, the site takes 85-110 % of its bid
-    (seeded). Writes ``workdir/ledger.jsonl`` (the export anyone can verify) and returns the day's summary, including
-    ``verify_command``. ``ca_dir``: the city CA to use (default: one made in ``workdir/ca``)."""
+    afterwards). Metered values: ``exported(slot)`` / ``imported(slot)`` Wh when given (the demo's simulated
+    meters), else the home exports 75-105 % of its forecast and the site takes 85-110 % of its bid (seeded).
+    Writes ``workdir/ledger.jsonl`` (the export anyone can verify) and returns the day's summary, including
+    ``verify_command``. ``ca_dir``: the city CA to use (default: one made in ``workdir/ca``). Slot indexes count
+    the day's 48 slots from 00:00 JST."""
     workdir.mkdir(parents=True, exist_ok=True)
     if db_url is None:
         with PostgreSQL(workdir / "postgres") as pg:
             return run_demo_trading_day(
                 workdir, home=home, site=site, db_url=pg.create_database("kyojo_ledger"), day=day,
-                surplus=surplus, demand=demand, seed=seed, ca_dir=ca_dir, out=out,
+                surplus=surplus, demand=demand, seed=seed, exported=exported, imported=imported, ca_dir=ca_dir,
+                out=out,
             )  # fmt: skip
     ca, signer = _city(workdir, ca_dir)
     day = day or datetime.now(JST).date()
@@ -130,7 +135,7 @@ def run_demo_trading_day(
         events.append((slot + SLOT_S + 900, 3, "tick", i))
     events.sort()
     offered = bid = 0
-    exported: dict[int, int] = {}
+    exported_by_slot: dict[int, int] = {}
     for when, _, what, i in events:
         now = datetime.fromtimestamp(when, tz=UTC)
         slot = start + i * SLOT_S
@@ -151,10 +156,13 @@ def run_demo_trading_day(
             cleared = store.clearing(slot)
             if cleared is None or not cleared[1]:
                 continue
-            exported[slot] = int(surplus(i) * rng.uniform(0.75, 1.05))
-            took = int(demand(i) * rng.uniform(0.85, 1.10))
+            out_wh, in_wh = int(surplus(i) * rng.uniform(0.75, 1.05)), int(demand(i) * rng.uniform(0.85, 1.10))
+            exported_by_slot[slot] = out_wh if exported is None else exported(i)
+            took = in_wh if imported is None else imported(i)
             reports = (
-                trading.meter_report(hkeys, hp.household, slot=slot, direction="export", wh=exported[slot], now=now),
+                trading.meter_report(
+                    hkeys, hp.household, slot=slot, direction="export", wh=exported_by_slot[slot], now=now
+                ),
                 trading.meter_report(skeys, sp.household, slot=slot, direction="import", wh=took, now=now),
             )
             for party, rep in zip((hp, sp), reports, strict=True):
@@ -168,7 +176,7 @@ def run_demo_trading_day(
             fh.write(json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n")
     report = verify(store.entries(), x509.load_pem_x509_certificate(ca.cert_path.read_bytes()))
     balances = store.balances()
-    matched = sum(p.wh for s in exported if (c := store.clearing(s)) for p in c[1])
+    matched = sum(p.wh for s in exported_by_slot if (c := store.clearing(s)) for p in c[1])
     store.close()
     home_account, site_account = (
         trading.account(parties[home.gateway][1], home.household),
@@ -176,7 +184,7 @@ def run_demo_trading_day(
     )
     summary = {
         "day": day.isoformat(),
-        "slots_traded": len(exported),
+        "slots_traded": len(exported_by_slot),
         "offered_wh": offered,
         "bid_wh": bid,
         "matched_wh": matched,
@@ -195,7 +203,8 @@ def run_demo_trading_day(
     }
     if out is not None:
         out.write(
-            f"trading day {summary['day']}: {len(exported)} slots traded, {offered} Wh offered, {matched} Wh matched, "
+            f"trading day {summary['day']}: {len(exported_by_slot)} slots traded, {offered} Wh offered, "
+            f"{matched} Wh matched, "
             f"{report.minted} Wh delivered as tokens; ledger {'OK' if report.ok else 'BROKEN'} "
             f"({report.entries} entries, {report.checkpoints} checkpoints)\n  check it: {summary['verify_command']}\n"
         )

@@ -50,3 +50,19 @@ def test_a_day_of_trades_settles_and_verifies(tmp_path: Path, ledger_db: str) ->
     ledger.write_text("\n".join(lines) + "\n")
     res = CliRunner().invoke(kyojo_app, args)
     assert res.exit_code == 1 and "altered" in res.output, res.output
+
+
+def test_the_demo_can_give_its_own_metered_values(tmp_path: Path, ledger_db: str) -> None:
+    home = TradingParty("home-003", tmp_path / "home-003", "home-003", "c-3", price=18)
+    site = TradingParty("home-001", tmp_path / "home-001", "home-001", "c-1", price=28)
+    day = run_demo_trading_day(
+        tmp_path / "trading",
+        home=home,
+        site=site,
+        db_url=ledger_db,
+        day=date(2026, 6, 1),
+        exported=lambda i: 1000,  # the home exported 1 kWh in every slot ...
+        imported=lambda i: 400,  # ... the site took 0.4 kWh: 0.4 kWh per traded slot becomes tokens
+    )
+    assert day["verify_ok"] and day["slots_traded"] == 10
+    assert day["delivered_wh"] == day["site_tokens_wh"] == 10 * 400
