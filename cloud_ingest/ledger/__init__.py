@@ -18,4 +18,12 @@ The ledger (``chain``): append-only, every entry signed by its maker (households
 its ledger key, whose certificate the city CA issued with the role ``ledger``), hash-chained, checkpointed, and
 checked offline by ``kyojo ledger verify`` (signatures, chain, replays, the clearing and settlement rules, double
 entry: tokens only minted by metered delivery, never destroyed, balances summing to zero).
+
+What ``verify`` cannot see, by design: the link from an account to its gateway (the city checked the enrollment,
+signed by the gateway's enrolled key, but keeps it off the ledger so that the ledger stays pseudonymous), so an
+account the city itself made up would look like any other (it could never act for an existing account, and any
+tokens it got would still need meter reports signed by that account's key); messages the city never appended
+(a household keeps its own copies: ``kyojo audit show``); and entries cut off after the last checkpoint unless the
+verifier names a head it saw before (``--head``). Meters are trusted as their own households report them; the
+``min`` of both sides bounds what one side alone can claim.
 """
