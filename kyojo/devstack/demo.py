@@ -484,15 +484,7 @@ def _start_web(config_path: Path, config: AgentConfig, procs: list[_Proc]) -> tu
         code = auth.AuthStore(conn, code_ttl=config.web.code_ttl).new_code(role=auth.Role.ADMIN)
     finally:
         conn.close()
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if web.popen.poll() is not None:
-            raise RuntimeError(f"the household page exited with {web.popen.returncode}; see {web.name}.log")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return url, auth.format_code(code)
-        time.sleep(0.1)
-    raise RuntimeError("the household page did not start listening within 30 s")
+    return _listening(web, port, "the household page"), auth.format_code(code)
 
 
 def _start_navi(influx_url: str, clock_now: float, speed: float, workdir: Path, procs: list[_Proc]) -> str:
@@ -527,14 +519,19 @@ def _start_navi(influx_url: str, clock_now: float, speed: float, workdir: Path, 
         workdir / "navi.log",
     )
     procs.append(navi)
-    deadline = time.monotonic() + 30
+    return _listening(navi, port, "the navigator")
+
+
+def _listening(proc: _Proc, port: int, what: str, timeout: float = 30.0) -> str:
+    """Wait until ``proc`` accepts connections on loopback ``port``; its URL (RuntimeError if it exits or not)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if navi.popen.poll() is not None:
-            raise RuntimeError(f"the navigator exited with {navi.popen.returncode}; see navi.log")
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.popen.returncode}; see {proc.name}.log")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return f"http://127.0.0.1:{port}/"
         time.sleep(0.1)
-    raise RuntimeError("the navigator did not start listening within 30 s")
+    raise RuntimeError(f"{what} did not start listening within {timeout:g} s")
 
 
 def _start_notifier(influx_url: str, smtp_port: int, workdir: Path, procs: list[_Proc]) -> str:
@@ -563,14 +560,7 @@ def _start_notifier(influx_url: str, smtp_port: int, workdir: Path, procs: list[
         workdir / "notify.log",
     )
     procs.append(notify)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if notify.popen.poll() is not None:
-            raise RuntimeError(f"the notifier exited with {notify.popen.returncode}; see notify.log")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return f"http://127.0.0.1:{port}/"
-        time.sleep(0.1)
-    raise RuntimeError("the notifier did not start listening within 30 s")
+    return _listening(notify, port, "the notifier")
 
 
 #: a timed demo waits at most this long past ``duration`` for the watch-over notice and the safety answers

@@ -6,21 +6,16 @@ link of the real mail (aiosmtpd) in the same browser."""
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from playwright.sync_api import Page
 
 from cloud_ingest.erasure import InfluxV1Admin
 from cloud_ingest.notify import Mailer, Notifier, serve
 from kyojo.contract.wire import FAMILY_ALPHABET
-from tests.kit import wait_for
+from kyojo.devstack.residents import Mailbox, body_of
 from tests.webkit import axe_violations, free_port, screenshot
 
 pytestmark = [pytest.mark.browser]
@@ -28,32 +23,11 @@ pytestmark = [pytest.mark.browser]
 CODE = "-".join(FAMILY_ALPHABET[i : i + 4] for i in range(0, 16, 4))
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self._lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self._lock:
-            self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-    def bodies(self) -> list[str]:
-        with self._lock:
-            out = []
-            for m in self.messages:
-                payload = m.get_payload(decode=True)
-                assert isinstance(payload, bytes)
-                out.append(payload.decode(m.get_content_charset() or "utf-8"))
-            return out
-
-
 @pytest.fixture
-def page_url(tmp_path: Path) -> Iterator[tuple[str, Inbox]]:
-    inbox = Inbox()
-    smtp_port = free_port()
-    ctl = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
-    ctl.start()
+def page_url(tmp_path: Path) -> Iterator[tuple[str, Mailbox]]:
+    inbox = Mailbox(tmp_path / "mail")  # the family's mail server (aiosmtpd), as in kyojo demo
+    inbox.start()
+    smtp_port = inbox.port
     port = free_port()
     # the page never queries the database: an address nothing listens on is enough here
     admin = InfluxV1Admin(f"http://127.0.0.1:{free_port()}", "unused")
@@ -68,10 +42,10 @@ def page_url(tmp_path: Path) -> Iterator[tuple[str, Inbox]]:
         server.shutdown()
         server.server_close()
         notifier.close()
-        ctl.stop()
+        inbox.stop()
 
 
-def test_a_family_member_signs_up_on_a_phone(page_url: tuple[str, Inbox], phone: Page) -> None:
+def test_a_family_member_signs_up_on_a_phone(page_url: tuple[str, Mailbox], phone: Page) -> None:
     url, inbox = page_url
     phone.goto(url + "/")
     assert phone.locator("html").get_attribute("lang") == "ja"
@@ -93,15 +67,16 @@ def test_a_family_member_signs_up_on_a_phone(page_url: tuple[str, Inbox], phone:
     assert "コードが正しくありません" in alert.inner_text()
     assert phone.locator("[role=alert]").count() == 1
     assert axe_violations(phone) == []
-    assert inbox.bodies() == []
+    assert inbox.summary() == []
 
     # the right code: the confirmation mail, whose link finishes the sign-up in the same browser
     phone.get_by_label("ご家族用コード").fill(CODE)
     phone.get_by_label("メールアドレス").fill("musume@family.example.jp")
     phone.get_by_role("button", name="申し込む").click()
     assert "確認のメールを送りました" in phone.get_by_test_id("message").inner_text()
-    wait_for(lambda: len(inbox.bodies()) == 1, what="the confirmation mail")
-    link = re.search(r"https?://\S+/confirm\?t=\S+", inbox.bodies()[0])
+    mail = inbox.wait_for(lambda m: True, timeout=30)
+    assert mail is not None, "no confirmation mail"
+    link = re.search(r"https?://\S+/confirm\?t=\S+", body_of(mail))
     assert link is not None
     phone.goto(link.group(0))
     assert "登録が完了しました" in phone.get_by_test_id("message").inner_text()
