@@ -110,6 +110,8 @@ CONSENTS = [
     ("home-001", "disaster-safety", "home-001"),
     (residents.ALONE, "watchover-family", residents.PERSON),
     (residents.ALONE, "disaster-safety", residents.PERSON),
+    (SITE, "energy-trading", SITE),
+    (HOME, "energy-trading", HOME),
 ]
 #: k of the demo's safety count (two households in the area; the city's default is 5)
 SAFETY_K = 2
@@ -578,6 +580,47 @@ def _residents_shown(mailbox: residents.Mailbox, influx_url: str, declaration: s
     return bool(counts["areas"].get(residents.AREA, {}).get("answered") == len(HOMES))
 
 
+def _trading_day(
+    workdir: Path,
+    configs: dict[str, AgentConfig],
+    consent_ids: dict[tuple[str, str], str],
+    site: LiveSite,
+    start: float,
+    out: IO[str],
+) -> dict[str, Any]:
+    """Issue 18 section 2: the demo day's neighbour trades, slot by slot on a simulated clock (about two seconds):
+    home-003, the PV home, offers half of its forecast surplus (its own car takes the rest); home-001's EV charger,
+    standing in for a charging site, bids for a car charging 10:00-15:00; the city's matcher clears each slot before
+    it begins and settles from both meters after it; the ledger (PostgreSQL, started here) verifies. Both sign with
+    their gateways' own keys under their energy-trading consents (:mod:`kyojo.devstack.trading`)."""
+    from kyojo.devstack.trading import TradingParty, run_demo_trading_day
+
+    day = datetime.fromtimestamp(start + 9 * 3600, tz=UTC).date()
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() - 9 * 3600
+
+    def surplus(slot: int) -> int:
+        t0 = midnight + slot * 1800
+        spare = sum(max(0.0, site.pv_w(t0 + 60 * m) - site.house_w(t0 + 60 * m)) for m in range(30)) / 60
+        return int(spare / 2)
+
+    def party(gw: str, price: int) -> TradingParty:
+        return TradingParty(gw, configs[gw].gateway.data_dir, gw, consent_ids[(gw, "energy-trading")], price=price)
+
+    try:
+        return run_demo_trading_day(
+            workdir / "trading",
+            ca_dir=workdir / "ca",
+            home=party(SITE, 18),
+            site=party(HOME, 28),
+            day=day,
+            surplus=surplus,
+            out=out,
+        )
+    except Exception as err:  # PostgreSQL missing or refusing: the rest of the demo stands; say so
+        print(f"trading day not run: {type(err).__name__}: {err}", file=out, flush=True)
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def _ev_surplus(config: AgentConfig, site: LiveSite) -> dict[str, Any]:
     """home-003's surplus loop as its gateway reports it (``kyojo agent status``), and what the site measured: PV
     energy, what went to the grid and came from it, what the car took."""
@@ -620,7 +663,9 @@ def _agent_status(path: Path) -> dict[str, Any]:
 def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str] | None = None) -> dict[str, Any]:
     """Run the demo; returns the summary whose JSON is the last line ``kyojo demo`` prints."""
     out = out or sys.stdout
-    ensure_installed(install=os.geteuid() == 0 and shutil.which("apt-get") is not None)
+    ensure_installed(
+        ("mosquitto", "influxdb", "postgresql"), install=os.geteuid() == 0 and shutil.which("apt-get") is not None
+    )
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -644,12 +689,14 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             path.write_text(_gateway_toml(gw, spec, port, speed, start, wire, alone), encoding="utf-8")
             configs[gw] = load_config(path)
         granted = datetime.fromtimestamp(min(start, alone.start), tz=UTC)
+        consent_ids: dict[tuple[str, str], str] = {}
         for gw, purpose, subject in CONSENTS:
             conn = connect(configs[gw].db_path)
             try:
-                consent.open_store(configs[gw], conn).grant(purpose, subject, now=granted)
+                given = consent.open_store(configs[gw], conn).grant(purpose, subject, now=granted)
             finally:
                 conn.close()
+            consent_ids[(gw, purpose)] = given.id
         group = f"kyojo-demo-{secrets.token_hex(8)}"  # a secret $share group, as in a deployment
         ingester = _spawn(
             "ingester",
@@ -792,6 +839,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         }
         summary["mail"] = mailbox.summary()
         summary["ev_surplus"] = _ev_surplus(configs[SITE], wire.site)
+        summary["trading"] = _trading_day(workdir, configs, consent_ids, wire.site, start, out)
         summary["safety"] = residents.safety_counts(stack.influxdb.url, DB, declaration, SAFETY_K)
         print(
             f"the demo's InfluxDB stops with it (its files stay in {workdir / 'services'}); to query, run the demo "
