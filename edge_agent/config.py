@@ -194,6 +194,44 @@ class EvSection(_Section):
     surplus: SurplusConfig | None = None
 
 
+class TradingSection(_Section):
+    """Neighbour energy trading (issue 18 section 2): where the household's page reads its own ledger entries
+    (``/trades``, edge_agent/web/pages/trades.py). Without ``ledger_url`` the page shows only what the home sent."""
+
+    ledger_url: str | None = Field(
+        default=None, description="the city's ledger read API, e.g. https://ledger.city.example (http: loopback only)"
+    )
+    timeout: timedelta = Field(
+        default=timedelta(seconds=3),
+        gt=timedelta(0),
+        le=timedelta(seconds=30),
+        description="how long the page waits for the ledger",
+    )
+    city_ca: Path | None = Field(
+        default=None, description="the city CA that certifies the ledger's key (default: [safety] / [mqtt.tls] ca)"
+    )
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            u = urlsplit(value)
+            _port = u.port  # raises on a port that is not a number or out of range
+        except ValueError as err:
+            raise ValueError(f"not a URL: {value!r}") from err
+        if u.scheme not in ("https", "http") or not u.hostname:
+            raise ValueError(f"ledger_url must be an https:// URL, not {value!r}")
+        if u.query or u.fragment or u.username or u.password:
+            raise ValueError("ledger_url takes no query, fragment or credentials")
+        if u.scheme == "http" and u.hostname not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("ledger_url must use https:// (plain http only on this machine's loopback)")
+        return value.rstrip("/")
+
+
 class AgentConfig(_Section):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
@@ -206,6 +244,7 @@ class AgentConfig(_Section):
     devices: list[DeviceConfig] = Field(default_factory=list)
     processors: list[ProcessorConfig] = Field(default_factory=list)
     ev: EvSection = EvSection()
+    trading: TradingSection = TradingSection()
 
     @model_validator(mode="after")
     def _surplus_devices(self) -> AgentConfig:
@@ -229,6 +268,16 @@ class AgentConfig(_Section):
         return self.gateway.data_dir / "status.json"
 
     @property
+    def city_ca(self) -> Path | None:
+        """The city CA certificate the gateway trusts for the ledger: ``[trading] city_ca``, else ``[safety]
+        city_ca``, else ``[mqtt.tls] ca``."""
+        if self.trading.city_ca is not None:
+            return self.trading.city_ca
+        if self.safety.city_ca is not None:
+            return self.safety.city_ca
+        return None if self.mqtt.tls is None else self.mqtt.tls.ca
+
+    @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"gw-{self.gateway.id}"
 
@@ -244,9 +293,10 @@ def load_config(path: Path) -> AgentConfig:
     gw = raw.get("gateway")
     if isinstance(gw, dict) and "data_dir" in gw and not Path(str(gw["data_dir"])).is_absolute():
         gw["data_dir"] = str((path.parent / str(gw["data_dir"])).resolve())
-    safety = raw.get("safety")
-    if isinstance(safety, dict) and "city_ca" in safety and not Path(str(safety["city_ca"])).is_absolute():
-        safety["city_ca"] = str((path.parent / str(safety["city_ca"])).resolve())
+    for section in ("safety", "trading"):
+        sec = raw.get(section)
+        if isinstance(sec, dict) and "city_ca" in sec and not Path(str(sec["city_ca"])).is_absolute():
+            sec["city_ca"] = str((path.parent / str(sec["city_ca"])).resolve())
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as err:

@@ -166,9 +166,10 @@ def queue(
     now_ms: int,
 ) -> int:
     """Put a signed trading message in the gateway's outbox (the publisher sends it with QoS 1 on
-    ``kyojo/v1/<gw>/trade/<enroll|order|meter>``; the row leaves only on PUBACK) and in the household's audit log,
-    in one transaction. Filed under the energy-trading ``consent``: a withdrawal drops what is still queued.
-    Returns the outbox sequence number."""
+        ``kyojo/v1/<gw>/trade/<enroll|order|meter>``; the row leaves only on PUBACK) and in the household's audit log,
+        in one transaction (the audit entry keeps the signed message itself, so the household's page can hold the ledger
+    to it). Filed under the energy-trading ``consent``: a withdrawal drops what is still queued.
+        Returns the outbox sequence number."""
     kind = "enroll" if isinstance(msg, TradingEnrollment) else "order" if isinstance(msg, TradeOrder) else "meter"
     topic = trade_topic(gateway, kind)
     payload = msg.model_dump_json().encode()
@@ -192,6 +193,8 @@ def queue(
                 "events": [f"trade.{kind}"],
                 "sha256": hashlib.sha256(payload).hexdigest(),
                 "recipient": RECIPIENT,
+                # the signed message itself: the household's own copy, which its page compares with the ledger
+                "message": msg.model_dump(mode="json"),
             },
             now_ms,
         )

@@ -14,20 +14,19 @@ An entry is ``{seq, kind, prev, body, sig, hash}``:
   key of the certificate it names (a renewal, a replacement).
 
 :func:`verify` replays a ledger from its entries and the CA certificate alone and reports every break it finds
-(the module docstring of :mod:`cloud_ingest.ledger` states the rules it holds the ledger to).
+(the module docstring of :mod:`cloud_ingest.ledger` states the rules it holds the ledger to). The format itself
+(canonical bytes, signing input, hash) is :mod:`kyojo.contract.ledger`, which the gateway checks its own entries with.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -37,9 +36,12 @@ from cryptography.x509.oid import NameOID
 
 from cloud_ingest.ledger.market import DELIVERY, MatchPair, Order, clear, settle
 from kyojo.contract.errors import KyojoError
+from kyojo.contract.ledger import ACCOUNT_KINDS, CITY_KINDS, GENESIS_PREV, canonical, entry_hash, signing_input
 from kyojo.contract.wire import SLOT_S, MeterReport, TradeOrder
 
 __all__ = [
+    "ACCOUNT_KINDS",
+    "CITY_KINDS",
     "DELIVERY",
     "GENESIS_PREV",
     "CitySigner",
@@ -48,12 +50,10 @@ __all__ = [
     "Problem",
     "Report",
     "canonical",
+    "entry_hash",
+    "signing_input",
     "verify",
 ]
-
-GENESIS_PREV = "0" * 64
-CITY_KINDS = frozenset({"genesis", "key", "join", "leave", "match", "settle", "checkpoint"})
-ACCOUNT_KINDS = frozenset({"offer", "bid", "meter"})
 
 
 class LedgerError(KyojoError, ValueError):
@@ -64,11 +64,6 @@ class LedgerError(KyojoError, ValueError):
         self.cause = cause
         self.detail = detail
         super().__init__(f"{cause}: {detail}" if detail else cause)
-
-
-def canonical(doc: Any) -> bytes:
-    """The bytes that are hashed and signed: JSON with sorted keys, no spaces, UTF-8."""
-    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +102,6 @@ class Entry:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise LedgerError("malformed", f"entry {str(doc)[:120]}") from err
-
-
-def signing_input(seq: int, kind: str, prev: str, body: Mapping[str, Any]) -> bytes:
-    return canonical({"seq": seq, "kind": kind, "prev": prev, "body": body})
-
-
-def entry_hash(seq: int, kind: str, prev: str, body: Mapping[str, Any], sig: str | None) -> str:
-    return hashlib.sha256(canonical({"seq": seq, "kind": kind, "prev": prev, "body": body, "sig": sig})).hexdigest()
 
 
 class CitySigner:

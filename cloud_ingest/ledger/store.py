@@ -121,6 +121,14 @@ class LedgerStore:
         ).fetchall()
         return [Entry(int(r[0]), str(r[1]), str(r[2]), dict(r[3]), r[4], str(r[5])) for r in rows]
 
+    def key_entries(self) -> list[Entry]:
+        """The genesis and every ``key`` entry, in order: the ledger's keys and when each took over (a household's
+        gateway checks the city's signatures on its own entries with them)."""
+        rows = self._conn.execute(
+            "SELECT seq, kind, prev, body, sig, hash FROM ledger_entries WHERE kind IN ('genesis', 'key') ORDER BY seq"
+        ).fetchall()
+        return [Entry(int(r[0]), str(r[1]), str(r[2]), dict(r[3]), r[4], str(r[5])) for r in rows]
+
     def account_key(self, account: str) -> str | None:
         """The trading key ``account`` joined with (None: never joined)."""
         row = self._conn.execute("SELECT key FROM accounts WHERE account = %s", (account,)).fetchone()

@@ -1,7 +1,9 @@
 """A household's own ledger entries over HTTP (``kyojo ledger serve-http``), for its gateway's home page.
 
 ``GET /ledger/v1/accounts/<account>`` answers the account's entries (its join and leave, its orders and meter
-reports, the clearings and settlements that name it), its token balance and the ledger's head, as JSON. Only the
+reports, the clearings and settlements that name it), its token balance, the ledger's head and its key entries
+(``ledger_keys``: the genesis and every ``key`` entry, whose certificates the city CA issued, so the gateway can
+check the city's signatures on the household's entries; :mod:`edge_agent.ledger_check`), as JSON. Only the
 account's holder may ask: the request carries ``X-Kyojo-At`` (epoch seconds, within :data:`SKEW_S` of the server's
 clock) and ``X-Kyojo-Sig``, the account's trading key's Ed25519 signature over :func:`read_challenge` (the gateway
 makes both with :func:`edge_agent.trading.read_headers`). Anything else is 401, the same answer for an unknown
@@ -39,8 +41,9 @@ def create_app(store: LedgerStore, clock: Callable[[], float] = time.time) -> St
             return 401, {"error": "unauthorized"}
         seq, digest = store.head()
         entries = [e.to_json() for e in store.entries_for(account)]
+        keys = [e.to_json() for e in store.key_entries()]
         return 200, {"account": account, "balance_wh": store.balances().get(account, 0), "head": f"{seq}:{digest}",
-                     "entries": entries}  # fmt: skip
+                     "entries": entries, "ledger_keys": keys}  # fmt: skip
 
     async def account(request: Request) -> Response:
         name = request.path_params["account"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ class Site:
     now: Callable[[], float] = time.time
     #: the purpose catalog the household is shown (the agent's: the one shipped with it; tests swap in others)
     catalog: Catalog = field(default_factory=default_catalog)
+    #: what went wrong with the city's services the page reads (``ledger:unreachable`` ...), for the logs and tests
+    counts: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def open(cls, config_path: Path, *, now: Callable[[], float] = time.time) -> Site:

@@ -39,8 +39,17 @@ NAV: tuple[tuple[str, str], ...] = (
     ("/released", N_("What left my home")),
     ("/alerts", N_("Alerts")),
     ("/energy", N_("Energy")),
+    ("/trades", N_("Energy trades")),
     ("/settings", N_("Settings")),
 )
+#: menu entries shown only when their predicate says so (a page module registers its own, e.g. ``/trades`` only
+#: for a household that has or had an energy-trading consent)
+NAV_WHEN: dict[str, Callable[[Request], bool]] = {}
+
+
+def nav_of(request: Request) -> list[tuple[str, str]]:
+    """The menu for this request: :data:`NAV` without the entries whose :data:`NAV_WHEN` predicate is false."""
+    return [(href, label) for href, label in NAV if href not in NAV_WHEN or NAV_WHEN[href](request)]
 
 
 @cache
@@ -107,7 +116,7 @@ def render(
         "csrf_token": token,
         "csrf_field": csrf_field,
         "user": None if session is None else session.user,
-        "nav": NAV,
+        "nav": nav_of(request) if session is not None else NAV,
         "path": request.url.path,
         "other_lang": "en" if lang == "ja" else "ja",
     }
