@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +34,7 @@ from edge_agent import consent, trading
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.consent import log_releases
 from edge_agent.db import connect, tx
-from edge_agent.web.pages.trades import kwh, slot_words
+from edge_agent.web.pages.trades import slot_words
 from kyojo.contract.wire import SLOT_S, TRADING_PURPOSE, MeterReport, TradeOrder, TradingEnrollment
 from kyojo.keys import GatewayKeys, load_keys
 from provisioning.local import PostgreSQL
