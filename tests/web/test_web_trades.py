@@ -322,4 +322,3 @@ def test_sqlite_is_untouched_by_the_page(market: Trading, phone: Page) -> None:
         phone.get_by_test_id("trades-balance").wait_for()
     after = sqlite3.connect(market.cfg.db_path).execute("SELECT max(n) FROM audit").fetchone()
     assert before == after
-
