@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import sqlite3
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -53,6 +54,8 @@ __all__ = [
     "sent_messages",
 ]
 
+#: how long after the broker's acknowledgement a message may still be on its way into the ledger
+GRACE_MS = 120_000
 #: the most the page reads from the ledger (a household's entries for years fit; a runaway answer does not)
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
@@ -113,6 +116,8 @@ class Sent:
     message: dict[str, Any] | None
     sha256: str
     state: str
+    #: when the city's broker acknowledged it (epoch ms; None: not sent)
+    acked_ms: int | None = None
 
     def ident(self) -> tuple[Any, ...] | None:
         """What names this message on the ledger (an order's kind and id; a meter report's slot and direction)."""
@@ -135,6 +140,7 @@ def _ident(e: LedgerEntry) -> tuple[Any, ...]:
 def sent_messages(conn: sqlite3.Connection) -> list[Sent]:
     """Every trading message in the gateway's audit log, oldest first, with what became of it."""
     state: dict[int, str] = {int(r[0]): "queued" for r in conn.execute("SELECT seq FROM outbox")}
+    acked: dict[int, int] = {}
     queued: list[tuple[int, int, dict[str, Any]]] = []
     rows = conn.execute(
         "SELECT n, at, kind, body FROM audit WHERE json_extract(body, '$.purpose') = ? ORDER BY n", (TRADING_PURPOSE,)
@@ -148,22 +154,31 @@ def sent_messages(conn: sqlite3.Connection) -> list[Sent]:
             for r in body.get("releases", []):
                 if isinstance(r.get("seq"), int):
                     state.setdefault(int(r["seq"]), word)
+                    if kind == "release_acked":
+                        acked.setdefault(int(r["seq"]), int(at))
     out: list[Sent] = []
     for n, at, body in queued:
         event = str(body["events"][0]).removeprefix("trade.")
         message = body.get("message") if isinstance(body.get("message"), dict) else None
         kind = str(message.get("kind", "order")) if event == "order" and message is not None else event
         seq = int(body.get("seq", 0))
-        out.append(Sent(n, at, seq, kind, message, str(body.get("sha256", "")), state.get(seq, "queued")))
+        digest = str(body.get("sha256", ""))
+        out.append(Sent(n, at, seq, kind, message, digest, state.get(seq, "queued"), acked.get(seq)))
     return out
 
 
-def fetch(url: str, account: str, headers: Mapping[str, str], *, timeout: float) -> LedgerAnswer:
+def fetch(
+    url: str, account: str, headers: Mapping[str, str], *, timeout: float, cafile: Path | None = None
+) -> LedgerAnswer:
     """``GET <url>/ledger/v1/accounts/<account>`` with the signed read headers (:func:`edge_agent.trading.
-    read_headers`); :class:`LedgerUnavailable` on any failure, after at most about ``timeout`` seconds."""
+    read_headers`); :class:`LedgerUnavailable` on any failure, after about ``timeout`` seconds per network step.
+    HTTPS trusts the system's roots and ``cafile`` (the city CA, for a ledger behind a city-issued certificate)."""
     req = urllib.request.Request(f"{url.rstrip('/')}/ledger/v1/accounts/{account}", headers=dict(headers))  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the configured, validated URL
+        tls = ssl.create_default_context()
+        if cafile is not None and url.startswith("https:"):
+            tls.load_verify_locations(cafile=str(cafile))
+        with urllib.request.urlopen(req, timeout=timeout, context=tls) as resp:  # noqa: S310 - the configured URL
             raw = resp.read(MAX_ANSWER_BYTES + 1)
     except urllib.error.HTTPError as err:
         cause = "refused" if err.code in (401, 403) else "bad_answer"
@@ -222,6 +237,8 @@ class Checked:
     confirmed: dict[int, Sent] = field(default_factory=dict)
     city_ok: set[int] = field(default_factory=set)
     city_checked: bool = False
+    #: sent a moment ago and not on the ledger yet (the ledger appends within seconds; not a finding yet)
+    pending: list[Sent] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -268,9 +285,25 @@ def _city_keys(
     return chain
 
 
-def check(answer: LedgerAnswer, sent: Iterable[Sent], *, trading_key: str, ca: x509.Certificate | None) -> Checked:
+def _missing(out: Checked, s: Sent, recent: bool) -> None:
+    if recent:
+        out.pending.append(s)
+    else:
+        out.findings.append(Finding("missing", sent=s))
+
+
+def check(
+    answer: LedgerAnswer,
+    sent: Iterable[Sent],
+    *,
+    trading_key: str,
+    ca: x509.Certificate | None,
+    now_ms: int,
+    grace_ms: int = GRACE_MS,
+) -> Checked:
     """Hold the ledger's answer to the home's own record (``sent``), its trading key (``trading_key``, base64) and
-    the city CA (``ca``; None: the city's signatures are not checked, and the page says so)."""
+    the city CA (``ca``; None: the city's signatures are not checked, and the page says so). A message the broker
+    acknowledged less than ``grace_ms`` before ``now_ms`` and not on the ledger yet is ``pending``, not missing."""
     out = Checked()
     by_ident: dict[tuple[Any, ...], list[LedgerEntry]] = {}
     by_sha: dict[str, LedgerEntry] = {}
@@ -292,16 +325,17 @@ def check(answer: LedgerAnswer, sent: Iterable[Sent], *, trading_key: str, ca: x
     for s in sent:
         if s.state != "sent":
             continue  # still queued, or never sent: not expected on the ledger
+        recent = s.acked_ms is not None and now_ms - s.acked_ms < grace_ms
         if s.kind == "enroll":
             if not joined:
-                out.findings.append(Finding("missing", sent=s))
+                _missing(out, s, recent)
             continue
         ident = s.ident()
         if ident is None:  # logged before the audit kept the message: only its digest can be compared
             if s.sha256 in by_sha:
                 out.confirmed[by_sha[s.sha256].seq] = s
             else:
-                out.findings.append(Finding("missing", sent=s))
+                _missing(out, s, recent)
             continue
         same = [e for e in by_ident.get(ident, []) if canonical(e.body) == canonical(s.message)]
         if same:
@@ -310,7 +344,7 @@ def check(answer: LedgerAnswer, sent: Iterable[Sent], *, trading_key: str, ca: x
             shown = by_ident[ident][0]
             out.findings.append(Finding("altered", shown.seq, sent=s, shown=shown.body))
         else:
-            out.findings.append(Finding("missing", sent=s))
+            _missing(out, s, recent)
     if ca is not None:
         out.city_checked = True
         chain = _city_keys(answer.keys, ca, out)

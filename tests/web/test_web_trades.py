@@ -67,16 +67,24 @@ class Trading:
     def account(self) -> str:
         return trading.account(self.keys, GW)
 
-    def send(self, msg: TradeOrder | MeterReport | TradingEnrollment, *, ledger_at: datetime | None) -> None:
+    def send(
+        self,
+        msg: TradeOrder | MeterReport | TradingEnrollment,
+        *,
+        ledger_at: datetime | None,
+        acked_ms: int | None = None,
+    ) -> None:
         """Queue ``msg`` on the gateway (as ``kyojo trade`` does), let the broker acknowledge it (the publisher's
-        own bookkeeping), and hand the ledger the outbox's bytes at ``ledger_at`` (None: it never arrives)."""
+        own bookkeeping) at ``acked_ms`` (default: now), and hand the ledger the outbox's bytes at ``ledger_at``
+        (None: it never arrives)."""
         conn = connect(self.cfg.db_path)
         try:
             seq = trading.queue(conn, GW, msg, consent=self.consent_id, now_ms=int(T0.timestamp() * 1000))
             topic, payload = conn.execute("SELECT topic, payload FROM outbox WHERE seq = ?", (seq,)).fetchone()
             with tx(conn):
                 conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                log_releases(conn, "release_acked", [(seq, topic, self.consent_id, 1)], int(time.time() * 1000))
+                acked = int(time.time() * 1000) if acked_ms is None else acked_ms
+                log_releases(conn, "release_acked", [(seq, topic, self.consent_id, 1)], acked)
         finally:
             conn.close()
         if ledger_at is not None:
@@ -240,9 +248,11 @@ def test_an_altered_and_a_missing_offer_are_flagged(market: Trading, phone: Page
     body["wh"] = 30000
     _tamper(market.url, "UPDATE ledger_entries SET body = %s, hash = %s WHERE seq = %s",
             (Jsonb(body), entry_hash(seq, kind, prev, body, sig), seq))  # fmt: skip
-    # and an offer the broker acknowledged never reaches the ledger
+    # and an offer the broker acknowledged ten minutes ago never reached the ledger
     lost = market.order("offer", "o6", slot_after(6), 700, 24)
-    market.send(lost, ledger_at=None)
+    market.send(lost, ledger_at=None, acked_ms=int((time.time() - 600) * 1000))
+    # while one acknowledged a moment ago may still be on its way: said, not flagged
+    market.send(market.order("bid", "b7", slot_after(7), 400, 27), ledger_at=None)
     with market.web() as web:
         _open(phone, web)
         findings = phone.get_by_test_id("trades-finding").all_inner_texts()
@@ -252,6 +262,8 @@ def test_an_altered_and_a_missing_offer_are_flagged(market: Trading, phone: Page
         assert "台帳には、あなたの家が" in joined and f"{s6} に 0.7 kWh を 24 円/kWh 以上で売りに出しました" in joined
         assert "30 kWh" in joined and "3 kWh" in joined and f"{seq}" in joined
         assert "署名していません" in joined
+        pending = phone.get_by_test_id("trades-pending").inner_text()
+        assert "まだ台帳にありません" in pending and "0.4 kWh を 27 円/kWh 以下で買う入札" in pending
         flagged = phone.locator(f"[data-testid=trades-entries] tr[data-seq='{seq}'] td.bad")
         assert flagged.count() == 1
         assert phone.get_by_test_id("trades-checked").count() == 0

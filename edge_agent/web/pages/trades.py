@@ -11,6 +11,7 @@ not check out. Without ``ledger_url`` it says so and shows only what the home it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -223,7 +224,9 @@ def _read_ledger(site: Site) -> tuple[LedgerAnswer, Checked]:
     household = cfg.gateway.id
     account = trading.account(keys, household)
     headers = trading.read_headers(keys, household, now=datetime.fromtimestamp(site.now(), tz=UTC))
-    answer = ledger_check.fetch(url, account, headers, timeout=cfg.trading.timeout.total_seconds())
+    timeout = cfg.trading.timeout.total_seconds()
+    ca = cfg.city_ca if cfg.city_ca is not None and cfg.city_ca.exists() else None
+    answer = ledger_check.fetch(url, account, headers, timeout=timeout, cafile=ca)
     with site.agent_db() as conn:
         sent = ledger_check.sent_messages(conn)
     checked = ledger_check.check(
@@ -231,6 +234,7 @@ def _read_ledger(site: Site) -> tuple[LedgerAnswer, Checked]:
         sent,
         trading_key=keys.purpose_public_key_b64(TRADING_PURPOSE),
         ca=ledger_check.load_ca(cfg.city_ca),
+        now_ms=int(site.now() * 1000),
     )
     return answer, checked
 
@@ -249,8 +253,15 @@ async def trades_page(request: Request) -> Response:
         "kwh": kwh,
     }
     if ctx["taking_part"] and ctx["configured"]:
+        # the request's own timeout covers each network step; this bounds the whole read (name lookup included):
+        # the page answers in words even when the worker thread is still waiting
+        bound = site.config.trading.timeout.total_seconds() * 2 + 1
         try:
-            answer, checked = await run_in_threadpool(_read_ledger, site)
+            try:
+                async with asyncio.timeout(bound):
+                    answer, checked = await run_in_threadpool(_read_ledger, site)
+            except TimeoutError as err:
+                raise LedgerUnavailable("unreachable", f"no answer within {bound:.0f} s") from err
         except LedgerUnavailable as err:
             site.counts[f"ledger:{err.cause}"] += 1
             log.warning("trades: the ledger at %s could not be read: %s", site.config.trading.ledger_url, err)
@@ -267,6 +278,7 @@ async def trades_page(request: Request) -> Response:
                 "entries": _ledger_rows(answer, checked, _),
                 "findings": [finding_words(f, _) for f in checked.findings],
                 "city_checked": checked.city_checked,
+                "pending": [message_words(p.kind, p.message, _) for p in checked.pending],
                 "head": answer.head.split(":", 1)[0],
             }
     return render(request, "trades.html", ctx)
