@@ -37,6 +37,7 @@ from edge_agent.db import connect, tx
 from edge_agent.web.pages.trades import slot_words
 from kyojo.contract.wire import SLOT_S, TRADING_PURPOSE, MeterReport, TradeOrder, TradingEnrollment
 from kyojo.keys import GatewayKeys, load_keys
+from provisioning import pki
 from provisioning.local import PostgreSQL
 from tests.ledgerkit import T0, City, at, make_city, slot_after
 from tests.webkit import PHONE, AppServer, WebServer, axe_violations, free_port, screenshot, sign_in
@@ -248,6 +249,17 @@ def test_an_altered_and_a_missing_offer_are_flagged(market: Trading, phone: Page
     body["wh"] = 30000
     _tamper(market.url, "UPDATE ledger_entries SET body = %s, hash = %s WHERE seq = %s",
             (Jsonb(body), entry_hash(seq, kind, prev, body, sig), seq))  # fmt: skip
+    # the clearing of slot 3 is given another price, resealed: only the city's signature can tell
+    with psycopg.connect(market.url, autocommit=True) as conn:
+        m = conn.execute(
+            "SELECT seq, kind, prev, body, sig FROM ledger_entries WHERE kind = 'match' AND (body->>'slot')::int = %s",
+            (slot_after(3),),
+        ).fetchone()
+    assert m is not None
+    m_seq, m_kind, m_prev, m_body, m_sig = m
+    m_body["price"] = 12
+    _tamper(market.url, "UPDATE ledger_entries SET body = %s, hash = %s WHERE seq = %s",
+            (Jsonb(m_body), entry_hash(m_seq, m_kind, m_prev, m_body, m_sig), m_seq))  # fmt: skip
     # and an offer the broker acknowledged ten minutes ago never reached the ledger
     lost = market.order("offer", "o6", slot_after(6), 700, 24)
     market.send(lost, ledger_at=None, acked_ms=int((time.time() - 600) * 1000))
@@ -256,12 +268,14 @@ def test_an_altered_and_a_missing_offer_are_flagged(market: Trading, phone: Page
     with market.web() as web:
         _open(phone, web)
         findings = phone.get_by_test_id("trades-finding").all_inner_texts()
-        assert len(findings) == 3, findings
+        assert len(findings) == 4, findings
         joined = "\n".join(findings)
         s6 = slot_words(slot_after(6))
         assert "台帳には、あなたの家が" in joined and f"{s6} に 0.7 kWh を 24 円/kWh 以上で売りに出しました" in joined
         assert "30 kWh" in joined and "3 kWh" in joined and f"{seq}" in joined
         assert "署名していません" in joined
+        assert f"台帳の {m_seq} 番には、市の認証された台帳の鍵による署名がありません" in joined
+        assert phone.locator(f"[data-testid=trades-entries] tr[data-seq='{m_seq}'] td.bad").count() == 1
         pending = phone.get_by_test_id("trades-pending").inner_text()
         assert "まだ台帳にありません" in pending and "0.4 kWh を 27 円/kWh 以下で買う入札" in pending
         flagged = phone.locator(f"[data-testid=trades-entries] tr[data-seq='{seq}'] td.bad")
@@ -271,12 +285,23 @@ def test_an_altered_and_a_missing_offer_are_flagged(market: Trading, phone: Page
         assert axe_violations(phone) == []
         screenshot(phone, "trades-flagged-ja-phone")
     counts = web_counts(web)
-    assert counts["ledger:findings"] == 3
+    assert counts["ledger:findings"] == 4
 
 
 def web_counts(web: WebServer) -> dict[str, int]:
     app: Any = web.server.config.app  # the household app uvicorn served
     return dict(app.state.site.counts)
+
+
+def test_a_ledger_key_the_trusted_ca_did_not_certify_is_flagged(market: Trading, phone: Page, tmp_path: Path) -> None:
+    other = pki.init_ca(tmp_path / "other-ca")  # the gateway trusts another city authority than the ledger's
+    section = f'[trading]\nledger_url = "{market.api.url}"\ncity_ca = "{other.cert_path}"\n'
+    with market.web(section, "other-ca") as web:
+        _open(phone, web)
+        findings = phone.get_by_test_id("trades-finding").all_inner_texts()
+        assert len(findings) == 1 and "認証局に認証されていません" in findings[0], findings
+        assert phone.get_by_test_id("trades-entries").locator("text=市の署名あり").count() == 0
+        assert phone.get_by_test_id("trades-entries").locator("text=あなたの家が送ったとおり").count() == 4
 
 
 def test_an_unreachable_ledger_is_said_in_words_quickly(market: Trading, phone: Page) -> None:

@@ -183,11 +183,21 @@ def finding_words(f: Finding, _: Tr) -> str:
     return f.cause
 
 
+def _safe_finding(f: Finding, _: Tr) -> str:
+    try:
+        return finding_words(f, _)
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, OSError):  # the ledger's body is unreadable
+        return _("Entry %(seq)s does not match what your home sent.") % {"seq": f.seq}
+
+
 def _ledger_rows(answer: LedgerAnswer, checked: Checked, _: Tr) -> list[dict[str, Any]]:
     flagged = {f.seq for f in checked.findings if f.seq is not None}
     rows = []
     for e in sorted(answer.entries, key=lambda e: e.seq, reverse=True):
-        what, change = entry_words(e, answer.account, _)
+        try:
+            what, change = entry_words(e, answer.account, _)
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, OSError):
+            what, change = _("An entry the gateway could not read (%(kind)s)") % {"kind": e.kind[:40]}, 0
         if e.seq in flagged:
             check, css = _("Does not check out (see above)"), "bad"
         elif e.seq in checked.confirmed:
@@ -276,7 +286,7 @@ async def trades_page(request: Request) -> Response:
                 "balance": kwh(answer.balance_wh),
                 "balance_wh": answer.balance_wh,
                 "entries": _ledger_rows(answer, checked, _),
-                "findings": [finding_words(f, _) for f in checked.findings],
+                "findings": [_safe_finding(f, _) for f in checked.findings],
                 "city_checked": checked.city_checked,
                 "pending": [message_words(p.kind, p.message, _) for p in checked.pending],
                 "head": answer.head.split(":", 1)[0],
