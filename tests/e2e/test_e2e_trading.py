@@ -1,10 +1,12 @@
 """A household's trading messages from end to end: the household grants energy-trading on its gateway, the gateway
 queues its signed enrollment and offer in its durable outbox (and its audit log), the real agent publishes them to
-a real Mosquitto, the ledger's intake appends them to a real PostgreSQL; a withdrawal drops what is still queued."""
+a real Mosquitto, the ledger's intake appends them to a real PostgreSQL, and the gateway's own check of its entries
+(the household page's) finds them there unchanged; a withdrawal drops what is still queued."""
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,9 +17,10 @@ from cloud_ingest.ledger.intake import LedgerIntake
 from cloud_ingest.ledger.service import LedgerService
 from cloud_ingest.ledger.store import LedgerStore
 from drivers.clock import ScaledClock
-from edge_agent import audit, consent, trading
+from edge_agent import audit, consent, ledger_check, trading
 from edge_agent.agent import Agent
 from edge_agent.db import connect
+from edge_agent.ledger_check import LedgerAnswer, LedgerEntry
 from kyojo.keys import load_keys
 from provisioning.local import Mosquitto
 from tests.agentkit import agent_config, run_agent_in_thread
@@ -86,6 +89,26 @@ def test_a_gateway_offers_through_its_outbox(tmp_path: Path, mosquitto: Mosquitt
     with LedgerStore(ledger_db) as s:
         assert verify(s.entries(), city.ca.certificate).ok
         assert s.account_key(trading.account(keys, gw)) == keys.purpose_public_key_b64("energy-trading")
+        account = trading.account(keys, gw)
+        mine = [LedgerEntry.from_json(e.to_json()) for e in s.entries_for(account)]
+        key_entries = [LedgerEntry.from_json(e.to_json()) for e in s.key_entries()]
+
+    # the household page's own check (edge_agent/ledger_check.py, /trades): what the real publisher sent, as its
+    # audit log recorded it, is on the ledger unchanged, and the city's join entry carries the certified signature
+    conn = connect(cfg.db_path)
+    sent = ledger_check.sent_messages(conn)
+    conn.close()
+    assert [(m.kind, m.state) for m in sent] == [("enroll", "sent"), ("offer", "sent")]
+    later = int(time.time() * 1000) + 600_000  # past the grace for messages still on their way
+    checked = ledger_check.check(
+        LedgerAnswer(account, 0, "", mine, key_entries),
+        sent,
+        trading_key=keys.purpose_public_key_b64("energy-trading"),
+        ca=city.ca.certificate,
+        now_ms=later,
+    )
+    assert checked.ok, checked.findings
+    assert [m.kind for m in checked.confirmed.values()] == ["offer"] and len(checked.city_ok) == 1
 
     # a withdrawal drops an offer still waiting in the outbox
     conn = connect(cfg.db_path)
@@ -95,4 +118,5 @@ def test_a_gateway_offers_through_its_outbox(tmp_path: Path, mosquitto: Mosquitt
     assert any("/trade/order" in t for t in _outbox(cfg.db_path))
     store.withdraw(c.id, now=now)
     assert not any("/trade/" in t for t in _outbox(cfg.db_path))
+    assert [(m.kind, m.state) for m in ledger_check.sent_messages(conn)][-1] == ("offer", "dropped")
     conn.close()
