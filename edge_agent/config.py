@@ -194,6 +194,13 @@ class EvSection(_Section):
     surplus: SurplusConfig | None = None
 
 
+class TradingSection(_Section):
+    """Neighbour energy trading (issue 18): ``meter``, the B-route meter (``kind = "bmeter"``, ``export = true``)
+    whose registers give the metered values of the household's traded slots (edge_agent.trade_meter)."""
+
+    meter: Ident | None = Field(default=None, description="the bmeter device whose 0xE0/0xE3 settle traded slots")
+
+
 class AgentConfig(_Section):
     gateway: GatewaySection
     mqtt: MqttSection = MqttSection()
@@ -206,6 +213,19 @@ class AgentConfig(_Section):
     devices: list[DeviceConfig] = Field(default_factory=list)
     processors: list[ProcessorConfig] = Field(default_factory=list)
     ev: EvSection = EvSection()
+    trading: TradingSection = TradingSection()
+
+    @model_validator(mode="after")
+    def _trading_meter(self) -> AgentConfig:
+        meter = self.trading.meter
+        if meter is None:
+            return self
+        found = [d for d in self.devices if getattr(d, "kind", None) == "bmeter" and getattr(d, "id", None) == meter]
+        if not found:
+            raise ValueError(f"[trading] meter = {meter!r}: no [[devices]] entry of kind bmeter has that id")
+        if not getattr(found[0], "export", False):
+            raise ValueError(f"[trading] meter = {meter!r}: set export = true on it (0xE3, the energy sold)")
+        return self
 
     @model_validator(mode="after")
     def _surplus_devices(self) -> AgentConfig:
