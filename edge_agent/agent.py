@@ -363,8 +363,13 @@ class Agent:
         self._store(buf)
         self._safety_status(now)
         if self.trade_meters is not None:  # metered values of the household's traded slots (edge_agent.trade_meter)
-            meters = self.trade_meters
-            self._write(lambda: meters.due(self.conn, self.config.gateway.id, self.pipeline.keys, now))
+            meters, gw, keys, t = self.trade_meters, self.config.gateway.id, self.pipeline.keys, self.config.trading
+            self._write(lambda: meters.due(self.conn, gw, keys, now))
+            self._write(lambda: meters.record(self.conn, now))
+            if t.offer_price is not None:  # the forecast surplus of the slot starting offer_ahead from now
+                price, ahead = t.offer_price, t.offer_ahead.total_seconds()
+                self._write(lambda: meters.offers(self.conn, gw, keys, now, price=price, share=t.offer_share,
+                                                  ahead=ahead))  # fmt: skip
         self._write(lambda: self.pipeline.close_windows(now))
         self._write(lambda: self.pipeline.release_events(now))
         self.publisher.wake.set()

@@ -199,6 +199,19 @@ class TradingSection(_Section):
     whose registers give the metered values of the household's traded slots (edge_agent.trade_meter)."""
 
     meter: Ident | None = Field(default=None, description="the bmeter device whose 0xE0/0xE3 settle traded slots")
+    offer_price: int | None = Field(
+        default=None, ge=0, le=1000, description="offer the forecast surplus on its own, at least this yen/kWh"
+    )
+    offer_share: float = Field(default=0.8, gt=0, le=1, description="the share of the forecast surplus offered")
+    offer_ahead: timedelta = Field(default=timedelta(hours=1), description="offer for the slot starting this soon")
+
+    @model_validator(mode="after")
+    def _offers_need_the_meter(self) -> TradingSection:
+        if self.offer_price is not None and self.meter is None:
+            raise ValueError("[trading] offer_price needs meter (the forecast comes from its history)")
+        if not timedelta(minutes=10) <= self.offer_ahead <= timedelta(hours=24):
+            raise ValueError("[trading] offer_ahead must be between 10 minutes and 24 hours")
+        return self
 
 
 class AgentConfig(_Section):

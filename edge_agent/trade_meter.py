@@ -12,6 +12,13 @@ its energy-trading consent, in the audit log like every release).
 Only those slots are reported: the city learns nothing of the home's use in slots it did not trade. A slot the
 meter did not cover (a gap around a boundary, a restart) is given up after :data:`GIVE_UP_S` and counted, never
 estimated; a slot whose consent was withdrawn is not reported.
+
+Offers from the home's own forecast (``[trading] offer_price``). Every measured slot's export and import stay on
+the gateway (table ``slot_energy``, :data:`HISTORY_DAYS` days; never sent). :meth:`SlotMeters.offers` offers, for
+the slot that begins ``offer_ahead`` from now, what the home is fairly sure to sell: the lower quartile of what it
+exported in the same half hour on the last :data:`HISTORY_DAYS` days (at least :data:`MIN_DAYS` of them measured),
+times ``offer_share``, if that is at least :data:`MIN_OFFER_WH`; once per slot, only after the household joined the
+ledger (``kyojo trade join``) and while its energy-trading consent is active.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from edge_agent import consent, trading
+from edge_agent import audit, consent, trading
 from kyojo.contract.vocab import Reading
 from kyojo.contract.wire import SLOT_S, TRADING_PURPOSE
 from kyojo.keys import GatewayKeys
@@ -36,6 +43,12 @@ DELAY_S = 120.0
 GIVE_UP_S = 6 * 3600.0
 #: boundaries kept per register (two days)
 KEEP = 96
+#: days of per-slot energy kept on the gateway for the forecast
+HISTORY_DAYS = 7
+#: measured days of the same half hour needed before the gateway offers on its own
+MIN_DAYS = 3
+#: smaller offers are not worth a ledger entry (Wh)
+MIN_OFFER_WH = 100
 
 
 class SlotMeters:
@@ -46,7 +59,8 @@ class SlotMeters:
         self._devices = {meter: "import", f"{meter}-export": "export"}
         self._last: dict[str, tuple[float, float]] = {}  # direction -> (ts, Wh) of the newest reading
         self.at: dict[str, dict[int, float]] = {"import": {}, "export": {}}  # direction -> boundary -> Wh
-        self.counts: dict[str, int] = {"reported": 0, "gave_up": 0, "no_consent": 0, "gaps": 0}
+        self._recorded: set[tuple[str, int]] = set()  # (direction, slot) already in slot_energy
+        self.counts: dict[str, int] = {"reported": 0, "gave_up": 0, "no_consent": 0, "gaps": 0, "offered": 0}
 
     def observe(self, r: Reading) -> None:
         direction = self._devices.get(r.device)
@@ -105,9 +119,90 @@ class SlotMeters:
             queued += 1
         return queued
 
+    def record(self, conn: sqlite3.Connection, now: float) -> None:
+        """Keep each measured slot's export and import (local history for the forecast; pruned to a week)."""
+        new = [
+            (b, direction, max(0, round(bounds[b + SLOT_S] - bounds[b])))
+            for direction, bounds in self.at.items()
+            for b in bounds
+            if b + SLOT_S in bounds and (direction, b) not in self._recorded
+        ]
+        if not new:
+            return
+        conn.executemany("INSERT OR IGNORE INTO slot_energy(slot, direction, wh) VALUES(?, ?, ?)", new)
+        conn.execute("DELETE FROM slot_energy WHERE slot < ?", (now - (HISTORY_DAYS + 1) * 86_400,))
+        self._recorded.update((d, b) for b, d, _ in new)
+        self._recorded = {(d, b) for d, b in self._recorded if b in self.at[d]}
+
+    def forecast(self, conn: sqlite3.Connection, slot: int) -> int | None:
+        """What the home is fairly sure to export in ``slot``: the lower quartile of the same half hour's export on
+        the last :data:`HISTORY_DAYS` days (None with fewer than :data:`MIN_DAYS` of them measured)."""
+        past = [slot - d * 86_400 for d in range(1, HISTORY_DAYS + 1)]
+        marks = ",".join("?" * len(past))
+        rows = conn.execute(
+            f"SELECT wh FROM slot_energy WHERE direction = 'export' AND slot IN ({marks})",  # noqa: S608 - marks
+            past,
+        ).fetchall()
+        if len(rows) < MIN_DAYS:
+            return None
+        values = sorted(int(r[0]) for r in rows)
+        return values[(len(values) - 1) // 4]
+
+    def offers(
+        self,
+        conn: sqlite3.Connection,
+        gateway: str,
+        keys: GatewayKeys,
+        now: float,
+        *,
+        price: int,
+        share: float,
+        ahead: float,
+    ) -> int:
+        """Offer the forecast surplus of the slot beginning ``ahead`` seconds from now (once); the number queued."""
+        slot = int((now + ahead) // SLOT_S) * SLOT_S
+        if (
+            slot < now + ahead - 60
+            or conn.execute("SELECT 1 FROM trade_slots WHERE slot = ? AND direction = 'export'", (slot,)).fetchone()
+        ):
+            return 0  # not the slot's first minute, or already offered in it (by hand or here)
+        active = [
+            c
+            for c in consent.list_consents(conn, include_inactive=False)
+            if c.purpose == TRADING_PURPOSE and c.subject == gateway
+        ]
+        if not active or not _joined(conn, active[-1].id):
+            return 0
+        expected = self.forecast(conn, slot)
+        if expected is None:
+            return 0
+        wh = int(expected * share) // 10 * 10
+        if wh < MIN_OFFER_WH:
+            return 0
+        at = datetime.fromtimestamp(now, tz=UTC)
+        msg = trading.order(keys, gateway, "offer", f"auto-{slot}", slot=slot, wh=wh, price=price, now=at)
+        trading.queue(conn, gateway, msg, consent=active[-1].id, now_ms=int(now * 1000))
+        self.counts["offered"] += 1
+        return 1
+
     def _close(self, conn: sqlite3.Connection, slot: int, direction: str, state: str) -> None:
         conn.execute("UPDATE trade_slots SET state = ? WHERE slot = ? AND direction = ?", (state, slot, direction))
         self.counts[state] += 1
 
     def status(self) -> Mapping[str, object]:
         return {"meter": self.meter, **self.counts}
+
+
+def _joined(conn: sqlite3.Connection, consent_id: str) -> bool:
+    """The household joined the ledger under this consent (its enrollment is in the audit log)."""
+    if consent_id in _JOINED:
+        return True
+    for e in audit.entries(conn):
+        if e.kind == "release" and e.body.get("consent") == consent_id and e.body.get("events") == ["trade.enroll"]:
+            _JOINED.add(consent_id)
+            return True
+    return False
+
+
+#: consent ids under which the household is known to have joined (an enrollment is never undone)
+_JOINED: set[str] = set()

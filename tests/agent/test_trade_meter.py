@@ -20,7 +20,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.db import connect
 from edge_agent.trade_meter import GIVE_UP_S, SlotMeters
 from kyojo.contract.vocab import Reading
-from kyojo.contract.wire import SLOT_S, TRADING_PURPOSE, MeterReport
+from kyojo.contract.wire import SLOT_S, TRADING_PURPOSE, MeterReport, TradeOrder
 from kyojo.keys import load_keys
 
 S = 1_782_691_200  # a slot start (2026-06-29 00:00 UTC), a multiple of 30 minutes
@@ -84,7 +84,7 @@ def test_the_agent_reports_what_its_meter_sold_over_a_slot_it_offered_in(tmp_pat
         released = [e.body for e in audit.entries(conn) if e.kind == "release"]
         assert [r["events"] for r in released] == [["trade.order"], ["trade.meter"]]  # in the household's log
         assert out["status"]["trading"] == {"meter": "h-meter", "reported": 1, "gave_up": 0, "no_consent": 0,
-                                            "gaps": 0}  # fmt: skip
+                                            "gaps": 0, "offered": 0}  # fmt: skip
         assert conn.execute("SELECT state, wh FROM trade_slots").fetchall() == [("reported", report.wh)]
     finally:
         conn.close()
@@ -129,4 +129,46 @@ def test_a_slot_the_meter_did_not_cover_is_given_up_and_nothing_goes_without_con
     states = conn.execute("SELECT slot, direction, state FROM trade_slots ORDER BY slot").fetchall()
     assert states == [(S, "export", "reported"), (S + SLOT_S, "export", "gave_up"),
                       (S + 4 * SLOT_S, "import", "no_consent")]  # fmt: skip
+    conn.close()
+
+
+def test_the_gateway_offers_what_its_own_history_says_it_will_surely_sell(tmp_path: Path) -> None:
+    """``[trading] offer_price``: an hour before a slot, the gateway offers the lower quartile of what it exported in
+    that half hour over the last week (x offer_share), once, only after the household joined, never with less than
+    three days measured; the history it forecasts from never leaves the gateway."""
+    cfg = AgentConfig.model_validate({"gateway": {"id": GW, "data_dir": str(tmp_path)}})
+    conn = connect(cfg.db_path)
+    keys = load_keys(tmp_path)
+    target = S + 20 * SLOT_S  # 10:00 UTC
+    given = datetime.fromtimestamp(target - 9 * 86_400, tz=UTC)
+    c = consent.open_store(cfg, conn).grant(TRADING_PURPOSE, GW, now=given)
+    meters = SlotMeters("m")
+    exported = {1: 800, 2: 900, 3: 1000, 4: 400, 5: 1200, 6: 950, 7: 1100}  # days before -> Wh in that half hour
+    total = 0.0
+    for day in sorted(exported, reverse=True):
+        start = target - day * 86_400
+        meters.observe(_reading(start - 300, total))  # a reading every 5 minutes, from before the half hour
+        for k in range(7):
+            meters.observe(_reading(start + 300 * k, total + exported[day] * k / 6))
+        total += exported[day]
+        meters.record(conn, start + SLOT_S)
+        if day == 6:  # two days measured: not enough to offer on
+            assert meters.forecast(conn, target) is None
+    assert meters.forecast(conn, target) == 800  # lower quartile of 400, 800, 900, 950, 1000, 1100, 1200
+    topics = [r[0] for r in conn.execute("SELECT topic FROM outbox")]
+    assert all("/consent/" in t for t in topics), topics  # only the consent record: the history stays home
+
+    now = target - 3600
+    kw: dict[str, Any] = {"price": 18, "share": 0.8, "ahead": 3600.0}
+    assert meters.offers(conn, GW, keys, now, **kw) == 0  # not joined yet
+    join = trading.enrollment(keys, GW, trading.consent_of(keys, GW, c), now=datetime.fromtimestamp(now, tz=UTC))
+    trading.queue(conn, GW, join, consent=c.id, now_ms=int(now * 1000))
+    assert meters.offers(conn, GW, keys, now, **kw) == 1
+    assert meters.offers(conn, GW, keys, now + 30, **kw) == 0  # once per slot
+    assert meters.offers(conn, GW, keys, now + 600, **kw) == 0  # not the slot's first minute: no late offer
+    rows = conn.execute("SELECT payload FROM outbox WHERE topic LIKE '%/trade/order'").fetchall()
+    (offer,) = [TradeOrder.model_validate_json(bytes(r[0])) for r in rows]
+    assert (offer.kind, offer.slot, offer.wh, offer.price) == ("offer", target, 640, 18)
+    assert ed25519_ok(keys.purpose_public_key_b64(TRADING_PURPOSE), offer.signing_bytes(), offer.sig)
+    assert conn.execute("SELECT state FROM trade_slots WHERE slot = ?", (target,)).fetchall() == [("open",)]
     conn.close()
