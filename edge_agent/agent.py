@@ -28,6 +28,7 @@ from edge_agent.db import meta_get, storage_full
 from edge_agent.disaster import DeclarationError, Declarations, SafetyStatus, load_city_key
 from edge_agent.pipeline import Pipeline
 from edge_agent.publisher import Publisher
+from edge_agent.trade_meter import SlotMeters
 from kyojo.contract.vocab import Clock, Driver, Event, KyojoError, Reading
 from kyojo.runtime.backoff import Backoff
 from kyojo.runtime.files import atomic_write_text
@@ -189,6 +190,8 @@ class Agent:
         self.drivers_stopped: dict[str, str] = {}
         self._buffer: list[Reading] = []
         self.surplus = self._surplus_loop()
+        meter = self.config.trading.meter
+        self.trade_meters = None if meter is None else SlotMeters(meter)
         self._publisher_started = False
         self._started = time.time()
         self._last_flush = time.monotonic()
@@ -209,6 +212,8 @@ class Agent:
         self._buffer.append(r)
         if self.surplus is not None:
             self.surplus.observe(r)
+        if self.trade_meters is not None:
+            self.trade_meters.observe(r)
 
     async def _run_driver(self, driver: Driver) -> None:
         """Supervise one driver. It never raises (except when cancelled), so one driver cannot stop the others."""
@@ -357,6 +362,14 @@ class Agent:
             buf.sort(key=lambda r: r.ts)
         self._store(buf)
         self._safety_status(now)
+        if self.trade_meters is not None:  # metered values of the household's traded slots (edge_agent.trade_meter)
+            meters, gw, keys, t = self.trade_meters, self.config.gateway.id, self.pipeline.keys, self.config.trading
+            self._write(lambda: meters.due(self.conn, gw, keys, now))
+            self._write(lambda: meters.record(self.conn, now))
+            if t.offer_price is not None:  # the forecast surplus of the slot starting offer_ahead from now
+                price, ahead = t.offer_price, t.offer_ahead.total_seconds()
+                self._write(lambda: meters.offers(self.conn, gw, keys, now, price=price, share=t.offer_share,
+                                                  ahead=ahead))  # fmt: skip
         self._write(lambda: self.pipeline.close_windows(now))
         self._write(lambda: self.pipeline.release_events(now))
         self.publisher.wake.set()
@@ -478,6 +491,7 @@ class Agent:
             "anchor_problem": pub.anchor_problem,
             "links": self._links(),
             "ev_surplus": None if self.surplus is None else self.surplus.status(),
+            "trading": None if self.trade_meters is None else dict(self.trade_meters.status()),
         }
 
     def _links(self) -> dict[str, dict[str, Any]]:

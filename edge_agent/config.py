@@ -195,9 +195,17 @@ class EvSection(_Section):
 
 
 class TradingSection(_Section):
-    """Neighbour energy trading (issue 18 section 2): where the household's page reads its own ledger entries
-    (``/trades``, edge_agent/web/pages/trades.py). Without ``ledger_url`` the page shows only what the home sent."""
+    """Neighbour energy trading (issue 18): ``meter``, the B-route meter (``kind = "bmeter"``, ``export = true``)
+    whose registers give the metered values of the household's traded slots (edge_agent.trade_meter); ``ledger_url``,
+    where the household's page reads its own ledger entries (``/trades``, edge_agent/web/pages/trades.py; without it
+    the page shows only what the home sent), ``timeout`` and ``city_ca`` for that read."""
 
+    meter: Ident | None = Field(default=None, description="the bmeter device whose 0xE0/0xE3 settle traded slots")
+    offer_price: int | None = Field(
+        default=None, ge=0, le=1000, description="offer the forecast surplus on its own, at least this yen/kWh"
+    )
+    offer_share: float = Field(default=0.8, gt=0, le=1, description="the share of the forecast surplus offered")
+    offer_ahead: timedelta = Field(default=timedelta(hours=1), description="offer for the slot starting this soon")
     ledger_url: str | None = Field(
         default=None, description="the city's ledger read API, e.g. https://ledger.city.example (http: loopback only)"
     )
@@ -210,6 +218,14 @@ class TradingSection(_Section):
     city_ca: Path | None = Field(
         default=None, description="the city CA that certifies the ledger's key (default: [safety] / [mqtt.tls] ca)"
     )
+
+    @model_validator(mode="after")
+    def _offers_need_the_meter(self) -> TradingSection:
+        if self.offer_price is not None and self.meter is None:
+            raise ValueError("[trading] offer_price needs meter (the forecast comes from its history)")
+        if not timedelta(minutes=10) <= self.offer_ahead <= timedelta(hours=24):
+            raise ValueError("[trading] offer_ahead must be between 10 minutes and 24 hours")
+        return self
 
     @field_validator("ledger_url")
     @classmethod
@@ -245,6 +261,18 @@ class AgentConfig(_Section):
     processors: list[ProcessorConfig] = Field(default_factory=list)
     ev: EvSection = EvSection()
     trading: TradingSection = TradingSection()
+
+    @model_validator(mode="after")
+    def _trading_meter(self) -> AgentConfig:
+        meter = self.trading.meter
+        if meter is None:
+            return self
+        found = [d for d in self.devices if getattr(d, "kind", None) == "bmeter" and getattr(d, "id", None) == meter]
+        if not found:
+            raise ValueError(f"[trading] meter = {meter!r}: no [[devices]] entry of kind bmeter has that id")
+        if not getattr(found[0], "export", False):
+            raise ValueError(f"[trading] meter = {meter!r}: set export = true on it (0xE3, the energy sold)")
+        return self
 
     @model_validator(mode="after")
     def _surplus_devices(self) -> AgentConfig:

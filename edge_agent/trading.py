@@ -41,6 +41,7 @@ __all__ = [
     "enrollment",
     "meter_report",
     "next_slot",
+    "note_order",
     "order",
     "queue",
     "read_headers",
@@ -157,6 +158,13 @@ def consent_of(keys: GatewayKeys, gateway: str, c: Consent) -> ConsentRecord:
     return rec.model_copy(update={"sig": keys.sign(rec.signing_bytes())})
 
 
+def note_order(conn: sqlite3.Connection, slot: int, kind: str) -> None:
+    """Remember (table ``trade_slots``, edge_agent/db.py) that the household ordered in ``slot`` (``offer`` -> its
+    export is reported, ``bid`` -> import). Called in the transaction that queues the order."""
+    direction = "export" if kind == "offer" else "import"
+    conn.execute("INSERT OR IGNORE INTO trade_slots(slot, direction) VALUES(?, ?)", (slot, direction))
+
+
 def queue(
     conn: sqlite3.Connection,
     gateway: str,
@@ -179,6 +187,8 @@ def queue(
             "INSERT INTO outbox(seq, topic, payload, retain, consent, items, created) VALUES(?, ?, ?, 0, ?, 1, ?)",
             (seq, topic, payload, consent, now_ms),
         )
+        if isinstance(msg, TradeOrder):  # its slot's metered value is reported after it (edge_agent.trade_meter)
+            note_order(conn, msg.slot, msg.kind)
         audit.append(
             conn,
             "release",

@@ -6,12 +6,13 @@ and ``kyojo ingest run`` does not import the gateway's models. Each entry names 
 module that returns a Typer app holding the command under the same name, so the command (its options, help and
 sub-commands) is the one its part defines, unchanged.
 
-Adding a command: add its mount below and a row to :data:`COMMANDS` (``tests/agent/test_cli.py`` checks that the
-table's help is the command's own).
+Adding a command: a row in :data:`COMMANDS`, with ``_sub(<module with a Typer app>, <name>)`` as its mount or a
+mount of its own below (``tests/agent/test_cli.py`` checks that the table's help is the command's own).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -46,15 +47,6 @@ def _demo() -> typer.Typer:
     return app
 
 
-def _web() -> typer.Typer:
-    """The household web page (``edge_agent/web``)."""
-    from edge_agent.web.cli import app as web_app
-
-    app = typer.Typer()
-    app.add_typer(web_app, name="web", help=COMMANDS["web"][1])
-    return app
-
-
 def _query() -> typer.Typer:
     from cloud_ingest import analyst
 
@@ -63,52 +55,11 @@ def _query() -> typer.Typer:
     return app
 
 
-def _gnss() -> typer.Typer:
-    from drivers.gnss.cli import app as gnss_app
-
-    app = typer.Typer()
-    app.add_typer(gnss_app, name="gnss", help=COMMANDS["gnss"][1])
-    return app
-
-
-def _provision() -> typer.Typer:
-    from provisioning.cli import app as provision_app
-
-    app = typer.Typer()
-    app.add_typer(provision_app, name="provision", help=COMMANDS["provision"][1])
-    return app
-
-
 def _models() -> typer.Typer:
     from models.cli import app as models_app
 
     app = typer.Typer()
     app.add_typer(models_app, name="models")
-    return app
-
-
-def _plugs() -> typer.Typer:
-    from drivers.plugs.cli import app as plugs_app
-
-    app = typer.Typer()
-    app.add_typer(plugs_app, name="plugs", help=COMMANDS["plugs"][1])
-    return app
-
-
-def _ocpp() -> typer.Typer:
-    from drivers.ocpp.cli import app as ocpp_app
-
-    app = typer.Typer()
-    app.add_typer(ocpp_app, name="ocpp", help=COMMANDS["ocpp"][1])
-    return app
-
-
-def _navi() -> typer.Typer:
-    """The garbage-collection navigator (``cloud_ingest/navi``), a cloud-side public page."""
-    from cloud_ingest.navi.cli import app as navi_app
-
-    app = typer.Typer()
-    app.add_typer(navi_app, name="navi", help=COMMANDS["navi"][1])
     return app
 
 
@@ -123,22 +74,16 @@ def _ingest() -> typer.Typer:
     return app
 
 
-def _ledger() -> typer.Typer:
-    """The city's energy-trading ledger (``cloud_ingest/ledger``); ``verify`` runs anywhere, offline."""
-    from cloud_ingest.ledger.cli import app as ledger_app
+def _sub(module: str, name: str) -> Callable[[], typer.Typer]:
+    """The mount of a part whose commands are the Typer app ``app`` of ``module``, under ``name``."""
 
-    app = typer.Typer()
-    app.add_typer(ledger_app, name="ledger", help=COMMANDS["ledger"][1])
-    return app
+    def mount() -> typer.Typer:
+        app = typer.Typer()
+        app.add_typer(importlib.import_module(module).app, name=name, help=COMMANDS[name][1])
+        return app
 
-
-def _trade() -> typer.Typer:
-    """The household's side of energy trading, on the gateway (``edge_agent/trading_cli.py``)."""
-    from edge_agent.trading_cli import app as trade_app
-
-    app = typer.Typer()
-    app.add_typer(trade_app, name="trade", help=COMMANDS["trade"][1])
-    return app
+    mount.__doc__ = f"``kyojo {name}``: ``{module}``."
+    return mount
 
 
 #: command -> (mount, short help shown by ``kyojo --help``), in the order ``--help`` lists them.
@@ -159,16 +104,28 @@ COMMANDS: dict[str, tuple[Callable[[], typer.Typer], str]] = {
     "decode": (_edge, "Decode captured payloads, as a device sends them (installers)."),
     "alerts": (_edge, "Health alerts on this gateway (household)."),
     "pair": (_pair, "Pair BLE health devices and assign them to a person (household)."),
-    "web": (_web, "The household web page on the gateway."),
-    "gnss": (_gnss, "GNSS receivers on garbage trucks (replay captures)."),
-    "provision": (_provision, "City CA, gateway identities, broker config (installers)."),
+    "web": (_sub("edge_agent.web.cli", "web"), "The household web page on the gateway."),
+    "gnss": (_sub("drivers.gnss.cli", "gnss"), "GNSS receivers on garbage trucks (replay captures)."),
+    "provision": (_sub("provisioning.cli", "provision"), "City CA, gateway identities, broker config (installers)."),
     "models": (_models, "On-gateway models: evaluation with the protocols of their model cards."),
-    "plugs": (_plugs, "Smart plugs on the home's LAN broker: what was heard, the LAN broker's config."),
-    "ocpp": (_ocpp, "EV chargers: the local OCPP 1.6J central system (installers)."),
-    "navi": (_navi, "The garbage-collection navigator for residents (public page and JSON, cloud side)."),
+    "plugs": (
+        _sub("drivers.plugs.cli", "plugs"),
+        "Smart plugs on the home's LAN broker: what was heard, the LAN broker's config.",
+    ),
+    "ocpp": (_sub("drivers.ocpp.cli", "ocpp"), "EV chargers: the local OCPP 1.6J central system (installers)."),
+    "navi": (
+        _sub("cloud_ingest.navi.cli", "navi"),
+        "The garbage-collection navigator for residents (public page and JSON, cloud side).",
+    ),
     "ingest": (_ingest, "Cloud ingester: MQTT (shared subscription) -> validation and consent -> InfluxDB."),
-    "trade": (_trade, "Neighbour energy trading: join, offer, bid, report the meter, see my entries (household)."),
-    "ledger": (_ledger, "The city's energy-trading ledger: run the matcher, export, verify."),
+    "trade": (
+        _sub("edge_agent.trading_cli", "trade"),
+        "Neighbour energy trading: join, offer, bid, report the meter, see my entries (household).",
+    ),
+    "ledger": (
+        _sub("cloud_ingest.ledger.cli", "ledger"),
+        "The city's energy-trading ledger: run the matcher, export, verify.",
+    ),
 }
 
 

@@ -775,7 +775,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         signed_up = residents.family_signup(notify_url, code, mailbox)
         print(
             f"watch-over (見守り): {residents.ALONE} is {residents.PERSON}, living alone; its gateway learned the "
-            f"home's rhythm, and the home has been quiet since {_jst(alone.quiet[0])} JST. Their family "
+            f"home's rhythm, and nothing has been switched on there since {_jst(alone.quiet[0])} JST. Their family "
             f"({residents.FAMILY}) signed up on the notifier page {notify_url} with the family code and "
             f"{'confirmed' if signed_up else 'did NOT confirm'}; notices land in {mailbox.dir}",
             file=out,
@@ -791,6 +791,13 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         print(
             f"disaster (安否確認): the city declared {declaration} for {residents.AREA} (signed by the demo city CA, "
             f"{workdir / 'ca'}); {HOME} pressed 「無事です」 on its page; homes that gave disaster-safety answer",
+            file=out,
+            flush=True,
+        )
+        print(
+            f"EV on the sun: {SITE} has PV and an EV charger ({SITE_CP}, a real ocpp ChargePoint on its gateway's "
+            f"central system); its gateway steers the car into the surplus. See it: kyojo agent status -c "
+            f"{workdir / SITE / 'agent.toml'}",
             file=out,
             flush=True,
         )

@@ -49,7 +49,8 @@ def test_a_batch_nobody_subscribed_to_stays_queued_until_someone_does(
         wait_for(lambda: not _queued(config), 30, "the batches to be sent again and acknowledged")
         wait_for(lambda: len(collector.messages) >= len(queued), 30, "the subscriber to get them")
         assert len(collector.messages) == len(queued)  # each once
-        assert pub.stats.aggregates_sent > 0
+        # the publisher thread counts a settled round after its transaction commits: wait for the count, too
+        wait_for(lambda: pub.stats.aggregates_sent > 0, 30, "the publisher to count the batches as sent")
     finally:
         pub.stop()
         if collector is not None:

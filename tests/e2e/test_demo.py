@@ -30,7 +30,7 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # 12 s, then at most 120 s waiting for the residents' services, setup and shutdown
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
