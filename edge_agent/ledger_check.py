@@ -48,6 +48,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerUnavailable",
     "Sent",
+    "answer_of",
     "check",
     "fetch",
     "load_ca",
@@ -193,6 +194,14 @@ def fetch(
         raise LedgerUnavailable("bad_answer", "the answer is too large")
     try:
         doc = json.loads(raw)
+    except ValueError as err:
+        raise LedgerUnavailable("bad_answer", f"not JSON: {err}") from err
+    return answer_of(doc, account)
+
+
+def answer_of(doc: Any, account: str) -> LedgerAnswer:
+    """The read API's JSON document as a :class:`LedgerAnswer` for ``account`` (LedgerUnavailable otherwise)."""
+    try:
         answer = LedgerAnswer(
             account=str(doc["account"]),
             balance_wh=int(doc["balance_wh"]),
@@ -200,7 +209,7 @@ def fetch(
             entries=[LedgerEntry.from_json(e) for e in doc["entries"]],
             keys=[LedgerEntry.from_json(e) for e in doc.get("ledger_keys", [])],
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise LedgerUnavailable("bad_answer", f"not a ledger answer: {err}") from err
     if answer.account != account:
         raise LedgerUnavailable("bad_answer", "the answer is for another account")
@@ -335,7 +344,16 @@ def check(
     joined = any(e.kind == "join" for e in answer.entries)
     for s in sent:
         if s.state != "sent":
-            continue  # still queued, or never sent: not expected on the ledger
+            # still queued (or its acknowledgement not logged yet), or never sent: not expected on the ledger, but
+            # confirmed when it is there as made, and flagged when it is there otherwise
+            ident = s.ident()
+            shown = by_ident.get(ident, []) if ident else []
+            found = [e for e in shown if _same(e.body, s.message)]
+            if found and s.state == "queued":
+                out.confirmed[found[0].seq] = s
+            elif shown and not found:  # it got there, but not as the home made it
+                out.findings.append(Finding("altered", shown[0].seq, sent=s, shown=shown[0].body))
+            continue
         recent = s.acked_ms is not None and now_ms - s.acked_ms < grace_ms
         if s.kind == "enroll":
             if not joined:

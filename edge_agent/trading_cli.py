@@ -13,11 +13,11 @@ import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
-from edge_agent import consent, trading
+from edge_agent import consent, ledger_check, trading
 from edge_agent.cli import DEFAULT_CONFIG, ConfigOpt, _fail, _gateway_db
 from edge_agent.config import AgentConfig, gateway_now
 from kyojo.contract.errors import KyojoError
@@ -141,15 +141,25 @@ def meter(
 
 @app.command("mine")
 def mine(
-    url: Annotated[str, typer.Option(help="the city's ledger read API, e.g. https://ledger.city.example")],
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="the city's ledger read API, e.g. https://ledger.city.example (default: [trading] ledger_url)"
+        ),
+    ] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """The household's own entries on the city's ledger (asked with a request signed by its trading key)."""
-    with _gateway_db(config) as (cfg, _conn):
+    """The household's own entries on the city's ledger (asked with a request signed by its trading key), checked
+    as the household page checks them (edge_agent.ledger_check): exit 1 when something does not match."""
+    with _gateway_db(config) as (cfg, conn):
         keys = load_keys(cfg.gateway.data_dir)
         account = trading.account(keys, cfg.gateway.id)
         headers = trading.read_headers(keys, cfg.gateway.id, now=datetime.now(UTC))
+        sent = ledger_check.sent_messages(conn)
+    url = url or cfg.trading.ledger_url
+    if url is None:
+        raise _fail(KyojoError("no ledger address: pass --url or set [trading] ledger_url"))
     req = urllib.request.Request(f"{url.rstrip('/')}/ledger/v1/accounts/{account}", headers=headers)  # noqa: S310
     try:
         with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310 - the operator's configured URL
@@ -172,3 +182,31 @@ def mine(
             "settle": f"slot {b.get('slot')} settled",
         }.get(e["kind"], e["kind"])
         typer.echo(f"{e['seq']:>8}  {what}")
+    _check_mine(cfg, keys, doc, account, sent)
+
+
+def _check_mine(cfg: AgentConfig, keys: GatewayKeys, doc: Any, account: str, sent: list[ledger_check.Sent]) -> None:
+    """Hold the answer to what the home sent, its trading key and the city CA; say each problem; exit 1 on any."""
+    from edge_agent.web.pages.trades import finding_words  # the household page's words (English here)
+    from kyojo.i18n import translations
+
+    try:
+        answer = ledger_check.answer_of(doc, account)
+    except ledger_check.LedgerUnavailable as err:
+        raise _fail(KyojoError(f"the ledger's answer cannot be read: {err}")) from err
+    checked = ledger_check.check(
+        answer,
+        sent,
+        trading_key=keys.purpose_public_key_b64(TRADING_PURPOSE),
+        ca=ledger_check.load_ca(cfg.city_ca),
+        now_ms=int(datetime.now(UTC).timestamp() * 1000),
+    )
+    _ = translations("en").gettext
+    for f in checked.findings:
+        typer.echo(f"PROBLEM: {finding_words(f, _)}")
+    if checked.findings:
+        raise typer.Exit(1)
+    city = "the city's signatures checked" if checked.city_checked else "the city's signatures not checked: no city CA"
+    typer.echo(
+        f"checked: nothing missing or altered; {len(checked.confirmed)} of the home's messages confirmed; {city}"
+    )

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 import uvicorn
 from typer.testing import CliRunner
@@ -103,3 +104,12 @@ def test_a_household_trades_from_its_gateway(
     assert doc["account"] == account and [e["kind"] for e in doc["entries"]] == ["join", "offer"]
     code, out = kyojo("trade", "mine", "--url", url, "-c", str(config))
     assert code == 0 and f"account {account}: 0.000 kWh" in out and "offered 1200 Wh at 16 yen/kWh" in out
+    # checked as the household page checks: the offer still in the outbox is on the ledger as the home made it
+    assert "checked: nothing missing or altered; 1 of the home's messages confirmed" in out
+    # a ledger that shows the offer otherwise than the home made it: said, exit 1
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE ledger_entries SET body = jsonb_set(body, '{wh}', '12000') WHERE kind = 'offer'")
+    code, out = kyojo("trade", "mine", "--url", url, "-c", str(config))
+    assert code == 1 and "PROBLEM: Entry" in out and "does not match its own seal" in out, out
+    assert "Offered 12 kWh" in out and "Offered 1.2 kWh" in out, out
