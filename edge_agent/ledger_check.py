@@ -347,12 +347,12 @@ def check(
             # still queued (or its acknowledgement not logged yet), or never sent: not expected on the ledger, but
             # confirmed when it is there as made, and flagged when it is there otherwise
             ident = s.ident()
-            shown = by_ident.get(ident, []) if ident else []
-            found = [e for e in shown if _same(e.body, s.message)]
+            on_ledger = by_ident.get(ident, []) if ident else []
+            found = [e for e in on_ledger if _same(e.body, s.message)]
             if found and s.state == "queued":
                 out.confirmed[found[0].seq] = s
-            elif shown and not found:  # it got there, but not as the home made it
-                out.findings.append(Finding("altered", shown[0].seq, sent=s, shown=shown[0].body))
+            elif on_ledger and not found:  # it got there, but not as the home made it
+                out.findings.append(Finding("altered", on_ledger[0].seq, sent=s, shown=on_ledger[0].body))
             continue
         recent = s.acked_ms is not None and now_ms - s.acked_ms < grace_ms
         if s.kind == "enroll":
