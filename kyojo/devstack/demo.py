@@ -71,7 +71,7 @@ from edge_agent.disaster import press
 from edge_agent.processors.watchover import family_code
 from kyojo.contract.vocab import Clock
 from kyojo.devstack import residents
-from provisioning.local import LocalStack, Mosquitto, ensure_installed
+from provisioning.local import LocalStack, Mosquitto, PostgreSQL, ensure_installed
 
 DB = "kyojo"
 
@@ -235,6 +235,9 @@ def _gateway_toml(
 ) -> str:
     area = f'area = "{residents.AREA}"\n' if gw in HOMES else ""
     safety = f"\n[safety]\ncity_ca = {json.dumps(str(wire.city_ca))}\n" if gw in HOMES else ""
+    if gw == HOME:  # the household page's 電力の取引 reads the city's ledger (kyojo ledger serve-http)
+        safety += f'\n[trading]\nledger_url = "http://127.0.0.1:{wire.ledger_port}"\n'
+        safety += f"city_ca = {json.dumps(str(wire.city_ca))}\n"
     return f"""[gateway]
 id = "{gw}"
 profile = "{spec["profile"]}"
@@ -293,6 +296,7 @@ class _Wire:
         self.site = LiveSite(self.site_clock, house_w=SimulatedMeter(site_meter, self.site_clock).power_w)
         self.site_pty: PtyEmulator | None = None
         self.ocpp_port = _web_port(0)
+        self.ledger_port = _web_port(0)
         self.ocpp_key = secrets.token_urlsafe(24)
         self.gnss_line: PtyLine | None = None
         self.plug_emitter: PlugEmitter | None = None
@@ -580,6 +584,31 @@ def _residents_shown(mailbox: residents.Mailbox, influx_url: str, declaration: s
     return bool(counts["areas"].get(residents.AREA, {}).get("answered") == len(HOMES))
 
 
+def _trade_mine(config: Path) -> dict[str, Any]:
+    """``kyojo trade mine`` on home-001: its own entries, read from the city's ledger with a request signed by its
+    trading key and checked against what it signed (the household page's 電力の取引 does the same)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kyojo", "trade", "mine", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = proc.stdout.strip().splitlines()
+    return {"exit_code": proc.returncode, "account": lines[0] if lines else proc.stderr.strip()[-300:],
+            "entries": max(0, len(lines) - 2)}  # fmt: skip
+
+
+def _start_ledger_db(postgres: PostgreSQL, out: IO[str]) -> str | None:
+    """The city's ledger database (None, said, when PostgreSQL cannot start: the rest of the demo stands)."""
+    try:
+        postgres.start()
+        return postgres.create_database("kyojo_ledger")
+    except Exception as err:
+        print(f"trading day not run: PostgreSQL did not start: {type(err).__name__}: {err}", file=out, flush=True)
+        return None
+
+
 def _trading_day(
     workdir: Path,
     configs: dict[str, AgentConfig],
@@ -587,12 +616,15 @@ def _trading_day(
     site: LiveSite,
     start: float,
     out: IO[str],
+    db_url: str | None,
 ) -> dict[str, Any]:
     """Issue 18 section 2: the demo day's neighbour trades, slot by slot on a simulated clock (about two seconds):
     home-003, the PV home, offers half of its forecast surplus (its own car takes the rest); home-001's EV charger,
     standing in for a charging site, bids for a car charging 10:00-15:00; the city's matcher clears each slot before
-    it begins and settles from both meters after it; the ledger (PostgreSQL, started here) verifies. Both sign with
-    their gateways' own keys under their energy-trading consents (:mod:`kyojo.devstack.trading`)."""
+    it begins and settles from both meters after it; the ledger (the demo's PostgreSQL at ``db_url``) verifies. Both
+    sign with their gateways' own keys under their energy-trading consents (:mod:`kyojo.devstack.trading`)."""
+    if db_url is None:
+        return {"error": "no PostgreSQL (see the line above)"}
     from kyojo.devstack.trading import TradingParty, run_demo_trading_day
 
     day = datetime.fromtimestamp(start + 9 * 3600, tz=UTC).date()
@@ -615,6 +647,7 @@ def _trading_day(
             day=day,
             surplus=surplus,
             out=out,
+            db_url=db_url,
         )
     except Exception as err:  # PostgreSQL missing or refusing: the rest of the demo stands; say so
         print(f"trading day not run: {type(err).__name__}: {err}", file=out, flush=True)
@@ -674,6 +707,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
     start = _morning_jst(time.time())
     wire = _Wire(workdir, speed, start)
     mailbox = residents.Mailbox(workdir / "mail")
+    postgres = PostgreSQL(workdir / "trading" / "postgres")
     stack.start()
     try:
         wire.prepare()
@@ -697,6 +731,17 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             finally:
                 conn.close()
             consent_ids[(gw, purpose)] = given.id
+        # the day's neighbour trades, on the city's ledger in PostgreSQL; its read API serves home-001's page
+        ledger_db = _start_ledger_db(postgres, out)
+        trading = _trading_day(workdir, configs, consent_ids, wire.site, start, out, ledger_db)
+        if ledger_db is not None:
+            procs.append(
+                _spawn(
+                    "ledger-http",
+                    ["-m", "kyojo", "ledger", "serve-http", "--db", ledger_db, "--port", str(wire.ledger_port)],
+                    workdir / "ledger-http.log",
+                )
+            )
         group = f"kyojo-demo-{secrets.token_hex(8)}"  # a secret $share group, as in a deployment
         ingester = _spawn(
             "ingester",
@@ -821,7 +866,11 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         except KeyboardInterrupt:
             print("stopping ...", file=out, flush=True)
         navigator = _navi_status(navi_url)
-        for p in procs[1:]:
+        if "error" not in trading:  # what home-001's page shows under 電力の取引, checked as the page checks it
+            trading["household_view"] = _trade_mine(workdir / HOME / "agent.toml")
+        for p in procs:  # everything but the ingester, which first writes what the gateways sent
+            if p is ingester:
+                continue
             _stop(p)
         wire.stop()
         _settle(configs, ingester)
@@ -846,7 +895,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
         }
         summary["mail"] = mailbox.summary()
         summary["ev_surplus"] = _ev_surplus(configs[SITE], wire.site)
-        summary["trading"] = _trading_day(workdir, configs, consent_ids, wire.site, start, out)
+        summary["trading"] = trading
         summary["safety"] = residents.safety_counts(stack.influxdb.url, DB, declaration, SAFETY_K)
         print(
             f"the demo's InfluxDB stops with it (its files stay in {workdir / 'services'}); to query, run the demo "
@@ -860,6 +909,7 @@ def run_demo(*, workdir: Path, duration: float | None, speed: float, out: IO[str
             _stop(p, timeout=5)
         wire.stop()
         mailbox.stop()
+        postgres.stop()
         stack.stop()
 
 

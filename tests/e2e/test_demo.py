@@ -102,6 +102,11 @@ def test_demo_runs_and_reports_json(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert check.returncode == 0 and "ledger OK" in check.stdout, check.stdout + check.stderr
+    # what home-001's page shows under 電力の取引: its own entries, read with its trading key from the city's read
+    # API (kyojo ledger serve-http) and checked against what it signed
+    view = trade["household_view"]
+    assert view["exit_code"] == 0 and view["entries"] > 0, view
+    assert f"{trade['site_tokens_wh'] / 1000:.3f} kWh in tokens" in view["account"], view
     assert any(line.startswith("readings ") for line in lines)  # live progress
     # the analyst's lines (issue 22 items 16, 18): kyojo query, one window over the simulated data and the wall-time
     # stats, and no hint that points at the InfluxDB that stopped with the demo
