@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kyojo.contract.errors import KyojoError
-from kyojo.contract.ledger import ACCOUNT_KINDS, CITY_KINDS, canonical, entry_hash, signing_input
+from kyojo.contract.ledger import ACCOUNT_KINDS, CITY_KINDS, LedgerEntry, canonical, signing_input
 from kyojo.contract.wire import TRADING_PURPOSE, MeterReport, TradeOrder
 from kyojo.keys import verify_signature
 
@@ -69,34 +69,6 @@ class LedgerUnavailable(KyojoError):
         self.cause = cause
         self.detail = detail
         super().__init__(f"{cause}: {detail}" if detail else cause)
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One entry as the read API sent it (see :mod:`kyojo.contract.ledger`)."""
-
-    seq: int
-    kind: str
-    prev: str
-    body: dict[str, Any]
-    sig: str | None
-    hash: str
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> LedgerEntry:
-        body = doc["body"]
-        if not isinstance(body, dict):
-            raise TypeError("body is not an object")
-        sig = doc.get("sig")
-        return cls(int(doc["seq"]), str(doc["kind"]), str(doc["prev"]), body, None if sig is None else str(sig),
-                   str(doc["hash"]))  # fmt: skip
-
-    def sealed(self) -> bool:
-        """The entry's content matches its ``hash`` (False too when it cannot be put in canonical form)."""
-        try:
-            return entry_hash(self.seq, self.kind, self.prev, self.body, self.sig) == self.hash
-        except TypeError:  # orjson: an integer beyond 64 bits, ...
-            return False
 
 
 @dataclass(frozen=True, slots=True)

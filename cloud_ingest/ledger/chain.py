@@ -36,7 +36,15 @@ from cryptography.x509.oid import NameOID
 
 from cloud_ingest.ledger.market import DELIVERY, MatchPair, Order, clear, settle
 from kyojo.contract.errors import KyojoError
-from kyojo.contract.ledger import ACCOUNT_KINDS, CITY_KINDS, GENESIS_PREV, canonical, entry_hash, signing_input
+from kyojo.contract.ledger import (
+    ACCOUNT_KINDS,
+    CITY_KINDS,
+    GENESIS_PREV,
+    LedgerEntry,
+    canonical,
+    entry_hash,
+    signing_input,
+)
 from kyojo.contract.wire import SLOT_S, MeterReport, TradeOrder
 
 __all__ = [
@@ -66,42 +74,16 @@ class LedgerError(KyojoError, ValueError):
         super().__init__(f"{cause}: {detail}" if detail else cause)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One ledger entry (see the module docstring)."""
+#: one ledger entry (see the module docstring): the shared format of :mod:`kyojo.contract.ledger`
+Entry = LedgerEntry
 
-    seq: int
-    kind: str
-    prev: str
-    body: dict[str, Any]
-    sig: str | None
-    hash: str
 
-    def signed_part(self) -> bytes:
-        """What the city's ``sig`` covers."""
-        return signing_input(self.seq, self.kind, self.prev, self.body)
-
-    def computed_hash(self) -> str:
-        return entry_hash(self.seq, self.kind, self.prev, self.body, self.sig)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "kind": self.kind,
-            "prev": self.prev,
-            "body": self.body,
-            "sig": self.sig,
-            "hash": self.hash,
-        }
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> Entry:
-        try:
-            return cls(
-                int(doc["seq"]), str(doc["kind"]), str(doc["prev"]), dict(doc["body"]), doc.get("sig"), str(doc["hash"])
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise LedgerError("malformed", f"entry {str(doc)[:120]}") from err
+def entry_of(doc: Mapping[str, Any]) -> Entry:
+    """An entry from its JSON object; :class:`LedgerError` ``malformed`` when it is not one."""
+    try:
+        return LedgerEntry.from_json(doc)
+    except (KeyError, TypeError, ValueError) as err:
+        raise LedgerError("malformed", f"entry {str(doc)[:120]}") from err
 
 
 class CitySigner:

@@ -233,12 +233,12 @@ def export(
 
 
 def _read_file(path: Path) -> Iterator[Entry]:
-    from cloud_ingest.ledger.chain import Entry
+    from cloud_ingest.ledger.chain import entry_of
 
     with path.open(encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
-                yield Entry.from_json(json.loads(line))
+                yield entry_of(json.loads(line))
 
 
 @app.command("verify")

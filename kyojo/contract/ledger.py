@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-__all__ = ["ACCOUNT_KINDS", "CITY_KINDS", "GENESIS_PREV", "KEY_KINDS", "canonical", "entry_hash", "signing_input"]
+__all__ = [
+    "ACCOUNT_KINDS",
+    "CITY_KINDS",
+    "GENESIS_PREV",
+    "KEY_KINDS",
+    "LedgerEntry",
+    "canonical",
+    "entry_hash",
+    "signing_input",
+]
 
 GENESIS_PREV = "0" * 64
 #: entries the city signs with its ledger key
@@ -39,3 +49,43 @@ def signing_input(seq: int, kind: str, prev: str, body: Mapping[str, Any]) -> by
 def entry_hash(seq: int, kind: str, prev: str, body: Mapping[str, Any], sig: str | None) -> str:
     """An entry's ``hash``."""
     return hashlib.sha256(canonical({"seq": seq, "kind": kind, "prev": prev, "body": body, "sig": sig})).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One entry, as the ledger keeps it, exports it (one JSON object per line) and the read API sends it."""
+
+    seq: int
+    kind: str
+    prev: str
+    body: dict[str, Any]
+    sig: str | None
+    hash: str
+
+    def signed_part(self) -> bytes:
+        """What the city's ``sig`` covers."""
+        return signing_input(self.seq, self.kind, self.prev, self.body)
+
+    def computed_hash(self) -> str:
+        return entry_hash(self.seq, self.kind, self.prev, self.body, self.sig)
+
+    def sealed(self) -> bool:
+        """The entry's content matches its ``hash`` (False too when it cannot be put in canonical form)."""
+        try:
+            return self.computed_hash() == self.hash
+        except TypeError:  # orjson: an integer beyond 64 bits, ...
+            return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "kind": self.kind, "prev": self.prev, "body": self.body, "sig": self.sig,
+                "hash": self.hash}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> LedgerEntry:
+        """An entry from its JSON object (KeyError, TypeError or ValueError when it is not one)."""
+        body = doc["body"]
+        if not isinstance(body, dict):
+            raise TypeError("body is not an object")
+        sig = doc.get("sig")
+        return cls(int(doc["seq"]), str(doc["kind"]), str(doc["prev"]), body, None if sig is None else str(sig),
+                   str(doc["hash"]))  # fmt: skip
