@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import psycopg
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 from psycopg.types.json import Jsonb
 
 from cloud_ingest.ledger.chain import entry_hash
@@ -219,8 +219,10 @@ def test_entries_and_balance_in_japanese_then_english(market: Trading, phone: Pa
         assert axe_violations(phone) == []
         screenshot(phone, "trades-ja-phone")
         phone.get_by_test_id("lang-switch").click()
-        phone.wait_for_function("document.documentElement.lang === 'en'")
-        assert phone.locator("h1").inner_text() == "Energy trades"
+        # Playwright's expect retries across the navigation (a raw wait_for_function can catch the page between
+        # documents, with no documentElement, and fail)
+        expect(phone.locator("html")).to_have_attribute("lang", "en")
+        expect(phone.locator("h1")).to_have_text("Energy trades")
         text = phone.get_by_test_id("trades-entries").inner_text()
         assert f"Offered 3 kWh at 20 yen/kWh or more for {s2}" in text
         assert "Matches what your home sent" in text
