@@ -24,6 +24,7 @@ ledger (``kyojo trade join``) and while its energy-trading consent is active.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -60,6 +61,10 @@ class SlotMeters:
         self._last: dict[str, tuple[float, float]] = {}  # direction -> (ts, Wh) of the newest reading
         self.at: dict[str, dict[int, float]] = {"import": {}, "export": {}}  # direction -> boundary -> Wh
         self._recorded: set[tuple[str, int]] = set()  # (direction, slot) already in slot_energy
+        self._fresh = False  # a boundary was taken since the last record()
+        self._checked = math.inf  # when due() last read the traded slots
+        self._next_due = -math.inf  # before this, no traded slot can be due (the agent calls due() every flush)
+        self._joined: set[str] = set()  # consent ids under which the household is known to have joined
         self.counts: dict[str, int] = {"reported": 0, "gave_up": 0, "no_consent": 0, "gaps": 0, "offered": 0}
 
     def observe(self, r: Reading) -> None:
@@ -76,6 +81,7 @@ class SlotMeters:
                 bounds = self.at[direction]
                 for b in range(first, int(r.ts) + 1, SLOT_S):
                     bounds[b] = w0 + (r.value - w0) * (b - t0) / (r.ts - t0)
+                    self._fresh = True
                 for old in sorted(bounds)[:-KEEP]:
                     del bounds[old]
         if last is None or r.ts > last[0]:
@@ -83,7 +89,12 @@ class SlotMeters:
 
     def due(self, conn: sqlite3.Connection, gateway: str, keys: GatewayKeys, now: float) -> int:
         """Queue the meter reports that are due; the number queued. The report is queued before its slot is marked:
-        a crash between the two sends it twice, which the ledger refuses as a replay (never counted twice)."""
+        a crash between the two sends it twice, which the ledger refuses as a replay (never counted twice).
+        Reports fall due only on the grid of slot ends + :data:`DELAY_S`: between two grid points nothing is read."""
+        if self._checked <= now < self._next_due:  # (a clock set back checks again at once)
+            return 0
+        self._checked = now
+        self._next_due = (int((now - DELAY_S) // SLOT_S) + 1) * SLOT_S + DELAY_S
         rows = conn.execute(
             "SELECT slot, direction FROM trade_slots WHERE state = 'open' AND slot + ? <= ? ORDER BY slot",
             (SLOT_S + DELAY_S, now),
@@ -121,6 +132,9 @@ class SlotMeters:
 
     def record(self, conn: sqlite3.Connection, now: float) -> None:
         """Keep each measured slot's export and import (local history for the forecast; pruned to a week)."""
+        if not self._fresh:
+            return
+        self._fresh = False
         new = [
             (b, direction, max(0, round(bounds[b + SLOT_S] - bounds[b])))
             for direction, bounds in self.at.items()
@@ -171,7 +185,7 @@ class SlotMeters:
             for c in consent.list_consents(conn, include_inactive=False)
             if c.purpose == TRADING_PURPOSE and c.subject == gateway
         ]
-        if not active or not _joined(conn, active[-1].id):
+        if not active or not self._joined_under(conn, active[-1].id):
             return 0
         expected = self.forecast(conn, slot)
         if expected is None:
@@ -185,24 +199,19 @@ class SlotMeters:
         self.counts["offered"] += 1
         return 1
 
+    def _joined_under(self, conn: sqlite3.Connection, consent_id: str) -> bool:
+        """The household joined the ledger under this consent (its enrollment is in the audit log; once found, it
+        is remembered: an enrollment is never undone)."""
+        if consent_id not in self._joined and any(
+            e.kind == "release" and e.body.get("consent") == consent_id and e.body.get("events") == ["trade.enroll"]
+            for e in audit.entries(conn)
+        ):
+            self._joined.add(consent_id)
+        return consent_id in self._joined
+
     def _close(self, conn: sqlite3.Connection, slot: int, direction: str, state: str) -> None:
         conn.execute("UPDATE trade_slots SET state = ? WHERE slot = ? AND direction = ?", (state, slot, direction))
         self.counts[state] += 1
 
     def status(self) -> Mapping[str, object]:
         return {"meter": self.meter, **self.counts}
-
-
-def _joined(conn: sqlite3.Connection, consent_id: str) -> bool:
-    """The household joined the ledger under this consent (its enrollment is in the audit log)."""
-    if consent_id in _JOINED:
-        return True
-    for e in audit.entries(conn):
-        if e.kind == "release" and e.body.get("consent") == consent_id and e.body.get("events") == ["trade.enroll"]:
-            _JOINED.add(consent_id)
-            return True
-    return False
-
-
-#: consent ids under which the household is known to have joined (an enrollment is never undone)
-_JOINED: set[str] = set()

@@ -270,13 +270,18 @@ class LedgerStore:
             raise LedgerError("left", f"{account} left the ledger")
         return str(row[0])
 
+    def _signed_by_account(self, cur: _Cur, msg: TradeOrder | MeterReport, *, active: bool, what: str) -> None:
+        """``msg`` carries the signature of its account's trading key (``active``: the account has not left);
+        :class:`LedgerError` ``bad_signature`` (forged) otherwise."""
+        key = self._account_key(cur, msg.account, active=active)
+        if not ed25519_ok(key, msg.signing_bytes(), msg.sig):
+            raise LedgerError("bad_signature", f"{what} of {msg.account} not signed by it (forged)")
+
     def submit_order(self, order: TradeOrder, *, now: datetime) -> Entry:
         """An offer or a bid for a future slot, signed with its account's trading key."""
 
         def build(cur: _Cur, seq: int, prev: str) -> Entry:
-            key = self._account_key(cur, order.account, active=True)
-            if not ed25519_ok(key, order.signing_bytes(), order.sig):
-                raise LedgerError("bad_signature", f"{order.kind} {order.id} not signed by {order.account} (forged)")
+            self._signed_by_account(cur, order, active=True, what=f"{order.kind} {order.id}")
             if cur.execute(
                 "SELECT 1 FROM orders WHERE account = %s AND kind = %s AND order_id = %s",
                 (order.account, order.kind, order.id),
@@ -308,9 +313,7 @@ class LedgerStore:
         """A metered export or import for a cleared slot that has ended and is not settled yet."""
 
         def build(cur: _Cur, seq: int, prev: str) -> Entry:
-            key = self._account_key(cur, report.account, active=False)
-            if not ed25519_ok(key, report.signing_bytes(), report.sig):
-                raise LedgerError("bad_signature", f"meter report of {report.account} not signed by it (forged)")
+            self._signed_by_account(cur, report, active=False, what="meter report")
             if cur.execute(
                 "SELECT 1 FROM meter_reports WHERE account = %s AND slot = %s AND direction = %s",
                 (report.account, report.slot, report.direction),

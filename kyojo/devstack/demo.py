@@ -128,20 +128,28 @@ def _toml_table(d: dict[str, str]) -> str:
     return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in d.items()) + " }"
 
 
-def _device_entries(gw: str, spec: dict[str, Any], wire: _Wire, alone: residents.AloneHome) -> str:
-    """The ``[[devices]]`` of a gateway: real drivers on the demo's emitters, the rest simulated."""
-    if gw == SITE:
-        return f"""
+def _bmeter(home: str, port: str) -> str:
+    """The ``kind = "bmeter"`` entry of ``home``'s smart meter, an emulated BP35A1 on the pty ``port``."""
+    return f"""
 [[devices]]
-kind = "bmeter"             # the meter sees the house, the PV and the car: the net power at the grid connection
-id = "{SITE}-meter"
-household = "{SITE}"
-serial_port = {json.dumps(wire.site_meter_port)}
+kind = "bmeter"
+id = "{home}-meter"
+household = "{home}"
+serial_port = {json.dumps(port)}
 rbid = "{RBID}"
 password = "{PWD}"
 poll_interval = {METER_POLL_S}
 scan_durations = [4]
-{live_site_toml(SITE, port=wire.ocpp_port, cp_id=SITE_CP, key=wire.ocpp_key)}"""
+"""
+
+
+def _device_entries(gw: str, spec: dict[str, Any], wire: _Wire, alone: residents.AloneHome) -> str:
+    """The ``[[devices]]`` of a gateway: real drivers on the demo's emitters, the rest simulated."""
+    if gw == SITE:
+        # the meter sees the house, the PV and the car: the net power at the grid connection
+        return _bmeter(SITE, wire.site_meter_port) + live_site_toml(
+            SITE, port=wire.ocpp_port, cp_id=SITE_CP, key=wire.ocpp_key
+        )
     if gw == residents.ALONE:
         return f"""
 [[devices]]
@@ -200,17 +208,7 @@ id = "{HOME}-plugs"
 household = "{HOME}"
 broker_port = {wire.lan.port}
 appliances = {_toml_table(wire.appliances)}
-
-[[devices]]
-kind = "bmeter"
-id = "{HOME}-meter"
-household = "{HOME}"
-serial_port = {json.dumps(wire.meter_port)}
-rbid = "{RBID}"
-password = "{PWD}"
-poll_interval = {METER_POLL_S}
-scan_durations = [4]
-
+{_bmeter(HOME, wire.meter_port)}
 [[processors]]
 kind = "health"             # guideline rules + the AF rhythm model -> alerts (kept home without consent)
 profile = "japan"

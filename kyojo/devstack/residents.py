@@ -23,6 +23,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -92,8 +93,9 @@ def seed_watchover(data_dir: Path, morning: float, seed: int) -> AloneHome:
     quiet = (morning - 9.9 * 3600, morning + 6.1 * 3600)
     meter = _meter(quiet, seed)
     begin = quiet[0] - SEED_DAYS * DAY_S
-    with _scratch(data_dir) as scratch:
-        probe = WatchoverProcessor(watchover_config(), scratch / f"watchover-{PERSON}.json")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir.parent) as scratch:
+        probe = WatchoverProcessor(watchover_config(), Path(scratch) / f"watchover-{PERSON}.json")
         _replay(probe, meter, begin, quiet[0], stop_at_absence=False)
         absence = _replay(probe, meter, quiet[0], quiet[1], stop_at_absence=True)
     start = morning if absence is None else max(quiet[0], absence - LEAD_S)
@@ -101,22 +103,6 @@ def seed_watchover(data_dir: Path, morning: float, seed: int) -> AloneHome:
     _replay(proc, meter, begin, start, stop_at_absence=False)
     proc.save()
     return AloneHome(start, quiet, absence)
-
-
-class _scratch:
-    """A scratch directory next to ``data_dir`` for the probing replay (removed after)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir.parent / ".watchover-probe"
-
-    def __enter__(self) -> Path:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        for f in self.path.iterdir():
-            f.unlink()
-        self.path.rmdir()
 
 
 def subject_of(msg: Message) -> str:
